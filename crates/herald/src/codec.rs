@@ -1,0 +1,285 @@
+//! Typed events, registered by name, encoded as JSON, upgraded from old shapes when read.
+//!
+//! * [`Event`] is one event type with a stable, versioned name (`"stores.StoreCreated.v1"`).
+//! * [`EventSet`] is what can be decoded from a `(name, payload)` pair: one event, or an enum of
+//!   events declared with [`event_set!`](crate::event_set). Aggregates and handlers use it.
+//! * [`Registry`] holds [upcasters](Registry::upcast): when a stored or in-flight payload still
+//!   has an old name, it is transformed step by step into the current shape before decoding.
+//!
+//! Decoding never panics: an unknown name or a payload that does not fit is a [`CodecError`],
+//! which the router treats as permanent and sends to the dead-letter topic with the reason.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Why a payload could not be encoded or decoded. Every variant is permanent: retrying the same
+/// bytes will fail the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// No event type, and no upcaster, is registered under this name.
+    #[error("unknown event name `{name}`")]
+    UnknownEvent {
+        /// The name that was not recognised.
+        name: String,
+    },
+    /// The payload is not a valid encoding of the named event.
+    #[error("payload of `{name}` does not decode: {source}")]
+    Decode {
+        /// The event name.
+        name: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The event could not be encoded (a map with non-string keys, for example).
+    #[error("event `{name}` does not encode: {source}")]
+    Encode {
+        /// The event name.
+        name: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An upcaster refused an old payload.
+    #[error("upcasting `{from}` failed: {reason}")]
+    Upcast {
+        /// The old name.
+        from: String,
+        /// What the upcaster said.
+        reason: String,
+    },
+}
+
+/// One event type with a stable name. Put the version in the name (`…v1`, `…v2`) and register
+/// an upcaster from the old name when the shape changes.
+pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The name stored and published with every instance.
+    const NAME: &'static str;
+}
+
+/// Something decodable from a `(name, payload)` pair: a single [`Event`] or an enum of them.
+pub trait EventSet: Sized + Send + Sync + 'static {
+    /// The name of this particular value.
+    fn event_name(&self) -> &'static str;
+    /// The names this set decodes.
+    fn names() -> Vec<&'static str>;
+    /// Encodes the value (JSON).
+    fn encode(&self) -> Result<Vec<u8>, CodecError>;
+    /// Decodes a value from a name this set knows; [`CodecError::UnknownEvent`] otherwise.
+    fn decode(name: &str, payload: &[u8]) -> Result<Self, CodecError>;
+}
+
+impl<E: Event> EventSet for E {
+    fn event_name(&self) -> &'static str {
+        E::NAME
+    }
+    fn names() -> Vec<&'static str> {
+        vec![E::NAME]
+    }
+    fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        encode_json(E::NAME, self)
+    }
+    fn decode(name: &str, payload: &[u8]) -> Result<Self, CodecError> {
+        if name != E::NAME {
+            return Err(CodecError::UnknownEvent { name: name.to_owned() });
+        }
+        decode_json(name, payload)
+    }
+}
+
+/// JSON-encodes a value, naming it in the error.
+pub fn encode_json<T: Serialize>(name: &str, value: &T) -> Result<Vec<u8>, CodecError> {
+    serde_json::to_vec(value).map_err(|source| CodecError::Encode { name: name.to_owned(), source })
+}
+
+/// JSON-decodes a value, naming it in the error.
+pub fn decode_json<T: DeserializeOwned>(name: &str, payload: &[u8]) -> Result<T, CodecError> {
+    serde_json::from_slice(payload).map_err(|source| CodecError::Decode { name: name.to_owned(), source })
+}
+
+/// Declares an enum of events that is an [`EventSet`], with `From` for each variant's event.
+///
+/// ```
+/// use herald::{event_set, codec::{Event, EventSet}};
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Opened { id: String }
+/// impl Event for Opened { const NAME: &'static str = "Opened.v1"; }
+/// #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// struct Closed;
+/// impl Event for Closed { const NAME: &'static str = "Closed.v1"; }
+///
+/// event_set! {
+///     #[derive(Debug, Clone, PartialEq)]
+///     pub enum DoorEvent { Opened(Opened), Closed(Closed) }
+/// }
+/// let e: DoorEvent = Closed.into();
+/// let bytes = e.encode().unwrap();
+/// assert_eq!(DoorEvent::decode("Closed.v1", &bytes).unwrap(), e);
+/// ```
+#[macro_export]
+macro_rules! event_set {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($variant:ident($ty:ty)),+ $(,)? }) => {
+        $(#[$meta])*
+        $vis enum $name { $($variant($ty)),+ }
+
+        impl $crate::codec::EventSet for $name {
+            fn event_name(&self) -> &'static str {
+                match self { $(Self::$variant(_) => <$ty as $crate::codec::Event>::NAME),+ }
+            }
+            fn names() -> ::std::vec::Vec<&'static str> {
+                vec![$(<$ty as $crate::codec::Event>::NAME),+]
+            }
+            fn encode(&self) -> ::std::result::Result<::std::vec::Vec<u8>, $crate::codec::CodecError> {
+                match self {
+                    $(Self::$variant(e) => $crate::codec::encode_json(<$ty as $crate::codec::Event>::NAME, e)),+
+                }
+            }
+            fn decode(name: &str, payload: &[u8]) -> ::std::result::Result<Self, $crate::codec::CodecError> {
+                $(
+                    if name == <$ty as $crate::codec::Event>::NAME {
+                        return $crate::codec::decode_json::<$ty>(name, payload).map(Self::$variant);
+                    }
+                )+
+                Err($crate::codec::CodecError::UnknownEvent { name: name.to_owned() })
+            }
+        }
+
+        $(
+            impl ::std::convert::From<$ty> for $name {
+                fn from(e: $ty) -> Self { Self::$variant(e) }
+            }
+        )+
+    };
+}
+
+type UpcastFn = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
+
+/// Known upcasters, from an old event name to the next name and shape. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Registry {
+    upcasters: Arc<HashMap<String, (String, UpcastFn)>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry").field("upcasters", &self.upcasters.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+/// The longest upcasting chain followed before giving up (guards against a cycle).
+const MAX_UPCAST_STEPS: usize = 32;
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an upcaster: a payload named `from` is turned into one named `to` by `f`.
+    /// Chains (`v1 → v2 → v3`) are followed.
+    #[must_use]
+    pub fn upcast(
+        mut self,
+        from: impl Into<String>,
+        to: impl Into<String>,
+        f: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        Arc::make_mut(&mut self.upcasters).insert(from.into(), (to.into(), Arc::new(f)));
+        self
+    }
+
+    /// Decodes `(name, payload)` as `S`, upcasting old names first.
+    pub fn decode<S: EventSet>(&self, name: &str, payload: &[u8]) -> Result<S, CodecError> {
+        let known = S::names();
+        if known.contains(&name) {
+            return S::decode(name, payload);
+        }
+        let (name, payload) = self.upgrade(name, payload, &known)?;
+        S::decode(&name, &payload)
+    }
+
+    /// Follows upcasters from `name` until a name in `target` is reached.
+    fn upgrade(&self, name: &str, payload: &[u8], target: &[&str]) -> Result<(String, Vec<u8>), CodecError> {
+        let mut current = name.to_owned();
+        let mut value: Option<Value> = None;
+        for _ in 0..MAX_UPCAST_STEPS {
+            if target.contains(&current.as_str()) {
+                let bytes = match value {
+                    Some(v) => encode_json(&current, &v)?,
+                    None => payload.to_vec(),
+                };
+                return Ok((current, bytes));
+            }
+            let Some((next, f)) = self.upcasters.get(&current) else {
+                return Err(CodecError::UnknownEvent { name: name.to_owned() });
+            };
+            let input = match value.take() {
+                Some(v) => v,
+                None => decode_json::<Value>(&current, payload)?,
+            };
+            value = Some(f(input).map_err(|reason| CodecError::Upcast { from: current.clone(), reason })?);
+            current.clone_from(next);
+        }
+        Err(CodecError::Upcast { from: name.to_owned(), reason: "upcaster chain too long (a cycle?)".into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct PriceSet {
+        cents: i64,
+        currency: String,
+    }
+    impl Event for PriceSet {
+        const NAME: &'static str = "PriceSet.v3";
+    }
+
+    fn registry() -> Registry {
+        Registry::new()
+            // v1 stored a float amount in dollars.
+            .upcast("PriceSet.v1", "PriceSet.v2", |mut v| {
+                let dollars = v["amount"].as_f64().ok_or("amount missing")?;
+                v["cents"] = Value::from((dollars * 100.0).round() as i64);
+                Ok(v)
+            })
+            // v2 had no currency.
+            .upcast("PriceSet.v2", "PriceSet.v3", |mut v| {
+                v["currency"] = Value::from("USD");
+                Ok(v)
+            })
+    }
+
+    #[test]
+    fn an_old_shape_is_upgraded_through_a_chain_of_upcasters() {
+        let e: PriceSet = registry().decode("PriceSet.v1", br#"{"amount": 12.5}"#).unwrap();
+        assert_eq!(e, PriceSet { cents: 1250, currency: "USD".into() });
+    }
+
+    #[test]
+    fn an_unknown_name_is_an_error_not_a_panic() {
+        let err = registry().decode::<PriceSet>("Nope.v1", b"{}").unwrap_err();
+        assert!(matches!(err, CodecError::UnknownEvent { ref name } if name == "Nope.v1"), "{err}");
+    }
+
+    #[test]
+    fn a_payload_that_does_not_decode_is_an_error_naming_the_event() {
+        let err = registry().decode::<PriceSet>("PriceSet.v3", b"not json").unwrap_err();
+        assert!(err.to_string().contains("PriceSet.v3"), "{err}");
+    }
+
+    #[test]
+    fn an_upcaster_that_refuses_is_an_error() {
+        let err = registry().decode::<PriceSet>("PriceSet.v1", b"{}").unwrap_err();
+        assert!(matches!(err, CodecError::Upcast { .. }), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+//! # Herald
+//!
+//! Building blocks for event-driven systems: messages with correlation, causation and trace
+//! context; publishers and subscribers with consumer groups, per-key order, retries and dead
+//! letters; an event store with an ordered global log; aggregates; a transactional outbox and
+//! inbox (the unit of work); a router with middleware.
+//!
+//! Every port is a trait with a written contract ([`pubsub`], [`store`]), an in-memory
+//! implementation ([`memory`]) and a conformance suite (`herald-conformance`) that every
+//! implementation — in memory, SQLite, PostgreSQL, NATS, RabbitMQ, Redis — must pass.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald::{Message, memory::MemoryBroker, pubsub::{Publisher, Subscriber, SubscribeOptions, StartFrom}};
+//!
+//! let broker = MemoryBroker::in_memory();
+//! let mut sub = broker.subscribe(SubscribeOptions::new("greetings", "printer").start(StartFrom::Beginning)).await?;
+//! broker.publish(&[Message::new("greetings", "Hello.v1", br#"{"to":"world"}"#.to_vec())]).await?;
+//! let delivery = sub.next().await.expect("a delivery");
+//! assert_eq!(delivery.message.name, "Hello.v1");
+//! delivery.ack().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod aggregate;
+pub mod codec;
+pub mod memory;
+pub mod message;
+pub mod outbox;
+pub mod pubsub;
+pub mod queue;
+pub mod router;
+pub mod store;
+
+pub use codec::{CodecError, Event, EventSet, Registry};
+pub use message::{Message, MessageId, Metadata};
+pub use pubsub::{Capabilities, Delivery, Publisher, StartFrom, SubscribeOptions, Subscriber, Subscription};
+pub use store::{ExpectedVersion, NewEvent, RecordedEvent, Store, StoreError, Transaction};

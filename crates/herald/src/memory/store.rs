@@ -1,0 +1,359 @@
+//! The in-memory [`Store`]: every port in one process, with the same transaction boundaries as
+//! the SQL stores. Writes are staged in the [`Transaction`] and checked and applied under one
+//! lock at commit, so nothing is visible before commit and positions follow commit order.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use crate::message::{Message, MessageId};
+use crate::store::{
+    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, RecordedEvent, SagaRecord, Snapshot, Store, StoreError,
+    Transaction,
+};
+
+/// The in-memory store. Cheap to clone; clones share the data.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    data: Mutex<Data>,
+    changes: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    /// The global log; position `p` is `log[p - 1]`.
+    log: Vec<RecordedEvent>,
+    /// Indices into `log` per stream, in version order.
+    streams: HashMap<String, Vec<usize>>,
+    snapshots: HashMap<String, Snapshot>,
+    outbox: BTreeMap<u64, Message>,
+    outbox_next: u64,
+    inbox: HashSet<(String, MessageId)>,
+    checkpoints: HashMap<String, u64>,
+    sagas: HashMap<(String, String), SagaRecord>,
+}
+
+impl Data {
+    fn version(&self, stream: &str) -> u64 {
+        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+    }
+
+    fn stream_events(&self, stream: &str, from_version: u64) -> impl Iterator<Item = &RecordedEvent> {
+        let from = from_version.max(1) as usize - 1;
+        self.streams.get(stream).into_iter().flat_map(move |idx| idx.iter().skip(from).map(|&i| &self.log[i]))
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn data(&self) -> MutexGuard<'_, Data> {
+        self.shared.data.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Staged appends to one stream.
+#[derive(Debug)]
+struct StagedStream {
+    stream: String,
+    /// The committed version when this transaction first appended; must still hold at commit.
+    base_version: u64,
+    events: Vec<NewEvent>,
+}
+
+/// A unit of work on a [`MemoryStore`].
+pub struct MemoryTransaction {
+    store: MemoryStore,
+    streams: Vec<StagedStream>,
+    snapshots: Vec<Snapshot>,
+    outbox: Vec<Message>,
+    inbox: Vec<(String, MessageId)>,
+    checkpoints: HashMap<String, u64>,
+    sagas: Vec<SagaRecord>,
+    hooks: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for MemoryTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTransaction").field("streams", &self.streams).finish_non_exhaustive()
+    }
+}
+
+impl MemoryTransaction {
+    fn staged(&self, stream: &str) -> Option<&StagedStream> {
+        self.streams.iter().find(|s| s.stream == stream)
+    }
+}
+
+#[async_trait]
+impl Transaction for MemoryTransaction {
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        let committed = self.store.data().version(stream);
+        let (base, staged) = self.staged(stream).map_or((committed, 0), |s| (s.base_version, s.events.len() as u64));
+        let current = base + staged;
+        if !expected.matches(current) {
+            return Err(StoreError::version_conflict(stream, expected, current));
+        }
+        let next_expected_version = current + events.len() as u64;
+        match self.streams.iter_mut().find(|s| s.stream == stream) {
+            Some(s) => s.events.extend(events),
+            None => self.streams.push(StagedStream { stream: stream.to_owned(), base_version: base, events }),
+        }
+        Ok(AppendResult { next_expected_version })
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut out: Vec<_> = self.store.data().stream_events(stream, from_version).take(limit).cloned().collect();
+        if let Some(s) = self.staged(stream) {
+            for (i, e) in s.events.iter().enumerate() {
+                let version = s.base_version + i as u64 + 1;
+                if version >= from_version && out.len() < limit {
+                    out.push(recorded(stream, version, 0, e));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.snapshots.push(snapshot);
+        Ok(())
+    }
+
+    async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        if let Some(s) = self.snapshots.iter().rev().find(|s| s.stream == stream) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(self.store.data().snapshots.get(stream).cloned())
+    }
+
+    async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError> {
+        self.outbox.extend(messages);
+        Ok(())
+    }
+
+    async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError> {
+        let key = (handler.to_owned(), message_id);
+        if self.inbox.contains(&key) || self.store.data().inbox.contains(&key) {
+            return Ok(false);
+        }
+        self.inbox.push(key);
+        Ok(true)
+    }
+
+    async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError> {
+        self.checkpoints.insert(name.to_owned(), position);
+        Ok(())
+    }
+
+    async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(p) = self.checkpoints.get(name) {
+            return Ok(Some(*p));
+        }
+        Ok(self.store.data().checkpoints.get(name).copied())
+    }
+
+    async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError> {
+        let current = match self.sagas.iter().rev().find(|s| s.name == record.name && s.id == record.id) {
+            Some(s) => s.version,
+            None => self.store.data().sagas.get(&(record.name.clone(), record.id.clone())).map_or(0, |s| s.version),
+        };
+        check_saga_version(record, current)?;
+        self.sagas.push(record.clone());
+        Ok(())
+    }
+
+    async fn load_saga(&mut self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        if let Some(s) = self.sagas.iter().rev().find(|s| s.name == name && s.id == id) {
+            return Ok(Some(s.clone()));
+        }
+        Ok(self.store.data().sagas.get(&(name.to_owned(), id.to_owned())).cloned())
+    }
+
+    fn on_commit(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.hooks.push(f);
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send) {
+        self
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let this = *self;
+        {
+            let mut data = this.store.data();
+            // Check everything first, so a conflict leaves the store untouched.
+            for s in &this.streams {
+                let now = data.version(&s.stream);
+                if now != s.base_version {
+                    return Err(StoreError::version_conflict(&s.stream, ExpectedVersion::Exact(s.base_version), now));
+                }
+            }
+            for key in &this.inbox {
+                if data.inbox.contains(key) {
+                    return Err(inbox_conflict(&key.0, key.1));
+                }
+            }
+            let mut saga_versions: HashMap<(String, String), u64> = HashMap::new();
+            for r in &this.sagas {
+                let key = (r.name.clone(), r.id.clone());
+                let current = saga_versions.get(&key).copied().unwrap_or_else(|| data.sagas.get(&key).map_or(0, |s| s.version));
+                check_saga_version(r, current)?;
+                saga_versions.insert(key, r.version);
+            }
+
+            for s in this.streams {
+                for (i, e) in s.events.iter().enumerate() {
+                    let position = data.log.len() as u64 + 1;
+                    let event = recorded(&s.stream, s.base_version + i as u64 + 1, position, e);
+                    let index = data.log.len();
+                    data.log.push(event);
+                    data.streams.entry(s.stream.clone()).or_default().push(index);
+                }
+            }
+            for snap in this.snapshots {
+                data.snapshots.insert(snap.stream.clone(), snap);
+            }
+            for m in this.outbox {
+                data.outbox_next += 1;
+                let seq = data.outbox_next;
+                data.outbox.insert(seq, m);
+            }
+            data.inbox.extend(this.inbox);
+            data.checkpoints.extend(this.checkpoints);
+            for r in this.sagas {
+                data.sagas.insert((r.name.clone(), r.id.clone()), r);
+            }
+        }
+        this.store.shared.changes.notify_waiters();
+        for hook in this.hooks {
+            hook();
+        }
+        Ok(())
+    }
+}
+
+fn recorded(stream: &str, version: u64, position: u64, e: &NewEvent) -> RecordedEvent {
+    RecordedEvent {
+        stream: stream.to_owned(),
+        version,
+        position,
+        id: e.id,
+        name: e.name.clone(),
+        payload: e.payload.clone(),
+        metadata: e.metadata.clone(),
+    }
+}
+
+/// Rejects appends that cannot be meant: an empty stream name or no events.
+pub fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), StoreError> {
+    if stream.is_empty() {
+        return Err(StoreError::Invalid("stream name is empty".into()));
+    }
+    if events.is_empty() {
+        return Err(StoreError::Invalid(format!("append to `{stream}` has no events")));
+    }
+    Ok(())
+}
+
+/// The conflict raised when two transactions record the same inbox entry.
+pub fn inbox_conflict(handler: &str, id: MessageId) -> StoreError {
+    StoreError::Conflict { subject: format!("inbox {handler}/{id}"), detail: "already handled by a concurrent transaction".into() }
+}
+
+/// Checks that `record.version` follows `current`.
+pub fn check_saga_version(record: &SagaRecord, current: u64) -> Result<(), StoreError> {
+    if record.version == current + 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict {
+            subject: format!("saga {}/{}", record.name, record.id),
+            detail: format!("saving version {} but stored version is {current}", record.version),
+        })
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(MemoryTransaction {
+            store: self.clone(),
+            streams: Vec::new(),
+            snapshots: Vec::new(),
+            outbox: Vec::new(),
+            inbox: Vec::new(),
+            checkpoints: HashMap::new(),
+            sagas: Vec::new(),
+            hooks: Vec::new(),
+        }))
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self.data().stream_events(stream, from_version).take(limit).cloned().collect())
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let data = self.data();
+        Ok(data.log.iter().skip(after as usize).take(limit).cloned().collect())
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.data().snapshots.get(stream).cloned())
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        Ok(self.data().checkpoints.get(name).copied())
+    }
+
+    async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        Ok(self.data().sagas.get(&(name.to_owned(), id.to_owned())).cloned())
+    }
+
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let data = self.data();
+        Ok(data.outbox.iter().take(limit).map(|(&sequence, m)| OutboxRecord { sequence, message: m.clone() }).collect())
+    }
+
+    async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
+        let mut data = self.data();
+        for s in sequences {
+            data.outbox.remove(s);
+        }
+        Ok(())
+    }
+
+    fn changes(&self) -> &Notify {
+        &self.shared.changes
+    }
+
+    fn poll_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(20)
+    }
+}

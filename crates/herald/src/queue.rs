@@ -1,0 +1,326 @@
+//! The queue engine shared by brokers that keep their own log: the in-memory broker and the SQL
+//! broker in `herald-sql`.
+//!
+//! A [`QueueBackend`] stores topics as append-only logs and, per consumer group, the messages
+//! not yet settled. It answers four questions: append, create a group, *claim* what may be
+//! delivered now, and *settle* a delivery. Everything else (in-flight limits, waking up, turning
+//! claims into [`Delivery`] values, closing) is done once, here, by [`QueueBroker`].
+//!
+//! # What `claim` must do (the per-key rule)
+//!
+//! Among the group's unsettled messages, in position order, a message may be claimed when
+//! 1. no older unsettled message of the group has the same non-empty key, and
+//! 2. it is visible: never delivered, or its lease (`ack_wait`) or nack delay has passed.
+//!
+//! Claiming increments its attempt count and leases it for `ack_wait`. A message whose lease
+//! expired after its last allowed delivery is dead-lettered instead of being claimed.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::message::{Message, MessageId};
+use crate::pubsub::{
+    Capabilities, DLQ_ATTEMPTS, DLQ_GROUP, DLQ_ORIGINAL_ID, DLQ_ORIGINAL_TOPIC, DLQ_REASON, Delivery, PubSubError,
+    Publisher, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
+};
+
+/// The settings of a group's subscription that claim and settle need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupPolicy {
+    /// Lease length.
+    pub ack_wait: Duration,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// Where dead letters go.
+    pub dead_letter_topic: String,
+}
+
+impl From<&SubscribeOptions> for GroupPolicy {
+    fn from(o: &SubscribeOptions) -> Self {
+        Self {
+            ack_wait: o.ack_wait,
+            max_deliveries: o.max_deliveries,
+            dead_letter_topic: o.effective_dead_letter_topic(),
+        }
+    }
+}
+
+/// A message leased to a consumer.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    /// The message.
+    pub message: Message,
+    /// Its position in the topic.
+    pub position: u64,
+    /// Which delivery this is (1-based); settling checks it to detect a lost lease.
+    pub attempt: u32,
+}
+
+/// Storage for a [`QueueBroker`]. See the module docs for what `claim` must guarantee.
+#[async_trait]
+pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
+    /// What this backend supports.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Appends messages to their topics' logs, atomically and in order.
+    async fn append(&self, messages: &[Message]) -> Result<(), PubSubError>;
+
+    /// Creates the group if it does not exist, starting at `start`; an existing group is left
+    /// where it is.
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError>;
+
+    /// Leases up to `max` messages deliverable now (see the module docs).
+    async fn claim(&self, topic: &str, group: &str, max: usize, policy: &GroupPolicy)
+    -> Result<Vec<Claimed>, PubSubError>;
+
+    /// Settles delivery `attempt` of the message at `position`; [`PubSubError::LeaseLost`] when
+    /// that delivery is no longer the current one.
+    async fn settle(
+        &self,
+        topic: &str,
+        group: &str,
+        position: u64,
+        attempt: u32,
+        settlement: Settlement,
+        policy: &GroupPolicy,
+    ) -> Result<(), PubSubError>;
+
+    /// Notified when messages were appended or released in this process, so idle
+    /// subscriptions wake at once instead of at their next poll.
+    fn changed(&self) -> &Notify;
+
+    /// How often an idle subscription looks for work that no notification announced (another
+    /// process's writes, expired leases, elapsed nack delays).
+    fn poll_interval(&self) -> Duration;
+}
+
+/// The dead letter for `original`: a new message on `policy.dead_letter_topic` carrying the
+/// original payload, key and metadata plus the reason headers.
+pub fn dead_letter_for(original: &Message, group: &str, attempts: u32, reason: &str, topic: &str) -> Message {
+    let mut dead = original.clone();
+    dead.id = MessageId::new();
+    dead.topic = topic.to_owned();
+    let headers = &mut dead.metadata.headers;
+    headers.insert(DLQ_REASON.into(), reason.to_owned());
+    headers.insert(DLQ_ATTEMPTS.into(), attempts.to_string());
+    headers.insert(DLQ_GROUP.into(), group.to_owned());
+    headers.insert(DLQ_ORIGINAL_TOPIC.into(), original.topic.clone());
+    headers.insert(DLQ_ORIGINAL_ID.into(), original.id.to_string());
+    dead
+}
+
+/// The reason recorded when a message runs out of deliveries without a settlement.
+pub fn expired_reason(attempts: u32) -> String {
+    format!("not settled within ack wait after {attempts} deliveries")
+}
+
+/// A [`Publisher`] and [`Subscriber`] over a [`QueueBackend`]. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueBroker<B> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    backend: Arc<B>,
+    closed: AtomicBool,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl<B: fmt::Debug> fmt::Debug for QueueBroker<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBroker").field("backend", &self.inner.backend).finish_non_exhaustive()
+    }
+}
+
+impl<B: QueueBackend> QueueBroker<B> {
+    /// A broker over `backend`.
+    pub fn new(backend: B) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                backend: Arc::new(backend),
+                closed: AtomicBool::new(false),
+                shutdown: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.inner.backend
+    }
+
+    fn check_open(&self) -> Result<(), PubSubError> {
+        if self.inner.closed.load(Ordering::Acquire) { Err(PubSubError::Closed) } else { Ok(()) }
+    }
+}
+
+#[async_trait]
+impl<B: QueueBackend> Publisher for QueueBroker<B> {
+    async fn publish(&self, messages: &[Message]) -> Result<(), PubSubError> {
+        self.check_open()?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        self.inner.backend.append(messages).await?;
+        self.inner.backend.changed().notify_waiters();
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), PubSubError> {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<B: QueueBackend> Subscriber for QueueBroker<B> {
+    fn capabilities(&self) -> Capabilities {
+        self.inner.backend.capabilities()
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, PubSubError> {
+        self.check_open()?;
+        options.validate()?;
+        self.inner.backend.ensure_group(&options.topic, &options.group, options.start).await?;
+        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        let stop = self.inner.shutdown.child_token();
+        let pump = Pump {
+            backend: self.inner.backend.clone(),
+            policy: GroupPolicy::from(&options),
+            in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
+            options,
+            tx,
+            stop: stop.clone(),
+        };
+        self.inner.tasks.spawn(pump.run());
+        Ok(Subscription::new(rx, Some(stop.drop_guard())))
+    }
+
+    async fn close(&self) -> Result<(), PubSubError> {
+        Publisher::close(self).await
+    }
+}
+
+/// The task behind one subscription: claims while there is room in flight, hands deliveries
+/// over, sleeps until notified or the poll interval passes.
+struct Pump<B> {
+    backend: Arc<B>,
+    options: SubscribeOptions,
+    policy: GroupPolicy,
+    in_flight: Arc<Semaphore>,
+    tx: mpsc::Sender<Delivery>,
+    stop: CancellationToken,
+}
+
+impl<B: QueueBackend> Pump<B> {
+    async fn run(self) {
+        let mut failures = 0u32;
+        loop {
+            // Wait for room: at least one delivery may be outstanding.
+            let first = tokio::select! {
+                () = self.stop.cancelled() => return,
+                () = self.tx.closed() => return,
+                permit = self.in_flight.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let room = 1 + self.in_flight.available_permits();
+            let changed = self.backend.changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+
+            let claimed = match self.backend.claim(&self.options.topic, &self.options.group, room, &self.policy).await {
+                Ok(c) => {
+                    failures = 0;
+                    c
+                }
+                Err(e) => {
+                    failures += 1;
+                    let backoff = self.backend.poll_interval() * failures.min(40);
+                    tracing::warn!(topic = %self.options.topic, group = %self.options.group, error = %e, "claim failed; retrying");
+                    drop(first);
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => continue,
+                    }
+                }
+            };
+
+            if claimed.is_empty() {
+                drop(first);
+                tokio::select! {
+                    () = self.stop.cancelled() => return,
+                    () = &mut changed => {}
+                    () = tokio::time::sleep(self.backend.poll_interval()) => {}
+                }
+                continue;
+            }
+
+            let mut permits = std::iter::once(first)
+                .chain(std::iter::from_fn(|| self.in_flight.clone().try_acquire_owned().ok()));
+            for claim in claimed {
+                // `room` permits were available when claiming and only this task takes them.
+                let Some(permit) = permits.next() else {
+                    tracing::error!("in-flight accounting broken; message will be redelivered");
+                    break;
+                };
+                let delivery = self.delivery(claim, permit);
+                if self.tx.send(delivery).await.is_err() {
+                    return; // Subscription dropped: unsettled claims expire and are redelivered.
+                }
+            }
+        }
+    }
+
+    fn delivery(&self, claim: Claimed, permit: OwnedSemaphorePermit) -> Delivery {
+        let settle = QueueSettle {
+            backend: self.backend.clone(),
+            topic: self.options.topic.clone(),
+            group: self.options.group.clone(),
+            position: claim.position,
+            attempt: claim.attempt,
+            policy: self.policy.clone(),
+            _permit: permit,
+        };
+        Delivery::new(claim.message, claim.attempt, Some(claim.position), Box::new(settle))
+    }
+}
+
+/// Settles one claimed delivery; holds its in-flight permit until settled or dropped.
+struct QueueSettle<B> {
+    backend: Arc<B>,
+    topic: String,
+    group: String,
+    position: u64,
+    attempt: u32,
+    policy: GroupPolicy,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl<B: QueueBackend> Settle for QueueSettle<B> {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
+        let wake = !matches!(settlement, Settlement::Nack { delay, .. } if !delay.is_zero());
+        self.backend
+            .settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy)
+            .await?;
+        if wake {
+            // Settling may unblock the next message of this key, for any consumer of the group.
+            self.backend.changed().notify_waiters();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,407 @@
+//! Storage ports: the event store, snapshots, outbox, inbox, checkpoints and saga state, all
+//! written through one [`Transaction`] — the unit of work.
+//!
+//! A command or an incoming message runs in one transaction: load the aggregate, decide events,
+//! append them with the expected version, change the handler's own state, enqueue outgoing
+//! messages in the outbox, record the inbox entry, commit. Nothing is visible to anyone else
+//! before [`Transaction::commit`]; dropping a transaction rolls it back.
+//!
+//! # Contracts (checked by `herald-conformance`)
+//!
+//! * **Streams.** Versions start at 1 and have no gaps. An append whose [`ExpectedVersion`] does
+//!   not hold fails with [`StoreError::Conflict`] and writes nothing; of two concurrent appends
+//!   expecting the same version exactly one commits.
+//! * **The global log.** Every committed event has a position; positions increase in commit
+//!   order, so a reader that has seen position `p` will never later find a committed event
+//!   below `p`. [`LogReader`] follows the log: catch up, then live.
+//! * **Atomicity.** Everything in one transaction, across streams and ports, commits or
+//!   nothing does.
+//! * **Outbox.** Enqueued messages become visible to the relay at commit, oldest first, and stay
+//!   until [`Store::outbox_remove`] is called after the broker accepted them.
+//! * **Inbox.** [`Transaction::record_handled`] returns `true` the first time a
+//!   `(handler, message id)` pair is recorded and `false` after that pair has committed; of two
+//!   concurrent transactions recording the same pair, at most one commits.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::codec::{CodecError, EventSet};
+use crate::message::{Message, MessageId, Metadata};
+
+/// What an append expects of the stream's current version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist (version 0).
+    NoStream,
+    /// The stream's last event must have exactly this version (0 = no stream).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `current` version satisfies this expectation.
+    pub fn matches(self, current: u64) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => current == 0,
+            Self::Exact(v) => current == v,
+        }
+    }
+}
+
+/// Errors from the stores.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An optimistic-concurrency check failed: someone else wrote first. Reload and retry.
+    #[error("conflict on `{subject}`: {detail}")]
+    Conflict {
+        /// The stream, saga or inbox entry that was contended.
+        subject: String,
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// An event could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The argument is invalid (empty stream name, empty event list…).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The database failed; usually worth retrying.
+    #[error("storage error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend error.
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(e))
+    }
+
+    /// A version conflict on `stream`.
+    pub fn version_conflict(stream: &str, expected: ExpectedVersion, actual: u64) -> Self {
+        Self::Conflict { subject: stream.to_owned(), detail: format!("expected {expected:?}, stream is at version {actual}") }
+    }
+
+    /// Whether this is a [`StoreError::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Conflict { .. })
+    }
+}
+
+/// An event about to be appended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Unique id (also the id of any message made from it).
+    pub id: MessageId,
+    /// Event name, e.g. `stores.StoreCreated.v1`.
+    pub name: String,
+    /// Encoded payload.
+    pub payload: Vec<u8>,
+    /// Correlation, causation, trace context, time.
+    pub metadata: Metadata,
+}
+
+impl NewEvent {
+    /// Encodes a typed event with fresh metadata.
+    pub fn encode<E: EventSet>(event: &E) -> Result<Self, CodecError> {
+        Ok(Self {
+            id: MessageId::new(),
+            name: event.event_name().to_owned(),
+            payload: event.encode()?,
+            metadata: Metadata::default(),
+        })
+    }
+
+    /// An event with this name and payload.
+    pub fn new(name: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
+        Self { id: MessageId::new(), name: name.into(), payload: payload.into(), metadata: Metadata::default() }
+    }
+
+    /// Marks the event as caused by `cause` (see [`Message::caused_by`]).
+    #[must_use]
+    pub fn caused_by(mut self, cause: &Message) -> Self {
+        self.metadata.causation_id = Some(cause.id);
+        self.metadata.correlation_id = Some(cause.correlation_id());
+        if self.metadata.traceparent.is_none() {
+            self.metadata.traceparent.clone_from(&cause.metadata.traceparent);
+            self.metadata.tracestate.clone_from(&cause.metadata.tracestate);
+        }
+        self
+    }
+}
+
+/// A stored event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// Its stream.
+    pub stream: String,
+    /// Its version in the stream (1-based).
+    pub version: u64,
+    /// Its position in the global log (1-based).
+    pub position: u64,
+    /// Event id.
+    pub id: MessageId,
+    /// Event name.
+    pub name: String,
+    /// Encoded payload.
+    pub payload: Vec<u8>,
+    /// Metadata as appended.
+    pub metadata: Metadata,
+}
+
+impl RecordedEvent {
+    /// Decodes the payload.
+    pub fn decode<E: EventSet>(&self, registry: &crate::codec::Registry) -> Result<E, CodecError> {
+        registry.decode(&self.name, &self.payload)
+    }
+
+    /// This event as a message on `topic`, keyed by its stream.
+    pub fn to_message(&self, topic: impl Into<String>) -> Message {
+        Message {
+            id: self.id,
+            name: self.name.clone(),
+            topic: topic.into(),
+            key: self.stream.clone(),
+            payload: self.payload.clone(),
+            metadata: self.metadata.clone(),
+        }
+    }
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append (pass as `Exact` to the next append).
+    pub next_expected_version: u64,
+}
+
+/// A snapshot of a stream's state at a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream.
+    pub stream: String,
+    /// The version of the last event folded into it.
+    pub version: u64,
+    /// Encoded state.
+    pub payload: Vec<u8>,
+}
+
+/// A message waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Its place in the outbox; the relay publishes in this order.
+    pub sequence: u64,
+    /// The message.
+    pub message: Message,
+}
+
+/// Persisted state of one saga instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SagaRecord {
+    /// The saga definition's name.
+    pub name: String,
+    /// The instance id (often the id of what it is about, e.g. the order id).
+    pub id: String,
+    /// Incremented by every save; a save expecting a stale version is a conflict.
+    pub version: u64,
+    /// Current step index.
+    pub step: i64,
+    /// Whether the saga is compensating.
+    pub compensating: bool,
+    /// Whether the saga has ended.
+    pub done: bool,
+    /// Encoded saga data.
+    pub data: Vec<u8>,
+}
+
+/// One step of a [`Store::append_many`].
+#[derive(Clone, Debug)]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream: String,
+    /// Its expected version.
+    pub expected: ExpectedVersion,
+    /// Events to append.
+    pub events: Vec<NewEvent>,
+}
+
+/// A unit of work. Dropping it without [`commit`](Self::commit) rolls everything back.
+#[async_trait]
+pub trait Transaction: Send {
+    // --- event store ---
+
+    /// Appends events to a stream if `expected` holds.
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Reads up to `limit` events of a stream with version ≥ `from_version`, including this
+    /// transaction's own appends.
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Stores a snapshot (replacing an older one of the stream).
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// The stream's latest snapshot.
+    async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    // --- outbox ---
+
+    /// Queues messages for publication after commit.
+    async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError>;
+
+    // --- inbox ---
+
+    /// Records that `handler` handled `message_id`; `false` if it already had.
+    async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError>;
+
+    // --- checkpoints ---
+
+    /// Saves a projection's or reader's position.
+    async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError>;
+
+    /// Loads a position saved with [`save_checkpoint`](Self::save_checkpoint).
+    async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    // --- sagas ---
+
+    /// Saves a saga instance; `record.version` must be one more than the stored version (1 for
+    /// a new instance), otherwise [`StoreError::Conflict`].
+    async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError>;
+
+    /// Loads a saga instance.
+    async fn load_saga(&mut self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError>;
+
+    // --- the transaction itself ---
+
+    /// Runs `f` after a successful commit (to update in-memory state that must not change
+    /// before the data is durable).
+    fn on_commit(&mut self, f: Box<dyn FnOnce() + Send>);
+
+    /// The backend's own transaction, for the handler's own tables (e.g. downcast to
+    /// `herald_sql::SqliteTransaction`).
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send);
+
+    /// Commits everything, atomically.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A database holding Herald's ports. Cheap to share behind an `Arc`.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Starts a unit of work.
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
+
+    /// Up to `limit` events of a stream with version ≥ `from_version`.
+    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize)
+    -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events of the global log with position > `after`, in position order.
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The latest snapshot of a stream.
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    /// A saved checkpoint.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
+
+    /// A saga instance.
+    async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError>;
+
+    /// Up to `limit` outbox messages, oldest first.
+    async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
+
+    /// Removes published messages from the outbox.
+    async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError>;
+
+    /// Notified after every commit in this process, so readers and the relay wake at once.
+    fn changes(&self) -> &Notify;
+
+    /// How often readers poll for commits no notification announced (other processes).
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+
+    /// Appends to one stream in its own transaction.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let mut tx = self.begin().await?;
+        let result = tx.append(stream, expected, events).await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Appends to several streams atomically: all or none.
+    async fn append_many(&self, batch: Vec<StreamAppend>) -> Result<Vec<AppendResult>, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut results = Vec::with_capacity(batch.len());
+        for step in batch {
+            results.push(tx.append(&step.stream, step.expected, step.events).await?);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+/// Follows the global log: yields every committed event after a position, in order, first the
+/// history (catch-up) and then new commits as they happen (live).
+#[derive(Debug)]
+pub struct LogReader {
+    store: Arc<dyn Store>,
+    after: u64,
+    batch: usize,
+    buffer: VecDeque<RecordedEvent>,
+}
+
+impl LogReader {
+    /// A reader yielding events with position > `after`.
+    pub fn new(store: Arc<dyn Store>, after: u64) -> Self {
+        Self { store, after, batch: 512, buffer: VecDeque::new() }
+    }
+
+    /// The position of the last event returned.
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// The next event, waiting for one to be committed if the reader is caught up.
+    pub async fn next(&mut self) -> Result<RecordedEvent, StoreError> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                self.after = e.position;
+                return Ok(e);
+            }
+            let changed = self.store.changes().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let batch = self.store.read_all(self.after, self.batch).await?;
+            if batch.is_empty() {
+                tokio::select! {
+                    () = &mut changed => {}
+                    () = tokio::time::sleep(self.store.poll_interval()) => {}
+                }
+            }
+            self.buffer.extend(batch);
+        }
+    }
+}
