@@ -1,0 +1,297 @@
+//! Event-sourced aggregates: [`Aggregate::handle`] decides (returns events, changes nothing),
+//! [`Aggregate::apply`] evolves (changes state, decides nothing). A [`Repository`] loads an
+//! aggregate from its latest snapshot plus the events after it, and saves new events with the
+//! version it loaded as the expected version, so concurrent writers cannot both win.
+//!
+//! [`testing::AggregateTest`] checks domain rules in the given/when/then style without any store.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{EventSet, Registry, decode_json, encode_json};
+use crate::message::Message;
+use crate::store::{ExpectedVersion, NewEvent, Snapshot, Store, StoreError, Transaction};
+
+/// A consistency boundary whose state is the fold of its events.
+pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The type name; streams are named `"{TYPE}-{id}"`.
+    const TYPE: &'static str;
+    /// What can be asked of it.
+    type Command: Send;
+    /// What it records.
+    type Event: EventSet + Clone;
+    /// Why a command is refused (a rule of the domain).
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Decides: the events a command results in, or why it is refused. Pure.
+    fn handle(&self, command: Self::Command) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// Evolves the state by one event. Must not fail: the event already happened.
+    fn apply(&mut self, event: &Self::Event);
+}
+
+/// The stream of aggregate `A` with this id.
+pub fn stream_name<A: Aggregate>(id: &str) -> String {
+    format!("{}-{id}", A::TYPE)
+}
+
+/// An aggregate as loaded, with the version to expect when saving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded<A> {
+    /// Its id.
+    pub id: String,
+    /// Its state.
+    pub state: A,
+    /// The version of its last event (0 = it does not exist yet).
+    pub version: u64,
+}
+
+/// Failure of a repository operation.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError<E: std::error::Error + 'static> {
+    /// The command was refused by the aggregate.
+    #[error(transparent)]
+    Rejected(E),
+    /// Loading or saving failed (including a conflict that outlasted the retries).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Loads and saves aggregates of type `A`.
+pub struct Repository<A> {
+    registry: Registry,
+    snapshot_every: Option<u64>,
+    conflict_retries: u32,
+    _aggregate: PhantomData<fn() -> A>,
+}
+
+impl<A> fmt::Debug for Repository<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("snapshot_every", &self.snapshot_every)
+            .field("conflict_retries", &self.conflict_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A> Clone for Repository<A> {
+    fn clone(&self) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            snapshot_every: self.snapshot_every,
+            conflict_retries: self.conflict_retries,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A: Aggregate> Default for Repository<A> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// A repository without snapshots that retries a conflicting command 3 times.
+    pub fn new() -> Self {
+        Self { registry: Registry::new(), snapshot_every: None, conflict_retries: 3, _aggregate: PhantomData }
+    }
+
+    /// Upcasters for old event shapes.
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Saves a snapshot whenever a save crosses a multiple of `n` events.
+    #[must_use]
+    pub fn snapshot_every(mut self, n: u64) -> Self {
+        self.snapshot_every = (n > 0).then_some(n);
+        self
+    }
+
+    /// How often [`execute`](Self::execute) retries after a conflict.
+    #[must_use]
+    pub fn conflict_retries(mut self, n: u32) -> Self {
+        self.conflict_retries = n;
+        self
+    }
+
+    /// Loads the aggregate: latest snapshot, then the events after it.
+    pub async fn load(&self, tx: &mut dyn Transaction, id: &str) -> Result<Loaded<A>, StoreError> {
+        let stream = stream_name::<A>(id);
+        let (mut state, mut version) = match tx.load_snapshot(&stream).await? {
+            Some(s) => (decode_json::<A>(A::TYPE, &s.payload)?, s.version),
+            None => (A::default(), 0),
+        };
+        const BATCH: usize = 1000;
+        loop {
+            let events = tx.read_stream(&stream, version + 1, BATCH).await?;
+            let n = events.len();
+            for e in events {
+                let event: A::Event = self.registry.decode(&e.name, &e.payload)?;
+                state.apply(&event);
+                version = e.version;
+            }
+            if n < BATCH {
+                return Ok(Loaded { id: id.to_owned(), state, version });
+            }
+        }
+    }
+
+    /// Appends `events` expecting the loaded version, applies them to `loaded`, and snapshots
+    /// if due. `cause`, when given, becomes the events' causation (and correlation).
+    pub async fn save(
+        &self,
+        tx: &mut dyn Transaction,
+        loaded: &mut Loaded<A>,
+        events: &[A::Event],
+        cause: Option<&Message>,
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let stream = stream_name::<A>(&loaded.id);
+        let mut new_events = Vec::with_capacity(events.len());
+        for e in events {
+            let mut n = NewEvent::encode(e)?;
+            if let Some(cause) = cause {
+                n = n.caused_by(cause);
+            }
+            new_events.push(n);
+        }
+        let before = loaded.version;
+        let result = tx.append(&stream, ExpectedVersion::Exact(before), new_events).await?;
+        for e in events {
+            loaded.state.apply(e);
+        }
+        loaded.version = result.next_expected_version;
+        if let Some(every) = self.snapshot_every {
+            if before / every != loaded.version / every {
+                let payload = encode_json(A::TYPE, &loaded.state)?;
+                tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads, handles `command`, saves and commits in one transaction, retrying from the load
+    /// when another writer got there first. Returns the recorded events.
+    pub async fn execute(
+        &self,
+        store: &dyn Store,
+        id: &str,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        retry_on_conflict(self.conflict_retries, || async {
+            let mut tx = store.begin().await?;
+            let mut loaded = self.load(tx.as_mut(), id).await?;
+            let events = match loaded.state.handle(command.clone()) {
+                Ok(events) => events,
+                Err(e) => return Ok(Err(e)),
+            };
+            self.save(tx.as_mut(), &mut loaded, &events, None).await?;
+            tx.commit().await?;
+            Ok(Ok(events))
+        })
+        .await?
+        .map_err(RepositoryError::Rejected)
+    }
+}
+
+/// Runs `op` again (up to `retries` more times) while it fails with a conflict.
+pub async fn retry_on_conflict<T, F, Fut>(retries: u32, mut op: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_conflict() && attempt < retries => {
+                attempt += 1;
+                tracing::debug!(attempt, error = %e, "conflict; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Given/when/then tests for aggregates.
+pub mod testing {
+    use std::fmt::Debug;
+
+    use super::Aggregate;
+
+    /// `AggregateTest::<Order>::given([..]).when(cmd).then_events([..])`.
+    #[derive(Debug)]
+    pub struct AggregateTest<A> {
+        state: A,
+    }
+
+    impl<A: Aggregate> AggregateTest<A> {
+        /// The aggregate after these past events.
+        pub fn given(events: impl IntoIterator<Item = A::Event>) -> Self {
+            let mut state = A::default();
+            for e in events {
+                state.apply(&e);
+            }
+            Self { state }
+        }
+
+        /// An aggregate that does not exist yet.
+        pub fn given_nothing() -> Self {
+            Self { state: A::default() }
+        }
+
+        /// Handles a command.
+        pub fn when(self, command: A::Command) -> Outcome<A> {
+            let result = self.state.handle(command);
+            Outcome { result }
+        }
+    }
+
+    /// What a command produced.
+    #[derive(Debug)]
+    pub struct Outcome<A: Aggregate> {
+        result: Result<Vec<A::Event>, A::Error>,
+    }
+
+    impl<A: Aggregate> Outcome<A>
+    where
+        A::Event: PartialEq + Debug,
+        A::Error: Debug,
+    {
+        /// Asserts exactly these events were decided.
+        #[track_caller]
+        pub fn then_events(self, expected: impl IntoIterator<Item = A::Event>) {
+            let expected: Vec<_> = expected.into_iter().collect();
+            match self.result {
+                Ok(events) => assert_eq!(events, expected, "unexpected events"),
+                Err(e) => panic!("expected events {expected:?}, got error {e:?}"),
+            }
+        }
+
+        /// Asserts the command was refused with an error whose message contains `text`.
+        #[track_caller]
+        pub fn then_error_contains(self, text: &str) {
+            match self.result {
+                Ok(events) => panic!("expected an error containing {text:?}, got events {events:?}"),
+                Err(e) => assert!(e.to_string().contains(text), "error {e} does not contain {text:?}"),
+            }
+        }
+
+        /// The raw result, for custom checks.
+        pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
+            self.result
+        }
+    }
+}

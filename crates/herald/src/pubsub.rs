@@ -348,6 +348,13 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Delivery> {
         self.rx.recv().await
     }
+
+    /// Stops accepting deliveries and returns those already fetched but not yet taken, so the
+    /// caller can release them (e.g. nack for immediate redelivery) at shutdown.
+    pub fn close_and_drain(&mut self) -> Vec<Delivery> {
+        self.rx.close();
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
 }
 
 impl Stream for Subscription {

@@ -121,10 +121,16 @@ pub fn expired_reason(attempts: u32) -> String {
     format!("not settled within ack wait after {attempts} deliveries")
 }
 
-/// A [`Publisher`] and [`Subscriber`] over a [`QueueBackend`]. Cheap to clone.
-#[derive(Clone)]
+/// A [`Publisher`] and [`Subscriber`] over a [`QueueBackend`]. Cheap to clone; clones share
+/// the backend and close together.
 pub struct QueueBroker<B> {
     inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for QueueBroker<B> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
 }
 
 struct Inner<B> {

@@ -1,0 +1,631 @@
+//! The router: subscriptions in, handlers chosen by message name, middleware around them, and
+//! a settlement policy (ack, retry later, dead-letter) out.
+//!
+//! ```text
+//! subscription ──► per-key lanes ──► [middleware …] ──► handler
+//!                                          │                 │ (in a Transaction when a store is set:
+//!                                          ▼                 │  own state + outbox + inbox, one commit)
+//!                         Ok → commit → ack; Err → RetryPolicy: nack(backoff) or dead letter
+//! ```
+//!
+//! * **Per-key order with concurrency.** Deliveries with different keys run concurrently (up to
+//!   the subscription's `max_in_flight`); deliveries with the same key run one after another in
+//!   arrival order. Brokers with [`Capabilities::per_key_order`](crate::Capabilities) also hold
+//!   back later messages of a key while one is being retried, so a failing key never blocks
+//!   other keys and is never overtaken by its own later messages.
+//! * **Retries** are broker redeliveries: a failed attempt is nacked with an exponential,
+//!   jittered delay ([`RetryPolicy`]), so a retrying message holds no worker while it waits. The
+//!   subscription's `max_deliveries` is the attempt limit; after it the broker dead-letters the
+//!   message with the last error as the reason. Permanent errors (an undecodable payload, an
+//!   unknown event) are dead-lettered at once.
+//! * **Unit of work.** With a [`Store`], each delivery gets a [`Transaction`]; the handler writes
+//!   its state and outgoing messages through it; the [`Inbox`] middleware records the message id
+//!   in it; commit happens before ack. A crash before the commit redelivers; after it, the inbox
+//!   skips the duplicate.
+//! * **Graceful shutdown.** [`Router::run`] stops taking deliveries when its token is cancelled,
+//!   waits for in-flight handlers up to the shutdown timeout, and releases queued deliveries
+//!   for immediate redelivery.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::codec::{CodecError, EventSet, Registry};
+use crate::message::Message;
+use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber};
+use crate::store::{Store, StoreError, Transaction};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler's failure, classified by what the router should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Might succeed later (a database hiccup, a conflict, a timeout): retry with backoff.
+    #[error("{0}")]
+    Transient(#[source] BoxError),
+    /// Will never succeed (bad payload, a bug): dead-letter now.
+    #[error("{0}")]
+    Permanent(#[source] BoxError),
+}
+
+impl HandlerError {
+    /// A retryable error.
+    pub fn transient(e: impl Into<BoxError>) -> Self {
+        Self::Transient(e.into())
+    }
+
+    /// A non-retryable error.
+    pub fn permanent(e: impl Into<BoxError>) -> Self {
+        Self::Permanent(e.into())
+    }
+
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Permanent(_))
+    }
+}
+
+impl From<CodecError> for HandlerError {
+    fn from(e: CodecError) -> Self {
+        Self::Permanent(Box::new(e))
+    }
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Codec(_) | StoreError::Invalid(_) => Self::Permanent(Box::new(e)),
+            StoreError::Conflict { .. } | StoreError::Backend(_) => Self::Transient(Box::new(e)),
+        }
+    }
+}
+
+impl From<PubSubError> for HandlerError {
+    fn from(e: PubSubError) -> Self {
+        Self::Transient(Box::new(e))
+    }
+}
+
+/// What a handler sees: the message, its attempt, and (with a store) the unit of work.
+pub struct HandlerContext {
+    message: Message,
+    attempt: u32,
+    handler: Arc<str>,
+    registry: Registry,
+    tx: Option<Box<dyn Transaction>>,
+}
+
+impl fmt::Debug for HandlerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerContext")
+            .field("message", &self.message)
+            .field("attempt", &self.attempt)
+            .field("handler", &self.handler)
+            .field("has_tx", &self.tx.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HandlerContext {
+    /// A context for calling a handler directly (tests, custom dispatch).
+    pub fn new(message: Message, attempt: u32, handler: &str, tx: Option<Box<dyn Transaction>>) -> Self {
+        Self { message, attempt, handler: handler.into(), registry: Registry::new(), tx }
+    }
+
+    /// The message being handled.
+    pub fn message(&self) -> &Message {
+        &self.message
+    }
+
+    /// 1 on the first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The handler's name (the inbox key).
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// The unit of work; an error if the router has no store.
+    pub fn tx(&mut self) -> Result<&mut dyn Transaction, HandlerError> {
+        match self.tx.as_deref_mut() {
+            Some(tx) => Ok(tx),
+            None => Err(HandlerError::permanent(format!(
+                "handler `{}` needs a transaction but the router has no store",
+                self.handler
+            ))),
+        }
+    }
+
+    /// Queues messages in the outbox, marked as caused by the message being handled; they are
+    /// published after the transaction commits.
+    pub async fn publish(&mut self, messages: Vec<Message>) -> Result<(), HandlerError> {
+        let cause = self.message.clone();
+        let messages = messages.into_iter().map(|m| m.caused_by(&cause)).collect();
+        self.tx()?.enqueue(messages).await?;
+        Ok(())
+    }
+
+    /// Decodes the message as `E`, upcasting old shapes.
+    pub fn decode<E: EventSet>(&self) -> Result<E, CodecError> {
+        self.registry.decode(&self.message.name, &self.message.payload)
+    }
+
+    /// Takes the transaction out (the router commits it after the handler chain succeeds).
+    pub fn take_tx(&mut self) -> Option<Box<dyn Transaction>> {
+        self.tx.take()
+    }
+}
+
+/// Handles messages.
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Handles the context's message.
+    async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError>;
+}
+
+/// The rest of the chain, for a [`Middleware`] to call.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    middleware: &'a [Arc<dyn Middleware>],
+    handler: &'a dyn Handler,
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next").field("remaining_middleware", &self.middleware.len()).finish()
+    }
+}
+
+impl Next<'_> {
+    /// Runs the next middleware, or the handler.
+    pub async fn run(self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
+        match self.middleware.split_first() {
+            Some((first, rest)) => first.call(cx, Next { middleware: rest, handler: self.handler }).await,
+            None => self.handler.handle(cx).await,
+        }
+    }
+}
+
+/// Wraps handling: tracing, timeouts, de-duplication, metrics…
+#[async_trait]
+pub trait Middleware: Send + Sync {
+    /// Does its part and (usually) calls `next`.
+    async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError>;
+}
+
+/// A span per handled message with its name, id, topic, key, attempt, handler, correlation id
+/// and trace parent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tracing;
+
+#[async_trait]
+impl Middleware for Tracing {
+    async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError> {
+        let m = &cx.message;
+        let span = tracing::info_span!(
+            "handle",
+            handler = %cx.handler,
+            message.name = %m.name,
+            message.id = %m.id,
+            message.topic = %m.topic,
+            message.key = %m.key,
+            attempt = cx.attempt,
+            correlation_id = %m.correlation_id(),
+            traceparent = m.metadata.traceparent.as_deref().unwrap_or(""),
+        );
+        let result = next.run(cx).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::warn!(error = %e, permanent = e.is_permanent(), "handler failed"));
+        }
+        result
+    }
+}
+
+/// Fails a handler that runs longer than the limit (a transient error: it will be retried).
+#[derive(Debug, Clone, Copy)]
+pub struct Timeout(pub Duration);
+
+#[async_trait]
+impl Middleware for Timeout {
+    async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError> {
+        match tokio::time::timeout(self.0, next.run(cx)).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::transient(format!("handler timed out after {:?}", self.0))),
+        }
+    }
+}
+
+/// Idempotent consumer: records `(handler, message id)` in the unit of work and skips a message
+/// the handler has already handled. Needs a store on the router.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inbox;
+
+#[async_trait]
+impl Middleware for Inbox {
+    async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError> {
+        let (handler, id) = (cx.handler.clone(), cx.message.id);
+        if cx.tx()?.record_handled(&handler, id).await? {
+            next.run(cx).await
+        } else {
+            tracing::debug!(%handler, message.id = %id, "duplicate skipped by the inbox");
+            Ok(())
+        }
+    }
+}
+
+/// How failed attempts are retried: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay before the second attempt.
+    pub initial_delay: Duration,
+    /// Upper bound of any delay.
+    pub max_delay: Duration,
+    /// Growth per attempt.
+    pub multiplier: f64,
+    /// Fraction of the delay that is randomised (0 = none, 1 = "full jitter").
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(60), multiplier: 2.0, jitter: 0.5 }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        let base = (self.initial_delay.as_secs_f64() * exp).min(self.max_delay.as_secs_f64());
+        let jitter = self.jitter.clamp(0.0, 1.0);
+        Duration::from_secs_f64(base * (1.0 - jitter * fastrand::f64()))
+    }
+}
+
+/// Wraps a closure as a [`Handler`] of typed events `E`:
+/// `on(|cx, event: MyEvent| Box::pin(async move { … }))`.
+pub fn handler_fn<E, F>(f: F) -> impl Handler
+where
+    E: EventSet,
+    F: for<'a> Fn(&'a mut HandlerContext, E) -> BoxFuture<'a, Result<(), HandlerError>> + Send + Sync + 'static,
+{
+    struct Typed<E, F>(F, std::marker::PhantomData<fn() -> E>);
+
+    #[async_trait]
+    impl<E, F> Handler for Typed<E, F>
+    where
+        E: EventSet,
+        F: for<'a> Fn(&'a mut HandlerContext, E) -> BoxFuture<'a, Result<(), HandlerError>> + Send + Sync + 'static,
+    {
+        async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
+            let event = cx.decode::<E>()?;
+            (self.0)(cx, event).await
+        }
+    }
+    Typed(f, std::marker::PhantomData)
+}
+
+/// The handlers of one subscription, chosen by message name.
+pub struct Route {
+    name: Arc<str>,
+    options: SubscribeOptions,
+    handlers: HashMap<String, Arc<dyn Handler>>,
+    ignore_unknown: bool,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Route {
+    /// A route named after the group (the name is the inbox key, so keep it stable).
+    pub fn new(options: SubscribeOptions) -> Self {
+        Self { name: options.group.as_str().into(), options, handlers: HashMap::new(), ignore_unknown: true }
+    }
+
+    /// Renames the route (and so its inbox key).
+    #[must_use]
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Handles every event name of `E` with `handler` (which decodes `E` itself, e.g. one made
+    /// by [`handler_fn`]).
+    #[must_use]
+    pub fn on<E: EventSet>(mut self, handler: impl Handler + 'static) -> Self {
+        let handler: Arc<dyn Handler> = Arc::new(handler);
+        for name in E::names() {
+            self.handlers.insert(name.to_owned(), handler.clone());
+        }
+        self
+    }
+
+    /// Handles messages named `name` with an untyped handler.
+    #[must_use]
+    pub fn on_name(mut self, name: impl Into<String>, handler: impl Handler + 'static) -> Self {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// By default a message no handler knows is acknowledged and skipped (topics carry events
+    /// for many consumers). With `false`, it is dead-lettered as unknown instead.
+    #[must_use]
+    pub fn ignore_unknown(mut self, ignore: bool) -> Self {
+        self.ignore_unknown = ignore;
+        self
+    }
+}
+
+/// Runs routes until shut down. Build with [`Router::new`], then [`Router::run`].
+pub struct Router {
+    subscriber: Arc<dyn Subscriber>,
+    store: Option<Arc<dyn Store>>,
+    registry: Registry,
+    middleware: Vec<Arc<dyn Middleware>>,
+    retry: RetryPolicy,
+    shutdown_timeout: Duration,
+    routes: Vec<Route>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("subscriber", &self.subscriber)
+            .field("store", &self.store)
+            .field("routes", &self.routes)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router reading from `subscriber`.
+    pub fn new(subscriber: Arc<dyn Subscriber>) -> Self {
+        Self {
+            subscriber,
+            store: None,
+            registry: Registry::new(),
+            middleware: Vec::new(),
+            retry: RetryPolicy::default(),
+            shutdown_timeout: Duration::from_secs(10),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Runs every delivery in a transaction of `store`, committed before the ack.
+    #[must_use]
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Upcasters used when decoding.
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Adds a middleware; the first added is the outermost.
+    #[must_use]
+    pub fn middleware(mut self, m: impl Middleware + 'static) -> Self {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+
+    /// Sets the retry policy.
+    #[must_use]
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers.
+    #[must_use]
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Adds a route.
+    #[must_use]
+    pub fn route(mut self, route: Route) -> Self {
+        self.routes.push(route);
+        self
+    }
+
+    /// Subscribes every route and handles deliveries until `shutdown` is cancelled, then drains
+    /// (see the module docs). Fails only if a subscription cannot be opened.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), PubSubError> {
+        let tasks = TaskTracker::new();
+        let mut subscriptions = Vec::new();
+        for route in self.routes {
+            let subscription = self.subscriber.subscribe(route.options.clone()).await?;
+            let dispatcher = Arc::new(Dispatcher {
+                route,
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                middleware: self.middleware.clone(),
+                retry: self.retry,
+                lanes: Mutex::new(HashMap::new()),
+                draining: CancellationToken::new(),
+            });
+            subscriptions.push((subscription, dispatcher));
+        }
+        let dispatchers: Vec<_> = subscriptions.iter().map(|(_, d)| d.clone()).collect();
+        for (mut subscription, dispatcher) in subscriptions {
+            let shutdown = shutdown.clone();
+            let workers = tasks.clone();
+            tasks.spawn(async move {
+                loop {
+                    let delivery = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        d = subscription.next() => match d { Some(d) => d, None => break },
+                    };
+                    dispatcher.clone().dispatch(delivery, &workers);
+                }
+                // Fetched but not started: hand back for immediate redelivery elsewhere.
+                for d in subscription.close_and_drain() {
+                    release(d).await;
+                }
+            });
+        }
+        shutdown.cancelled().await;
+        for d in &dispatchers {
+            d.draining.cancel();
+        }
+        tasks.close();
+        if tokio::time::timeout(self.shutdown_timeout, tasks.wait()).await.is_err() {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timed out; unsettled messages will be redelivered");
+        }
+        Ok(())
+    }
+}
+
+/// Dispatches one route's deliveries: lanes per key, the chain, the settlement.
+struct Dispatcher {
+    route: Route,
+    store: Option<Arc<dyn Store>>,
+    registry: Registry,
+    middleware: Vec<Arc<dyn Middleware>>,
+    retry: RetryPolicy,
+    /// Keys with a delivery in progress, and the deliveries of that key waiting behind it.
+    lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
+    /// Cancelled at shutdown: queued deliveries are released instead of started.
+    draining: CancellationToken,
+}
+
+impl Dispatcher {
+    fn dispatch(self: Arc<Self>, delivery: Delivery, tasks: &TaskTracker) {
+        let key = delivery.message.key.clone();
+        if !key.is_empty() {
+            let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(queue) = lanes.get_mut(&key) {
+                queue.push_back(delivery);
+                return;
+            }
+            lanes.insert(key.clone(), VecDeque::new());
+        }
+        tasks.spawn(async move {
+            let mut next = Some(delivery);
+            while let Some(d) = next.take() {
+                self.process(d).await;
+                if key.is_empty() {
+                    break;
+                }
+                let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
+                next = lanes.get_mut(&key).and_then(VecDeque::pop_front);
+                if next.is_none() {
+                    lanes.remove(&key);
+                }
+            }
+        });
+    }
+
+    async fn process(&self, delivery: Delivery) {
+        if self.draining.is_cancelled() {
+            release(delivery).await;
+            return;
+        }
+        let Some(handler) = self.route.handlers.get(&delivery.message.name).cloned() else {
+            let name = delivery.message.name.clone();
+            let result = if self.route.ignore_unknown {
+                delivery.ack().await
+            } else {
+                delivery.dead_letter(format!("no handler for message `{name}`")).await
+            };
+            log_settle_error(result);
+            return;
+        };
+        let tx = match &self.store {
+            Some(store) => match store.begin().await {
+                Ok(tx) => Some(tx),
+                Err(e) => {
+                    let delay = self.retry.delay(delivery.attempt);
+                    log_settle_error(delivery.nack_with_reason(delay, format!("begin transaction: {e}")).await);
+                    return;
+                }
+            },
+            None => None,
+        };
+        let mut cx = HandlerContext {
+            message: delivery.message.clone(),
+            attempt: delivery.attempt,
+            handler: self.route.name.clone(),
+            registry: self.registry.clone(),
+            tx,
+        };
+        let chain = Next { middleware: &self.middleware, handler: handler.as_ref() };
+        let mut result = chain.run(&mut cx).await;
+        if result.is_ok() {
+            if let Some(tx) = cx.tx.take() {
+                result = tx.commit().await.map_err(HandlerError::from);
+            }
+        }
+        drop(cx); // rolls back an uncommitted transaction before settling
+        let settled = match result {
+            Ok(()) => delivery.ack().await,
+            Err(e) if e.is_permanent() => delivery.dead_letter(e.to_string()).await,
+            Err(e) => {
+                let attempt = delivery.attempt;
+                delivery.nack_with_reason(self.retry.delay(attempt), format!("attempt {attempt}: {e}")).await
+            }
+        };
+        log_settle_error(settled);
+    }
+}
+
+/// Hands a delivery back for immediate redelivery (at shutdown).
+async fn release(delivery: Delivery) {
+    log_settle_error(delivery.nack(Duration::ZERO).await);
+}
+
+fn log_settle_error(result: Result<(), PubSubError>) {
+    match result {
+        Ok(()) => {}
+        Err(PubSubError::LeaseLost) => {
+            tracing::warn!("settled after the lease expired; the message was redelivered elsewhere")
+        }
+        Err(e) => tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_is_capped() {
+        let p = RetryPolicy { jitter: 0.0, ..RetryPolicy::default() };
+        assert_eq!(p.delay(1), Duration::from_millis(200));
+        assert_eq!(p.delay(2), Duration::from_millis(400));
+        assert_eq!(p.delay(4), Duration::from_millis(1600));
+        assert_eq!(p.delay(40), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        let p = RetryPolicy::default();
+        for attempt in 1..10 {
+            let full = RetryPolicy { jitter: 0.0, ..p }.delay(attempt);
+            let d = p.delay(attempt);
+            assert!(d <= full && d >= full.mul_f64(0.5), "{d:?} vs {full:?}");
+        }
+    }
+}
