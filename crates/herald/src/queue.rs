@@ -77,8 +77,13 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
     async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError>;
 
     /// Leases up to `max` messages deliverable now (see the module docs).
-    async fn claim(&self, topic: &str, group: &str, max: usize, policy: &GroupPolicy)
-    -> Result<Vec<Claimed>, PubSubError>;
+    async fn claim(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        policy: &GroupPolicy,
+    ) -> Result<Vec<Claimed>, PubSubError>;
 
     /// Settles delivery `attempt` of the message at `position`; [`PubSubError::LeaseLost`] when
     /// that delivery is no longer the current one.
@@ -275,8 +280,8 @@ impl<B: QueueBackend> Pump<B> {
                 continue;
             }
 
-            let mut permits = std::iter::once(first)
-                .chain(std::iter::from_fn(|| self.in_flight.clone().try_acquire_owned().ok()));
+            let mut permits =
+                std::iter::once(first).chain(std::iter::from_fn(|| self.in_flight.clone().try_acquire_owned().ok()));
             for claim in claimed {
                 // `room` permits were available when claiming and only this task takes them.
                 let Some(permit) = permits.next() else {
@@ -320,9 +325,7 @@ struct QueueSettle<B> {
 impl<B: QueueBackend> Settle for QueueSettle<B> {
     async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
         let wake = !matches!(settlement, Settlement::Nack { delay, .. } if !delay.is_zero());
-        self.backend
-            .settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy)
-            .await?;
+        self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
         if wake {
             // Settling may unblock the next message of this key, for any consumer of the group.
             self.backend.changed().notify_waiters();

@@ -277,7 +277,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { initial_delay: Duration::from_millis(200), max_delay: Duration::from_secs(60), multiplier: 2.0, jitter: 0.5 }
+        Self {
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(60),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
     }
 }
 

@@ -87,7 +87,10 @@ impl StoreError {
 
     /// A version conflict on `stream`.
     pub fn version_conflict(stream: &str, expected: ExpectedVersion, actual: u64) -> Self {
-        Self::Conflict { subject: stream.to_owned(), detail: format!("expected {expected:?}, stream is at version {actual}") }
+        Self::Conflict {
+            subject: stream.to_owned(),
+            detail: format!("expected {expected:?}, stream is at version {actual}"),
+        }
     }
 
     /// Whether this is a [`StoreError::Conflict`].
@@ -309,8 +312,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError>;
 
     /// Up to `limit` events of a stream with version ≥ `from_version`.
-    async fn read_stream(&self, stream: &str, from_version: u64, limit: usize)
-    -> Result<Vec<RecordedEvent>, StoreError>;
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// Up to `limit` events of the global log with position > `after`, in position order.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;

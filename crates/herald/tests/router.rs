@@ -9,7 +9,9 @@ use std::time::Duration;
 use herald::memory::{MemoryBroker, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{DLQ_REASON, Publisher, StartFrom, SubscribeOptions, Subscriber};
-use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, Timeout, Tracing, handler_fn};
+use herald::router::{
+    Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, Timeout, Tracing, handler_fn,
+};
 use herald::{Event, Message, Store};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -27,7 +29,11 @@ fn ping(topic: &str, key: &str, n: u32) -> Message {
 }
 
 fn fast_retry() -> RetryPolicy {
-    RetryPolicy { initial_delay: Duration::from_millis(5), max_delay: Duration::from_millis(20), ..RetryPolicy::default() }
+    RetryPolicy {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        ..RetryPolicy::default()
+    }
 }
 
 fn options(topic: &str) -> SubscribeOptions {
@@ -76,16 +82,16 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
     let broker = MemoryBroker::in_memory();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(Route::new(options("retry")).on::<Ping>(
-        handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
+    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
+        Route::new(options("retry")).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
             let c = c.clone();
             let attempt = cx.attempt();
             Box::pin(async move {
                 c.fetch_add(1, Ordering::SeqCst);
                 if attempt < 3 { Err(HandlerError::transient("not yet")) } else { Ok(()) }
             })
-        }),
-    ));
+        })),
+    );
     let (stop, task) = start(router);
     broker.publish(&[ping("retry", "k", 1)]).await.unwrap();
     eventually("three attempts", || calls.load(Ordering::SeqCst) == 3).await;
@@ -96,7 +102,12 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
 }
 
 async fn dead_letters(broker: &MemoryBroker, topic: &str) -> herald::Subscription {
-    broker.subscribe(SubscribeOptions::new(format!("{topic}.workers.dead-letters"), "inspector").start(StartFrom::Beginning)).await.unwrap()
+    broker
+        .subscribe(
+            SubscribeOptions::new(format!("{topic}.workers.dead-letters"), "inspector").start(StartFrom::Beginning),
+        )
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,9 +136,11 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_at_once_with_the_reason
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_max_attempts_the_message_is_dead_lettered_with_the_last_error() {
     let broker = MemoryBroker::in_memory();
-    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(Route::new(options("doomed")).on::<Ping>(
-        handler_fn(|_cx: &mut HandlerContext, p: Ping| Box::pin(async move { Err(HandlerError::transient(format!("boom {}", p.n))) })),
-    ));
+    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
+        Route::new(options("doomed")).on::<Ping>(handler_fn(|_cx: &mut HandlerContext, p: Ping| {
+            Box::pin(async move { Err(HandlerError::transient(format!("boom {}", p.n))) })
+        })),
+    );
     let mut dlq = dead_letters(&broker, "doomed").await;
     let (stop, task) = start(router);
     broker.publish(&[ping("doomed", "k", 42)]).await.unwrap();
@@ -147,23 +160,25 @@ async fn keys_run_concurrently_and_a_failing_key_neither_blocks_others_nor_is_ov
     let max_running = Arc::new(AtomicUsize::new(0));
     let (o, r, mr) = (order.clone(), running.clone(), max_running.clone());
     let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
-        Route::new(options("keys").max_deliveries(10)).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, p: Ping| {
-            let (o, r, mr) = (o.clone(), r.clone(), mr.clone());
-            let key = cx.message().key.clone();
-            let attempt = cx.attempt();
-            Box::pin(async move {
-                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                mr.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
-                r.fetch_sub(1, Ordering::SeqCst);
-                // Key "sick": its first message fails three times before it succeeds.
-                if key == "sick" && p.n == 0 && attempt <= 3 {
-                    return Err(HandlerError::transient("sick"));
-                }
-                o.lock().unwrap().entry(key).or_default().push(p.n);
-                Ok(())
-            })
-        })),
+        Route::new(options("keys").max_deliveries(10)).on::<Ping>(handler_fn(
+            move |cx: &mut HandlerContext, p: Ping| {
+                let (o, r, mr) = (o.clone(), r.clone(), mr.clone());
+                let key = cx.message().key.clone();
+                let attempt = cx.attempt();
+                Box::pin(async move {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    mr.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
+                    r.fetch_sub(1, Ordering::SeqCst);
+                    // Key "sick": its first message fails three times before it succeeds.
+                    if key == "sick" && p.n == 0 && attempt <= 3 {
+                        return Err(HandlerError::transient("sick"));
+                    }
+                    o.lock().unwrap().entry(key).or_default().push(p.n);
+                    Ok(())
+                })
+            },
+        )),
     );
     let (stop, task) = start(router);
     let mut batch = Vec::new();
@@ -213,7 +228,9 @@ async fn the_inbox_skips_a_redelivered_duplicate_and_the_outbox_publishes_what_c
         .middleware(Tracing)
         .middleware(Timeout(Duration::from_secs(5)))
         .middleware(Inbox)
-        .route(Route::new(options("uow")).on_name(Ping::NAME, Echo { handled: handled.clone(), fail_after_write: true }));
+        .route(
+            Route::new(options("uow")).on_name(Ping::NAME, Echo { handled: handled.clone(), fail_after_write: true }),
+        );
     let (stop, task) = start(router);
     let original = ping("uow", "k", 1);
     // The same message twice (a producer retry): handled once.
@@ -244,8 +261,10 @@ async fn a_handler_that_times_out_is_retried() {
     let broker = MemoryBroker::in_memory();
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
-    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).middleware(Timeout(Duration::from_millis(50))).route(
-        Route::new(options("slow")).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
+    let router = Router::new(Arc::new(broker.clone()))
+        .retry(fast_retry())
+        .middleware(Timeout(Duration::from_millis(50)))
+        .route(Route::new(options("slow")).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
             c.fetch_add(1, Ordering::SeqCst);
             let slow = cx.attempt() == 1;
             Box::pin(async move {
@@ -254,8 +273,7 @@ async fn a_handler_that_times_out_is_retried() {
                 }
                 Ok(())
             })
-        })),
-    );
+        })));
     let (stop, task) = start(router);
     broker.publish(&[ping("slow", "", 1)]).await.unwrap();
     eventually("a second attempt", || calls.load(Ordering::SeqCst) == 2).await;
@@ -270,15 +288,17 @@ async fn shutdown_waits_for_in_flight_handlers_and_releases_the_rest() {
     let started = Arc::new(AtomicU32::new(0));
     let (f, s) = (finished.clone(), started.clone());
     let router = Router::new(Arc::new(broker.clone())).shutdown_timeout(Duration::from_secs(5)).route(
-        Route::new(options("drain").max_in_flight(4)).on::<Ping>(handler_fn(move |_cx: &mut HandlerContext, _p: Ping| {
-            let (f, s) = (f.clone(), s.clone());
-            Box::pin(async move {
-                s.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                f.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
-        })),
+        Route::new(options("drain").max_in_flight(4)).on::<Ping>(handler_fn(
+            move |_cx: &mut HandlerContext, _p: Ping| {
+                let (f, s) = (f.clone(), s.clone());
+                Box::pin(async move {
+                    s.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    f.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                })
+            },
+        )),
     );
     let (stop, task) = start(router);
     // One key: handled one at a time, so most are still queued at shutdown.

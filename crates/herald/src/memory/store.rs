@@ -219,7 +219,8 @@ impl Transaction for MemoryTransaction {
             let mut saga_versions: HashMap<(String, String), u64> = HashMap::new();
             for r in &this.sagas {
                 let key = (r.name.clone(), r.id.clone());
-                let current = saga_versions.get(&key).copied().unwrap_or_else(|| data.sagas.get(&key).map_or(0, |s| s.version));
+                let current =
+                    saga_versions.get(&key).copied().unwrap_or_else(|| data.sagas.get(&key).map_or(0, |s| s.version));
                 check_saga_version(r, current)?;
                 saga_versions.insert(key, r.version);
             }
@@ -280,7 +281,10 @@ pub fn validate_append(stream: &str, events: &[NewEvent]) -> Result<(), StoreErr
 
 /// The conflict raised when two transactions record the same inbox entry.
 pub fn inbox_conflict(handler: &str, id: MessageId) -> StoreError {
-    StoreError::Conflict { subject: format!("inbox {handler}/{id}"), detail: "already handled by a concurrent transaction".into() }
+    StoreError::Conflict {
+        subject: format!("inbox {handler}/{id}"),
+        detail: "already handled by a concurrent transaction".into(),
+    }
 }
 
 /// Checks that `record.version` follows `current`.

@@ -1,0 +1,170 @@
+//! Aggregates: given/when/then, the repository with snapshots and upcasters, retry on conflict.
+
+use std::sync::Arc;
+
+use herald::aggregate::testing::AggregateTest;
+use herald::aggregate::{Aggregate, Repository, RepositoryError, stream_name};
+use herald::memory::MemoryStore;
+use herald::{Event, ExpectedVersion, NewEvent, Registry, Store, event_set};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Opened {
+    limit: i64,
+}
+impl Event for Opened {
+    const NAME: &'static str = "account.Opened.v1";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Deposited {
+    cents: i64,
+}
+impl Event for Deposited {
+    const NAME: &'static str = "account.Deposited.v2";
+}
+
+event_set! {
+    #[derive(Debug, Clone, PartialEq)]
+    enum AccountEvent { Opened(Opened), Deposited(Deposited) }
+}
+
+#[derive(Debug, Clone)]
+enum Command {
+    Open { limit: i64 },
+    Deposit { cents: i64 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+enum AccountError {
+    #[error("account already open")]
+    AlreadyOpen,
+    #[error("account is not open")]
+    NotOpen,
+    #[error("deposit must be positive, got {0}")]
+    NotPositive(i64),
+    #[error("balance would exceed the limit of {0}")]
+    OverLimit(i64),
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+struct Account {
+    open: bool,
+    limit: i64,
+    balance: i64,
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = Command;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn handle(&self, command: Command) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            Command::Open { .. } if self.open => Err(AccountError::AlreadyOpen),
+            Command::Open { limit } => Ok(vec![Opened { limit }.into()]),
+            Command::Deposit { .. } if !self.open => Err(AccountError::NotOpen),
+            Command::Deposit { cents } if cents <= 0 => Err(AccountError::NotPositive(cents)),
+            Command::Deposit { cents } if self.balance + cents > self.limit => Err(AccountError::OverLimit(self.limit)),
+            Command::Deposit { cents } => Ok(vec![Deposited { cents }.into()]),
+        }
+    }
+
+    fn apply(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Opened(e) => {
+                self.open = true;
+                self.limit = e.limit;
+            }
+            AccountEvent::Deposited(e) => self.balance += e.cents,
+        }
+    }
+}
+
+#[test]
+fn given_an_open_account_when_depositing_then_a_deposit_is_recorded() {
+    AggregateTest::<Account>::given([Opened { limit: 100 }.into()])
+        .when(Command::Deposit { cents: 30 })
+        .then_events([Deposited { cents: 30 }.into()]);
+}
+
+#[test]
+fn given_nothing_when_depositing_then_it_is_refused() {
+    AggregateTest::<Account>::given_nothing().when(Command::Deposit { cents: 30 }).then_error_contains("not open");
+}
+
+#[test]
+fn given_a_full_account_when_depositing_then_the_limit_is_enforced() {
+    AggregateTest::<Account>::given([Opened { limit: 50 }.into(), Deposited { cents: 40 }.into()])
+        .when(Command::Deposit { cents: 11 })
+        .then_error_contains("limit of 50");
+}
+
+#[tokio::test]
+async fn the_repository_saves_loads_and_snapshots() {
+    let store = MemoryStore::new();
+    let repo = Repository::<Account>::new().snapshot_every(3);
+    repo.execute(&store, "a1", Command::Open { limit: 1000 }).await.unwrap();
+    for _ in 0..4 {
+        repo.execute(&store, "a1", Command::Deposit { cents: 10 }).await.unwrap();
+    }
+    let snapshot = store.load_snapshot(&stream_name::<Account>("a1")).await.unwrap().expect("a snapshot at version 3");
+    assert_eq!(snapshot.version, 3);
+
+    let mut tx = store.begin().await.unwrap();
+    let loaded = repo.load(tx.as_mut(), "a1").await.unwrap();
+    assert_eq!(loaded.version, 5);
+    assert_eq!(loaded.state, Account { open: true, limit: 1000, balance: 40 });
+
+    let refused = repo.execute(&store, "a1", Command::Open { limit: 1 }).await.unwrap_err();
+    assert!(matches!(refused, RepositoryError::Rejected(AccountError::AlreadyOpen)));
+}
+
+#[tokio::test]
+async fn old_event_shapes_are_upcast_when_an_aggregate_is_loaded() {
+    let store = MemoryStore::new();
+    let stream = stream_name::<Account>("old");
+    store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![
+                NewEvent::new(Opened::NAME, br#"{"limit":500}"#.to_vec()),
+                // Version 1 of Deposited stored dollars as a float.
+                NewEvent::new("account.Deposited.v1", br#"{"dollars":1.25}"#.to_vec()),
+            ],
+        )
+        .await
+        .unwrap();
+    let registry = Registry::new().upcast("account.Deposited.v1", Deposited::NAME, |v| {
+        let dollars = v["dollars"].as_f64().ok_or("dollars missing")?;
+        Ok(serde_json::json!({ "cents": (dollars * 100.0).round() as i64 }))
+    });
+    let repo = Repository::<Account>::new().registry(registry);
+    let mut tx = store.begin().await.unwrap();
+    assert_eq!(repo.load(tx.as_mut(), "old").await.unwrap().state.balance, 125);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_commands_on_one_aggregate_are_retried_after_a_conflict() {
+    let store = Arc::new(MemoryStore::new());
+    let repo = Repository::<Account>::new().conflict_retries(50);
+    repo.execute(store.as_ref(), "hot", Command::Open { limit: 1_000_000 }).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, repo) = (store.clone(), repo.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                repo.execute(store.as_ref(), "hot", Command::Deposit { cents: 1 }).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut tx = store.begin().await.unwrap();
+    let loaded = repo.load(tx.as_mut(), "hot").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (81, 80));
+}
