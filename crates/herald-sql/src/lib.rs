@@ -1,1 +1,62 @@
+//! # herald-sql
+//!
+//! Herald on SQL databases: the event store (with its ordered global log), snapshots, the
+//! transactional outbox, the inbox, checkpoints, saga state, and a SQL broker, all in one
+//! database. SQLite is here; PostgreSQL follows as a sibling dialect (see
+//! `docs/adr/0002-sql-schema-and-dialects.md`).
+//!
+//! ## How it fits
+//!
+//! Herald's core defines the ports ([`herald::Store`], [`herald::Transaction`],
+//! [`herald::queue::QueueBackend`]) and checks them with `herald-conformance`. This crate
+//! implements them on [`sqlx`]:
+//!
+//! * [`SqliteStore`] / [`SqliteTransaction`]: every storage port. A transaction is the unit of
+//!   work: events, the handler's own tables ([`SqliteTransaction::connection`]), outbox rows and
+//!   the inbox record commit together.
+//! * [`SqlBroker`]: herald's [`QueueBroker`](herald::queue::QueueBroker) over
+//!   [`SqliteQueue`]: durable topics with consumer groups, per-key order, leases, nack delays
+//!   and dead letters, kept in the same file. This is the embedded default: one SQLite file,
+//!   no broker process.
+//!
+//! Both come from one [`SqliteDatabase`], which [`SqliteConfig`] builds (the config struct is
+//! the factory). Every write transaction starts with `BEGIN IMMEDIATE`, which is what keeps the
+//! global log gap-free; see [`sqlite`] for the reasoning.
+//!
+//! ## Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
+//! use herald::{ExpectedVersion, Message, NewEvent, Store};
+//! use herald_sql::SqliteConfig;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("app.db");
+//! let db = SqliteConfig::new(format!("sqlite://{}", path.display())).open().await?;
+//!
+//! // The event store.
+//! let store = db.store();
+//! store.append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced.v1", b"{}".to_vec())]).await?;
+//! assert_eq!(store.read_all(0, 10).await?.len(), 1);
+//!
+//! // The SQL broker on the same file.
+//! let broker = db.broker();
+//! let mut sub = broker.subscribe(SubscribeOptions::new("orders", "billing").start(StartFrom::Beginning)).await?;
+//! broker.publish(&[Message::new("orders", "OrderPlaced.v1", b"{}".to_vec()).with_key("order-1")]).await?;
+//! let delivery = sub.next().await.ok_or("subscription ended")?;
+//! delivery.ack().await?;
+//! Publisher::close(&broker).await?;
+//! # Ok(()) }
+//! ```
 
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod rows;
+pub mod sqlite;
+
+pub use config::SqliteConfig;
+pub use error::SqlError;
+pub use sqlite::{SqlBroker, SqliteDatabase, SqliteQueue, SqliteStore, SqliteTransaction};

@@ -1,0 +1,54 @@
+//! The crate's own errors: opening and migrating a database, and the few things that can go
+//! wrong between a row and a Herald type. The ports return herald's `StoreError` and
+//! `PubSubError`; the errors below travel inside their `Backend` variant.
+
+use std::time::Duration;
+
+/// Errors from opening a database and from reading rows Herald did not write.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The configuration cannot work (empty URL, no connections…). Fix the configuration.
+    #[error("invalid SQL configuration: {0}")]
+    Config(String),
+    /// The database could not be opened or configured.
+    #[error("cannot open database `{url}`")]
+    Open {
+        /// The URL or path that was given.
+        url: String,
+        /// What the driver said.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot migrate database `{url}`")]
+    Migrate {
+        /// The URL or path that was given.
+        url: String,
+        /// What the migrator said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+    /// A row holds something Herald cannot have written (bad UUID, bad metadata JSON…).
+    #[error("corrupt row in `{table}`: {detail}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A number does not fit the column or the Rust type (e.g. a position above `i64::MAX`).
+    #[error("{what} = {value} is out of range")]
+    OutOfRange {
+        /// Which value.
+        what: &'static str,
+        /// The value, as text.
+        value: String,
+    },
+    /// A statement failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Waited longer than the busy timeout for this process's turn to write; usually a
+    /// transaction held open while starting another one on the same task.
+    #[error("timed out after {0:?} waiting for the write lock")]
+    WriteLockTimeout(Duration),
+}

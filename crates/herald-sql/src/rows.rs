@@ -1,0 +1,241 @@
+//! Rows ↔ Herald types, shared by every SQL dialect.
+//!
+//! The schema conventions are the same on SQLite and PostgreSQL: ids are UUID text, counters
+//! and positions are signed 64-bit integers, payloads are bytes, metadata is
+//! [`herald::Metadata`] as JSON text, times are integer milliseconds since the Unix epoch. So
+//! the row structs below (decoded with `sqlx::FromRow`, which is generic over the database)
+//! and the conversions are written once; a dialect module only brings its SQL text.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use herald::store::{RecordedEvent, SagaRecord, Snapshot};
+use herald::{Message, MessageId, Metadata};
+
+use crate::error::SqlError;
+
+/// A `u64` (version, position, sequence) as the `i64` the column holds.
+pub(crate) fn to_i64(what: &'static str, value: u64) -> Result<i64, SqlError> {
+    i64::try_from(value).map_err(|_| SqlError::OutOfRange { what, value: value.to_string() })
+}
+
+/// An `i64` column as the `u64` Herald uses; negative values cannot have been written by Herald.
+pub(crate) fn to_u64(what: &'static str, value: i64) -> Result<u64, SqlError> {
+    u64::try_from(value).map_err(|_| SqlError::OutOfRange { what, value: value.to_string() })
+}
+
+/// A lower bound (`from_version`, `after`) for a query: values above `i64::MAX` match nothing
+/// anyway, so they are clamped rather than refused.
+pub(crate) fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A `LIMIT`: `usize::MAX` means "all".
+pub(crate) fn limit(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds since the Unix epoch, from the system clock: leases and nack delays are
+/// compared across processes, so they need a clock every process shares.
+pub(crate) fn now_millis() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `now + d` in milliseconds, saturating.
+pub(crate) fn after(now: i64, d: Duration) -> i64 {
+    now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Metadata as stored.
+pub(crate) fn metadata_json(metadata: &Metadata) -> Result<String, SqlError> {
+    serde_json::to_string(metadata)
+        .map_err(|e| SqlError::Corrupt { table: "(encoding)", detail: format!("metadata is not serialisable: {e}") })
+}
+
+fn parse_metadata(table: &'static str, text: &str) -> Result<Metadata, SqlError> {
+    serde_json::from_str(text).map_err(|e| SqlError::Corrupt { table, detail: format!("bad metadata JSON: {e}") })
+}
+
+fn parse_id(table: &'static str, text: &str) -> Result<MessageId, SqlError> {
+    MessageId::parse(text).map_err(|e| SqlError::Corrupt { table, detail: format!("bad message id `{text}`: {e}") })
+}
+
+/// A message's columns, encoded once before any statement runs (so an encoding failure never
+/// leaves a transaction half-written).
+#[derive(Debug)]
+pub(crate) struct MessageColumns<'a> {
+    pub id: String,
+    pub name: &'a str,
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub payload: &'a [u8],
+    pub metadata: String,
+}
+
+impl<'a> MessageColumns<'a> {
+    pub(crate) fn new(m: &'a Message) -> Result<Self, SqlError> {
+        Ok(Self {
+            id: m.id.to_string(),
+            name: &m.name,
+            topic: &m.topic,
+            key: &m.key,
+            payload: &m.payload,
+            metadata: metadata_json(&m.metadata)?,
+        })
+    }
+}
+
+/// A row of `herald_events`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub position: i64,
+    pub stream: String,
+    pub version: i64,
+    pub id: String,
+    pub name: String,
+    pub payload: Vec<u8>,
+    pub metadata: String,
+}
+
+impl EventRow {
+    pub(crate) fn into_event(self) -> Result<RecordedEvent, SqlError> {
+        const T: &str = "herald_events";
+        Ok(RecordedEvent {
+            id: parse_id(T, &self.id)?,
+            metadata: parse_metadata(T, &self.metadata)?,
+            stream: self.stream,
+            version: to_u64("version", self.version)?,
+            position: to_u64("position", self.position)?,
+            name: self.name,
+            payload: self.payload,
+        })
+    }
+}
+
+/// The message columns of `herald_outbox` and `herald_broker_messages`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct MessageRow {
+    pub id: String,
+    pub name: String,
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub metadata: String,
+}
+
+impl MessageRow {
+    pub(crate) fn into_message(self, table: &'static str) -> Result<Message, SqlError> {
+        Ok(Message {
+            id: parse_id(table, &self.id)?,
+            metadata: parse_metadata(table, &self.metadata)?,
+            name: self.name,
+            topic: self.topic,
+            key: self.key,
+            payload: self.payload,
+        })
+    }
+}
+
+/// A row of `herald_outbox`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub sequence: i64,
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+}
+
+impl OutboxRow {
+    pub(crate) fn into_record(self) -> Result<herald::store::OutboxRecord, SqlError> {
+        Ok(herald::store::OutboxRecord {
+            sequence: to_u64("sequence", self.sequence)?,
+            message: self.message.into_message("herald_outbox")?,
+        })
+    }
+}
+
+/// A row of `herald_snapshots`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SnapshotRow {
+    pub stream: String,
+    pub version: i64,
+    pub payload: Vec<u8>,
+}
+
+impl SnapshotRow {
+    pub(crate) fn into_snapshot(self) -> Result<Snapshot, SqlError> {
+        Ok(Snapshot { stream: self.stream, version: to_u64("version", self.version)?, payload: self.payload })
+    }
+}
+
+/// A row of `herald_sagas`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SagaRow {
+    pub name: String,
+    pub id: String,
+    pub version: i64,
+    pub step: i64,
+    pub compensating: bool,
+    pub done: bool,
+    pub data: Vec<u8>,
+}
+
+impl SagaRow {
+    pub(crate) fn into_record(self) -> Result<SagaRecord, SqlError> {
+        Ok(SagaRecord {
+            name: self.name,
+            id: self.id,
+            version: to_u64("version", self.version)?,
+            step: self.step,
+            compensating: self.compensating,
+            done: self.done,
+            data: self.data,
+        })
+    }
+}
+
+/// A broker pending row joined with its message.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PendingRow {
+    pub position: i64,
+    pub attempts: i64,
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+}
+
+impl PendingRow {
+    /// The position, the delivery count and the message.
+    pub(crate) fn into_parts(self) -> Result<(u64, u32, Message), SqlError> {
+        let attempts = u32::try_from(self.attempts)
+            .map_err(|_| SqlError::OutOfRange { what: "attempts", value: self.attempts.to_string() })?;
+        Ok((to_u64("position", self.position)?, attempts, self.message.into_message("herald_broker_messages")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_outside_the_column_range_are_refused_not_wrapped() {
+        assert!(to_i64("position", u64::MAX).is_err());
+        assert!(to_u64("position", -1).is_err());
+        assert_eq!(bound(u64::MAX), i64::MAX);
+        assert_eq!(limit(usize::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn a_message_row_decodes_back_to_the_message() -> Result<(), SqlError> {
+        let m = Message::new("t", "N.v1", b"{}".to_vec()).with_key("k").with_header("h", "v");
+        let c = MessageColumns::new(&m)?;
+        let row = MessageRow {
+            id: c.id,
+            name: c.name.to_owned(),
+            topic: c.topic.to_owned(),
+            key: c.key.to_owned(),
+            payload: c.payload.to_vec(),
+            metadata: c.metadata,
+        };
+        assert_eq!(row.into_message("test")?, m);
+        Ok(())
+    }
+}

@@ -1,0 +1,314 @@
+//! [`SqliteQueue`]: the SQL broker's storage on SQLite, driven by herald's
+//! [`QueueBroker`](herald::queue::QueueBroker).
+//!
+//! Topics live in `herald_broker_messages` (one log for all topics, global positions). Each
+//! consumer group has a row in `herald_broker_groups` (how far it has taken messages in) and
+//! its unsettled messages in `herald_broker_pending` (delivery count, when claimable again).
+//! A claim is one `BEGIN IMMEDIATE` transaction, so consumers of a group in any number of
+//! processes never lease the same message twice.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald::Message;
+use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
+use herald::queue::{Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use sqlx::SqliteConnection;
+use tokio::sync::Notify;
+
+use super::{SqliteDatabase, sql};
+use crate::error::SqlError;
+use crate::rows::{MessageColumns, MessageRow, PendingRow, after, limit, now_millis, to_i64};
+
+/// The SQL broker on SQLite: a [`QueueBroker`] over [`SqliteQueue`]. Get one from
+/// [`SqliteDatabase::broker`].
+pub type SqlBroker = QueueBroker<SqliteQueue>;
+
+/// At most this many new messages are taken into a group's pending set per claim, so one claim
+/// stays short however far behind the group is.
+const TAKE_PER_CLAIM: i64 = 1000;
+
+fn backend(e: impl Into<SqlError>) -> PubSubError {
+    PubSubError::backend(e.into())
+}
+
+fn unknown_group(topic: &str, group: &str) -> PubSubError {
+    PubSubError::InvalidOptions(format!("group `{group}` on topic `{topic}` does not exist"))
+}
+
+/// The storage of the SQL broker on SQLite. Durable: topics, groups and leases survive
+/// restarts, and several processes can share one file.
+#[derive(Clone, Debug)]
+pub struct SqliteQueue {
+    db: SqliteDatabase,
+}
+
+impl SqliteQueue {
+    /// A queue on `db`.
+    pub fn new(db: SqliteDatabase) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn database(&self) -> &SqliteDatabase {
+        &self.db
+    }
+}
+
+/// Appends one message to its topic (de-duplicated on `(topic, id)`).
+async fn publish_one(conn: &mut SqliteConnection, m: &Message, now: i64) -> Result<(), SqlError> {
+    let c = MessageColumns::new(m)?;
+    sqlx::query(sql::PUBLISH)
+        .bind(c.topic)
+        .bind(c.id)
+        .bind(c.name)
+        .bind(c.key)
+        .bind(c.payload)
+        .bind(c.metadata)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn group_exists(db: &SqliteDatabase, topic: &str, group: &str) -> Result<bool, SqlError> {
+    let next: Option<i64> =
+        sqlx::query_scalar(sql::GROUP_NEXT).bind(topic).bind(group).fetch_optional(db.pool()).await?;
+    Ok(next.is_some())
+}
+
+impl SqliteQueue {
+    /// Whether a claim could find anything, without taking the write lock: idle subscriptions
+    /// poll often, and most polls find nothing. `None` when the group does not exist.
+    async fn worth_claiming(
+        &self,
+        topic: &str,
+        group: &str,
+        now: i64,
+        max_deliveries: i64,
+    ) -> Result<Option<bool>, SqlError> {
+        let found: Option<i64> = sqlx::query_scalar(sql::CLAIM_PROBE)
+            .bind(topic)
+            .bind(group)
+            .bind(now)
+            .bind(max_deliveries)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(found.map(|f| f != 0))
+    }
+
+    /// The claim itself, in one write transaction. Returns the claims and whether any message
+    /// was dead-lettered.
+    async fn claim_in_tx(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        policy: &GroupPolicy,
+    ) -> Result<Result<(Vec<Claimed>, bool), PubSubError>, SqlError> {
+        let mut write = self.db.begin_write().await?;
+        let now = now_millis();
+        let conn = write.conn();
+        let max_deliveries = i64::from(policy.max_deliveries);
+
+        // (a) Take new messages of the topic into the group's pending set.
+        let next: Option<i64> =
+            sqlx::query_scalar(sql::GROUP_NEXT).bind(topic).bind(group).fetch_optional(&mut *conn).await?;
+        let Some(next) = next else {
+            return Ok(Err(unknown_group(topic, group)));
+        };
+        let last: Option<i64> = sqlx::query_scalar(sql::LAST_NEW_POSITION)
+            .bind(topic)
+            .bind(next)
+            .bind(TAKE_PER_CLAIM)
+            .fetch_one(&mut *conn)
+            .await?;
+        if let Some(last) = last {
+            sqlx::query(sql::TAKE_NEW).bind(topic).bind(group).bind(next).bind(last).execute(&mut *conn).await?;
+            sqlx::query(sql::ADVANCE_GROUP).bind(topic).bind(group).bind(last + 1).execute(&mut *conn).await?;
+        }
+
+        // (b) Dead-letter messages whose last allowed delivery expired.
+        let expired: Vec<PendingRow> = sqlx::query_as(sql::EXPIRED)
+            .bind(topic)
+            .bind(group)
+            .bind(max_deliveries)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        let any_dead = !expired.is_empty();
+        for row in expired {
+            let (position, attempts, original) = row.into_parts()?;
+            let dead =
+                dead_letter_for(&original, group, attempts, &expired_reason(attempts), &policy.dead_letter_topic);
+            sqlx::query(sql::SETTLE_DELETE)
+                .bind(topic)
+                .bind(group)
+                .bind(to_i64("position", position)?)
+                .execute(&mut *conn)
+                .await?;
+            publish_one(&mut *conn, &dead, now).await?;
+        }
+
+        // (c) Lease what the per-key rule allows.
+        let rows: Vec<PendingRow> = sqlx::query_as(sql::CLAIMABLE)
+            .bind(topic)
+            .bind(group)
+            .bind(now)
+            .bind(max_deliveries)
+            .bind(limit(max))
+            .fetch_all(&mut *conn)
+            .await?;
+        let until = after(now, policy.ack_wait);
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (position, attempts, message) = row.into_parts()?;
+            sqlx::query(sql::LEASE)
+                .bind(topic)
+                .bind(group)
+                .bind(to_i64("position", position)?)
+                .bind(until)
+                .execute(&mut *conn)
+                .await?;
+            claimed.push(Claimed { message, position, attempt: attempts + 1 });
+        }
+        write.commit().await?;
+        Ok(Ok((claimed, any_dead)))
+    }
+
+    async fn settle_in_tx(
+        &self,
+        topic: &str,
+        group: &str,
+        position: u64,
+        attempt: u32,
+        settlement: Settlement,
+        policy: &GroupPolicy,
+    ) -> Result<Result<(), PubSubError>, SqlError> {
+        let position_i = to_i64("position", position)?;
+        let mut write = self.db.begin_write().await?;
+        let conn = write.conn();
+        let attempts: Option<i64> = sqlx::query_scalar(sql::PENDING_ATTEMPTS)
+            .bind(topic)
+            .bind(group)
+            .bind(position_i)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if attempts != Some(i64::from(attempt)) {
+            drop(write);
+            return Ok(Err(if group_exists(&self.db, topic, group).await? {
+                PubSubError::LeaseLost
+            } else {
+                unknown_group(topic, group)
+            }));
+        }
+        let reason = match settlement {
+            Settlement::Ack => {
+                sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
+                write.commit().await?;
+                return Ok(Ok(()));
+            }
+            Settlement::Nack { delay, .. } if attempt < policy.max_deliveries => {
+                sqlx::query(sql::SETTLE_DELAY)
+                    .bind(topic)
+                    .bind(group)
+                    .bind(position_i)
+                    .bind(after(now_millis(), delay))
+                    .execute(&mut *conn)
+                    .await?;
+                write.commit().await?;
+                return Ok(Ok(()));
+            }
+            Settlement::Nack { reason, .. } => {
+                reason.unwrap_or_else(|| format!("nacked on the last of {} deliveries", policy.max_deliveries))
+            }
+            Settlement::DeadLetter { reason } => reason,
+        };
+        let original: MessageRow = sqlx::query_as(sql::MESSAGE_AT).bind(position_i).fetch_one(&mut *conn).await?;
+        let original = original.into_message("herald_broker_messages")?;
+        let dead = dead_letter_for(&original, group, attempt, &reason, &policy.dead_letter_topic);
+        sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
+        publish_one(conn, &dead, now_millis()).await?;
+        write.commit().await?;
+        Ok(Ok(()))
+    }
+}
+
+#[async_trait]
+impl QueueBackend for SqliteQueue {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::FULL
+    }
+
+    async fn append(&self, messages: &[Message]) -> Result<(), PubSubError> {
+        let mut write = self.db.begin_write().await.map_err(backend)?;
+        let now = now_millis();
+        for m in messages {
+            publish_one(write.conn(), m, now).await.map_err(backend)?;
+        }
+        write.commit().await.map_err(backend)
+    }
+
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
+        let mut write = self.db.begin_write().await.map_err(backend)?;
+        let conn = write.conn();
+        let next: i64 = match start {
+            StartFrom::Beginning => 1,
+            StartFrom::Latest => sqlx::query_scalar(sql::END_POSITION).fetch_one(&mut *conn).await.map_err(backend)?,
+            StartFrom::Position(p) => to_i64("position", p.max(1)).map_err(backend)?,
+        };
+        sqlx::query(sql::CREATE_GROUP)
+            .bind(topic)
+            .bind(group)
+            .bind(next)
+            .bind(now_millis())
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        write.commit().await.map_err(backend)
+    }
+
+    async fn claim(
+        &self,
+        topic: &str,
+        group: &str,
+        max: usize,
+        policy: &GroupPolicy,
+    ) -> Result<Vec<Claimed>, PubSubError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let probe =
+            self.worth_claiming(topic, group, now_millis(), i64::from(policy.max_deliveries)).await.map_err(backend)?;
+        match probe {
+            None => return Err(unknown_group(topic, group)),
+            Some(false) => return Ok(Vec::new()),
+            Some(true) => {}
+        }
+        let (claimed, any_dead) = self.claim_in_tx(topic, group, max, policy).await.map_err(backend)??;
+        if any_dead {
+            self.db.queue_changed().notify_waiters();
+        }
+        Ok(claimed)
+    }
+
+    async fn settle(
+        &self,
+        topic: &str,
+        group: &str,
+        position: u64,
+        attempt: u32,
+        settlement: Settlement,
+        policy: &GroupPolicy,
+    ) -> Result<(), PubSubError> {
+        self.settle_in_tx(topic, group, position, attempt, settlement, policy).await.map_err(backend)?
+    }
+
+    fn changed(&self) -> &Notify {
+        self.db.queue_changed()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(25)
+    }
+}
