@@ -171,11 +171,11 @@ impl<A: Aggregate> Repository<A> {
             loaded.state.apply(e);
         }
         loaded.version = result.next_expected_version;
-        if let Some(every) = self.snapshot_every {
-            if before / every != loaded.version / every {
-                let payload = encode_json(A::TYPE, &loaded.state)?;
-                tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
-            }
+        if let Some(every) = self.snapshot_every
+            && before / every != loaded.version / every
+        {
+            let payload = encode_json(A::TYPE, &loaded.state)?;
+            tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
         }
         Ok(())
     }

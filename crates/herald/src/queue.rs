@@ -164,6 +164,11 @@ impl<B: QueueBackend> QueueBroker<B> {
         }
     }
 
+    /// Closes publishing and every subscription (the same as `Publisher::close`).
+    pub async fn close(&self) -> Result<(), PubSubError> {
+        Publisher::close(self).await
+    }
+
     /// The backend.
     pub fn backend(&self) -> &B {
         &self.inner.backend

@@ -578,10 +578,10 @@ impl Dispatcher {
         };
         let chain = Next { middleware: &self.middleware, handler: handler.as_ref() };
         let mut result = chain.run(&mut cx).await;
-        if result.is_ok() {
-            if let Some(tx) = cx.tx.take() {
-                result = tx.commit().await.map_err(HandlerError::from);
-            }
+        if result.is_ok()
+            && let Some(tx) = cx.tx.take()
+        {
+            result = tx.commit().await.map_err(HandlerError::from);
         }
         drop(cx); // rolls back an uncommitted transaction before settling
         let settled = match result {

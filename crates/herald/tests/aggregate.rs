@@ -1,5 +1,7 @@
 //! Aggregates: given/when/then, the repository with snapshots and upcasters, retry on conflict.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::sync::Arc;
 
 use herald::aggregate::testing::AggregateTest;

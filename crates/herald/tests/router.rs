@@ -1,6 +1,8 @@
 //! The router against the in-memory broker and store: dispatch by name, retries, dead letters,
 //! per-key order, the unit of work with inbox and outbox, shutdown.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -189,7 +191,7 @@ async fn keys_run_concurrently_and_a_failing_key_neither_blocks_others_nor_is_ov
     }
     broker.publish(&batch).await.unwrap();
     eventually("all 100 handled", || order.lock().unwrap().values().map(Vec::len).sum::<usize>() == 100).await;
-    let order = order.lock().unwrap();
+    let order = order.lock().unwrap().clone();
     for (key, seq) in order.iter() {
         assert_eq!(*seq, (0..20).collect::<Vec<_>>(), "key {key} out of order");
     }
