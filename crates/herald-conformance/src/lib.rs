@@ -1,1 +1,259 @@
+//! # Herald conformance suites
+//!
+//! One set of black-box scenarios that every implementation of Herald's ports must pass: the
+//! in-memory broker and store, the SQL store and broker, NATS, RabbitMQ, Redis. The contracts
+//! written in the module docs of [`herald::pubsub`] and [`herald::store`] are checked here, once,
+//! instead of each backend re-inventing its own tests (and its own idea of "at least once").
+//!
+//! * [`pubsub_suite!`] checks a [`Publisher`] / [`Subscriber`] pair: round trips with metadata,
+//!   topic isolation, fan-out between groups, competing consumers, nack with delay, ack-wait
+//!   redelivery, dead letters, per-key order under concurrency, start positions, close, and
+//!   10,000 messages handled effectively once with the inbox.
+//! * [`store_suite!`] checks a [`Store`]: streams and optimistic concurrency, the global log
+//!   under concurrent writers, atomic multi-stream appends, snapshots, the outbox and its relay
+//!   (including crashes between commit, publish and remove), the inbox, checkpoints and sagas.
+//!
+//! Each macro expands to one `#[test]` per scenario, named as a sentence
+//! (`a_nacked_message_is_redelivered_after_its_delay`), so a failure names the broken promise.
+//! Every scenario calls the setup function once and gets a fresh fixture; names of topics,
+//! groups and streams carry a unique suffix, so the suites can also run against shared servers.
+//!
+//! # Wiring an adapter
+//!
+//! An adapter crate adds `herald-conformance` as a dev-dependency and, in
+//! `tests/conformance.rs`, gives a setup function per suite:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use herald::memory::{MemoryBroker, MemoryStore};
+//! use herald_conformance::{PubSubFixture, StoreFixture};
+//!
+//! async fn broker() -> PubSubFixture {
+//!     // A real adapter connects twice here (two clients = "two processes") and keeps the
+//!     // server or temp directory alive in `guard`.
+//!     let broker = MemoryBroker::in_memory();
+//!     PubSubFixture::new(Arc::new(broker.clone()), Arc::new(broker.clone()), Arc::new(broker), Box::new(()))
+//! }
+//!
+//! async fn store() -> StoreFixture {
+//!     StoreFixture::new(Arc::new(MemoryStore::new()), Box::new(()))
+//! }
+//!
+//! herald_conformance::pubsub_suite!(broker);
+//! herald_conformance::store_suite!(store);
+//! # fn main() {}
+//! ```
+//!
+//! # Capabilities
+//!
+//! Not every broker can do everything: Redis Pub/Sub has no groups and no replay, NATS core has
+//! no redelivery. A subscriber declares what it supports in
+//! [`Subscriber::capabilities`] ([`Capabilities`]).
+//! A scenario that needs a capability the subscriber does not declare prints a loud
+//! `SKIPPED (not supported: <capability>)` line and passes; a scenario whose capability *is*
+//! declared always runs and must pass. A missing capability is therefore visible in the test
+//! output and in the adapter's declaration, never silently skipped. The store suite has no
+//! capabilities: every store implements every port.
+//!
+//! Two scenarios ask a little more than one sentence of the contract might suggest, on purpose:
+//! the global-log scenario starts a reader at position 0 on the fixture's store and expects
+//! positions 1, 2, 3… with no gap (so give each scenario a fresh store), and
+//! `a_dropped_subscription_stops_fetching` expects a message published after a subscription was
+//! dropped to reach the group's next subscription as attempt 1, not to be leased by the dropped
+//! one until its ack wait expires.
+//!
+//! Scenarios use generous timeouts ([`support::WAIT`]) when waiting for something that must
+//! happen, and short windows when checking that something does *not* happen, so they stay fast
+//! against the in-memory implementations and reliable against real servers.
+//!
+//! [`Publisher`]: herald::pubsub::Publisher
+//! [`Subscriber`]: herald::pubsub::Subscriber
+//! [`Store`]: herald::store::Store
+//! [`Capabilities`]: herald::pubsub::Capabilities
 
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald::pubsub::{Publisher, Subscriber};
+use herald::store::Store;
+
+pub mod outbox;
+pub mod pubsub;
+pub mod store;
+pub mod support;
+
+/// What a pub/sub scenario runs against.
+pub struct PubSubFixture {
+    /// Publishes the scenario's messages.
+    pub publisher: Arc<dyn Publisher>,
+    /// Subscribes; its [`capabilities`](Subscriber::capabilities) decide which scenarios run.
+    pub subscriber: Arc<dyn Subscriber>,
+    /// An independent subscriber on the same backend (another connection / "another process"),
+    /// used for competing consumers and for "a consumer dropped without acking gets its messages
+    /// redelivered to another".
+    pub other_subscriber: Arc<dyn Subscriber>,
+    /// Keeps temp files / servers alive for the test's duration.
+    pub guard: Box<dyn Any + Send>,
+    /// The inbox used by the effectively-once scenario; `None` uses a fresh
+    /// [`MemoryStore`](herald::memory::MemoryStore). A backend that also has a store (the SQL
+    /// broker) passes it here to check the pair together.
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl PubSubFixture {
+    /// A fixture without a store of its own (the inbox scenario uses an in-memory store).
+    pub fn new(
+        publisher: Arc<dyn Publisher>,
+        subscriber: Arc<dyn Subscriber>,
+        other_subscriber: Arc<dyn Subscriber>,
+        guard: Box<dyn Any + Send>,
+    ) -> Self {
+        Self { publisher, subscriber, other_subscriber, guard, store: None }
+    }
+
+    /// Uses `store` as the inbox in the effectively-once scenario.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+}
+
+impl fmt::Debug for PubSubFixture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSubFixture")
+            .field("publisher", &self.publisher)
+            .field("subscriber", &self.subscriber)
+            .field("other_subscriber", &self.other_subscriber)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a store scenario runs against.
+pub struct StoreFixture {
+    /// The store under test; a fresh, empty one per scenario is best (a shared one works too).
+    pub store: Arc<dyn Store>,
+    /// Keeps temp files / servers alive for the test's duration.
+    pub guard: Box<dyn Any + Send>,
+}
+
+impl StoreFixture {
+    /// A fixture for `store`, keeping `guard` alive as long as the scenario runs.
+    pub fn new(store: Arc<dyn Store>, guard: Box<dyn Any + Send>) -> Self {
+        Self { store, guard }
+    }
+}
+
+impl fmt::Debug for StoreFixture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreFixture").field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+/// The longest a single scenario may run before it is declared hung.
+pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs a scenario on a fresh multi-thread runtime (2 workers, all drivers), so concurrency in
+/// the scenarios is real. A scenario that hangs fails after [`SCENARIO_TIMEOUT`].
+pub fn run<F: Future>(f: F) -> F::Output {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime for the scenario");
+    runtime.block_on(async {
+        match tokio::time::timeout(SCENARIO_TIMEOUT, f).await {
+            Ok(output) => output,
+            Err(_) => panic!("scenario did not finish within {SCENARIO_TIMEOUT:?}"),
+        }
+    })
+}
+
+/// Expands to one `#[test]` per listed scenario: `$crate::run($crate::<module>::<name>(setup))`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __scenarios {
+    ($setup:expr; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::run($crate::$module::$name($setup))
+            }
+        )*
+    };
+}
+
+/// Generates the pub/sub conformance tests, one `#[test]` per scenario.
+///
+/// `setup` is a function (or closure) `FnOnce() -> impl Future<Output = PubSubFixture>`, called
+/// once per test. See the [crate docs](crate) for an example.
+#[macro_export]
+macro_rules! pubsub_suite {
+    ($setup:expr) => {
+        $crate::__scenarios!($setup;
+            pubsub::a_published_message_arrives_intact,
+            pubsub::subscribers_receive_only_their_own_topic,
+            pubsub::every_group_receives_every_message,
+            pubsub::subscriptions_in_one_group_share_the_work,
+            pubsub::a_nacked_message_is_redelivered_after_its_delay,
+            pubsub::a_message_not_acked_within_ack_wait_is_redelivered,
+            pubsub::a_settlement_after_the_lease_was_lost_is_refused,
+            pubsub::a_dropped_consumers_messages_are_redelivered_to_another,
+            pubsub::a_message_that_keeps_failing_becomes_a_dead_letter_with_the_reason,
+            pubsub::a_message_never_settled_becomes_a_dead_letter_after_max_deliveries,
+            pubsub::dead_letter_moves_a_message_at_once_with_the_reason,
+            pubsub::messages_of_one_key_are_handled_in_order_while_keys_run_concurrently,
+            pubsub::a_failing_key_does_not_block_other_keys,
+            pubsub::a_new_group_can_start_from_the_beginning,
+            pubsub::a_new_group_starting_at_latest_sees_only_new_messages,
+            pubsub::a_new_group_can_start_from_a_position,
+            pubsub::an_existing_group_resumes_where_it_was,
+            pubsub::a_dropped_subscription_stops_fetching,
+            pubsub::closing_is_idempotent_and_ends_publishing_and_subscriptions,
+            pubsub::ten_thousand_concurrent_messages_are_handled_exactly_once_with_the_inbox,
+            pubsub::invalid_subscribe_options_are_refused,
+        );
+    };
+}
+
+/// Generates the store conformance tests (event store, global log, snapshots, outbox and relay,
+/// inbox, checkpoints, sagas), one `#[test]` per scenario.
+///
+/// `setup` is a function (or closure) `FnOnce() -> impl Future<Output = StoreFixture>`, called
+/// once per test. See the [crate docs](crate) for an example.
+#[macro_export]
+macro_rules! store_suite {
+    ($setup:expr) => {
+        $crate::__scenarios!($setup;
+            store::appended_events_read_back_with_versions_positions_and_metadata,
+            store::a_stream_can_be_read_from_a_version_and_with_a_limit,
+            store::a_wrong_expected_version_conflicts_and_writes_nothing,
+            store::invalid_appends_are_refused,
+            store::a_transaction_reads_its_own_appends,
+            store::an_append_in_a_dropped_transaction_writes_nothing,
+            store::a_dropped_transaction_writes_nothing_in_any_port,
+            store::commit_hooks_run_only_after_a_commit,
+            store::concurrent_appenders_to_one_stream_get_gapless_versions,
+            store::concurrent_appends_expecting_any_version_all_succeed,
+            store::a_live_reader_sees_the_whole_global_log_in_order_under_concurrent_writers,
+            store::a_multi_stream_append_is_all_or_nothing,
+            store::snapshots_round_trip_and_the_newest_replaces_the_older,
+            store::a_reader_catches_up_then_follows_live_commits,
+            store::the_inbox_records_a_message_once_per_handler,
+            store::a_rolled_back_inbox_record_does_not_count,
+            store::of_two_concurrent_inbox_records_at_most_one_commits,
+            store::checkpoints_are_saved_overwritten_and_rolled_back,
+            store::sagas_are_versioned_and_a_stale_save_conflicts,
+            outbox::outbox_messages_are_invisible_before_commit_and_in_order_after,
+            outbox::a_rolled_back_transaction_leaves_no_outbox_rows,
+            outbox::the_relay_publishes_in_order_and_removes,
+            outbox::a_crash_between_commit_and_publish_loses_nothing,
+            outbox::a_crash_between_publish_and_remove_is_absorbed_by_the_inbox,
+        );
+    };
+}

@@ -1,0 +1,233 @@
+//! The outbox scenarios (part of [`store_suite!`](crate::store_suite)): rows appear at commit in
+//! order, vanish on rollback, and the [`OutboxRelay`] loses nothing when it crashes between
+//! commit and publish or between publish and remove.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use herald::memory::MemoryBroker;
+use herald::message::{Message, MessageId};
+use herald::outbox::{OutboxRelay, RelayError};
+use herald::pubsub::{PubSubError, Publisher, StartFrom, SubscribeOptions, Subscriber};
+use herald::store::{ExpectedVersion, OutboxRecord, Store};
+
+use crate::StoreFixture;
+use crate::support::{
+    QUIET, WAIT, collect_acking, event, expect_nothing, next_delivery, numbered, rich_message, unique,
+};
+
+/// This scenario's pending outbox rows (other scenarios may share the store).
+async fn pending_on(store: &dyn Store, topic: &str) -> Vec<OutboxRecord> {
+    let all = store.outbox_pending(100_000).await.expect("outbox_pending");
+    all.into_iter().filter(|r| r.message.topic == topic).collect()
+}
+
+/// Commits `messages` to the outbox in one transaction, alongside an event (the state change).
+async fn commit_outbox(store: &dyn Store, messages: Vec<Message>) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&unique("outbox-state"), ExpectedVersion::NoStream, vec![event(1)]).await.expect("append");
+    tx.enqueue(messages).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+}
+
+fn message_ids(messages: &[Message]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// Enqueued messages are invisible to the relay until commit, then listed oldest first with
+/// increasing sequences and intact, and gone after `outbox_remove`.
+pub async fn outbox_messages_are_invisible_before_commit_and_in_order_after<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let topic = unique("outbox");
+    let first: Vec<Message> = (0..3).map(|i| numbered(&topic, "k", i)).chain([rich_message(&topic, "k")]).collect();
+    let second: Vec<Message> = (10..12).map(|i| numbered(&topic, "k", i)).collect();
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.enqueue(first[..2].to_vec()).await.expect("enqueue");
+    tx.enqueue(first[2..].to_vec()).await.expect("enqueue again");
+    assert!(pending_on(store, &topic).await.is_empty(), "nothing is visible before commit");
+    tx.commit().await.expect("commit");
+
+    commit_outbox(store, second.clone()).await;
+    let pending = pending_on(store, &topic).await;
+    let got: Vec<Message> = pending.iter().map(|r| r.message.clone()).collect();
+    let expected: Vec<Message> = first.iter().chain(&second).cloned().collect();
+    assert_eq!(message_ids(&got), message_ids(&expected), "commit order, then enqueue order");
+    assert_eq!(got, expected, "messages intact");
+    assert!(pending.windows(2).all(|w| w[0].sequence < w[1].sequence), "sequences increase");
+
+    let oldest = store.outbox_pending(1).await.expect("outbox_pending(1)");
+    assert_eq!(oldest.len(), 1, "the limit is honoured");
+
+    let (done, rest) = pending.split_at(2);
+    let sequences: Vec<u64> = done.iter().map(|r| r.sequence).collect();
+    store.outbox_remove(&sequences).await.expect("outbox_remove");
+    let left: Vec<u64> = pending_on(store, &topic).await.iter().map(|r| r.sequence).collect();
+    assert_eq!(left, rest.iter().map(|r| r.sequence).collect::<Vec<_>>(), "only the removed rows are gone");
+    store.outbox_remove(&left).await.expect("outbox_remove the rest");
+    assert!(pending_on(store, &topic).await.is_empty(), "all removed");
+}
+
+/// A transaction that is dropped, or fails on a conflict, leaves no outbox rows.
+pub async fn a_rolled_back_transaction_leaves_no_outbox_rows<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let topic = unique("outbox-rollback");
+    {
+        let mut tx = store.begin().await.expect("begin");
+        tx.enqueue((0..3).map(|i| numbered(&topic, "k", i)).collect()).await.expect("enqueue");
+    }
+    assert!(pending_on(store, &topic).await.is_empty(), "a dropped transaction leaves no rows");
+
+    let stream = unique("outbox-conflict");
+    store.append(&stream, ExpectedVersion::NoStream, vec![event(1)]).await.expect("prepare");
+    {
+        let mut tx = store.begin().await.expect("begin");
+        tx.enqueue(vec![numbered(&topic, "k", 9)]).await.expect("enqueue");
+        let conflicted = tx.append(&stream, ExpectedVersion::NoStream, vec![event(2)]).await;
+        let failed = match conflicted {
+            Err(e) => {
+                assert!(e.is_conflict(), "a stale append conflicts: {e}");
+                true
+            }
+            Ok(_) => tx.commit().await.is_err(),
+        };
+        assert!(failed, "the unit of work with a stale append must fail");
+    }
+    assert!(pending_on(store, &topic).await.is_empty(), "a failed unit of work leaves no rows");
+}
+
+/// The relay publishes committed messages in outbox order (in several batches) and removes them.
+pub async fn the_relay_publishes_in_order_and_removes<F: Future<Output = StoreFixture>>(setup: impl FnOnce() -> F) {
+    let fx = setup().await;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("relayed");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "reader")).await.expect("subscribe");
+    let sent: Vec<Message> = (0..10).map(|i| numbered(&topic, "order-1", i)).collect();
+    commit_outbox(&*fx.store, sent[..4].to_vec()).await;
+    commit_outbox(&*fx.store, sent[4..].to_vec()).await;
+
+    let relay = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).batch(3);
+    let published = relay.publish_pending().await.expect("publish_pending");
+    assert!(published >= sent.len(), "published {published} of {} messages", sent.len());
+    assert!(pending_on(&*fx.store, &topic).await.is_empty(), "published messages are removed");
+
+    let got = collect_acking(&mut sub, sent.len(), WAIT).await;
+    let got_messages: Vec<Message> = got.into_iter().map(|d| d.message).collect();
+    assert_eq!(message_ids(&got_messages), message_ids(&sent), "published in outbox order");
+    assert_eq!(got_messages, sent, "published intact");
+    assert_eq!(relay.publish_pending().await.expect("second pass"), 0, "nothing left to publish");
+    expect_nothing(&mut sub, QUIET, "each message was published once").await;
+}
+
+/// A publisher that fails, either before passing the messages on (the broker is down) or after
+/// (the broker took them, then the relay "died" before it could remove them).
+#[derive(Debug)]
+struct Crashing {
+    inner: MemoryBroker,
+    forward_first: bool,
+    calls: AtomicUsize,
+}
+
+#[async_trait]
+impl Publisher for Crashing {
+    async fn publish(&self, messages: &[Message]) -> Result<(), PubSubError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.forward_first {
+            self.inner.publish(messages).await?;
+        }
+        Err(PubSubError::backend(std::io::Error::other("simulated crash of the relay")))
+    }
+
+    async fn close(&self) -> Result<(), PubSubError> {
+        Ok(())
+    }
+}
+
+/// Committed outbox rows survive a relay that never ran and one whose broker was down; a new
+/// relay on the same store publishes all of them.
+pub async fn a_crash_between_commit_and_publish_loses_nothing<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let topic = unique("crash-before-publish");
+    let sent: Vec<Message> = (0..5).map(|i| numbered(&topic, "k", i)).collect();
+    commit_outbox(&*fx.store, sent.clone()).await;
+
+    // A relay that is created and "killed" before its first pass.
+    drop(OutboxRelay::new(fx.store.clone(), Arc::new(MemoryBroker::in_memory())));
+
+    // A relay whose broker refuses everything.
+    let down =
+        Arc::new(Crashing { inner: MemoryBroker::in_memory(), forward_first: false, calls: AtomicUsize::new(0) });
+    match OutboxRelay::new(fx.store.clone(), down.clone()).publish_pending().await {
+        Err(RelayError::Publish(_)) => {}
+        other => panic!("a relay whose publisher fails must report it, got {other:?}"),
+    }
+    assert!(down.calls.load(Ordering::SeqCst) >= 1);
+    assert_eq!(pending_on(&*fx.store, &topic).await.len(), sent.len(), "nothing left the outbox");
+
+    // Restart: a fresh relay and broker.
+    let broker = MemoryBroker::in_memory();
+    let mut sub =
+        broker.subscribe(SubscribeOptions::new(&topic, "reader").start(StartFrom::Beginning)).await.expect("subscribe");
+    let relay = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone()));
+    relay.publish_pending().await.expect("publish_pending after restart");
+    let got = collect_acking(&mut sub, sent.len(), WAIT).await;
+    let got_ids: Vec<MessageId> = got.iter().map(|d| d.message.id).collect();
+    assert_eq!(got_ids, message_ids(&sent), "every committed message is published, in order");
+    assert!(pending_on(&*fx.store, &topic).await.is_empty(), "and removed");
+}
+
+/// The broker accepted a batch but the relay died before removing it: a second relay publishes
+/// the same ids again, and a consumer using the store's inbox handles each exactly once.
+pub async fn a_crash_between_publish_and_remove_is_absorbed_by_the_inbox<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("crash-after-publish");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "consumer")).await.expect("subscribe");
+    let sent: Vec<Message> = (0..5).map(|i| numbered(&topic, "k", i)).collect();
+    commit_outbox(store, sent.clone()).await;
+
+    let dying = Arc::new(Crashing { inner: broker.clone(), forward_first: true, calls: AtomicUsize::new(0) });
+    match OutboxRelay::new(fx.store.clone(), dying).publish_pending().await {
+        Err(RelayError::Publish(_)) => {}
+        other => panic!("the dying relay must fail its pass, got {other:?}"),
+    }
+    assert_eq!(pending_on(store, &topic).await.len(), sent.len(), "not removed: the relay died first");
+
+    OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).publish_pending().await.expect("second relay");
+    assert!(pending_on(store, &topic).await.is_empty(), "the second relay removed them");
+
+    let handler = unique("inbox-handler");
+    let mut handled: HashMap<MessageId, u32> = HashMap::new();
+    let mut published: HashMap<MessageId, u32> = HashMap::new();
+    for n in 0..sent.len() * 2 {
+        // One at a time: the copies share a key, so each waits for the previous settlement.
+        let d = next_delivery(&mut sub, WAIT, &format!("delivery {} of {}", n + 1, sent.len() * 2)).await;
+        let id = d.message.id;
+        *published.entry(id).or_default() += 1;
+        let mut tx = store.begin().await.expect("begin");
+        if tx.record_handled(&handler, id).await.expect("record_handled") {
+            tx.commit().await.expect("commit");
+            *handled.entry(id).or_default() += 1;
+        }
+        d.ack().await.expect("ack");
+    }
+    let expected: BTreeSet<MessageId> = sent.iter().map(|m| m.id).collect();
+    assert!(published.values().all(|n| *n == 2), "each message was published twice (same id): {published:?}");
+    assert_eq!(handled.keys().copied().collect::<BTreeSet<_>>(), expected, "every message handled");
+    assert!(handled.values().all(|n| *n == 1), "none handled twice: {handled:?}");
+    expect_nothing(&mut sub, QUIET, "no third copy").await;
+}

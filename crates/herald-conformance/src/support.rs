@@ -1,0 +1,268 @@
+//! Helpers shared by the scenarios (and usable by adapters' own tests): bounded waiting, unique
+//! names, collecting deliveries, running consumers whose panics surface at once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use herald::message::{Message, MessageId, Metadata};
+use herald::pubsub::{Capabilities, Delivery, Subscription};
+use herald::store::NewEvent;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+
+/// How long to wait for something that must happen. Generous: real brokers are slower than
+/// the in-memory one, and a passing scenario never waits this long.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How long to watch for something that must *not* happen (a duplicate, a message from another
+/// topic). Long enough to catch a mistake, short enough to keep the suite fast.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// How often [`eventually`] checks its condition.
+pub const POLL: Duration = Duration::from_millis(10);
+
+/// A name unique to this run: `<prefix>-<uuid>`, so scenarios never see each other's topics,
+/// groups or streams, even on a shared server. Only letters, digits and `-`.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Waits until `condition` holds, checking every [`POLL`]; panics if it does not within
+/// `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_that(timeout, "the condition", condition).await;
+}
+
+/// [`eventually`] with a description of what is awaited, for the panic message.
+pub async fn eventually_that<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Like [`eventually_that`], but also re-raises at once the panic of any task of `tasks` that
+/// ended (a consumer's failed assertion), instead of timing out without saying why.
+pub async fn eventually_while_running<F, Fut>(tasks: &mut JoinSet<()>, timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        while let Some(result) = tasks.try_join_next() {
+            reraise(result);
+        }
+        if condition().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits for every task of `tasks`, re-raising the first panic with its own message.
+pub async fn join_all(mut tasks: JoinSet<()>) {
+    while let Some(result) = tasks.join_next().await {
+        reraise(result);
+    }
+}
+
+/// Re-raises a task's panic in the caller (cancellation is not an error here).
+pub fn reraise<T>(result: Result<T, JoinError>) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
+/// Receives `n` deliveries (unsettled: the caller settles them); panics if they do not all
+/// arrive within `timeout` or the subscription ends first. Messages sharing a key are held back
+/// by per-key order until the previous one is settled: use [`collect_acking`] for those.
+pub async fn collect(sub: &mut Subscription, n: usize, timeout: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(d)) => out.push(d),
+            Ok(None) => panic!("subscription ended after {} of {n} deliveries", out.len()),
+            Err(_) => panic!("received {} of {n} deliveries within {timeout:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// What [`collect_acking`] keeps of a delivery it acked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acked {
+    /// The message.
+    pub message: Message,
+    /// Its attempt number.
+    pub attempt: u32,
+    /// Its position, where the broker has one.
+    pub position: Option<u64>,
+}
+
+/// Receives `n` deliveries, acking each as it arrives (necessary when several share a key:
+/// per-key order holds the next one back until the previous is settled); panics if they do not
+/// all arrive within `timeout`.
+pub async fn collect_acking(sub: &mut Subscription, n: usize, timeout: Duration) -> Vec<Acked> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(d)) => {
+                let acked = Acked { message: d.message.clone(), attempt: d.attempt, position: d.position };
+                d.ack().await.unwrap_or_else(|e| panic!("ack of {} failed: {e}", acked.message.id));
+                out.push(acked);
+            }
+            Ok(None) => panic!("subscription ended after {} of {n} deliveries", out.len()),
+            Err(_) => panic!("received {} of {n} deliveries within {timeout:?}", out.len()),
+        }
+    }
+    out
+}
+
+/// Receives one delivery within `timeout`, or panics saying what was awaited.
+pub async fn next_delivery(sub: &mut Subscription, timeout: Duration, what: &str) -> Delivery {
+    match tokio::time::timeout(timeout, sub.next()).await {
+        Ok(Some(d)) => d,
+        Ok(None) => panic!("subscription ended while waiting for {what}"),
+        Err(_) => panic!("no delivery within {timeout:?} while waiting for {what}"),
+    }
+}
+
+/// Checks that nothing is delivered for `window`; panics with the unexpected delivery.
+pub async fn expect_nothing(sub: &mut Subscription, window: Duration, why: &str) {
+    if let Ok(Some(d)) = tokio::time::timeout(window, sub.next()).await {
+        panic!(
+            "unexpected delivery ({why}): id {} name {} key {:?} attempt {} on {}",
+            d.message.id, d.message.name, d.message.key, d.attempt, d.message.topic
+        );
+    }
+}
+
+/// Acks every delivery, panicking on a refused ack.
+pub async fn ack_all(deliveries: Vec<Delivery>) {
+    for d in deliveries {
+        let id = d.message.id;
+        d.ack().await.unwrap_or_else(|e| panic!("ack of {id} failed: {e}"));
+    }
+}
+
+/// Feeds every delivery of `sub` to `handler`, each in its own task, until the subscription
+/// ends. A handler's panic ends the consumer with that panic (see
+/// [`eventually_while_running`]); dropping the consumer's task aborts its handlers.
+pub async fn consume<H, Fut>(mut sub: Subscription, handler: H)
+where
+    H: Fn(Delivery) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut handlers = JoinSet::new();
+    loop {
+        tokio::select! {
+            delivery = sub.next() => match delivery {
+                Some(d) => {
+                    handlers.spawn(handler(d));
+                }
+                None => break,
+            },
+            Some(result) = handlers.join_next(), if !handlers.is_empty() => {
+                reraise(result);
+            }
+        }
+    }
+    join_all(handlers).await;
+}
+
+/// Prints the loud line that marks a scenario skipped for a capability the implementation does
+/// not declare, and returns whether it is supported.
+pub fn supports(capabilities: Capabilities, name: &str, supported: bool) -> bool {
+    if !supported {
+        println!("SKIPPED (not supported: {name}); the subscriber declares {capabilities:?}");
+    }
+    supported
+}
+
+/// A message with every metadata field set to something a backend could lose or mangle: ids,
+/// trace context, a past `occurred_at`, an unusual content type, headers with awkward
+/// characters, and a payload that is not UTF-8.
+pub fn rich_message(topic: &str, key: &str) -> Message {
+    let cause = MessageId::new();
+    let mut headers = BTreeMap::new();
+    headers.insert("saga-id".to_owned(), "order-42".to_owned());
+    headers.insert("reply-to".to_owned(), "ordering.replies".to_owned());
+    headers.insert("x-unicode".to_owned(), "crème brûlée ✓ \"quoted\" = ; ,".to_owned());
+    headers.insert("x-empty".to_owned(), String::new());
+    Message {
+        id: MessageId::new(),
+        name: "conformance.RoundTripped.v1".to_owned(),
+        topic: topic.to_owned(),
+        key: key.to_owned(),
+        payload: vec![0, 1, 2, 0xff, 0xfe, b'{', b'"', b'}', 0x80, 0],
+        metadata: Metadata {
+            correlation_id: Some(MessageId::new()),
+            causation_id: Some(cause),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned()),
+            tracestate: Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".to_owned()),
+            occurred_at: past_time(),
+            content_type: "application/x-conformance+octets".to_owned(),
+            headers,
+        },
+    }
+}
+
+/// A fixed time in the past with millisecond precision (every backend keeps milliseconds), so a
+/// backend that stamps its own time instead of keeping `occurred_at` is caught.
+pub fn past_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(1_700_000_000_123).expect("a valid timestamp")
+}
+
+/// A small message on `topic` whose payload and `seq` header carry `seq`.
+pub fn numbered(topic: &str, key: &str, seq: u64) -> Message {
+    Message::new(topic, "conformance.Numbered.v1", seq.to_string().into_bytes())
+        .with_key(key)
+        .with_header("seq", seq.to_string())
+}
+
+/// The `seq` header of a message made by [`numbered`].
+pub fn seq_of(message: &Message) -> u64 {
+    message
+        .header("seq")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("message {} has no seq header", message.id))
+}
+
+/// An event with full metadata, as [`rich_message`] but for the store.
+pub fn rich_event(n: u64) -> NewEvent {
+    let m = rich_message("unused", "unused");
+    NewEvent {
+        id: MessageId::new(),
+        name: format!("conformance.Happened{n}.v1"),
+        payload: format!("{{\"n\":{n}}}").into_bytes(),
+        metadata: m.metadata,
+    }
+}
+
+/// A plain event whose payload is `n`.
+pub fn event(n: u64) -> NewEvent {
+    NewEvent::new("conformance.Counted.v1", n.to_string().into_bytes())
+}

@@ -1,0 +1,21 @@
+//! The conformance suites against Herald's in-memory broker and store: the reference that every
+//! other implementation is held to.
+
+use std::sync::Arc;
+
+use herald::memory::{MemoryBroker, MemoryStore};
+use herald_conformance::{PubSubFixture, StoreFixture};
+
+/// One broker; the publisher and both subscribers are clones sharing its topics, as two
+/// processes would share one broker server.
+async fn memory_broker() -> PubSubFixture {
+    let broker = MemoryBroker::in_memory();
+    PubSubFixture::new(Arc::new(broker.clone()), Arc::new(broker.clone()), Arc::new(broker), Box::new(()))
+}
+
+async fn memory_store() -> StoreFixture {
+    StoreFixture::new(Arc::new(MemoryStore::new()), Box::new(()))
+}
+
+herald_conformance::pubsub_suite!(memory_broker);
+herald_conformance::store_suite!(memory_store);
