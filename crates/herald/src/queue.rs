@@ -219,6 +219,7 @@ impl<B: QueueBackend> Subscriber for QueueBroker<B> {
             options,
             tx,
             stop: stop.clone(),
+            tasks: self.inner.tasks.clone(),
         };
         self.inner.tasks.spawn(pump.run());
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
@@ -238,14 +239,22 @@ struct Pump<B> {
     in_flight: Arc<Semaphore>,
     tx: mpsc::Sender<Delivery>,
     stop: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl<B: QueueBackend> Pump<B> {
+    fn stopped(&self) -> bool {
+        self.stop.is_cancelled() || self.tx.is_closed()
+    }
+
     async fn run(self) {
         let mut failures = 0u32;
         loop {
-            // Wait for room: at least one delivery may be outstanding.
+            // Wait for room: at least one delivery may be outstanding. `biased`: once the
+            // subscription is gone, never claim again (a claim nobody receives would stay leased
+            // until its ack wait expires).
             let first = tokio::select! {
+                biased;
                 () = self.stop.cancelled() => return,
                 () = self.tx.closed() => return,
                 permit = self.in_flight.clone().acquire_owned() => match permit {
@@ -253,6 +262,9 @@ impl<B: QueueBackend> Pump<B> {
                     Err(_) => return,
                 },
             };
+            if self.stopped() {
+                return;
+            }
             let room = 1 + self.in_flight.available_permits();
             let changed = self.backend.changed().notified();
             tokio::pin!(changed);
@@ -269,6 +281,7 @@ impl<B: QueueBackend> Pump<B> {
                     tracing::warn!(topic = %self.options.topic, group = %self.options.group, error = %e, "claim failed; retrying");
                     drop(first);
                     tokio::select! {
+                        biased;
                         () = self.stop.cancelled() => return,
                         () = tokio::time::sleep(backoff) => continue,
                     }
@@ -278,7 +291,9 @@ impl<B: QueueBackend> Pump<B> {
             if claimed.is_empty() {
                 drop(first);
                 tokio::select! {
+                    biased;
                     () = self.stop.cancelled() => return,
+                    () = self.tx.closed() => return,
                     () = &mut changed => {}
                     () = tokio::time::sleep(self.backend.poll_interval()) => {}
                 }
@@ -290,14 +305,25 @@ impl<B: QueueBackend> Pump<B> {
             for claim in claimed {
                 // `room` permits were available when claiming and only this task takes them.
                 let Some(permit) = permits.next() else {
-                    tracing::error!("in-flight accounting broken; message will be redelivered");
-                    break;
+                    tracing::error!("in-flight accounting broken; releasing the claim");
+                    self.release(claim).await;
+                    continue;
                 };
-                let delivery = self.delivery(claim, permit);
-                if self.tx.send(delivery).await.is_err() {
-                    return; // Subscription dropped: unsettled claims expire and are redelivered.
+                // If the subscription is gone, the returned delivery is dropped unsettled and
+                // releases itself (see `QueueSettle`'s `Drop`).
+                if self.tx.send(self.delivery(claim, permit)).await.is_err() {
+                    return;
                 }
             }
+        }
+    }
+
+    async fn release(&self, claim: Claimed) {
+        let settlement = Settlement::Nack { delay: Duration::ZERO, reason: None };
+        let (topic, group) = (&self.options.topic, &self.options.group);
+        if let Err(e) = self.backend.settle(topic, group, claim.position, claim.attempt, settlement, &self.policy).await
+        {
+            tracing::debug!(error = %e, "releasing a claim failed; it is redelivered after its ack wait");
         }
     }
 
@@ -309,26 +335,57 @@ impl<B: QueueBackend> Pump<B> {
             position: claim.position,
             attempt: claim.attempt,
             policy: self.policy.clone(),
+            tasks: self.tasks.clone(),
+            settled: false,
             _permit: permit,
         };
         Delivery::new(claim.message, claim.attempt, Some(claim.position), Box::new(settle))
     }
 }
 
-/// Settles one claimed delivery; holds its in-flight permit until settled or dropped.
-struct QueueSettle<B> {
+/// Settles one claimed delivery; holds its in-flight permit until settled or dropped. Dropped
+/// unsettled (a consumer that went away, a subscription dropped with deliveries buffered), it
+/// hands the message back at once instead of leaving it leased until the ack wait expires.
+struct QueueSettle<B: QueueBackend> {
     backend: Arc<B>,
     topic: String,
     group: String,
     position: u64,
     attempt: u32,
     policy: GroupPolicy,
+    /// The broker's tracker, so the release on drop is a tracked task, not a detached one.
+    tasks: TaskTracker,
+    settled: bool,
     _permit: OwnedSemaphorePermit,
+}
+
+impl<B: QueueBackend> Drop for QueueSettle<B> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        // Without a runtime (process exiting), the ack wait takes care of it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (backend, topic, group, policy) =
+            (self.backend.clone(), self.topic.clone(), self.group.clone(), self.policy.clone());
+        let (position, attempt) = (self.position, self.attempt);
+        let reason = "the consumer went away without settling".to_owned();
+        self.tasks.spawn_on(
+            async move {
+                let settlement = Settlement::Nack { delay: Duration::ZERO, reason: Some(reason) };
+                if backend.settle(&topic, &group, position, attempt, settlement, &policy).await.is_ok() {
+                    backend.changed().notify_waiters();
+                }
+            },
+            &runtime,
+        );
+    }
 }
 
 #[async_trait]
 impl<B: QueueBackend> Settle for QueueSettle<B> {
-    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
+    async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
+        self.settled = true;
         let wake = !matches!(settlement, Settlement::Nack { delay, .. } if !delay.is_zero());
         self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
         if wake {

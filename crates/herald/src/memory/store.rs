@@ -67,8 +67,11 @@ impl MemoryStore {
 #[derive(Debug)]
 struct StagedStream {
     stream: String,
-    /// The committed version when this transaction first appended; must still hold at commit.
+    /// The committed version when this transaction first appended; must still hold at commit
+    /// unless every append to the stream expected [`ExpectedVersion::Any`].
     base_version: u64,
+    /// Whether every append expected `Any`: then the events go after whatever is there at commit.
+    any_version: bool,
     events: Vec<NewEvent>,
 }
 
@@ -112,9 +115,15 @@ impl Transaction for MemoryTransaction {
             return Err(StoreError::version_conflict(stream, expected, current));
         }
         let next_expected_version = current + events.len() as u64;
+        let any_version = expected == ExpectedVersion::Any;
         match self.streams.iter_mut().find(|s| s.stream == stream) {
-            Some(s) => s.events.extend(events),
-            None => self.streams.push(StagedStream { stream: stream.to_owned(), base_version: base, events }),
+            Some(s) => {
+                s.any_version &= any_version;
+                s.events.extend(events);
+            }
+            None => {
+                self.streams.push(StagedStream { stream: stream.to_owned(), base_version: base, any_version, events })
+            }
         }
         Ok(AppendResult { next_expected_version })
     }
@@ -205,9 +214,12 @@ impl Transaction for MemoryTransaction {
         {
             let mut data = this.store.data();
             // Check everything first, so a conflict leaves the store untouched.
-            for s in &this.streams {
+            let mut streams = this.streams;
+            for s in &mut streams {
                 let now = data.version(&s.stream);
-                if now != s.base_version {
+                if s.any_version {
+                    s.base_version = now;
+                } else if now != s.base_version {
                     return Err(StoreError::version_conflict(&s.stream, ExpectedVersion::Exact(s.base_version), now));
                 }
             }
@@ -225,7 +237,7 @@ impl Transaction for MemoryTransaction {
                 saga_versions.insert(key, r.version);
             }
 
-            for s in this.streams {
+            for s in streams {
                 for (i, e) in s.events.iter().enumerate() {
                     let position = data.log.len() as u64 + 1;
                     let event = recorded(&s.stream, s.base_version + i as u64 + 1, position, e);
