@@ -311,7 +311,9 @@ pub async fn a_dropped_consumers_messages_are_redelivered_to_another<F: Future<O
     let got = collect(&mut second, sent.len(), WAIT).await;
     assert_eq!(delivered_ids(&got), ids(&sent), "every unacked message reaches the other consumer");
     for d in &got {
-        assert_eq!(d.attempt, 2, "message {} is a redelivery", d.message.id);
+        // At least 2: dropped deliveries are released at once, so the first subscription may
+        // itself have re-claimed some before it was dropped.
+        assert!(d.attempt >= 2, "message {} is a redelivery (attempt {})", d.message.id, d.attempt);
     }
     ack_all(got).await;
     expect_nothing(&mut second, Duration::from_millis(600), "all were acked").await;

@@ -265,6 +265,19 @@ impl<B: QueueBackend> Pump<B> {
             if self.stopped() {
                 return;
             }
+            // While other deliveries are in flight, give them a moment (at most one poll
+            // interval) to free a quarter of the window, so a busy subscription claims in batches
+            // instead of once per ack. The permits are only counted here, not kept.
+            let batch = (self.options.max_in_flight / 4).clamp(1, 1 << 16);
+            if self.in_flight.available_permits() + 1 < batch {
+                let room = self.in_flight.acquire_many(u32::try_from(batch - 1).unwrap_or(u32::MAX));
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    () = self.tx.closed() => return,
+                    _ = tokio::time::timeout(self.backend.poll_interval(), room) => {}
+                }
+            }
             let room = 1 + self.in_flight.available_permits();
             let changed = self.backend.changed().notified();
             tokio::pin!(changed);

@@ -127,13 +127,18 @@ impl SqliteDatabase {
         self.shared.pool.close().await;
     }
 
-    /// Starts a write transaction: waits for this process's turn, then `BEGIN IMMEDIATE`.
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx, SqlError> {
+    /// Waits for this process's writers' turn (for a single autocommit write statement).
+    pub(crate) async fn write_turn(&self) -> Result<OwnedSemaphorePermit, SqlError> {
         let wait = self.shared.busy_timeout;
-        let turn = tokio::time::timeout(wait, self.shared.write_turn.clone().acquire_owned())
+        tokio::time::timeout(wait, self.shared.write_turn.clone().acquire_owned())
             .await
             .map_err(|_| SqlError::WriteLockTimeout(wait))?
-            .map_err(|_| SqlError::WriteLockTimeout(wait))?;
+            .map_err(|_| SqlError::WriteLockTimeout(wait))
+    }
+
+    /// Starts a write transaction: waits for this process's turn, then `BEGIN IMMEDIATE`.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, SqlError> {
+        let turn = self.write_turn().await?;
         let tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
     }

@@ -176,6 +176,32 @@ impl SqliteQueue {
         Ok(Ok((claimed, any_dead)))
     }
 
+    /// Runs a settlement statement guarded by `attempts = ?4`; `?5` is `visible_at` if given.
+    async fn settle_if_current(
+        &self,
+        statement: &'static str,
+        (topic, group, position, attempt): (&str, &str, i64, i64),
+        visible_at: Option<i64>,
+    ) -> Result<Result<(), PubSubError>, SqlError> {
+        let mut query = sqlx::query(statement).bind(topic).bind(group).bind(position).bind(attempt);
+        if let Some(at) = visible_at {
+            query = query.bind(at);
+        }
+        let turn = self.db.write_turn().await?;
+        let done = query.execute(self.db.pool()).await?.rows_affected();
+        drop(turn);
+        if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group).await }
+    }
+
+    /// The error for a settlement of a delivery that is no longer current.
+    async fn not_current(&self, topic: &str, group: &str) -> Result<Result<(), PubSubError>, SqlError> {
+        Ok(Err(if group_exists(&self.db, topic, group).await? {
+            PubSubError::LeaseLost
+        } else {
+            unknown_group(topic, group)
+        }))
+    }
+
     async fn settle_in_tx(
         &self,
         topic: &str,
@@ -186,6 +212,20 @@ impl SqliteQueue {
         policy: &GroupPolicy,
     ) -> Result<Result<(), PubSubError>, SqlError> {
         let position_i = to_i64("position", position)?;
+        let current = (topic, group, position_i, i64::from(attempt));
+        let reason = match settlement {
+            // The common settlements are one guarded statement each, no transaction needed.
+            Settlement::Ack => return self.settle_if_current(sql::ACK_IF_CURRENT, current, None).await,
+            Settlement::Nack { delay, .. } if attempt < policy.max_deliveries => {
+                let at = after(now_millis(), delay);
+                return self.settle_if_current(sql::DELAY_IF_CURRENT, current, Some(at)).await;
+            }
+            Settlement::Nack { reason, .. } => {
+                reason.unwrap_or_else(|| format!("nacked on the last of {} deliveries", policy.max_deliveries))
+            }
+            Settlement::DeadLetter { reason } => reason,
+        };
+        // To the dead-letter topic, atomically with leaving the group.
         let mut write = self.db.begin_write().await?;
         let conn = write.conn();
         let attempts: Option<i64> = sqlx::query_scalar(sql::PENDING_ATTEMPTS)
@@ -196,34 +236,8 @@ impl SqliteQueue {
             .await?;
         if attempts != Some(i64::from(attempt)) {
             drop(write);
-            return Ok(Err(if group_exists(&self.db, topic, group).await? {
-                PubSubError::LeaseLost
-            } else {
-                unknown_group(topic, group)
-            }));
+            return self.not_current(topic, group).await;
         }
-        let reason = match settlement {
-            Settlement::Ack => {
-                sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
-                write.commit().await?;
-                return Ok(Ok(()));
-            }
-            Settlement::Nack { delay, .. } if attempt < policy.max_deliveries => {
-                sqlx::query(sql::SETTLE_DELAY)
-                    .bind(topic)
-                    .bind(group)
-                    .bind(position_i)
-                    .bind(after(now_millis(), delay))
-                    .execute(&mut *conn)
-                    .await?;
-                write.commit().await?;
-                return Ok(Ok(()));
-            }
-            Settlement::Nack { reason, .. } => {
-                reason.unwrap_or_else(|| format!("nacked on the last of {} deliveries", policy.max_deliveries))
-            }
-            Settlement::DeadLetter { reason } => reason,
-        };
         let original: MessageRow = sqlx::query_as(sql::MESSAGE_AT).bind(position_i).fetch_one(&mut *conn).await?;
         let original = original.into_message("herald_broker_messages")?;
         let dead = dead_letter_for(&original, group, attempt, &reason, &policy.dead_letter_topic);

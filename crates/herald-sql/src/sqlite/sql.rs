@@ -122,8 +122,13 @@ pub(super) const PENDING_ATTEMPTS: &str =
 pub(super) const SETTLE_DELETE: &str =
     "DELETE FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND position = ?3";
 
-pub(super) const SETTLE_DELAY: &str =
-    "UPDATE herald_broker_pending SET visible_at = ?4 WHERE topic = ?1 AND grp = ?2 AND position = ?3";
-
 pub(super) const MESSAGE_AT: &str =
     "SELECT id, name, topic, key, payload, metadata FROM herald_broker_messages WHERE position = ?1";
+
+/// Ack in one statement: deletes the row only if delivery `?4` is still the current one.
+pub(super) const ACK_IF_CURRENT: &str =
+    "DELETE FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
+
+/// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `?5` = when.
+pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = ?5 \
+     WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
