@@ -242,6 +242,11 @@ pub enum Settlement {
 pub trait Settle: Send + Sync {
     /// Settles the delivery. Called at most once.
     async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError>;
+
+    /// The delivery never reached a consumer (its subscription was dropped with it still
+    /// buffered): hand it back without counting the attempt. By default it is just dropped, and
+    /// the broker redelivers it when its ack wait expires.
+    fn return_unseen(self: Box<Self>) {}
 }
 
 /// A message handed to a consumer, to be settled with [`ack`](Self::ack), [`nack`](Self::nack)
@@ -298,6 +303,12 @@ impl Delivery {
     pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), PubSubError> {
         self.settle(Settlement::DeadLetter { reason: reason.into() }).await
     }
+
+    /// Hands back a delivery that no handler has seen (e.g. one still queued at shutdown): it
+    /// is redelivered at once and the attempt does not count towards `max_deliveries`.
+    pub fn return_unseen(self) {
+        self.settle.return_unseen();
+    }
 }
 
 /// Publishes messages to their topics.
@@ -349,11 +360,19 @@ impl Subscription {
         self.rx.recv().await
     }
 
-    /// Stops accepting deliveries and returns those already fetched but not yet taken, so the
-    /// caller can release them (e.g. nack for immediate redelivery) at shutdown.
+    /// Stops accepting deliveries and returns those already fetched but not yet taken.
     pub fn close_and_drain(&mut self) -> Vec<Delivery> {
         self.rx.close();
         std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for Subscription {
+    /// Deliveries fetched but never taken are handed back at once, uncounted.
+    fn drop(&mut self) {
+        for d in self.close_and_drain() {
+            d.return_unseen();
+        }
     }
 }
 

@@ -487,7 +487,7 @@ impl Router {
                 }
                 // Fetched but not started: hand back for immediate redelivery elsewhere.
                 for d in subscription.close_and_drain() {
-                    release(d).await;
+                    release(d);
                 }
             });
         }
@@ -545,7 +545,7 @@ impl Dispatcher {
 
     async fn process(&self, delivery: Delivery) {
         if self.draining.is_cancelled() {
-            release(delivery).await;
+            release(delivery);
             return;
         }
         let Some(handler) = self.route.handlers.get(&delivery.message.name).cloned() else {
@@ -596,9 +596,9 @@ impl Dispatcher {
     }
 }
 
-/// Hands a delivery back for immediate redelivery (at shutdown).
-async fn release(delivery: Delivery) {
-    log_settle_error(delivery.nack(Duration::ZERO).await);
+/// Hands a delivery no handler has seen back for immediate redelivery (at shutdown).
+fn release(delivery: Delivery) {
+    delivery.return_unseen();
 }
 
 fn log_settle_error(result: Result<(), PubSubError>) {

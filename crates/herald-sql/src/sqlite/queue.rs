@@ -80,18 +80,11 @@ async fn group_exists(db: &SqliteDatabase, topic: &str, group: &str) -> Result<b
 impl SqliteQueue {
     /// Whether a claim could find anything, without taking the write lock: idle subscriptions
     /// poll often, and most polls find nothing. `None` when the group does not exist.
-    async fn worth_claiming(
-        &self,
-        topic: &str,
-        group: &str,
-        now: i64,
-        max_deliveries: i64,
-    ) -> Result<Option<bool>, SqlError> {
+    async fn worth_claiming(&self, topic: &str, group: &str, now: i64) -> Result<Option<bool>, SqlError> {
         let found: Option<i64> = sqlx::query_scalar(sql::CLAIM_PROBE)
             .bind(topic)
             .bind(group)
             .bind(now)
-            .bind(max_deliveries)
             .fetch_optional(self.db.pool())
             .await?;
         Ok(found.map(|f| f != 0))
@@ -109,7 +102,6 @@ impl SqliteQueue {
         let mut write = self.db.begin_write().await?;
         let now = now_millis();
         let conn = write.conn();
-        let max_deliveries = i64::from(policy.max_deliveries);
 
         // (a) Take new messages of the topic into the group's pending set.
         let next: Option<i64> =
@@ -128,48 +120,30 @@ impl SqliteQueue {
             sqlx::query(sql::ADVANCE_GROUP).bind(topic).bind(group).bind(last + 1).execute(&mut *conn).await?;
         }
 
-        // (b) Dead-letter messages whose last allowed delivery expired.
-        let expired: Vec<PendingRow> = sqlx::query_as(sql::EXPIRED)
-            .bind(topic)
-            .bind(group)
-            .bind(max_deliveries)
-            .bind(now)
-            .fetch_all(&mut *conn)
-            .await?;
-        let any_dead = !expired.is_empty();
-        for row in expired {
-            let (position, attempts, original) = row.into_parts()?;
-            let dead =
-                dead_letter_for(&original, group, attempts, &expired_reason(attempts), &policy.dead_letter_topic);
-            sqlx::query(sql::SETTLE_DELETE)
-                .bind(topic)
-                .bind(group)
-                .bind(to_i64("position", position)?)
-                .execute(&mut *conn)
-                .await?;
-            publish_one(&mut *conn, &dead, now).await?;
-        }
-
-        // (c) Lease what the per-key rule allows.
+        // (b) The keys' oldest visible messages: lease those with deliveries left, dead-letter
+        // those whose last allowed delivery expired.
         let rows: Vec<PendingRow> = sqlx::query_as(sql::CLAIMABLE)
             .bind(topic)
             .bind(group)
             .bind(now)
-            .bind(max_deliveries)
             .bind(limit(max))
             .fetch_all(&mut *conn)
             .await?;
         let until = after(now, policy.ack_wait);
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut any_dead = false;
         for row in rows {
             let (position, attempts, message) = row.into_parts()?;
-            sqlx::query(sql::LEASE)
-                .bind(topic)
-                .bind(group)
-                .bind(to_i64("position", position)?)
-                .bind(until)
-                .execute(&mut *conn)
-                .await?;
+            let position_i = to_i64("position", position)?;
+            if attempts >= policy.max_deliveries {
+                let reason = expired_reason(attempts);
+                let dead = dead_letter_for(&message, group, attempts, &reason, &policy.dead_letter_topic);
+                sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
+                publish_one(&mut *conn, &dead, now).await?;
+                any_dead = true;
+                continue;
+            }
+            sqlx::query(sql::LEASE).bind(topic).bind(group).bind(position_i).bind(until).execute(&mut *conn).await?;
             claimed.push(Claimed { message, position, attempt: attempts + 1 });
         }
         write.commit().await?;
@@ -292,8 +266,7 @@ impl QueueBackend for SqliteQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let probe =
-            self.worth_claiming(topic, group, now_millis(), i64::from(policy.max_deliveries)).await.map_err(backend)?;
+        let probe = self.worth_claiming(topic, group, now_millis()).await.map_err(backend)?;
         match probe {
             None => return Err(unknown_group(topic, group)),
             Some(false) => return Ok(Vec::new()),
@@ -318,11 +291,31 @@ impl QueueBackend for SqliteQueue {
         self.settle_in_tx(topic, group, position, attempt, settlement, policy).await.map_err(backend)?
     }
 
+    async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError> {
+        let position = to_i64("position", position).map_err(backend)?;
+        let turn = self.db.write_turn().await.map_err(backend)?;
+        sqlx::query(sql::RELEASE_IF_CURRENT)
+            .bind(topic)
+            .bind(group)
+            .bind(position)
+            .bind(i64::from(attempt))
+            .execute(self.db.pool())
+            .await
+            .map_err(backend)?;
+        drop(turn);
+        Ok(())
+    }
+
     fn changed(&self) -> &Notify {
         self.db.queue_changed()
     }
 
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(25)
+    }
+
+    fn claim_linger(&self) -> Duration {
+        // A claim is a write transaction; under load, let a few settlements gather first.
+        Duration::from_millis(2)
     }
 }

@@ -71,17 +71,19 @@ pub(super) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, 
 
 pub(super) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = ?1 AND grp = ?2";
 
-/// Without a write lock: whether a claim could find anything (`NULL` row = no such group).
-/// `?3` = now, `?4` = max deliveries.
+/// Without a write lock: whether a claim could find anything (`NULL` row = no such group):
+/// new messages, or a key's oldest pending message that is visible (`?3` = now), whether to
+/// claim or, past its last delivery, to dead-letter.
 pub(super) const CLAIM_PROBE: &str = "SELECT \
        EXISTS (SELECT 1 FROM herald_broker_messages m \
                WHERE m.topic = g.topic AND m.position >= g.next_position) \
     OR EXISTS (SELECT 1 FROM herald_broker_pending p \
                WHERE p.topic = g.topic AND p.grp = g.grp AND p.visible_at <= ?3 \
-                 AND (p.attempts >= ?4 OR p.key = '' OR NOT EXISTS ( \
-                      SELECT 1 FROM herald_broker_pending o \
-                      WHERE o.topic = p.topic AND o.grp = p.grp AND o.key = p.key \
-                        AND o.position < p.position))) \
+                 AND p.position IN (SELECT MIN(position) FROM herald_broker_pending \
+                                    WHERE topic = ?1 AND grp = ?2 AND key <> '' GROUP BY key \
+                                    UNION ALL \
+                                    SELECT position FROM herald_broker_pending \
+                                    WHERE topic = ?1 AND grp = ?2 AND key = '')) \
      FROM herald_broker_groups g WHERE g.topic = ?1 AND g.grp = ?2";
 
 /// The last of the next (at most `?3`) positions of the topic from `?2` on.
@@ -96,21 +98,26 @@ pub(super) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp
 pub(super) const ADVANCE_GROUP: &str =
     "UPDATE herald_broker_groups SET next_position = ?3 WHERE topic = ?1 AND grp = ?2";
 
-/// Pending rows whose last allowed delivery expired. `?3` = max deliveries, `?4` = now.
-pub(super) const EXPIRED: &str = "SELECT p.position, p.attempts, m.id, m.name, m.topic, m.key, m.payload, m.metadata \
-     FROM herald_broker_pending p JOIN herald_broker_messages m ON m.position = p.position \
-     WHERE p.topic = ?1 AND p.grp = ?2 AND p.attempts >= ?3 AND p.visible_at <= ?4 \
-     ORDER BY p.position";
-
-/// The per-key rule: visible, and no older unsettled message of the same non-empty key.
-/// `?3` = now, `?4` = max deliveries, `?5` = how many.
+/// The per-key rule: visible (`?3` = now) and no older unsettled message of the same non-empty
+/// key; at most `?4`. The caller leases those with deliveries left and dead-letters the rest
+/// (a message past its last delivery is always its key's oldest, so it is found here too).
+///
+/// The candidates are each key's oldest pending row (`MIN(position) … GROUP BY key`, one walk
+/// of the `(topic, grp, key, position)` index) plus every row without a key. A correlated
+/// `NOT EXISTS` per pending row would probe the index once per row of the backlog on every
+/// claim, and `LIMIT` cannot stop that scan early when few keys are claimable. `CROSS JOIN`
+/// fixes the join order (heads outside, primary-key lookups inside): left free, SQLite 3.51
+/// walks every pending row in position order to avoid the sort and re-scans the heads for
+/// each, which is quadratic in the backlog.
 pub(super) const CLAIMABLE: &str = "SELECT p.position, p.attempts, m.id, m.name, m.topic, m.key, m.payload, m.metadata \
-     FROM herald_broker_pending p JOIN herald_broker_messages m ON m.position = p.position \
-     WHERE p.topic = ?1 AND p.grp = ?2 AND p.visible_at <= ?3 AND p.attempts < ?4 \
-       AND (p.key = '' OR NOT EXISTS ( \
-            SELECT 1 FROM herald_broker_pending o \
-            WHERE o.topic = p.topic AND o.grp = p.grp AND o.key = p.key AND o.position < p.position)) \
-     ORDER BY p.position LIMIT ?5";
+     FROM (SELECT MIN(position) AS position FROM herald_broker_pending \
+             WHERE topic = ?1 AND grp = ?2 AND key <> '' GROUP BY key \
+           UNION ALL \
+           SELECT position FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND key = '') h \
+     CROSS JOIN herald_broker_pending p ON p.topic = ?1 AND p.grp = ?2 AND p.position = h.position \
+     CROSS JOIN herald_broker_messages m ON m.position = p.position \
+     WHERE p.visible_at <= ?3 \
+     ORDER BY p.position LIMIT ?4";
 
 /// Leases a claimed row until `?4`.
 pub(super) const LEASE: &str = "UPDATE herald_broker_pending SET attempts = attempts + 1, visible_at = ?4 \
@@ -131,4 +138,8 @@ pub(super) const ACK_IF_CURRENT: &str =
 
 /// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `?5` = when.
 pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = ?5 \
+     WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
+
+/// Undoes a claim that never reached a consumer, if delivery `?4` is still the current one.
+pub(super) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
      WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";

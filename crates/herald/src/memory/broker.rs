@@ -199,6 +199,21 @@ impl QueueBackend for MemoryQueue {
         Ok(())
     }
 
+    async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError> {
+        let mut state = self.lock();
+        let entry = state
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.groups.get_mut(group))
+            .and_then(|g| g.pending.get_mut(&position))
+            .filter(|e| e.attempts == attempt);
+        if let Some(entry) = entry {
+            entry.attempts -= 1;
+            entry.visible_at = Instant::now();
+        }
+        Ok(())
+    }
+
     fn changed(&self) -> &Notify {
         &self.changed
     }
