@@ -178,10 +178,13 @@ pub fn run<F: Future>(f: F) -> F::Output {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __scenarios {
-    ($setup:expr; $($module:ident :: $name:ident),* $(,)?) => {
+    ($setup:expr, $guard:expr; $($module:ident :: $name:ident),* $(,)?) => {
         $(
             #[test]
             fn $name() {
+                if !$guard {
+                    return;
+                }
                 $crate::run($crate::$module::$name($setup))
             }
         )*
@@ -195,7 +198,13 @@ macro_rules! __scenarios {
 #[macro_export]
 macro_rules! pubsub_suite {
     ($setup:expr) => {
-        $crate::__scenarios!($setup;
+        $crate::pubsub_suite!(@guarded $setup, true);
+    };
+    ($setup:expr, requires: $server:expr) => {
+        $crate::pubsub_suite!(@guarded $setup, $crate::support::server_available($server));
+    };
+    (@guarded $setup:expr, $guard:expr) => {
+        $crate::__scenarios!($setup, $guard;
             pubsub::a_published_message_arrives_intact,
             pubsub::subscribers_receive_only_their_own_topic,
             pubsub::every_group_receives_every_message,
@@ -229,7 +238,13 @@ macro_rules! pubsub_suite {
 #[macro_export]
 macro_rules! store_suite {
     ($setup:expr) => {
-        $crate::__scenarios!($setup;
+        $crate::store_suite!(@guarded $setup, true);
+    };
+    ($setup:expr, requires: $server:expr) => {
+        $crate::store_suite!(@guarded $setup, $crate::support::server_available($server));
+    };
+    (@guarded $setup:expr, $guard:expr) => {
+        $crate::__scenarios!($setup, $guard;
             store::appended_events_read_back_with_versions_positions_and_metadata,
             store::a_stream_can_be_read_from_a_version_and_with_a_limit,
             store::a_wrong_expected_version_conflicts_and_writes_nothing,

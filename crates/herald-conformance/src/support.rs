@@ -266,3 +266,23 @@ pub fn rich_event(n: u64) -> NewEvent {
 pub fn event(n: u64) -> NewEvent {
     NewEvent::new("conformance.Counted.v1", n.to_string().into_bytes())
 }
+
+/// Whether the server `(name, "host:port")` a suite needs is reachable. When it is not: with `CI`
+/// set, panics (a missing server must never turn into a green run); otherwise prints a loud
+/// `SKIPPED` line and returns `false`.
+pub fn server_available((name, address): (&str, &str)) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let reachable = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    if reachable {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{name} is not reachable at {address} and CI is set: start it (scripts/ensure-services.sh)");
+    }
+    eprintln!("SKIPPED: {name} is not reachable at {address}; start it with `bash scripts/ensure-services.sh`");
+    false
+}
