@@ -82,6 +82,19 @@ impl Default for Metadata {
     }
 }
 
+impl Metadata {
+    /// Records `cause` as the direct cause: causation becomes its id, correlation is kept from it
+    /// (or starts at its id), and its trace context is carried on unless one is already set.
+    pub fn continue_from(&mut self, cause: &Message) {
+        self.causation_id = Some(cause.id);
+        self.correlation_id = Some(cause.correlation_id());
+        if self.traceparent.is_none() {
+            self.traceparent.clone_from(&cause.metadata.traceparent);
+            self.tracestate.clone_from(&cause.metadata.tracestate);
+        }
+    }
+}
+
 /// Now, truncated to milliseconds: every backend stores milliseconds, so a round trip through
 /// any of them gives back an equal value.
 pub fn now_millis() -> DateTime<Utc> {
@@ -143,12 +156,7 @@ impl Message {
     /// is kept from the cause (or starts at the cause's id) and the trace context is carried on.
     #[must_use]
     pub fn caused_by(mut self, cause: &Message) -> Self {
-        self.metadata.causation_id = Some(cause.id);
-        self.metadata.correlation_id = Some(cause.correlation_id());
-        if self.metadata.traceparent.is_none() {
-            self.metadata.traceparent.clone_from(&cause.metadata.traceparent);
-            self.metadata.tracestate.clone_from(&cause.metadata.tracestate);
-        }
+        self.metadata.continue_from(cause);
         self
     }
 

@@ -131,12 +131,7 @@ impl NewEvent {
     /// Marks the event as caused by `cause` (see [`Message::caused_by`]).
     #[must_use]
     pub fn caused_by(mut self, cause: &Message) -> Self {
-        self.metadata.causation_id = Some(cause.id);
-        self.metadata.correlation_id = Some(cause.correlation_id());
-        if self.metadata.traceparent.is_none() {
-            self.metadata.traceparent.clone_from(&cause.metadata.traceparent);
-            self.metadata.tracestate.clone_from(&cause.metadata.tracestate);
-        }
+        self.metadata.continue_from(cause);
         self
     }
 }
