@@ -1,10 +1,12 @@
-//! [`SqliteConfig`]: the settings of a SQLite database, and the factory that opens it.
+//! [`SqliteConfig`] and [`PostgresConfig`]: the settings of a database, and the factories that
+//! open them.
 
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::error::SqlError;
+use crate::postgres::PostgresDatabase;
 use crate::sqlite::SqliteDatabase;
 
 /// How to open a SQLite database. Deserialise it from the application's configuration, then
@@ -89,6 +91,108 @@ impl Default for SqliteConfig {
     }
 }
 
+/// How to open a PostgreSQL database. Deserialise it from the application's configuration, then
+/// call [`open`](Self::open).
+///
+/// ```toml
+/// [database]
+/// url = "postgres://herald@db.internal/mallbots"
+/// schema = "ordering"
+/// max_connections = 16
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// The server and database: `postgres://user:password@host:port/database` (URL query
+    /// options such as `?sslmode=require` are honoured). Default:
+    /// [`PostgresConfig::DEFAULT_URL`].
+    pub url: String,
+    /// The schema holding Herald's tables (created and migrated if missing), set as every
+    /// connection's `search_path`: one schema per module lets several modules share a database.
+    /// A plain lower-case identifier (`[a-z_][a-z0-9_]*`, at most 63 bytes). Default:
+    /// [`PostgresConfig::DEFAULT_SCHEMA`].
+    pub schema: String,
+    /// Connections in the pool. Each open unit of work holds one. Default:
+    /// [`PostgresConfig::DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: u32,
+    /// How long to wait for a free connection before failing, in milliseconds. Default:
+    /// [`PostgresConfig::DEFAULT_ACQUIRE_TIMEOUT_MS`].
+    pub acquire_timeout_ms: u64,
+}
+
+impl PostgresConfig {
+    /// The default server and database.
+    pub const DEFAULT_URL: &str = "postgres://localhost/herald";
+    /// The default schema.
+    pub const DEFAULT_SCHEMA: &str = "herald";
+    /// The default pool size.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 16;
+    /// The default acquire timeout: 30 s.
+    pub const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 30_000;
+
+    /// The defaults, on `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+
+    /// The same settings in another schema.
+    #[must_use]
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The acquire timeout as a duration.
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    /// Checks the settings, so a mistake fails at start-up with the reason.
+    pub fn validate(&self) -> Result<(), SqlError> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Err(SqlError::Config("url is empty".into()));
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(SqlError::Config(format!("`{url}` is not a postgres:// URL")));
+        }
+        let schema = &self.schema;
+        let plain = schema
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_lowercase() || (i > 0 && b.is_ascii_digit()));
+        if schema.is_empty() || schema.len() > 63 || !plain {
+            return Err(SqlError::Config(format!(
+                "schema `{schema}` must be a plain lower-case identifier ([a-z_][a-z0-9_]*, at most 63 bytes)"
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(SqlError::Config("max_connections must be at least 1".into()));
+        }
+        if self.acquire_timeout_ms == 0 {
+            return Err(SqlError::Config("acquire_timeout_ms must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// Connects, creates the schema if missing and migrates it.
+    pub async fn open(&self) -> Result<PostgresDatabase, SqlError> {
+        self.validate()?;
+        PostgresDatabase::connect(self).await
+    }
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: Self::DEFAULT_URL.to_owned(),
+            schema: Self::DEFAULT_SCHEMA.to_owned(),
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout_ms: Self::DEFAULT_ACQUIRE_TIMEOUT_MS,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +212,19 @@ mod tests {
         assert!(err(SqliteConfig::new("sqlite::memory:")).contains("in-memory"));
         assert!(err(SqliteConfig { max_connections: 0, ..SqliteConfig::default() }).contains("max_connections"));
         assert!(SqliteConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn postgres_settings_default_and_refuse_nonsense() -> Result<(), serde_json::Error> {
+        let c: PostgresConfig = serde_json::from_str(r#"{"url": "postgres://h/db", "schema": "ordering"}"#)?;
+        assert_eq!(c, PostgresConfig::new("postgres://h/db").with_schema("ordering"));
+        assert!(c.validate().is_ok());
+        let err = |c: PostgresConfig| c.validate().map_err(|e| e.to_string()).err().unwrap_or_default();
+        assert!(err(PostgresConfig::new("sqlite://x.db")).contains("not a postgres"));
+        assert!(err(PostgresConfig::default().with_schema("Bad-Name")).contains("schema"));
+        assert!(err(PostgresConfig::default().with_schema("1x")).contains("schema"));
+        assert!(err(PostgresConfig::default().with_schema("")).contains("schema"));
+        assert!(err(PostgresConfig { max_connections: 0, ..PostgresConfig::default() }).contains("max_connections"));
+        Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Herald on SQL databases: the event store (with its ordered global log), snapshots, the
 //! transactional outbox, the inbox, checkpoints, saga state, and a SQL broker, all in one
-//! database. SQLite is here; PostgreSQL follows as a sibling dialect (see
-//! `docs/adr/0002-sql-schema-and-dialects.md`).
+//! database. Two dialects share one schema shape and the row mapping: SQLite (the embedded
+//! default, [`sqlite`]) and PostgreSQL ([`postgres`]; see `docs/adr/0002-sql-schema-and-dialects.md`
+//! and `docs/adr/0003-postgres-global-log.md`).
 //!
 //! ## How it fits
 //!
@@ -22,6 +23,11 @@
 //! Both come from one [`SqliteDatabase`], which [`SqliteConfig`] builds (the config struct is
 //! the factory). Every write transaction starts with `BEGIN IMMEDIATE`, which is what keeps the
 //! global log gap-free; see [`sqlite`] for the reasoning.
+//!
+//! On PostgreSQL the same ports are [`PostgresStore`] / [`PostgresTransaction`] and
+//! [`PgBroker`] over [`PostgresQueue`], from a [`PostgresDatabase`] that [`PostgresConfig`]
+//! builds in a schema of its own (one schema per module). Appends take a transaction-scoped
+//! advisory lock so positions commit in order; see [`postgres`].
 //!
 //! ## Example
 //!
@@ -54,9 +60,11 @@
 
 mod config;
 mod error;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 
-pub use config::SqliteConfig;
+pub use config::{PostgresConfig, SqliteConfig};
 pub use error::SqlError;
+pub use postgres::{PgBroker, PostgresDatabase, PostgresQueue, PostgresStore, PostgresTransaction};
 pub use sqlite::{SqlBroker, SqliteDatabase, SqliteQueue, SqliteStore, SqliteTransaction};

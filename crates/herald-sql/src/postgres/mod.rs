@@ -1,0 +1,207 @@
+//! Herald on PostgreSQL: [`PostgresDatabase`] (the pool, its schema and the wake-up signals),
+//! [`PostgresStore`] and [`PostgresTransaction`] (every storage port) and [`PostgresQueue`] (the
+//! SQL broker).
+//!
+//! # A schema per module
+//!
+//! Every table lives in one schema chosen by configuration ([`PostgresConfig::schema`], default
+//! `herald`): it is created if missing, migrated, and set as the `search_path` of every pooled
+//! connection (a start-up parameter, so no extra round trip), so the SQL text is the same
+//! whatever the schema. Several modules can share one database, each in its own schema, and the
+//! application's own tables (read models) can sit next to Herald's.
+//!
+//! # Why appends take an advisory lock
+//!
+//! A `bigserial` alone does not keep the global log gap-free for readers: a sequence value is
+//! taken at insert time, but transactions commit in any order, so a reader could see position 11
+//! committed while 10 is still in flight, and then never go back for 10. Every transaction that
+//! appends events first takes `pg_advisory_xact_lock(EVENTS, hash(schema))`, held until it
+//! commits or rolls back. Positions are therefore assigned in the order the appending
+//! transactions commit, and PostgreSQL makes a transaction visible before it releases its locks,
+//! so when the next appender gets the lock (and its positions), every lower position is already
+//! visible. A reader that sees position `p` has already been able to see every committed
+//! position below `p`. The cost is one appending transaction at a time, from its first append to
+//! its commit; see `docs/adr/0003-postgres-global-log.md` for the alternatives. The broker's
+//! message log uses a second lock of the same kind for the same reason (a group's
+//! `next_position` must never pass a position that commits later).
+//!
+//! Taking the lock first also makes the stream-version check and the insert atomic: once the
+//! lock is held, every earlier append is visible to the next statement (READ COMMITTED), so of
+//! two appends expecting the same version exactly one commits.
+
+mod queue;
+mod sql;
+mod store;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+
+pub use queue::{PgBroker, PostgresQueue};
+pub use store::{PostgresStore, PostgresTransaction};
+
+use crate::config::PostgresConfig;
+use crate::error::SqlError;
+
+/// The schema, embedded at compile time from `migrations/postgres`.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock classes (first key of `pg_advisory_xact_lock(int, int)`; the second is the
+/// schema's hash). "HRL" followed by a number, so they are recognisable in `pg_locks`.
+pub(crate) const EVENTS_LOCK: i32 = 0x4852_4c01;
+/// The broker's message log.
+pub(crate) const BROKER_LOCK: i32 = 0x4852_4c02;
+
+/// An open PostgreSQL database (one schema of it) holding every Herald port. Cheap to clone:
+/// clones share one connection pool and the wake-up signals, so a store and a broker made from
+/// the same database wake each other's readers at once.
+#[derive(Clone, Debug)]
+pub struct PostgresDatabase {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Every connection has `search_path` set to `schema`.
+    pool: PgPool,
+    /// The schema holding Herald's tables.
+    schema: String,
+    /// The second key of the advisory locks: a stable hash of `schema`, so appenders in other
+    /// schemas of the same database never wait for each other.
+    lock_key: i32,
+    /// Notified after every store commit in this process (`Store::changes`).
+    store_changes: Notify,
+    /// Notified when broker messages were appended or released in this process
+    /// (`QueueBackend::changed`).
+    queue_changed: Notify,
+}
+
+impl PostgresDatabase {
+    /// Opens the database at `url` (`postgres://user@host/db`) with the default settings of
+    /// [`PostgresConfig`] (schema `herald`), creating and migrating the schema if needed.
+    pub async fn open(url: &str) -> Result<Self, SqlError> {
+        PostgresConfig::new(url).open().await
+    }
+
+    /// Opens the database described by a validated `config`.
+    pub(crate) async fn connect(config: &PostgresConfig) -> Result<Self, SqlError> {
+        let url = config.url.trim();
+        let open_error = |source| SqlError::Open { url: url.to_owned(), source };
+        let options =
+            PgConnectOptions::from_str(url).map_err(open_error)?.options([("search_path", config.schema.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout())
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        prepare(&pool, url, &config.schema).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                pool,
+                schema: config.schema.clone(),
+                lock_key: schema_lock_key(&config.schema),
+                store_changes: Notify::new(),
+                queue_changed: Notify::new(),
+            }),
+        })
+    }
+
+    /// The event store, outbox, inbox, checkpoints and saga store on this database.
+    pub fn store(&self) -> PostgresStore {
+        PostgresStore::new(self.clone())
+    }
+
+    /// The SQL broker on this database: durable topics, consumer groups, per-key order, dead
+    /// letters. Messages published through it are visible to every process using the schema.
+    pub fn broker(&self) -> PgBroker {
+        PgBroker::new(PostgresQueue::new(self.clone()))
+    }
+
+    /// The connection pool (its connections' `search_path` is [`schema`](Self::schema)), for
+    /// the application's own queries.
+    pub fn pool(&self) -> &PgPool {
+        &self.shared.pool
+    }
+
+    /// The schema holding Herald's tables.
+    pub fn schema(&self) -> &str {
+        &self.shared.schema
+    }
+
+    /// Closes every connection (waiting for borrowed ones to come back). Later use fails.
+    pub async fn close(&self) {
+        self.shared.pool.close().await;
+    }
+
+    /// Starts a READ COMMITTED transaction (whatever the server's default), which the
+    /// advisory-lock reasoning relies on: each statement sees every commit before it.
+    pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.shared.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await
+    }
+
+    /// Takes the transaction-scoped advisory lock `class` for this schema.
+    pub(crate) async fn lock_log(&self, conn: &mut sqlx::PgConnection, class: i32) -> Result<(), sqlx::Error> {
+        sqlx::query(sql::LOG_LOCK).bind(class).bind(self.shared.lock_key).execute(conn).await?;
+        Ok(())
+    }
+
+    pub(crate) fn store_changes(&self) -> &Notify {
+        &self.shared.store_changes
+    }
+
+    pub(crate) fn queue_changed(&self) -> &Notify {
+        &self.shared.queue_changed
+    }
+}
+
+/// FNV-1a of the schema name: stable across processes and builds (unlike `DefaultHasher`).
+fn schema_lock_key(schema: &str) -> i32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in schema.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    i32::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// Creates the schema if missing and runs the embedded migrations in it (the migrations table,
+/// `_sqlx_migrations`, is created in the schema too, so each schema is migrated on its own).
+/// Two processes creating one schema at the same moment can race on `CREATE SCHEMA IF NOT
+/// EXISTS` (a unique violation in the catalogue), so a failure is retried after a pause.
+async fn prepare(pool: &PgPool, url: &str, schema: &str) -> Result<(), SqlError> {
+    // `schema` is a validated plain identifier (PostgresConfig::validate); quoted anyway.
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    let mut attempt = 0;
+    loop {
+        let created = sqlx::query(sqlx::AssertSqlSafe(create.clone())).execute(pool).await;
+        let result = match created {
+            Ok(_) => MIGRATOR.run(pool).await,
+            Err(e) => Err(sqlx::migrate::MigrateError::Execute(e)),
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(url, schema, error = %e, attempt, "preparing the schema failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(source) => return Err(SqlError::Migrate { url: url.to_owned(), source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lock_key_is_stable_and_depends_on_the_schema() {
+        assert_eq!(schema_lock_key("herald"), schema_lock_key("herald"));
+        assert_ne!(schema_lock_key("herald"), schema_lock_key("ordering"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The SQL text of the PostgreSQL dialect: the same constants as `sqlite/sql.rs` with
+//! PostgreSQL's syntax (`$1` placeholders, `= ANY($1)`, `UNNEST`, `FOR UPDATE`).
+
+// --- the global-log locks (docs/adr/0003-postgres-global-log.md) ---
+
+/// Takes a transaction-scoped advisory lock `($1, $2)`: `$1` says which log (events or broker
+/// messages), `$2` is the schema's hash, so modules in other schemas never wait for it.
+pub(super) const LOG_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
+
+// --- event store ---
+
+pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(version), 0)::BIGINT FROM herald_events WHERE stream = $1";
+
+/// All of an append's events in one statement, in order (`WITH ORDINALITY`), so positions
+/// follow versions.
+pub(super) const INSERT_EVENTS: &str = "INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
+     SELECT $1, t.version, t.id, t.name, t.payload, t.metadata, $7 \
+     FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
+          WITH ORDINALITY AS t(version, id, name, payload, metadata, n) \
+     ORDER BY t.n";
+
+pub(super) const READ_STREAM: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
+     WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3";
+
+pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
+     WHERE position > $1 ORDER BY position LIMIT $2";
+
+pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \
+     saved_at = excluded.saved_at";
+
+pub(super) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = $1";
+
+// --- outbox ---
+
+pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, key, payload, metadata, enqueued_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
+     ORDER BY sequence LIMIT $1";
+
+pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence = ANY($1)";
+
+// --- inbox ---
+
+/// A concurrent uncommitted insert of the same pair makes this wait for that transaction: if it
+/// commits, this inserts nothing (`false`); if it rolls back, this inserts.
+pub(super) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (handler, message_id) DO NOTHING";
+
+// --- checkpoints ---
+
+pub(super) const SAVE_CHECKPOINT: &str = "INSERT INTO herald_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
+
+pub(super) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoints WHERE name = $1";
+
+// --- sagas ---
+
+pub(super) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = $1 AND id = $2";
+
+/// A new instance (version 1): inserts nothing if the instance exists (a conflict).
+pub(super) const INSERT_SAGA: &str = "INSERT INTO herald_sagas (name, id, version, step, compensating, done, data, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name, id) DO NOTHING";
+
+/// A later version: updates only if the stored version is `$3 - 1`. A concurrent update makes
+/// this wait, then re-check the version on the new row (READ COMMITTED), so of two saves of
+/// one version exactly one updates.
+pub(super) const UPDATE_SAGA: &str = "UPDATE herald_sagas SET version = $3, step = $4, compensating = $5, done = $6, \
+     data = $7, updated_at = $8 WHERE name = $1 AND id = $2 AND version = $3 - 1";
+
+pub(super) const LOAD_SAGA: &str =
+    "SELECT name, id, version, step, compensating, done, data FROM herald_sagas WHERE name = $1 AND id = $2";
+
+// --- broker ---
+
+/// Publishing an id twice to one topic stores it once.
+pub(super) const PUBLISH: &str = "INSERT INTO herald_broker_messages (topic, id, name, key, payload, metadata, published_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (topic, id) DO NOTHING";
+
+/// The position after the last message of any topic (positions are global).
+pub(super) const END_POSITION: &str = "SELECT (COALESCE(MAX(position), 0) + 1)::BIGINT FROM herald_broker_messages";
+
+pub(super) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, grp, next_position, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (topic, grp) DO NOTHING";
+
+pub(super) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = $1 AND grp = $2";
+
+/// The claim's first statement: locks the group's row, so claims of one group (in any process)
+/// run one at a time while other groups' claims run in parallel.
+pub(super) const LOCK_GROUP: &str =
+    "SELECT next_position FROM herald_broker_groups WHERE topic = $1 AND grp = $2 FOR UPDATE";
+
+/// Without a lock: whether a claim could find anything (no row = no such group): new
+/// messages, or a key's oldest pending message that is visible (`$3` = now).
+pub(super) const CLAIM_PROBE: &str = "SELECT \
+       EXISTS (SELECT 1 FROM herald_broker_messages m \
+               WHERE m.topic = g.topic AND m.position >= g.next_position) \
+    OR EXISTS (SELECT 1 FROM herald_broker_pending p \
+               WHERE p.topic = g.topic AND p.grp = g.grp AND p.visible_at <= $3 \
+                 AND p.position IN (SELECT MIN(position) FROM herald_broker_pending \
+                                    WHERE topic = $1 AND grp = $2 AND key <> '' GROUP BY key \
+                                    UNION ALL \
+                                    SELECT position FROM herald_broker_pending \
+                                    WHERE topic = $1 AND grp = $2 AND key = '')) \
+     FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2";
+
+/// The last of the next (at most `$3`) positions of the topic from `$2` on.
+pub(super) const LAST_NEW_POSITION: &str = "SELECT MAX(position) FROM (SELECT position FROM herald_broker_messages \
+     WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3) AS n";
+
+/// Takes positions `$3..=$4` of topic `$1` into group `$2`'s pending set.
+pub(super) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp, position, key, attempts, visible_at) \
+     SELECT topic, $2, position, key, 0, 0 FROM herald_broker_messages \
+     WHERE topic = $1 AND position >= $3 AND position <= $4";
+
+pub(super) const ADVANCE_GROUP: &str =
+    "UPDATE herald_broker_groups SET next_position = $3 WHERE topic = $1 AND grp = $2";
+
+/// The per-key rule, as in the SQLite dialect: each key's oldest pending row plus every row
+/// without a key, visible (`$3` = now), at most `$4`, in position order.
+pub(super) const CLAIMABLE: &str = "SELECT p.position, p.attempts, m.id, m.name, m.topic, m.key, m.payload, m.metadata \
+     FROM (SELECT MIN(position) AS position FROM herald_broker_pending \
+             WHERE topic = $1 AND grp = $2 AND key <> '' GROUP BY key \
+           UNION ALL \
+           SELECT position FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND key = '') h \
+     JOIN herald_broker_pending p ON p.topic = $1 AND p.grp = $2 AND p.position = h.position \
+     JOIN herald_broker_messages m ON m.position = p.position \
+     WHERE p.visible_at <= $3 \
+     ORDER BY p.position LIMIT $4";
+
+/// Leases the claimed rows `$3` until `$4`.
+pub(super) const LEASE: &str = "UPDATE herald_broker_pending SET attempts = attempts + 1, visible_at = $4 \
+     WHERE topic = $1 AND grp = $2 AND position = ANY($3)";
+
+pub(super) const PENDING_ATTEMPTS: &str =
+    "SELECT attempts FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 FOR UPDATE";
+
+pub(super) const SETTLE_DELETE: &str =
+    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3";
+
+pub(super) const MESSAGE_AT: &str =
+    "SELECT id, name, topic, key, payload, metadata FROM herald_broker_messages WHERE position = $1";
+
+/// Ack in one statement: deletes the row only if delivery `$4` is still the current one.
+pub(super) const ACK_IF_CURRENT: &str =
+    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
+
+/// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `$5` = when.
+pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = $5 \
+     WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
+
+/// Undoes a claim that never reached a consumer, if delivery `$4` is still the current one.
+pub(super) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
+     WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";

@@ -1,0 +1,415 @@
+//! [`PostgresStore`] and [`PostgresTransaction`]: every storage port of Herald in one
+//! PostgreSQL schema.
+
+use std::any::Any;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald::memory::{check_saga_version, validate_append};
+use herald::store::{
+    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, RecordedEvent, SagaRecord, Snapshot, Store, StoreError,
+    Transaction,
+};
+use herald::{Message, MessageId};
+use sqlx::{PgConnection, Postgres};
+use tokio::sync::Notify;
+
+use super::{EVENTS_LOCK, PostgresDatabase, sql};
+use crate::error::SqlError;
+use crate::rows::{
+    EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
+};
+
+fn backend(e: impl Into<SqlError>) -> StoreError {
+    StoreError::backend(e.into())
+}
+
+/// What a failed statement means for the caller. A unique violation (a stream version or an
+/// inbox entry someone else wrote), a deadlock or a serialization failure all mean "someone
+/// else got there first; reload and retry": [`StoreError::Conflict`] on `subject`. Anything
+/// else is a backend error.
+fn statement_error(subject: &str, err: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        let code = db.code();
+        let retryable = matches!(code.as_deref(), Some("23505" | "40P01" | "40001"));
+        if retryable {
+            return StoreError::Conflict { subject: subject.to_owned(), detail: db.message().to_owned() };
+        }
+    }
+    backend(err)
+}
+
+/// Herald's storage ports on PostgreSQL. Cheap to clone; clones share the database.
+///
+/// Reads outside a transaction run on any pooled connection. [`begin`](Store::begin) starts a
+/// [`PostgresTransaction`]; appends in it take the global log's advisory lock (see the
+/// [module docs](crate::postgres)).
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    db: PostgresDatabase,
+}
+
+impl PostgresStore {
+    pub(crate) fn new(db: PostgresDatabase) -> Self {
+        Self { db }
+    }
+
+    /// The database this store writes to.
+    pub fn database(&self) -> &PostgresDatabase {
+        &self.db
+    }
+
+    /// Starts a unit of work, typed (no downcast needed).
+    pub async fn begin_postgres(&self) -> Result<PostgresTransaction, StoreError> {
+        let tx = self.db.begin().await.map_err(backend)?;
+        Ok(PostgresTransaction { tx, db: self.db.clone(), hooks: Vec::new(), log_locked: false, failed: false })
+    }
+}
+
+/// A unit of work on a [`PostgresStore`]: one READ COMMITTED transaction. Dropping it rolls back.
+///
+/// Its first append takes the global log's lock, held until the end: appending transactions
+/// commit one at a time, so append late in the unit of work and keep it short.
+///
+/// The handler's own tables join the same transaction through [`connection`](Self::connection);
+/// from a `&mut dyn Transaction`, downcast with
+/// `tx.as_any_mut().downcast_mut::<PostgresTransaction>()`.
+///
+/// In PostgreSQL a failed statement aborts the whole transaction (and `COMMIT` then silently
+/// rolls back). So once one of Herald's statements has failed — a conflict included — `commit`
+/// refuses with an error instead of pretending; a failed statement of the application's own,
+/// through [`connection`](Self::connection), is the application's to handle.
+pub struct PostgresTransaction {
+    tx: sqlx::Transaction<'static, Postgres>,
+    db: PostgresDatabase,
+    hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// Whether this transaction holds the global log's lock.
+    log_locked: bool,
+    /// Whether a statement failed (the transaction is aborted server-side).
+    failed: bool,
+}
+
+impl std::fmt::Debug for PostgresTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresTransaction")
+            .field("hooks", &self.hooks.len())
+            .field("log_locked", &self.log_locked)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresTransaction {
+    /// The transaction's connection, for the application's own statements in the same unit
+    /// of work (its `search_path` is the Herald schema). Do not `COMMIT` or `ROLLBACK`
+    /// through it.
+    pub fn connection(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Records the outcome of one of Herald's statements: an error poisons the transaction.
+    fn track<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    async fn insert_events(&mut self, stream: &str, current: u64, events: &[NewEvent]) -> Result<(), StoreError> {
+        let mut versions = Vec::with_capacity(events.len());
+        let mut metadata = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            versions.push(to_i64("version", current + 1 + i as u64).map_err(backend)?);
+            metadata.push(metadata_json(&e.metadata).map_err(backend)?);
+        }
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+        let done = sqlx::query(sql::INSERT_EVENTS)
+            .bind(stream)
+            .bind(versions)
+            .bind(ids)
+            .bind(names)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        self.track(done).map_err(|e| statement_error(stream, e))?;
+        Ok(())
+    }
+}
+
+async fn read_stream<'c, E: sqlx::PgExecutor<'c>>(
+    conn: E,
+    stream: &str,
+    from_version: u64,
+    n: usize,
+) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    sqlx::query_as::<_, EventRow>(sql::READ_STREAM)
+        .bind(stream)
+        .bind(bound(from_version))
+        .bind(limit(n))
+        .fetch_all(conn)
+        .await
+        .and_then(|rows| rows.into_iter().map(|r| r.into_event().map_err(decode_error)).collect())
+}
+
+/// A row Herald cannot read, carried through sqlx's error type so it can be tracked like a
+/// failed statement.
+fn decode_error(e: SqlError) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+async fn load_snapshot<'c, E: sqlx::PgExecutor<'c>>(conn: E, stream: &str) -> Result<Option<Snapshot>, sqlx::Error> {
+    let row: Option<SnapshotRow> = sqlx::query_as(sql::LOAD_SNAPSHOT).bind(stream).fetch_optional(conn).await?;
+    row.map(|r| r.into_snapshot().map_err(decode_error)).transpose()
+}
+
+async fn load_checkpoint<'c, E: sqlx::PgExecutor<'c>>(conn: E, name: &str) -> Result<Option<u64>, sqlx::Error> {
+    let p: Option<i64> = sqlx::query_scalar(sql::LOAD_CHECKPOINT).bind(name).fetch_optional(conn).await?;
+    p.map(|p| to_u64("position", p).map_err(decode_error)).transpose()
+}
+
+async fn load_saga<'c, E: sqlx::PgExecutor<'c>>(
+    conn: E,
+    name: &str,
+    id: &str,
+) -> Result<Option<SagaRecord>, sqlx::Error> {
+    let row: Option<SagaRow> = sqlx::query_as(sql::LOAD_SAGA).bind(name).bind(id).fetch_optional(conn).await?;
+    row.map(|r| r.into_record().map_err(decode_error)).transpose()
+}
+
+async fn saga_version<'c, E: sqlx::PgExecutor<'c>>(conn: E, name: &str, id: &str) -> Result<u64, sqlx::Error> {
+    let v: Option<i64> = sqlx::query_scalar(sql::SAGA_VERSION).bind(name).bind(id).fetch_optional(conn).await?;
+    v.map(|v| to_u64("version", v).map_err(decode_error)).transpose().map(|v| v.unwrap_or(0))
+}
+
+#[async_trait]
+impl Transaction for PostgresTransaction {
+    async fn append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        if !self.log_locked {
+            let locked = self.db.lock_log(&mut self.tx, EVENTS_LOCK).await;
+            self.track(locked).map_err(|e| statement_error(stream, e))?;
+            self.log_locked = true;
+        }
+        // We hold the lock: every earlier append is visible, and nobody appends until we end.
+        let version: Result<i64, _> =
+            sqlx::query_scalar(sql::STREAM_VERSION).bind(stream).fetch_one(&mut *self.tx).await;
+        let current = to_u64("version", self.track(version).map_err(backend)?).map_err(backend)?;
+        if !expected.matches(current) {
+            // Nothing was written: the transaction stays usable.
+            return Err(StoreError::version_conflict(stream, expected, current));
+        }
+        // One statement: atomic on its own.
+        self.insert_events(stream, current, &events).await?;
+        Ok(AppendResult { next_expected_version: current + events.len() as u64 })
+    }
+
+    async fn read_stream(
+        &mut self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let read = read_stream(&mut *self.tx, stream, from_version, limit).await;
+        self.track(read).map_err(backend)
+    }
+
+    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SAVE_SNAPSHOT)
+            .bind(&snapshot.stream)
+            .bind(to_i64("version", snapshot.version).map_err(backend)?)
+            .bind(&snapshot.payload)
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        self.track(done).map_err(backend)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let read = load_snapshot(&mut *self.tx, stream).await;
+        self.track(read).map_err(backend)
+    }
+
+    async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError> {
+        let columns: Vec<MessageColumns<'_>> =
+            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
+        let now = now_millis();
+        for c in columns {
+            let done = sqlx::query(sql::ENQUEUE)
+                .bind(c.id)
+                .bind(c.name)
+                .bind(c.topic)
+                .bind(c.key)
+                .bind(c.payload)
+                .bind(c.metadata)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await;
+            self.track(done).map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError> {
+        // If a concurrent transaction inserted the pair, this waits for it: nothing inserted
+        // (false) if it commits, inserted if it rolls back. A deadlock with that transaction
+        // surfaces as a conflict.
+        let done = sqlx::query(sql::RECORD_HANDLED)
+            .bind(handler)
+            .bind(message_id.to_string())
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        let done = self.track(done).map_err(|e| statement_error(&format!("inbox {handler}/{message_id}"), e))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError> {
+        let done = sqlx::query(sql::SAVE_CHECKPOINT)
+            .bind(name)
+            .bind(to_i64("position", position).map_err(backend)?)
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        self.track(done).map_err(backend)?;
+        Ok(())
+    }
+
+    async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        let read = load_checkpoint(&mut *self.tx, name).await;
+        self.track(read).map_err(backend)
+    }
+
+    async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError> {
+        let subject = format!("saga {}/{}", record.name, record.id);
+        if record.version == 0 {
+            return check_saga_version(record, 0);
+        }
+        // One guarded statement (insert if new, update if the stored version is the previous
+        // one), so two concurrent saves of one version cannot both succeed.
+        let statement = if record.version == 1 { sql::INSERT_SAGA } else { sql::UPDATE_SAGA };
+        let done = sqlx::query(statement)
+            .bind(&record.name)
+            .bind(&record.id)
+            .bind(to_i64("version", record.version).map_err(backend)?)
+            .bind(record.step)
+            .bind(record.compensating)
+            .bind(record.done)
+            .bind(&record.data)
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        let done = self.track(done).map_err(|e| statement_error(&subject, e))?;
+        if done.rows_affected() == 1 {
+            return Ok(());
+        }
+        let current = saga_version(&mut *self.tx, &record.name, &record.id).await;
+        let current = self.track(current).map_err(backend)?;
+        check_saga_version(record, current)?;
+        // The stored version moved between the two statements.
+        Err(StoreError::Conflict { subject, detail: "saved concurrently by another transaction".into() })
+    }
+
+    async fn load_saga(&mut self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        let read = load_saga(&mut *self.tx, name, id).await;
+        self.track(read).map_err(backend)
+    }
+
+    fn on_commit(&mut self, f: Box<dyn FnOnce() + Send>) {
+        self.hooks.push(f);
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send) {
+        self
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let Self { tx, db, hooks, failed, .. } = *self;
+        if failed {
+            tx.rollback().await.map_err(backend)?;
+            return Err(StoreError::Invalid(
+                "the transaction was aborted by an earlier failed statement; it was rolled back".into(),
+            ));
+        }
+        tx.commit().await.map_err(|e| statement_error("commit", e))?;
+        db.store_changes().notify_waiters();
+        for hook in hooks {
+            hook();
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin(&self) -> Result<Box<dyn Transaction>, StoreError> {
+        Ok(Box::new(self.begin_postgres().await?))
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        read_stream(self.db.pool(), stream, from_version, limit).await.map_err(backend)
+    }
+
+    async fn read_all(&self, after: u64, n: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        // Positions are assigned in commit order under the advisory lock, and a transaction is
+        // visible before it releases the lock, so this never returns position p while a lower
+        // one is still to commit.
+        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
+            .bind(bound(after))
+            .bind(limit(n))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(|r| r.into_event().map_err(backend)).collect()
+    }
+
+    async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        load_snapshot(self.db.pool(), stream).await.map_err(backend)
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        load_checkpoint(self.db.pool(), name).await.map_err(backend)
+    }
+
+    async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
+        load_saga(self.db.pool(), name, id).await.map_err(backend)
+    }
+
+    async fn outbox_pending(&self, n: usize) -> Result<Vec<OutboxRecord>, StoreError> {
+        let rows: Vec<OutboxRow> =
+            sqlx::query_as(sql::OUTBOX_PENDING).bind(limit(n)).fetch_all(self.db.pool()).await.map_err(backend)?;
+        rows.into_iter().map(|r| r.into_record().map_err(backend)).collect()
+    }
+
+    async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
+        if sequences.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<i64> =
+            sequences.iter().map(|s| to_i64("sequence", *s)).collect::<Result<_, _>>().map_err(backend)?;
+        sqlx::query(sql::OUTBOX_REMOVE).bind(list).execute(self.db.pool()).await.map_err(backend)?;
+        Ok(())
+    }
+
+    fn changes(&self) -> &Notify {
+        self.db.store_changes()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_millis(50)
+    }
+}
