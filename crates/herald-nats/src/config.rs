@@ -1,0 +1,155 @@
+//! [`NatsConfig`]: where the server is and how the adapter's streams are made. The config is the
+//! factory: [`NatsConfig::connect`] builds a [`NatsBroker`].
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::broker::NatsBroker;
+use crate::error::NatsError;
+
+/// Where JetStream keeps a stream's messages.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// On disk: survives a server restart. The default, and what "durable" means.
+    #[default]
+    File,
+    /// In memory: faster, lost when the server restarts (tests, caches).
+    Memory,
+}
+
+/// How to reach NATS and how the adapter creates its JetStream streams.
+///
+/// Every field has a default, so an empty TOML table is a valid config:
+///
+/// ```toml
+/// url = "nats://127.0.0.1:4222"   # the default
+/// stream_prefix = "herald-"       # the default
+/// storage = "file"                # or "memory"
+/// max_age_secs = 0                # 0 = keep messages until the stream's limits say otherwise
+/// duplicate_window_secs = 120     # de-duplication on message id
+/// ```
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// The server (or comma-separated servers of a cluster). Default `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Put in front of every stream name the adapter derives from a topic, so several
+    /// applications (or test runs) can share a server without sharing streams. Default
+    /// `herald-`. Only letters, digits, `-` and `_`.
+    pub stream_prefix: String,
+    /// Where the streams keep their messages. Default [`Storage::File`].
+    pub storage: Storage,
+    /// How long a stream keeps a message, in seconds; `0` (the default) keeps it until removed by
+    /// other limits. This is retention, not delivery: a group that is slower than this loses
+    /// messages.
+    pub max_age_secs: u64,
+    /// Within this many seconds, a second publish of the same message id is dropped by the
+    /// server (publishing is at-least-once; this absorbs the retries). Default 120 (JetStream's
+    /// own default).
+    pub duplicate_window_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            stream_prefix: "herald-".to_owned(),
+            storage: Storage::File,
+            max_age_secs: 0,
+            duplicate_window_secs: 120,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The default config for a server at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), ..Self::default() }
+    }
+
+    /// Sets the stream prefix.
+    #[must_use]
+    pub fn stream_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.stream_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the storage.
+    #[must_use]
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the maximum age of a stream's messages (`Duration::ZERO`: unlimited).
+    #[must_use]
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age_secs = max_age.as_secs();
+        self
+    }
+
+    /// The maximum age as a duration (`Duration::ZERO`: unlimited).
+    pub fn max_age_duration(&self) -> Duration {
+        Duration::from_secs(self.max_age_secs)
+    }
+
+    /// The duplicate window as a duration.
+    pub fn duplicate_window(&self) -> Duration {
+        Duration::from_secs(self.duplicate_window_secs)
+    }
+
+    /// Checks the config, so a mistake is an error at start-up rather than a failing publish.
+    pub fn validate(&self) -> Result<(), NatsError> {
+        if self.url.trim().is_empty() {
+            return Err(NatsError::InvalidConfig("url is empty".to_owned()));
+        }
+        if !self.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(NatsError::InvalidConfig(format!(
+                "stream_prefix {:?} may only hold letters, digits, '-' and '_'",
+                self.stream_prefix
+            )));
+        }
+        if self.duplicate_window_secs == 0 {
+            return Err(NatsError::InvalidConfig("duplicate_window_secs must be at least 1".to_owned()));
+        }
+        if self.max_age_secs != 0 && self.duplicate_window_secs > self.max_age_secs {
+            return Err(NatsError::InvalidConfig(
+                "duplicate_window_secs cannot be longer than max_age_secs".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Connects and builds the broker (one connection; clones of the broker share it).
+    pub async fn connect(&self) -> Result<NatsBroker, NatsError> {
+        self.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name("herald")
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
+        Ok(NatsBroker::new(client, self.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_table_gives_the_documented_defaults() {
+        let config: NatsConfig = serde_json::from_str("{}").expect("defaults");
+        assert_eq!(config, NatsConfig::default());
+        assert_eq!(config.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.storage, Storage::File);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn a_prefix_with_a_dot_is_refused() {
+        let err = NatsConfig::default().stream_prefix("a.b").validate().expect_err("invalid prefix");
+        assert!(err.to_string().contains("stream_prefix"));
+    }
+}

@@ -1,0 +1,386 @@
+//! Subscribing: a group is a durable pull consumer; each subscription runs one task that pulls
+//! from it and hands [`Delivery`] values through a bounded channel.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::message::AckKind;
+use async_trait::async_trait;
+use futures::StreamExt;
+use herald::message::{Message, MessageId, Metadata};
+use herald::pubsub::{
+    Capabilities, Delivery, PubSubError, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
+};
+use herald::queue::{dead_letter_for, expired_reason};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::broker::{Inner, NatsBroker, check_topic, sanitise};
+use crate::error::NatsError;
+use crate::publisher::{HEADER_KEY, HEADER_METADATA, HEADER_NAME};
+
+/// The most messages one pull asks for.
+const MAX_BATCH: usize = 256;
+
+/// What JetStream can and cannot promise through this adapter.
+///
+/// * `per_key_order` is **false**: JetStream delivers a consumer's messages in stream order, but
+///   a nacked message is redelivered after later ones (of its key too), and the subscriptions of
+///   a group pull interleaved messages of one key and handle them concurrently. Per-key order on
+///   NATS needs partitioned subjects (`topic.<partition>`, the partition a hash of the key) and
+///   one consumer per partition with `max_ack_pending = 1`, which this adapter does not do (yet).
+/// * A settlement after the delivery's lease ran out is refused with `LeaseLost` by the adapter
+///   itself: JetStream does not tell a client that its ack came too late, so a settlement made
+///   after `ack_wait` (counted from when the delivery reached this process) is refused, the
+///   server having redelivered the message or being about to.
+/// * `return_unseen` naks the message at once, so it is redelivered at once, but JetStream counts
+///   that delivery: an unseen return still counts towards `max_deliveries`.
+const CAPABILITIES: Capabilities = Capabilities {
+    durable: true,
+    groups: true,
+    per_key_order: false,
+    delayed_nack: true,
+    ack_wait_redelivery: true,
+    dead_letters: true,
+    start_from_beginning: true,
+    start_from_position: true,
+};
+
+/// What a subscription's deliveries need to settle themselves.
+struct Shared {
+    broker: Arc<Inner>,
+    group: String,
+    dead_letter_topic: String,
+    max_deliveries: u32,
+    ack_wait: Duration,
+}
+
+#[async_trait]
+impl Subscriber for NatsBroker {
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, PubSubError> {
+        options.validate()?;
+        check_topic(&options.topic)?;
+        let dead_letter_topic = options.effective_dead_letter_topic();
+        check_topic(&dead_letter_topic)?;
+        if self.is_closed() {
+            return Err(PubSubError::Closed);
+        }
+        let inner = &self.inner;
+        let stream = inner.stream(&options.topic).await?;
+        let durable = sanitise(&options.group);
+        let config = pull::Config {
+            durable_name: Some(durable.clone()),
+            deliver_policy: match options.start {
+                StartFrom::Beginning => DeliverPolicy::All,
+                StartFrom::Latest => DeliverPolicy::New,
+                StartFrom::Position(p) => DeliverPolicy::ByStartSequence { start_sequence: p.max(1) },
+            },
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: options.ack_wait,
+            // One more than allowed: a message whose last lease expired comes back once more, and
+            // the adapter dead-letters it instead of handing it out.
+            max_deliver: i64::from(options.max_deliveries) + 1,
+            max_ack_pending: i64::try_from(options.max_in_flight).unwrap_or(i64::MAX),
+            ..Default::default()
+        };
+        let what = || format!("creating consumer {durable} on {}", inner.stream_name(&options.topic));
+        let consumer =
+            stream.get_or_create_consumer(&durable, config).await.map_err(|e| NatsError::jetstream(what(), e))?;
+        let batch = options.max_in_flight.clamp(1, MAX_BATCH);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .messages()
+            .await
+            .map_err(|e| NatsError::jetstream(format!("pulling from consumer {durable}"), e))?;
+
+        let shared = Arc::new(Shared {
+            broker: inner.clone(),
+            group: options.group.clone(),
+            dead_letter_topic,
+            max_deliveries: options.max_deliveries,
+            ack_wait: options.ack_wait,
+        });
+        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        let stop = inner.shutdown.child_token();
+        // Registered before the subscription is handed out, so even a drop before the pull task
+        // first runs unsubscribes at once.
+        let slot: StreamSlot = Arc::new(Mutex::new(Some(messages)));
+        let registration = unsubscribe_on_cancel(&slot, &stop, inner);
+        inner.tasks.spawn(pull_loop(slot, registration, tx, shared, stop.clone()));
+        Ok(Subscription::new(rx, Some(stop.drop_guard())))
+    }
+
+    async fn close(&self) -> Result<(), PubSubError> {
+        NatsBroker::close(self).await
+    }
+}
+
+/// Where a subscription's pull stream lives, so that cancelling the subscription can drop it
+/// synchronously (see [`UnsubscribeOnCancel`]).
+type StreamSlot = Arc<Mutex<Option<pull::Stream>>>;
+
+fn lock(slot: &StreamSlot) -> MutexGuard<'_, Option<pull::Stream>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Drops the pull stream the moment the subscription's token is cancelled, inside
+/// `Subscription`'s drop (or `close`), rather than whenever the pull task next runs.
+///
+/// Why: the server keeps an outstanding pull request and hands the next message to it. If the
+/// inbox were unsubscribed only when the pull task gets scheduled, a message published right
+/// after the subscription was dropped could still go to that request and sit leased (its
+/// delivery counted) until its ack wait ran out. Dropping the stream sends the `UNSUB` at once
+/// (a synchronous `try_send` on the connection's command channel), and the server skips pull
+/// requests whose inbox has no interest left.
+///
+/// That alone orders the `UNSUB` before whatever the caller publishes next *on the same
+/// connection*; another connection (another process) could still get its publish to the server
+/// first. So, on a multi-thread runtime, the drop also waits (bounded by
+/// [`UNSUBSCRIBE_CONFIRM_TIMEOUT`], normally one round trip) for a reply to a request sent after
+/// the `UNSUB` on the same connection: the server handles a connection's operations in order, so
+/// by then the interest is gone. Subscriptions end rarely (shutdown, rebalancing), so blocking
+/// for one round trip there is a fair price for "dropping a subscription stops fetching".
+struct UnsubscribeOnCancel {
+    slot: StreamSlot,
+    stop: CancellationToken,
+    broker: Arc<Inner>,
+}
+
+/// The longest a subscription's drop waits for the server to confirm its unsubscription.
+const UNSUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits (bounded) until the server has handled everything sent before on the broker's
+/// connection, when the runtime allows blocking this thread; otherwise returns at once (best
+/// effort).
+///
+/// The request runs as a task and this thread waits on a std channel with an OS-clock timeout,
+/// never on the runtime's own timer: the drop may happen while the runtime shuts down, when its
+/// I/O and timer drivers are gone (the task is then dropped and the wait ends at once).
+fn confirm_unsubscribed(broker: &Inner) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+        return;
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+    let js = broker.js.clone();
+    broker.tasks.spawn_on(
+        async move {
+            // Any request answered by the server will do; this one is cheap.
+            let answered = js.query_account().await;
+            if let Err(e) = &answered {
+                tracing::debug!(error = %e, "confirming an unsubscription");
+            }
+            // The waiter may have given up already.
+            let _ = done_tx.send(());
+        },
+        &handle,
+    );
+    tokio::task::block_in_place(|| {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(UNSUBSCRIBE_CONFIRM_TIMEOUT) {
+            tracing::debug!(timeout = ?UNSUBSCRIBE_CONFIRM_TIMEOUT, "confirming an unsubscription timed out");
+        }
+    });
+}
+
+impl Wake for UnsubscribeOnCancel {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.stop.is_cancelled() {
+            return;
+        }
+        let stream = lock(&self.slot).take();
+        if let Some(stream) = stream {
+            drop(stream);
+            confirm_unsubscribed(&self.broker);
+        }
+    }
+}
+
+/// Registers [`UnsubscribeOnCancel`] on `stop`; the returned future must be kept alive for as
+/// long as the registration should last.
+fn unsubscribe_on_cancel(
+    slot: &StreamSlot,
+    stop: &CancellationToken,
+    broker: &Arc<Inner>,
+) -> Pin<Box<WaitForCancellationFutureOwned>> {
+    let mut cancelled = Box::pin(stop.clone().cancelled_owned());
+    let waker =
+        Waker::from(Arc::new(UnsubscribeOnCancel { slot: slot.clone(), stop: stop.clone(), broker: broker.clone() }));
+    if cancelled.as_mut().poll(&mut Context::from_waker(&waker)).is_ready() {
+        drop(lock(slot).take());
+    }
+    cancelled
+}
+
+/// Pulls until `stop` (the subscription was dropped or the broker closed) and forwards each
+/// message as a [`Delivery`]. `_registration` keeps the [`UnsubscribeOnCancel`] waker registered while the loop runs.
+async fn pull_loop(
+    slot: StreamSlot,
+    _registration: Pin<Box<WaitForCancellationFutureOwned>>,
+    tx: mpsc::Sender<Delivery>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = poll_fn(|cx| match lock(&slot).as_mut() {
+                Some(stream) => stream.poll_next_unpin(cx),
+                None => Poll::Ready(None),
+            }) => next,
+        };
+        let message = match next {
+            None => break,
+            Some(Ok(message)) => message,
+            Some(Err(e)) => {
+                use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
+                if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer) {
+                    tracing::error!(error = %e, group = %shared.group, "NATS consumer gone; subscription ends");
+                    break;
+                }
+                tracing::warn!(error = %e, group = %shared.group, "pulling from NATS");
+                continue;
+            }
+        };
+        let Some(delivery) = to_delivery(message, &shared).await else { continue };
+        // Wait for room in the channel (backpressure), giving the delivery back if the
+        // subscription goes away meanwhile.
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => None,
+            permit = tx.reserve() => permit.ok(),
+        };
+        match permit {
+            Some(permit) => permit.send(delivery),
+            None => {
+                delivery.return_unseen();
+                break;
+            }
+        }
+    }
+    drop(lock(&slot).take());
+}
+
+/// Turns a JetStream message into a delivery, or settles it here: a message over its delivery
+/// limit is dead-lettered, one that is not a Herald message is terminated.
+async fn to_delivery(message: async_nats::jetstream::Message, shared: &Arc<Shared>) -> Option<Delivery> {
+    let (attempt, position) = match message.info() {
+        Ok(info) => (u32::try_from(info.delivered).unwrap_or(u32::MAX), info.stream_sequence),
+        Err(e) => {
+            tracing::error!(error = %e, subject = %message.subject, "a JetStream message without delivery info");
+            return None;
+        }
+    };
+    let decoded = match decode(&message) {
+        Ok(decoded) => decoded,
+        Err(why) => {
+            tracing::error!(subject = %message.subject, position, %why, "not a Herald message; terminated");
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "terminating a foreign message");
+            }
+            return None;
+        }
+    };
+    let settle = NatsSettle { message, shared: shared.clone(), attempt, received_at: Instant::now() };
+    if attempt > shared.max_deliveries {
+        // The last allowed lease expired: this extra delivery exists only to dead-letter it.
+        let reason = expired_reason(shared.max_deliveries);
+        if let Err(e) = settle.dead_letter(&decoded, shared.max_deliveries, &reason).await {
+            tracing::error!(error = %e, id = %decoded.id, group = %shared.group, "dead-lettering an expired message");
+        }
+        return None;
+    }
+    Some(Delivery::new(decoded, attempt, Some(position), Box::new(settle)))
+}
+
+/// A Herald message from a JetStream message's subject, headers and payload.
+fn decode(message: &async_nats::jetstream::Message) -> Result<Message, String> {
+    let headers = message.headers.as_ref().ok_or("no headers")?;
+    let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    let id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).ok_or("no Nats-Msg-Id")?;
+    let id = MessageId::parse(&id).map_err(|e| format!("Nats-Msg-Id {id:?} is not a UUID: {e}"))?;
+    let metadata: Metadata = match header(HEADER_METADATA) {
+        Some(json) => serde_json::from_str(&json).map_err(|e| format!("{HEADER_METADATA}: {e}"))?,
+        None => return Err(format!("no {HEADER_METADATA}")),
+    };
+    Ok(Message {
+        id,
+        name: header(HEADER_NAME).unwrap_or_default(),
+        topic: message.subject.to_string(),
+        key: header(HEADER_KEY).unwrap_or_default(),
+        payload: message.payload.to_vec(),
+        metadata,
+    })
+}
+
+/// Settles one delivery with the server.
+struct NatsSettle {
+    message: async_nats::jetstream::Message,
+    shared: Arc<Shared>,
+    attempt: u32,
+    /// When the delivery reached this process: its lease ends `ack_wait` later.
+    received_at: Instant,
+}
+
+impl NatsSettle {
+    async fn ack_with(&self, kind: AckKind) -> Result<(), PubSubError> {
+        self.message.ack_with(kind).await.map_err(|e| NatsError::jetstream(format!("{kind:?} of a delivery"), e).into())
+    }
+
+    /// Publishes the dead letter of `original`, then terminates the original.
+    async fn dead_letter(&self, original: &Message, attempts: u32, reason: &str) -> Result<(), PubSubError> {
+        let s = &self.shared;
+        let dead = dead_letter_for(original, &s.group, attempts, reason, &s.dead_letter_topic);
+        s.broker.publish_all(std::slice::from_ref(&dead)).await?;
+        self.ack_with(AckKind::Term).await
+    }
+
+    async fn dead_letter_now(&self, reason: &str) -> Result<(), PubSubError> {
+        let original = decode(&self.message).map_err(|why| NatsError::jetstream("decoding a delivery", why))?;
+        self.dead_letter(&original, self.attempt, reason).await
+    }
+}
+
+#[async_trait]
+impl Settle for NatsSettle {
+    async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
+        if self.received_at.elapsed() >= self.shared.ack_wait {
+            return Err(PubSubError::LeaseLost);
+        }
+        match settlement {
+            Settlement::Ack => self.ack_with(AckKind::Ack).await,
+            Settlement::Nack { reason, .. } if self.attempt >= self.shared.max_deliveries => {
+                let reason = reason
+                    .unwrap_or_else(|| format!("nacked on the last of {} deliveries", self.shared.max_deliveries));
+                self.dead_letter_now(&reason).await
+            }
+            Settlement::Nack { delay, .. } => self.ack_with(AckKind::Nak((!delay.is_zero()).then_some(delay))).await,
+            Settlement::DeadLetter { reason } => self.dead_letter_now(&reason).await,
+        }
+    }
+
+    fn return_unseen(self: Box<Self>) {
+        let tasks = self.shared.broker.tasks.clone();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tasks.spawn(async move {
+                if let Err(e) = self.ack_with(AckKind::Nak(None)).await {
+                    tracing::debug!(error = %e, "returning an unseen delivery; it comes back after its ack wait");
+                }
+            });
+        }
+    }
+}
