@@ -118,6 +118,10 @@ pub struct PostgresConfig {
     /// How long to wait for a free connection before failing, in milliseconds. Default:
     /// [`PostgresConfig::DEFAULT_ACQUIRE_TIMEOUT_MS`].
     pub acquire_timeout_ms: u64,
+    /// Whether to `LISTEN` for other processes' commits (one pooled connection), so their
+    /// events and messages wake this process's readers at once instead of at the next poll.
+    /// Default: `true`.
+    pub listen: bool,
 }
 
 impl PostgresConfig {
@@ -189,6 +193,7 @@ impl Default for PostgresConfig {
             schema: Self::DEFAULT_SCHEMA.to_owned(),
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             acquire_timeout_ms: Self::DEFAULT_ACQUIRE_TIMEOUT_MS,
+            listen: true,
         }
     }
 }

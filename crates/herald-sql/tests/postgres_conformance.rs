@@ -181,3 +181,32 @@ async fn pg_broker() -> PubSubFixture {
 }
 
 herald_conformance::pubsub_suite!(pg_broker, requires: SERVER);
+
+/// Another process's commit (a second database handle: its own pool and signals) wakes this
+/// process's readers through LISTEN/NOTIFY, without waiting for a poll: nothing in this process
+/// notifies `changes()` otherwise.
+#[test]
+fn another_processs_commit_wakes_this_processs_readers() {
+    if !herald_conformance::support::server_available(SERVER) {
+        return;
+    }
+    herald_conformance::run(async {
+        let here = fresh().await;
+        let there = open(here.schema()).await;
+        let (reader, writer) = (here.store(), there.store());
+        for round in 0..3 {
+            let woken = reader.changes().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            writer
+                .append(&format!("s{round}"), ExpectedVersion::NoStream, vec![NewEvent::new("N.v1", b"{}".to_vec())])
+                .await
+                .expect("append");
+            tokio::time::timeout(Duration::from_secs(5), woken)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no wake-up from the other process's commit"));
+        }
+        here.close().await;
+        there.close().await;
+    });
+}

@@ -25,6 +25,15 @@
 //! message log uses a second lock of the same kind for the same reason (a group's
 //! `next_position` must never pass a position that commits later).
 //!
+//! # Waking readers in other processes
+//!
+//! `Store::changes` and `QueueBackend::changed` are notified at once after this process's
+//! commits. Commits that append events, enqueue outbox messages or publish broker messages also
+//! send `pg_notify('herald_changes', '<schema>:store' | '<schema>:queue')` (delivered at commit),
+//! and, unless [`PostgresConfig::listen`] is off, each database runs one listener task (one
+//! pooled connection) that forwards those notifications to the same signals, so readers in other
+//! processes wake without waiting for their poll. Polling stays as the safety net.
+//!
 //! Taking the lock first also makes the stream-version check and the insert atomic: once the
 //! lock is held, every earlier append is visible to the next statement (READ COMMITTED), so of
 //! two appends expecting the same version exactly one commits.
@@ -38,8 +47,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use queue::{PgBroker, PostgresQueue};
 pub use store::{PostgresStore, PostgresTransaction};
@@ -55,6 +66,10 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub(crate) const EVENTS_LOCK: i32 = 0x4852_4c01;
 /// The broker's message log.
 pub(crate) const BROKER_LOCK: i32 = 0x4852_4c02;
+
+/// The `LISTEN`/`NOTIFY` channel announcing commits; the payload is `<schema>:store` or
+/// `<schema>:queue`.
+pub(crate) const CHANNEL: &str = "herald_changes";
 
 /// An open PostgreSQL database (one schema of it) holding every Herald port. Cheap to clone:
 /// clones share one connection pool and the wake-up signals, so a store and a broker made from
@@ -73,11 +88,26 @@ struct Shared {
     /// The second key of the advisory locks: a stable hash of `schema`, so appenders in other
     /// schemas of the same database never wait for each other.
     lock_key: i32,
-    /// Notified after every store commit in this process (`Store::changes`).
-    store_changes: Notify,
-    /// Notified when broker messages were appended or released in this process
-    /// (`QueueBackend::changed`).
-    queue_changed: Notify,
+    /// Notified after every store commit in this process, and by the listener for other
+    /// processes' commits (`Store::changes`).
+    store_changes: Arc<Notify>,
+    /// Notified when broker messages were appended or released in this process, and by the
+    /// listener for other processes' publishes (`QueueBackend::changed`).
+    queue_changed: Arc<Notify>,
+    /// The `NOTIFY` payloads this schema's commits send.
+    store_payload: String,
+    queue_payload: String,
+    /// Stops the listener task; cancelled by [`PostgresDatabase::close`] or when the last
+    /// handle is dropped.
+    stop: CancellationToken,
+    /// The listener task.
+    tasks: TaskTracker,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl PostgresDatabase {
@@ -100,15 +130,27 @@ impl PostgresDatabase {
             .await
             .map_err(open_error)?;
         prepare(&pool, url, &config.schema).await?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                pool,
-                schema: config.schema.clone(),
-                lock_key: schema_lock_key(&config.schema),
-                store_changes: Notify::new(),
-                queue_changed: Notify::new(),
-            }),
-        })
+        let shared = Shared {
+            schema: config.schema.clone(),
+            lock_key: schema_lock_key(&config.schema),
+            store_changes: Arc::new(Notify::new()),
+            queue_changed: Arc::new(Notify::new()),
+            store_payload: format!("{}:store", config.schema),
+            queue_payload: format!("{}:queue", config.schema),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            pool,
+        };
+        if config.listen {
+            let listener = PgListener::connect_with(&shared.pool).await.map_err(open_error)?;
+            let forward = Forward {
+                store: (shared.store_payload.clone(), shared.store_changes.clone()),
+                queue: (shared.queue_payload.clone(), shared.queue_changed.clone()),
+            };
+            shared.tasks.spawn(listen(listener, forward, shared.stop.clone()));
+        }
+        shared.tasks.close();
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// The event store, outbox, inbox, checkpoints and saga store on this database.
@@ -133,8 +175,11 @@ impl PostgresDatabase {
         &self.shared.schema
     }
 
-    /// Closes every connection (waiting for borrowed ones to come back). Later use fails.
+    /// Stops the listener and closes every connection (waiting for borrowed ones to come
+    /// back). Later use fails.
     pub async fn close(&self) {
+        self.shared.stop.cancel();
+        self.shared.tasks.wait().await;
         self.shared.pool.close().await;
     }
 
@@ -150,12 +195,66 @@ impl PostgresDatabase {
         Ok(())
     }
 
+    /// Announces this transaction's store writes to other processes at commit.
+    pub(crate) async fn announce_store(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&self.shared.store_payload).execute(conn).await?;
+        Ok(())
+    }
+
+    /// Announces this transaction's broker publishes to other processes at commit.
+    pub(crate) async fn announce_queue(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&self.shared.queue_payload).execute(conn).await?;
+        Ok(())
+    }
+
     pub(crate) fn store_changes(&self) -> &Notify {
         &self.shared.store_changes
     }
 
     pub(crate) fn queue_changed(&self) -> &Notify {
         &self.shared.queue_changed
+    }
+}
+
+/// Where the listener forwards notifications: (payload, signal) for the store and the queue.
+struct Forward {
+    store: (String, Arc<Notify>),
+    queue: (String, Arc<Notify>),
+}
+
+/// The listener task: forwards this schema's `NOTIFY`s to the wake-up signals until stopped.
+/// A lost connection is re-established by `PgListener` (notifications sent meanwhile are lost;
+/// the readers' polling covers that gap).
+async fn listen(mut listener: PgListener, forward: Forward, stop: CancellationToken) {
+    if let Err(e) = listener.listen(CHANNEL).await {
+        tracing::warn!(error = %e, "cannot LISTEN; other processes' commits are found by polling");
+        return;
+    }
+    let mut failures = 0u32;
+    loop {
+        let received = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            received = listener.recv() => received,
+        };
+        match received {
+            Ok(n) => {
+                failures = 0;
+                if n.payload() == forward.store.0 {
+                    forward.store.1.notify_waiters();
+                } else if n.payload() == forward.queue.0 {
+                    forward.queue.1.notify_waiters();
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, failures, "the change listener failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100) * failures.min(50)) => {}
+                }
+            }
+        }
     }
 }
 

@@ -251,6 +251,7 @@ impl PostgresQueue {
                 .execute(&mut *tx)
                 .await?;
         }
+        self.db.announce_queue(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -7,6 +7,10 @@
 /// messages), `$2` is the schema's hash, so modules in other schemas never wait for it.
 pub(super) const LOG_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 
+/// Announces a commit on channel `$1` with payload `$2` (delivered when the transaction
+/// commits, dropped if it rolls back).
+pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
+
 // --- event store ---
 
 pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(version), 0)::BIGINT FROM herald_events WHERE stream = $1";

@@ -62,7 +62,14 @@ impl PostgresStore {
     /// Starts a unit of work, typed (no downcast needed).
     pub async fn begin_postgres(&self) -> Result<PostgresTransaction, StoreError> {
         let tx = self.db.begin().await.map_err(backend)?;
-        Ok(PostgresTransaction { tx, db: self.db.clone(), hooks: Vec::new(), log_locked: false, failed: false })
+        Ok(PostgresTransaction {
+            tx,
+            db: self.db.clone(),
+            hooks: Vec::new(),
+            log_locked: false,
+            failed: false,
+            announce: false,
+        })
     }
 }
 
@@ -87,6 +94,8 @@ pub struct PostgresTransaction {
     log_locked: bool,
     /// Whether a statement failed (the transaction is aborted server-side).
     failed: bool,
+    /// Whether the commit should wake other processes' readers (events or outbox rows).
+    announce: bool,
 }
 
 impl std::fmt::Debug for PostgresTransaction {
@@ -209,6 +218,7 @@ impl Transaction for PostgresTransaction {
         }
         // One statement: atomic on its own.
         self.insert_events(stream, current, &events).await?;
+        self.announce = true;
         Ok(AppendResult { next_expected_version: current + events.len() as u64 })
     }
 
@@ -256,6 +266,7 @@ impl Transaction for PostgresTransaction {
                 .await;
             self.track(done).map_err(backend)?;
         }
+        self.announce |= !messages.is_empty();
         Ok(())
     }
 
@@ -332,7 +343,11 @@ impl Transaction for PostgresTransaction {
         self
     }
 
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.announce && !self.failed {
+            let announced = self.db.announce_store(&mut self.tx).await;
+            self.track(announced).map_err(backend)?;
+        }
         let Self { tx, db, hooks, failed, .. } = *self;
         if failed {
             tx.rollback().await.map_err(backend)?;
