@@ -336,7 +336,8 @@ impl<B: QueueBackend> Pump<B> {
 
             let mut permits =
                 std::iter::once(first).chain(std::iter::from_fn(|| self.in_flight.clone().try_acquire_owned().ok()));
-            for claim in claimed {
+            let mut claimed = claimed.into_iter();
+            while let Some(claim) = claimed.next() {
                 // `room` permits were available when claiming and only this task takes them.
                 let Some(permit) = permits.next() else {
                     tracing::error!("in-flight accounting broken; releasing the claim");
@@ -344,7 +345,12 @@ impl<B: QueueBackend> Pump<B> {
                     continue;
                 };
                 if let Err(unsent) = self.tx.send(self.delivery(claim, permit)).await {
-                    unsent.0.return_unseen(); // the subscription is gone
+                    // The subscription is gone: hand back this claim and the rest of the batch,
+                    // uncounted, rather than leave them leased until their ack wait expires.
+                    unsent.0.return_unseen();
+                    for rest in claimed {
+                        self.release(rest).await;
+                    }
                     return;
                 }
             }
