@@ -30,6 +30,9 @@ const BLOCK: Duration = Duration::from_millis(100);
 /// Idle time given to a delivery handed back (nack, unseen): far beyond any sane `ack_wait`, so
 /// the next claim round of any subscription of the group picks it up.
 const RELEASED_IDLE_MS: u64 = u32::MAX as u64;
+/// The consumer that holds handed-back entries (nacked or unseen) until a subscription of the
+/// group claims them, so an ended subscription's own consumer is left with nothing pending.
+const RELEASED_CONSUMER: &str = "herald-released";
 /// Bits of a position that hold the sequence part of a stream id (`ms << 20 | seq`).
 const SEQ_BITS: u32 = 20;
 
@@ -289,6 +292,13 @@ async fn read_loop(
             }
         };
         for (entry, attempt) in batch {
+            if stop.is_cancelled() {
+                // Read after the subscription went away: hand it back, uncounted.
+                if let Err(e) = release(&shared, &entry.id, attempt.saturating_sub(1), None).await {
+                    tracing::debug!(error = %e, "returning an unseen entry; it comes back after its ack wait");
+                }
+                continue;
+            }
             let permit = permits.pop();
             let Some(delivery) = to_delivery(entry, attempt, &shared, permit).await else { continue };
             if stop.is_cancelled() {
@@ -313,6 +323,30 @@ async fn read_loop(
                 Err(mpsc::error::TrySendError::Closed(delivery)) => delivery.return_unseen(),
             }
         }
+    }
+    forget_consumer(&mut conn, &shared).await;
+}
+
+/// Deletes this subscription's consumer from the group if nothing is pending for it, so ended
+/// subscriptions do not pile up as consumers. Atomic (a script), because deleting a consumer
+/// drops its pending entries: one still pending keeps it, and a later hand-back of a delivery
+/// simply re-creates it (`XCLAIM` does).
+async fn forget_consumer(conn: &mut MultiplexedConnection, shared: &Shared) {
+    const SCRIPT: &str = r"
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+        if #pending == 0 then
+            return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+        end
+        return -1
+    ";
+    let result = redis::Script::new(SCRIPT)
+        .key(&shared.stream)
+        .arg(&shared.group)
+        .arg(&shared.consumer)
+        .invoke_async::<i64>(conn)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, consumer = %shared.consumer, "removing an ended subscription's consumer");
     }
 }
 
@@ -488,7 +522,7 @@ async fn dead_letter(
         .map_err(|e| RedisError::command(format!("dead-lettering {id} of {}", shared.stream), e).into())
 }
 
-/// Hands an entry back to the group: idle enough to be claimed at once, its delivery count set
+/// Hands an entry back to the group (to [`RELEASED_CONSUMER`]): idle enough to be claimed at once, its delivery count set
 /// to `count`, and (when `not_before` is given) held back until then.
 async fn release(shared: &Shared, id: &str, count: u32, not_before: Option<u64>) -> Result<(), PubSubError> {
     let mut pipe = redis::pipe();
@@ -499,7 +533,7 @@ async fn release(shared: &Shared, id: &str, count: u32, not_before: Option<u64>)
     pipe.cmd("XCLAIM")
         .arg(&shared.stream)
         .arg(&shared.group)
-        .arg(&shared.consumer)
+        .arg(RELEASED_CONSUMER)
         .arg(0)
         .arg(id)
         .arg("IDLE")
