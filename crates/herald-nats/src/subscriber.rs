@@ -364,8 +364,7 @@ impl Settle for NatsSettle {
         match settlement {
             Settlement::Ack => self.ack_with(AckKind::Ack).await,
             Settlement::Nack { reason, .. } if self.attempt >= self.shared.max_deliveries => {
-                let reason = reason
-                    .unwrap_or_else(|| format!("nacked on the last of {} deliveries", self.shared.max_deliveries));
+                let reason = herald::queue::last_nack_reason(reason, self.shared.max_deliveries);
                 self.dead_letter_now(&reason).await
             }
             Settlement::Nack { delay, .. } => self.ack_with(AckKind::Nak((!delay.is_zero()).then_some(delay))).await,

@@ -588,8 +588,7 @@ impl Settle for RedisSettle {
         match settlement {
             Settlement::Ack => ack(&self.shared, &self.entry_id).await,
             Settlement::Nack { reason, .. } if self.attempt >= self.shared.max_deliveries => {
-                let reason = reason
-                    .unwrap_or_else(|| format!("nacked on the last of {} deliveries", self.shared.max_deliveries));
+                let reason = herald::queue::last_nack_reason(reason, self.shared.max_deliveries);
                 self.dead_letter_now(&reason).await
             }
             Settlement::Nack { delay, .. } => {

@@ -133,6 +133,12 @@ pub fn dead_letter_for(original: &Message, group: &str, attempts: u32, reason: &
     dead
 }
 
+/// The dead-letter reason for a nack on the last allowed delivery: the handler's reason if it
+/// gave one.
+pub fn last_nack_reason(reason: Option<String>, max_deliveries: u32) -> String {
+    reason.unwrap_or_else(|| format!("nacked on the last of {max_deliveries} deliveries"))
+}
+
 /// The reason recorded when a message runs out of deliveries without a settlement.
 pub fn expired_reason(attempts: u32) -> String {
     format!("not settled within ack wait after {attempts} deliveries")

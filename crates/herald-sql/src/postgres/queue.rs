@@ -205,9 +205,7 @@ impl PostgresQueue {
                 let at = after(now_millis(), delay);
                 return self.settle_if_current(sql::DELAY_IF_CURRENT, current, Some(at)).await;
             }
-            Settlement::Nack { reason, .. } => {
-                reason.unwrap_or_else(|| format!("nacked on the last of {} deliveries", policy.max_deliveries))
-            }
+            Settlement::Nack { reason, .. } => herald::queue::last_nack_reason(reason, policy.max_deliveries),
             Settlement::DeadLetter { reason } => reason,
         };
         // To the dead-letter topic, atomically with leaving the group. The pending row is

@@ -187,9 +187,7 @@ impl QueueBackend for MemoryQueue {
                 entry.visible_at = Instant::now() + delay;
                 return Ok(());
             }
-            Settlement::Nack { reason, .. } => {
-                reason.unwrap_or_else(|| format!("nacked on the last of {} deliveries", policy.max_deliveries))
-            }
+            Settlement::Nack { reason, .. } => crate::queue::last_nack_reason(reason, policy.max_deliveries),
             Settlement::DeadLetter { reason } => reason,
         };
         group.pending.remove(&position);
