@@ -136,8 +136,12 @@ impl fmt::Debug for PubSubFixture {
 
 /// What a store scenario runs against.
 pub struct StoreFixture {
-    /// The store under test; a fresh, empty one per scenario is best (a shared one works too).
+    /// The store under test: a fresh, empty one per scenario (the relay-lease scenarios need the
+    /// outbox lease to themselves).
     pub store: Arc<dyn Store>,
+    /// A second handle on the same data, as another process would open it (its own
+    /// connections); `store` again when the backend has no such thing.
+    pub other: Arc<dyn Store>,
     /// Keeps temp files / servers alive for the test's duration.
     pub guard: Box<dyn Any + Send>,
 }
@@ -145,7 +149,14 @@ pub struct StoreFixture {
 impl StoreFixture {
     /// A fixture for `store`, keeping `guard` alive as long as the scenario runs.
     pub fn new(store: Arc<dyn Store>, guard: Box<dyn Any + Send>) -> Self {
-        Self { store, guard }
+        Self { other: store.clone(), store, guard }
+    }
+
+    /// Sets the second handle ("another process") on the same data.
+    #[must_use]
+    pub fn with_other(mut self, other: Arc<dyn Store>) -> Self {
+        self.other = other;
+        self
     }
 }
 
@@ -269,6 +280,8 @@ macro_rules! store_suite {
             outbox::the_relay_publishes_in_order_and_removes,
             outbox::a_crash_between_commit_and_publish_loses_nothing,
             outbox::a_crash_between_publish_and_remove_is_absorbed_by_the_inbox,
+            outbox::the_relay_lease_has_one_holder_at_a_time,
+            outbox::several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one,
         );
     };
 }

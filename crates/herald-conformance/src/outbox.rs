@@ -6,6 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use herald::memory::MemoryBroker;
@@ -13,6 +14,7 @@ use herald::message::{Message, MessageId};
 use herald::outbox::{OutboxRelay, RelayError};
 use herald::pubsub::{PubSubError, Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::store::{ExpectedVersion, OutboxRecord, Store};
+use tokio_util::sync::CancellationToken;
 
 use crate::StoreFixture;
 use crate::support::{
@@ -165,10 +167,11 @@ pub async fn a_crash_between_commit_and_publish_loses_nothing<F: Future<Output =
     // A relay that is created and "killed" before its first pass.
     drop(OutboxRelay::new(fx.store.clone(), Arc::new(MemoryBroker::in_memory())));
 
-    // A relay whose broker refuses everything.
+    // A relay whose broker refuses everything. (Every relay here has one stable name, as a
+    // restarted relay process would: it takes its own lease back at once.)
     let down =
         Arc::new(Crashing { inner: MemoryBroker::in_memory(), forward_first: false, calls: AtomicUsize::new(0) });
-    match OutboxRelay::new(fx.store.clone(), down.clone()).publish_pending().await {
+    match OutboxRelay::new(fx.store.clone(), down.clone()).holder("relay-a").publish_pending().await {
         Err(RelayError::Publish(_)) => {}
         other => panic!("a relay whose publisher fails must report it, got {other:?}"),
     }
@@ -179,7 +182,7 @@ pub async fn a_crash_between_commit_and_publish_loses_nothing<F: Future<Output =
     let broker = MemoryBroker::in_memory();
     let mut sub =
         broker.subscribe(SubscribeOptions::new(&topic, "reader").start(StartFrom::Beginning)).await.expect("subscribe");
-    let relay = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone()));
+    let relay = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).holder("relay-a");
     relay.publish_pending().await.expect("publish_pending after restart");
     let got = collect_acking(&mut sub, sent.len(), WAIT).await;
     let got_ids: Vec<MessageId> = got.iter().map(|d| d.message.id).collect();
@@ -201,13 +204,14 @@ pub async fn a_crash_between_publish_and_remove_is_absorbed_by_the_inbox<F: Futu
     commit_outbox(store, sent.clone()).await;
 
     let dying = Arc::new(Crashing { inner: broker.clone(), forward_first: true, calls: AtomicUsize::new(0) });
-    match OutboxRelay::new(fx.store.clone(), dying).publish_pending().await {
+    match OutboxRelay::new(fx.store.clone(), dying).holder("relay-a").publish_pending().await {
         Err(RelayError::Publish(_)) => {}
         other => panic!("the dying relay must fail its pass, got {other:?}"),
     }
     assert_eq!(pending_on(store, &topic).await.len(), sent.len(), "not removed: the relay died first");
 
-    OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).publish_pending().await.expect("second relay");
+    let restarted = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).holder("relay-a");
+    restarted.publish_pending().await.expect("second relay");
     assert!(pending_on(store, &topic).await.is_empty(), "the second relay removed them");
 
     let handler = unique("inbox-handler");
@@ -230,4 +234,129 @@ pub async fn a_crash_between_publish_and_remove_is_absorbed_by_the_inbox<F: Futu
     assert_eq!(handled.keys().copied().collect::<BTreeSet<_>>(), expected, "every message handled");
     assert!(handled.values().all(|n| *n == 1), "none handled twice: {handled:?}");
     expect_nothing(&mut sub, QUIET, "no third copy").await;
+}
+
+/// The relay lease: one holder at a time, renewable by its holder, taken over when released or
+/// run out, never granted to two of many concurrent takers, and a release by a non-holder does
+/// nothing.
+pub async fn the_relay_lease_has_one_holder_at_a_time<F: Future<Output = StoreFixture>>(setup: impl FnOnce() -> F) {
+    let fx = setup().await;
+    let (store, other) = (&*fx.store, &*fx.other);
+    let long = Duration::from_secs(30);
+    assert!(store.outbox_lease("a", long).await.expect("lease"), "a free lease is granted");
+    assert!(!other.outbox_lease("b", long).await.expect("lease"), "a held lease is refused to another holder");
+    assert!(store.outbox_lease("a", long).await.expect("lease"), "the holder renews it");
+    other.outbox_lease_release("b").await.expect("release by a non-holder");
+    assert!(!other.outbox_lease("b", long).await.expect("lease"), "a non-holder's release changes nothing");
+    store.outbox_lease_release("a").await.expect("release");
+    assert!(other.outbox_lease("b", long).await.expect("lease"), "a released lease is free at once");
+
+    // b renews with a short time to live and then stops renewing (it "died").
+    assert!(other.outbox_lease("b", Duration::from_millis(300)).await.expect("lease"));
+    assert!(!store.outbox_lease("a", long).await.expect("lease"), "still b's before it runs out");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(store.outbox_lease("a", long).await.expect("lease"), "a lease that ran out goes to the next taker");
+    store.outbox_lease_release("a").await.expect("release");
+
+    // Many takers at once on a free lease: exactly one wins.
+    let mut takers = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { fx.store.clone() } else { fx.other.clone() };
+        takers.spawn(async move { s.outbox_lease(&format!("taker-{i}"), long).await.expect("lease") });
+    }
+    let winners = takers.join_all().await.into_iter().filter(|won| *won).count();
+    assert_eq!(winners, 1, "exactly one of 8 concurrent takers gets a free lease");
+}
+
+/// Counts how many relays publish at the same moment (the lease allows one).
+#[derive(Debug)]
+struct Overlap {
+    inner: MemoryBroker,
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+#[async_trait]
+impl Publisher for Overlap {
+    async fn publish(&self, messages: &[Message]) -> Result<(), PubSubError> {
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            // Also when the relay's task is aborted mid-publish.
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        let _leave = Leave(&self.now);
+        self.most.fetch_max(now, Ordering::SeqCst);
+        // Long enough for a second relay to collide if nothing kept it out.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        self.inner.publish(messages).await
+    }
+
+    async fn close(&self) -> Result<(), PubSubError> {
+        Ok(())
+    }
+}
+
+/// Three relays (two on a second store handle, as other processes) run at once while messages
+/// are committed: one publishes at a time, so every message arrives in outbox order per key;
+/// the relay that dies without releasing is replaced when its lease runs out, and one that
+/// stops cleanly hands over at once. Nothing is lost.
+pub async fn several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("several-relays");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "reader")).await.expect("subscribe");
+    let publisher = Arc::new(Overlap { inner: broker.clone(), now: AtomicUsize::new(0), most: AtomicUsize::new(0) });
+    let ttl = Duration::from_millis(500);
+    let relay = |store: &Arc<dyn Store>, name: &str| {
+        OutboxRelay::new(store.clone(), publisher.clone()).holder(name).lease_ttl(ttl).batch(7)
+    };
+    let stop_all = CancellationToken::new();
+    let stop_b = CancellationToken::new();
+    let a = tokio::spawn(relay(&fx.store, "relay-a").run(stop_all.clone()));
+    let b = tokio::spawn(relay(&fx.other, "relay-b").run(stop_b.clone()));
+    let c = tokio::spawn(relay(&fx.other, "relay-c").run(stop_all.clone()));
+
+    let keys = ["k0", "k1", "k2"];
+    let mut sent = Vec::new();
+    for round in 0..60u64 {
+        let batch: Vec<Message> = keys.iter().map(|k| numbered(&topic, k, round)).collect();
+        sent.extend(batch.iter().cloned());
+        commit_outbox(&*fx.store, batch).await;
+        match round {
+            // One relay dies without a word (its lease is left to run out) ...
+            20 => a.abort(),
+            // ... and one stops cleanly (releasing the lease).
+            40 => stop_b.cancel(),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    let mut first_seen: Vec<MessageId> = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while first_seen.len() < sent.len() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let d = next_delivery(&mut sub, left, &format!("message {} of {}", first_seen.len() + 1, sent.len())).await;
+        if !first_seen.contains(&d.message.id) {
+            first_seen.push(d.message.id);
+        }
+        d.ack().await.expect("ack");
+    }
+    stop_all.cancel();
+    let _ = a.await;
+    b.await.expect("relay b stopped cleanly");
+    c.await.expect("relay c stopped cleanly");
+
+    assert_eq!(publisher.most.load(Ordering::SeqCst), 1, "never more than one relay publishing at a time");
+    for key in keys {
+        let expected: Vec<MessageId> = sent.iter().filter(|m| m.key == key).map(|m| m.id).collect();
+        let got: Vec<MessageId> = first_seen.iter().copied().filter(|id| expected.contains(id)).collect();
+        assert_eq!(got, expected, "key {key}: every message, first seen in commit order");
+    }
+    assert!(pending_on(&*fx.store, &topic).await.is_empty(), "the outbox is empty");
 }

@@ -41,9 +41,14 @@ pub(crate) fn now_millis() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A duration in milliseconds (time to live of a lease), saturating.
+pub(crate) fn ttl_millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// `now + d` in milliseconds, saturating.
 pub(crate) fn after(now: i64, d: Duration) -> i64 {
-    now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    now.saturating_add(ttl_millis(d))
 }
 
 /// Metadata as stored.

@@ -24,7 +24,8 @@ async fn sql_broker() -> PubSubFixture {
 async fn sqlite_store() -> StoreFixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = open(&dir).await;
-    StoreFixture::new(Arc::new(db.store()), Box::new(dir))
+    let other = open(&dir).await;
+    StoreFixture::new(Arc::new(db.store()), Box::new(dir)).with_other(Arc::new(other.store()))
 }
 
 herald_conformance::pubsub_suite!(sql_broker);

@@ -67,7 +67,8 @@ async fn fresh() -> PostgresDatabase {
 
 async fn postgres_store() -> StoreFixture {
     let db = fresh().await;
-    StoreFixture::new(Arc::new(db.store()), Box::new(db))
+    let other = open(db.schema()).await;
+    StoreFixture::new(Arc::new(db.store()), Box::new((db, other.clone()))).with_other(Arc::new(other.store()))
 }
 
 herald_conformance::store_suite!(postgres_store, requires: SERVER);

@@ -31,6 +31,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod router;
 pub mod store;
+pub mod transient;
 
 pub use codec::{CodecError, Event, EventSet, Registry};
 pub use message::{Message, MessageId, Metadata};

@@ -4,6 +4,16 @@
 //! messages in the same transaction as their state change. The relay publishes them in outbox
 //! order and removes them only after the broker accepted them, so a crash at any point loses
 //! nothing: at worst a message is published twice, and the consumer's inbox absorbs that.
+//!
+//! # Several relays
+//!
+//! Run a relay in every process that writes to the store, for availability: they take turns
+//! through the store's [relay lease](crate::store::Store::outbox_lease), so exactly one
+//! publishes at a time and the outbox order survives (batches published in parallel by several
+//! relays would overtake each other). The others stand by, waking on the same commit
+//! notifications; when the active relay stops cleanly it releases the lease and a standby takes
+//! over at once, and when it dies the lease runs out after [`OutboxRelay::lease_ttl`].
+//! ADR 0004 has the reasoning (and why not `FOR UPDATE SKIP LOCKED` batches).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,18 +34,52 @@ pub enum RelayError {
     Publish(#[from] PubSubError),
 }
 
+/// What one relay pass did.
+struct Pass {
+    published: usize,
+    /// Whether this relay held the lease (false: another relay is active).
+    active: bool,
+}
+
 /// Publishes the outbox of a [`Store`] through a [`Publisher`].
 #[derive(Debug, Clone)]
 pub struct OutboxRelay {
     store: Arc<dyn Store>,
     publisher: Arc<dyn Publisher>,
     batch: usize,
+    holder: String,
+    lease_ttl: Duration,
 }
 
 impl OutboxRelay {
-    /// A relay from `store`'s outbox to `publisher`, 256 messages per batch.
+    /// A relay from `store`'s outbox to `publisher`, 256 messages per batch, with a unique
+    /// lease holder name and a 10 s lease.
     pub fn new(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Self {
-        Self { store, publisher, batch: 256 }
+        let holder = format!("relay-{}", uuid::Uuid::now_v7());
+        Self { store, publisher, batch: 256, holder, lease_ttl: Duration::from_secs(10) }
+    }
+
+    /// Names this relay in the lease. A stable name per deployment slot (e.g. the host or pod
+    /// name) lets a restarted relay take its lease back at once instead of waiting for it to
+    /// run out; two relays running at the same time must never share a name.
+    #[must_use]
+    pub fn holder(mut self, name: impl Into<String>) -> Self {
+        self.holder = name.into();
+        self
+    }
+
+    /// How long the lease outlives its last renewal: how soon a standby takes over from a relay
+    /// that died. The active relay renews before every batch and every idle poll, so keep it
+    /// well above the store's poll interval and a batch's publish time. At least 100 ms.
+    #[must_use]
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(100));
+        self
+    }
+
+    /// This relay's name in the lease.
+    pub fn holder_name(&self) -> &str {
+        &self.holder
     }
 
     /// Sets the batch size.
@@ -47,35 +91,51 @@ impl OutboxRelay {
 
     /// Publishes everything pending now, batch by batch, in outbox order; returns how many
     /// messages were published. A failed batch stays in the outbox, and nothing after it is
-    /// published in this pass (so order is kept).
+    /// published in this pass (so order is kept). Publishes nothing (and returns 0) while
+    /// another relay holds the lease; the lease is renewed before every batch, so a relay that
+    /// lost it stops after the batch in hand.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        let mut total = 0;
+        Ok(self.pass().await?.published)
+    }
+
+    async fn pass(&self) -> Result<Pass, RelayError> {
+        let mut published = 0;
         loop {
+            if !self.store.outbox_lease(&self.holder, self.lease_ttl).await? {
+                return Ok(Pass { published, active: false });
+            }
             let records = self.store.outbox_pending(self.batch).await?;
             if records.is_empty() {
-                return Ok(total);
+                return Ok(Pass { published, active: true });
             }
             let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
             let messages: Vec<_> = records.into_iter().map(|r| r.message).collect();
             self.publisher.publish(&messages).await?;
             // Published but not yet removed: a crash here republishes these (same ids).
             self.store.outbox_remove(&sequences).await?;
-            total += messages.len();
+            published += messages.len();
         }
     }
 
-    /// Relays until `shutdown`, waking on every local commit and polling for others'. On
-    /// shutdown, makes a last pass so nothing committed before it is left behind.
+    /// Relays until `shutdown`, waking on every commit notification and polling for others'
+    /// (a standby polls at most every third of the lease's time to live, so it notices a dead
+    /// relay's lease running out). On shutdown, makes a last pass so nothing committed before
+    /// it is left behind, then releases the lease so a standby takes over at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
+        let idle = self.store.poll_interval().min(self.lease_ttl / 3);
         loop {
             let changed = self.store.changes().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let wait = match self.publish_pending().await {
-                Ok(_) => {
+            let mut standby = false;
+            let wait = match self.pass().await {
+                Ok(pass) => {
                     failures = 0;
-                    self.store.poll_interval()
+                    // A standby does not chase commit notifications (the active relay does);
+                    // it only checks the lease now and then.
+                    standby = !pass.active;
+                    idle
                 }
                 Err(e) => {
                     failures += 1;
@@ -85,12 +145,15 @@ impl OutboxRelay {
             };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = &mut changed, if failures == 0 => {}
+                () = &mut changed, if failures == 0 && !standby => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
         if let Err(e) = self.publish_pending().await {
             tracing::warn!(error = %e, "final outbox flush failed; messages stay in the outbox");
+        }
+        if let Err(e) = self.store.outbox_lease_release(&self.holder).await {
+            tracing::warn!(error = %e, "releasing the outbox lease failed; a standby takes over when it runs out");
         }
     }
 }

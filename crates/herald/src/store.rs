@@ -18,6 +18,9 @@
 //!   nothing does.
 //! * **Outbox.** Enqueued messages become visible to the relay at commit, oldest first, and stay
 //!   until [`Store::outbox_remove`] is called after the broker accepted them.
+//! * **Relay lease.** [`Store::outbox_lease`] grants the right to relay the outbox to one holder
+//!   at a time, across every process sharing the store, until its time to live runs out; so
+//!   several relays can run at once (for availability) without publishing out of order.
 //! * **Inbox.** [`Transaction::record_handled`] returns `true` the first time a
 //!   `(handler, message id)` pair is recorded and `false` after that pair has committed; of two
 //!   concurrent transactions recording the same pair, at most one commits.
@@ -331,6 +334,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Removes published messages from the outbox.
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError>;
+
+    /// Takes or renews the outbox relay lease for `holder`, valid for `ttl` from now, and says
+    /// whether `holder` holds it. At most one holder at a time: another holder is refused until
+    /// the current one [releases](Self::outbox_lease_release) it or stops renewing for `ttl`.
+    /// Times are the store's own clock (the database server's where there is one), so relays on
+    /// machines with skewed clocks still agree.
+    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Gives the lease up if `holder` holds it (a clean shutdown), so a standby takes over at
+    /// once rather than after the time to live.
+    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError>;
 
     /// Notified after every commit in this process, so readers and the relay wake at once.
     fn changes(&self) -> &Notify;

@@ -45,6 +45,17 @@ pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, 
 
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence = ANY($1)";
 
+/// Takes or renews the relay lease: `$1` holder, `$2` time to live in ms. Returns a row only if
+/// `$1` holds the lease afterwards. A concurrent taker waits on the row lock, then re-checks
+/// the condition against the winner's row, so two relays never both get it.
+pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, holder, expires_at) \
+     VALUES ('relay', $1, clock_timestamp() + $2 * INTERVAL '1 millisecond') \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE herald_outbox_lease.holder = excluded.holder OR herald_outbox_lease.expires_at <= clock_timestamp() \
+     RETURNING holder";
+
+pub(super) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = $1";
+
 // --- inbox ---
 
 /// A concurrent uncommitted insert of the same pair makes this wait for that transaction: if it

@@ -18,6 +18,7 @@ use super::{EVENTS_LOCK, PostgresDatabase, sql};
 use crate::error::SqlError;
 use crate::rows::{
     EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
+    ttl_millis,
 };
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
@@ -417,6 +418,21 @@ impl Store for PostgresStore {
         let list: Vec<i64> =
             sequences.iter().map(|s| to_i64("sequence", *s)).collect::<Result<_, _>>().map_err(backend)?;
         sqlx::query(sql::OUTBOX_REMOVE).bind(list).execute(self.db.pool()).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let row = sqlx::query(sql::OUTBOX_LEASE)
+            .bind(holder)
+            .bind(ttl_millis(ttl))
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
+    }
+
+    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::OUTBOX_LEASE_RELEASE).bind(holder).execute(self.db.pool()).await.map_err(backend)?;
         Ok(())
     }
 

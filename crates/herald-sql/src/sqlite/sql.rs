@@ -32,6 +32,17 @@ pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, 
 /// `?1` is a JSON array of sequences.
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence IN (SELECT value FROM json_each(?1))";
 
+/// Takes or renews the relay lease: `?1` holder, `?2` time to live in ms. Returns a row only if
+/// `?1` holds the lease afterwards. Times are unix milliseconds from SQLite's clock.
+pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, holder, expires_at) \
+     VALUES ('relay', ?1, CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?2) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE herald_outbox_lease.holder = excluded.holder \
+        OR herald_outbox_lease.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER) \
+     RETURNING holder";
+
+pub(super) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = ?1";
+
 // --- inbox ---
 
 pub(super) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES (?1, ?2, ?3) \

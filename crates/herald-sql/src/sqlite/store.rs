@@ -17,6 +17,7 @@ use super::{SqliteDatabase, WriteTx, sql};
 use crate::error::SqlError;
 use crate::rows::{
     EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
+    ttl_millis,
 };
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
@@ -362,6 +363,26 @@ impl Store for SqliteStore {
         let list = serde_json::to_string(sequences).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let mut write = self.db.begin_write().await.map_err(backend)?;
         sqlx::query(sql::OUTBOX_REMOVE).bind(list).execute(write.conn()).await.map_err(backend)?;
+        write.commit().await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let mut write = self.db.begin_write().await.map_err(backend)?;
+        let held = sqlx::query(sql::OUTBOX_LEASE)
+            .bind(holder)
+            .bind(ttl_millis(ttl))
+            .fetch_optional(write.conn())
+            .await
+            .map_err(backend)?
+            .is_some();
+        write.commit().await.map_err(backend)?;
+        Ok(held)
+    }
+
+    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
+        let mut write = self.db.begin_write().await.map_err(backend)?;
+        sqlx::query(sql::OUTBOX_LEASE_RELEASE).bind(holder).execute(write.conn()).await.map_err(backend)?;
         write.commit().await.map_err(backend)?;
         Ok(())
     }

@@ -36,6 +36,8 @@ struct Data {
     snapshots: HashMap<String, Snapshot>,
     outbox: BTreeMap<u64, Message>,
     outbox_next: u64,
+    /// The relay lease: holder and when it runs out.
+    outbox_lease: Option<(String, std::time::Instant)>,
     inbox: HashSet<(String, MessageId)>,
     checkpoints: HashMap<String, u64>,
     sagas: HashMap<(String, String), SagaRecord>,
@@ -361,6 +363,27 @@ impl Store for MemoryStore {
         let mut data = self.data();
         for s in sequences {
             data.outbox.remove(s);
+        }
+        Ok(())
+    }
+
+    async fn outbox_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let now = std::time::Instant::now();
+        let mut data = self.data();
+        let free = match &data.outbox_lease {
+            Some((current, until)) => current == holder || *until <= now,
+            None => true,
+        };
+        if free {
+            data.outbox_lease = Some((holder.to_owned(), now + ttl));
+        }
+        Ok(free)
+    }
+
+    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
+        let mut data = self.data();
+        if data.outbox_lease.as_ref().is_some_and(|(current, _)| current == holder) {
+            data.outbox_lease = None;
         }
         Ok(())
     }
