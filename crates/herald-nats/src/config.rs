@@ -132,6 +132,18 @@ impl NatsConfig {
             .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
         Ok(NatsBroker::new(client, self.clone()))
     }
+
+    /// Connects in core NATS mode (no JetStream: fire-and-forget, queue groups). Only the url
+    /// applies; the stream settings do not.
+    pub async fn connect_core(&self) -> Result<crate::NatsCoreBroker, NatsError> {
+        self.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name("herald-core")
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
+        Ok(crate::NatsCoreBroker::new(client))
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,10 @@
 //!   `max_deliveries`, so that a message whose last lease expired comes back once more, only to
 //!   be dead-lettered by the adapter instead of being handed out.
 //!
+//! **Core NATS** (no JetStream, nothing retained) is available as a declared non-durable mode:
+//! [`NatsConfig::connect_core`] gives a [`NatsCoreBroker`] whose groups are queue groups; see
+//! its module docs for what it keeps and what it cannot.
+//!
 //! What the adapter cannot promise is declared in
 //! [`Capabilities`](herald::pubsub::Capabilities): see [`NatsBroker`]'s `capabilities`.
 //!
@@ -45,11 +49,13 @@
 
 mod broker;
 pub mod config;
+mod core;
 pub mod error;
 mod publisher;
 mod subscriber;
 
 pub use broker::NatsBroker;
 pub use config::{NatsConfig, Storage};
+pub use core::NatsCoreBroker;
 pub use error::NatsError;
 pub use publisher::{HEADER_KEY, HEADER_METADATA, HEADER_NAME};

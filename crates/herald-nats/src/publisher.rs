@@ -22,9 +22,9 @@ pub const HEADER_KEY: &str = "herald-key";
 /// Header carrying [`Message::metadata`] as JSON.
 pub const HEADER_METADATA: &str = "herald-metadata";
 
-/// The JetStream publish for `message`: payload unchanged, id in `Nats-Msg-Id` (so the server
-/// de-duplicates re-publishes), name, key and metadata in Herald's headers.
-fn encode(message: &Message) -> Result<PublishMessage, PubSubError> {
+/// Herald's headers for `message`: the id in `Nats-Msg-Id` (so JetStream de-duplicates
+/// re-publishes), name, key and metadata. Shared by the JetStream and core modes.
+pub(crate) fn encode_headers(message: &Message) -> Result<HeaderMap, PubSubError> {
     // NATS headers are lines: a CR or LF in a value would end the header early.
     let single_line = |s: &str| !s.contains(['\r', '\n']);
     if !single_line(&message.name) || !single_line(&message.key) {
@@ -32,15 +32,18 @@ fn encode(message: &Message) -> Result<PublishMessage, PubSubError> {
     }
     let metadata = serde_json::to_string(&message.metadata).map_err(PubSubError::backend)?;
     let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id.to_string().as_str());
     headers.insert(HEADER_NAME, message.name.as_str());
     if !message.key.is_empty() {
         headers.insert(HEADER_KEY, message.key.as_str());
     }
     headers.insert(HEADER_METADATA, metadata.as_str());
-    Ok(PublishMessage::build()
-        .payload(Bytes::copy_from_slice(&message.payload))
-        .headers(headers)
-        .message_id(message.id.to_string()))
+    Ok(headers)
+}
+
+/// The JetStream publish for `message`: payload unchanged, Herald's headers.
+fn encode(message: &Message) -> Result<PublishMessage, PubSubError> {
+    Ok(PublishMessage::build().payload(Bytes::copy_from_slice(&message.payload)).headers(encode_headers(message)?))
 }
 
 impl Inner {

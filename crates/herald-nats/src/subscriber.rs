@@ -307,8 +307,9 @@ async fn to_delivery(message: async_nats::jetstream::Message, shared: &Arc<Share
     Some(Delivery::new(decoded, attempt, Some(position), Box::new(settle)))
 }
 
-/// A Herald message from a JetStream message's subject, headers and payload.
-fn decode(message: &async_nats::jetstream::Message) -> Result<Message, String> {
+/// A Herald message from a NATS message's subject, headers and payload (JetStream messages
+/// deref to one). Shared by the JetStream and core modes.
+pub(crate) fn decode(message: &async_nats::Message) -> Result<Message, String> {
     let headers = message.headers.as_ref().ok_or("no headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
     let id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).ok_or("no Nats-Msg-Id")?;
