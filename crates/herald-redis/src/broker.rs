@@ -102,7 +102,7 @@ impl Inner {
     }
 }
 
-async fn open(client: &redis::Client, config: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
+pub(crate) async fn open(client: &redis::Client, config: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
     let settings = AsyncConnectionConfig::new()
         .set_response_timeout(Some(config.response_timeout()))
         .set_connection_timeout(Some(Duration::from_secs(5)));

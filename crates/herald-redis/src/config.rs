@@ -73,6 +73,15 @@ impl RedisConfig {
         let broker = RedisBroker::connect(client, self.clone()).await?;
         Ok(broker)
     }
+
+    /// Connects in Redis Pub/Sub mode (fire-and-forget channels, no groups): one multiplexed
+    /// connection for publishing, one connection per subscription.
+    pub async fn connect_channels(&self) -> Result<crate::RedisChannels, RedisError> {
+        self.validate()?;
+        let client = redis::Client::open(self.url.as_str())
+            .map_err(|e| RedisError::Connect { url: self.url.clone(), source: e })?;
+        crate::RedisChannels::connect(client, self.clone()).await
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,10 @@
 //! * **Dead letters** are an `XADD` to the dead-letter topic's stream and an `XACK` of the
 //!   original, in one transaction.
 //!
+//! **Redis Pub/Sub** is available as a declared fire-and-forget mode:
+//! [`RedisConfig::connect_channels`] gives a [`RedisChannels`] (no groups, nothing retained);
+//! see its module docs.
+//!
 //! What the adapter cannot promise is declared in
 //! [`Capabilities`](herald::pubsub::Capabilities): see [`RedisBroker`]'s `capabilities`.
 //!
@@ -42,12 +46,14 @@
 #![forbid(unsafe_code)]
 
 mod broker;
+mod channels;
 pub mod config;
 pub mod error;
 mod publisher;
 mod subscriber;
 
 pub use broker::RedisBroker;
+pub use channels::RedisChannels;
 pub use config::RedisConfig;
 pub use error::RedisError;
 pub use publisher::{FIELD_ID, FIELD_KEY, FIELD_METADATA, FIELD_NAME, FIELD_PAYLOAD, FIELD_TOPIC};
