@@ -275,6 +275,7 @@ macro_rules! store_suite {
             store::of_two_concurrent_inbox_records_at_most_one_commits,
             store::checkpoints_are_saved_overwritten_and_rolled_back,
             store::sagas_are_versioned_and_a_stale_save_conflicts,
+            store::overdue_sagas_are_listed_earliest_first,
             outbox::outbox_messages_are_invisible_before_commit_and_in_order_after,
             outbox::a_rolled_back_transaction_leaves_no_outbox_rows,
             outbox::the_relay_publishes_in_order_and_removes,

@@ -750,6 +750,7 @@ fn saga_record(name: &str, id: &str, version: u64) -> SagaRecord {
         compensating: version.is_multiple_of(2),
         done: false,
         data: format!("{{\"v\":{version}}}").into_bytes(),
+        deadline: None,
     }
 }
 
@@ -791,4 +792,43 @@ pub async fn sagas_are_versioned_and_a_stale_save_conflicts<F: Future<Output = S
     assert_eq!(store.load_saga(&name, "order-2").await.expect("load"), None, "unknown id");
     assert_eq!(store.load_saga(&unique("other-saga"), "order-1").await.expect("load"), None, "unknown name");
     save(saga_record(&name, "order-2", 1)).await.expect("another instance starts at 1");
+}
+
+/// `due_sagas` lists the instances of one saga whose deadline has passed and that are not
+/// done, earliest deadline first, up to the limit; deadlines round-trip and can be cleared.
+pub async fn overdue_sagas_are_listed_earliest_first<F: Future<Output = StoreFixture>>(setup: impl FnOnce() -> F) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let (name, other) = (unique("timeouts"), unique("other-saga"));
+    let with = |name: &str, id: &str, deadline: Option<u64>, done: bool| SagaRecord {
+        deadline,
+        done,
+        ..saga_record(name, id, 1)
+    };
+    let mut tx = store.begin().await.expect("begin");
+    for record in [
+        with(&name, "late", Some(3_000), false),
+        with(&name, "later", Some(5_000), false),
+        with(&name, "earliest", Some(1_000), false),
+        with(&name, "future", Some(9_000), false),
+        with(&name, "finished", Some(500), true),
+        with(&name, "no-deadline", None, false),
+        with(&other, "other", Some(100), false),
+    ] {
+        tx.save_saga(&record).await.expect("save");
+    }
+    tx.commit().await.expect("commit");
+
+    let ids = |records: Vec<SagaRecord>| records.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    let due = store.due_sagas(&name, 5_000, 100).await.expect("due_sagas");
+    assert_eq!(ids(due.clone()), ["earliest", "late", "later"], "overdue, not done, this saga only, earliest first");
+    assert_eq!(due[0].deadline, Some(1_000), "the deadline round-trips");
+    assert_eq!(ids(store.due_sagas(&name, 5_000, 2).await.expect("due_sagas")), ["earliest", "late"], "limit");
+    assert!(store.due_sagas(&name, 999, 100).await.expect("due_sagas").is_empty(), "nothing due yet");
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.save_saga(&SagaRecord { version: 2, ..with(&name, "earliest", None, false) }).await.expect("clear deadline");
+    tx.commit().await.expect("commit");
+    assert_eq!(ids(store.due_sagas(&name, 5_000, 100).await.expect("due_sagas")), ["late", "later"]);
+    assert_eq!(store.load_saga(&name, "earliest").await.expect("load").and_then(|r| r.deadline), None);
 }

@@ -182,6 +182,7 @@ pub(crate) struct SagaRow {
     pub compensating: bool,
     pub done: bool,
     pub data: Vec<u8>,
+    pub deadline: Option<i64>,
 }
 
 impl SagaRow {
@@ -194,6 +195,7 @@ impl SagaRow {
             compensating: self.compensating,
             done: self.done,
             data: self.data,
+            deadline: self.deadline.map(|d| to_u64("deadline", d)).transpose()?,
         })
     }
 }

@@ -253,6 +253,7 @@ async fn checkpoints_snapshots_and_sagas_round_trip_with_saga_versions_checked()
         compensating: true,
         done: false,
         data: b"{}".to_vec(),
+        deadline: None,
     };
     let mut tx = store.begin().await?;
     tx.save_checkpoint("projection", 41).await?;

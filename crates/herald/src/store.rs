@@ -221,6 +221,8 @@ pub struct SagaRecord {
     pub done: bool,
     /// Encoded saga data.
     pub data: Vec<u8>,
+    /// When the current step times out (milliseconds since the Unix epoch), if it can.
+    pub deadline: Option<u64>,
 }
 
 /// One step of a [`Store::append_many`].
@@ -328,6 +330,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// A saga instance.
     async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError>;
+
+    /// Up to `limit` instances of saga `name` that are not done and whose deadline is at or
+    /// before `now_millis` (milliseconds since the Unix epoch), earliest deadline first.
+    async fn due_sagas(&self, name: &str, now_millis: u64, limit: usize) -> Result<Vec<SagaRecord>, StoreError>;
 
     /// Up to `limit` outbox messages, oldest first.
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;

@@ -75,17 +75,22 @@ pub(super) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoint
 pub(super) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = $1 AND id = $2";
 
 /// A new instance (version 1): inserts nothing if the instance exists (a conflict).
-pub(super) const INSERT_SAGA: &str = "INSERT INTO herald_sagas (name, id, version, step, compensating, done, data, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name, id) DO NOTHING";
+pub(super) const INSERT_SAGA: &str = "INSERT INTO herald_sagas \
+     (name, id, version, step, compensating, done, data, updated_at, deadline) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (name, id) DO NOTHING";
 
 /// A later version: updates only if the stored version is `$3 - 1`. A concurrent update makes
 /// this wait, then re-check the version on the new row (READ COMMITTED), so of two saves of
 /// one version exactly one updates.
 pub(super) const UPDATE_SAGA: &str = "UPDATE herald_sagas SET version = $3, step = $4, compensating = $5, done = $6, \
-     data = $7, updated_at = $8 WHERE name = $1 AND id = $2 AND version = $3 - 1";
+     data = $7, updated_at = $8, deadline = $9 WHERE name = $1 AND id = $2 AND version = $3 - 1";
 
-pub(super) const LOAD_SAGA: &str =
-    "SELECT name, id, version, step, compensating, done, data FROM herald_sagas WHERE name = $1 AND id = $2";
+pub(super) const LOAD_SAGA: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
+     FROM herald_sagas WHERE name = $1 AND id = $2";
+
+pub(super) const DUE_SAGAS: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
+     FROM herald_sagas WHERE name = $1 AND deadline IS NOT NULL AND NOT done AND deadline <= $2 \
+     ORDER BY deadline LIMIT $3";
 
 // --- broker ---
 

@@ -59,14 +59,19 @@ pub(super) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoint
 
 pub(super) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = ?1 AND id = ?2";
 
-pub(super) const SAVE_SAGA: &str = "INSERT INTO herald_sagas (name, id, version, step, compensating, done, data, updated_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+pub(super) const SAVE_SAGA: &str = "INSERT INTO herald_sagas \
+     (name, id, version, step, compensating, done, data, updated_at, deadline) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
      ON CONFLICT (name, id) DO UPDATE SET version = excluded.version, step = excluded.step, \
      compensating = excluded.compensating, done = excluded.done, data = excluded.data, \
-     updated_at = excluded.updated_at";
+     updated_at = excluded.updated_at, deadline = excluded.deadline";
 
-pub(super) const LOAD_SAGA: &str =
-    "SELECT name, id, version, step, compensating, done, data FROM herald_sagas WHERE name = ?1 AND id = ?2";
+pub(super) const LOAD_SAGA: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
+     FROM herald_sagas WHERE name = ?1 AND id = ?2";
+
+pub(super) const DUE_SAGAS: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
+     FROM herald_sagas WHERE name = ?1 AND deadline IS NOT NULL AND done = 0 AND deadline <= ?2 \
+     ORDER BY deadline LIMIT ?3";
 
 // --- broker ---
 

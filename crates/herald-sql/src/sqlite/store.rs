@@ -282,6 +282,7 @@ impl Transaction for SqliteTransaction {
             .bind(record.done)
             .bind(&record.data)
             .bind(now_millis())
+            .bind(record.deadline.map(|d| to_i64("deadline", d)).transpose().map_err(backend)?)
             .execute(conn)
             .await
             .map_err(backend)?;
@@ -348,6 +349,17 @@ impl Store for SqliteStore {
 
     async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
         load_saga(self.db.pool(), name, id).await
+    }
+
+    async fn due_sagas(&self, name: &str, now_millis: u64, n: usize) -> Result<Vec<SagaRecord>, StoreError> {
+        let rows: Vec<SagaRow> = sqlx::query_as(sql::DUE_SAGAS)
+            .bind(name)
+            .bind(bound(now_millis))
+            .bind(limit(n))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(|r| r.into_record().map_err(backend)).collect()
     }
 
     async fn outbox_pending(&self, n: usize) -> Result<Vec<OutboxRecord>, StoreError> {

@@ -354,6 +354,19 @@ impl Store for MemoryStore {
         Ok(self.data().sagas.get(&(name.to_owned(), id.to_owned())).cloned())
     }
 
+    async fn due_sagas(&self, name: &str, now_millis: u64, limit: usize) -> Result<Vec<SagaRecord>, StoreError> {
+        let data = self.data();
+        let mut due: Vec<SagaRecord> = data
+            .sagas
+            .values()
+            .filter(|s| s.name == name && !s.done && s.deadline.is_some_and(|d| d <= now_millis))
+            .cloned()
+            .collect();
+        due.sort_by_key(|s| s.deadline);
+        due.truncate(limit);
+        Ok(due)
+    }
+
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let data = self.data();
         Ok(data.outbox.iter().take(limit).map(|(&sequence, m)| OutboxRecord { sequence, message: m.clone() }).collect())
