@@ -83,6 +83,7 @@ use herald::store::Store;
 
 pub mod outbox;
 pub mod pubsub;
+pub mod saga;
 pub mod store;
 pub mod support;
 
@@ -283,6 +284,27 @@ macro_rules! store_suite {
             outbox::a_crash_between_publish_and_remove_is_absorbed_by_the_inbox,
             outbox::the_relay_lease_has_one_holder_at_a_time,
             outbox::several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one,
+        );
+    };
+}
+
+/// Generates the saga tests, one `#[test]` per scenario: an orchestrated saga run end to end
+/// over the fixture's store (required: [`PubSubFixture::with_store`]) and broker.
+#[macro_export]
+macro_rules! saga_suite {
+    ($setup:expr) => {
+        $crate::saga_suite!(@guarded $setup, true);
+    };
+    ($setup:expr, requires: $server:expr) => {
+        $crate::saga_suite!(@guarded $setup, $crate::support::server_available($server));
+    };
+    (@guarded $setup:expr, $guard:expr) => {
+        $crate::__scenarios!($setup, $guard;
+            saga::a_saga_whose_steps_all_succeed_completes,
+            saga::a_failure_at_each_step_compensates_exactly_the_earlier_steps,
+            saga::duplicate_replies_are_harmless,
+            saga::a_step_without_a_reply_times_out_and_compensates,
+            saga::starting_reports_duplicates_and_never_swallows_errors,
         );
     };
 }

@@ -19,3 +19,10 @@ async fn memory_store() -> StoreFixture {
 
 herald_conformance::pubsub_suite!(memory_broker);
 herald_conformance::store_suite!(memory_store);
+
+/// The in-memory broker with an in-memory store (the saga's state and outbox).
+async fn memory_broker_and_store() -> PubSubFixture {
+    memory_broker().await.with_store(Arc::new(MemoryStore::new()))
+}
+
+herald_conformance::saga_suite!(memory_broker_and_store);

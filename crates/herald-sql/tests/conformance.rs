@@ -30,3 +30,5 @@ async fn sqlite_store() -> StoreFixture {
 
 herald_conformance::pubsub_suite!(sql_broker);
 herald_conformance::store_suite!(sqlite_store);
+
+herald_conformance::saga_suite!(sql_broker);

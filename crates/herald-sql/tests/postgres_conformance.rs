@@ -182,6 +182,7 @@ async fn pg_broker() -> PubSubFixture {
 }
 
 herald_conformance::pubsub_suite!(pg_broker, requires: SERVER);
+herald_conformance::saga_suite!(pg_broker, requires: SERVER);
 
 /// Another process's commit (a second database handle: its own pool and signals) wakes this
 /// process's readers through LISTEN/NOTIFY, without waiting for a poll: nothing in this process

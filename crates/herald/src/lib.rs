@@ -24,12 +24,14 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod command;
 pub mod memory;
 pub mod message;
 pub mod outbox;
 pub mod pubsub;
 pub mod queue;
 pub mod router;
+pub mod saga;
 pub mod store;
 pub mod transient;
 

@@ -133,6 +133,14 @@ impl Message {
         }
     }
 
+    /// A message carrying a typed event, command or reply, named and encoded by its codec.
+    pub fn encode<E: crate::codec::EventSet>(
+        topic: impl Into<String>,
+        event: &E,
+    ) -> Result<Self, crate::codec::CodecError> {
+        Ok(Self::new(topic, event.event_name(), event.encode()?))
+    }
+
     /// Sets the ordering key.
     #[must_use]
     pub fn with_key(mut self, key: impl Into<String>) -> Self {

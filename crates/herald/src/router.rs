@@ -100,6 +100,8 @@ pub struct HandlerContext {
     handler: Arc<str>,
     registry: Registry,
     tx: Option<Box<dyn Transaction>>,
+    /// Where `tx` came from, so a handler can start over ([`HandlerContext::restart_tx`]).
+    store: Option<Arc<dyn Store>>,
 }
 
 impl fmt::Debug for HandlerContext {
@@ -116,7 +118,28 @@ impl fmt::Debug for HandlerContext {
 impl HandlerContext {
     /// A context for calling a handler directly (tests, custom dispatch).
     pub fn new(message: Message, attempt: u32, handler: &str, tx: Option<Box<dyn Transaction>>) -> Self {
-        Self { message, attempt, handler: handler.into(), registry: Registry::new(), tx }
+        Self { message, attempt, handler: handler.into(), registry: Registry::new(), tx, store: None }
+    }
+
+    /// Sets the store that [`restart_tx`](Self::restart_tx) begins a new transaction on.
+    #[must_use]
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Rolls back everything the transaction holds so far and begins a fresh one, e.g. to
+    /// record only a failure reply after a command failed half-way. An error without a store.
+    pub async fn restart_tx(&mut self) -> Result<(), HandlerError> {
+        let Some(store) = self.store.clone() else {
+            return Err(HandlerError::permanent(format!(
+                "handler `{}` needs a store to restart its transaction but the router has none",
+                self.handler
+            )));
+        };
+        drop(self.tx.take()); // rolls back
+        self.tx = Some(store.begin().await?);
+        Ok(())
     }
 
     /// The message being handled.
@@ -324,6 +347,7 @@ pub struct Route {
     name: Arc<str>,
     options: SubscribeOptions,
     handlers: HashMap<String, Arc<dyn Handler>>,
+    fallback: Option<Arc<dyn Handler>>,
     ignore_unknown: bool,
 }
 
@@ -340,7 +364,13 @@ impl fmt::Debug for Route {
 impl Route {
     /// A route named after the group (the name is the inbox key, so keep it stable).
     pub fn new(options: SubscribeOptions) -> Self {
-        Self { name: options.group.as_str().into(), options, handlers: HashMap::new(), ignore_unknown: true }
+        Self {
+            name: options.group.as_str().into(),
+            options,
+            handlers: HashMap::new(),
+            fallback: None,
+            ignore_unknown: true,
+        }
     }
 
     /// Renames the route (and so its inbox key).
@@ -365,6 +395,14 @@ impl Route {
     #[must_use]
     pub fn on_name(mut self, name: impl Into<String>, handler: impl Handler + 'static) -> Self {
         self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// Handles every message whose name has no handler of its own (e.g. a saga's replies,
+    /// whatever their names). Replaces [`ignore_unknown`](Self::ignore_unknown).
+    #[must_use]
+    pub fn fallback(mut self, handler: impl Handler + 'static) -> Self {
+        self.fallback = Some(Arc::new(handler));
         self
     }
 
@@ -548,7 +586,8 @@ impl Dispatcher {
             release(delivery);
             return;
         }
-        let Some(handler) = self.route.handlers.get(&delivery.message.name).cloned() else {
+        let handler = self.route.handlers.get(&delivery.message.name).or(self.route.fallback.as_ref()).cloned();
+        let Some(handler) = handler else {
             let name = delivery.message.name.clone();
             let result = if self.route.ignore_unknown {
                 delivery.ack().await
@@ -575,6 +614,7 @@ impl Dispatcher {
             handler: self.route.name.clone(),
             registry: self.registry.clone(),
             tx,
+            store: self.store.clone(),
         };
         let chain = Next { middleware: &self.middleware, handler: handler.as_ref() };
         let mut result = chain.run(&mut cx).await;
