@@ -203,7 +203,12 @@ impl PostgresQueue {
             Settlement::Ack => return self.settle_if_current(sql::ACK_IF_CURRENT, current, None).await,
             Settlement::Nack { delay, .. } if attempt < policy.max_deliveries => {
                 let at = after(now_millis(), delay);
-                return self.settle_if_current(sql::DELAY_IF_CURRENT, current, Some(at)).await;
+                let settled = self.settle_if_current(sql::DELAY_IF_CURRENT, current, Some(at)).await?;
+                if settled.is_ok() && delay.is_zero() {
+                    // Redeliverable now: wake the group's consumers in other processes too.
+                    self.wake_consumers().await?;
+                }
+                return Ok(settled);
             }
             Settlement::Nack { reason, .. } => herald::queue::last_nack_reason(reason, policy.max_deliveries),
             Settlement::DeadLetter { reason } => reason,
@@ -227,8 +232,17 @@ impl PostgresQueue {
         sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *tx).await?;
         self.db.lock_log(&mut tx, BROKER_LOCK).await?;
         publish_one(&mut tx, &dead, now_millis()).await?;
+        self.db.announce_queue(&mut tx).await?;
         tx.commit().await?;
         Ok(Ok(()))
+    }
+
+    /// Tells this process's and other processes' subscriptions that something became claimable.
+    async fn wake_consumers(&self) -> Result<(), SqlError> {
+        self.db.queue_changed().notify_waiters();
+        let mut conn = self.db.pool().acquire().await?;
+        self.db.announce_queue(&mut conn).await?;
+        Ok(())
     }
 
     async fn append_in_tx(&self, messages: &[Message]) -> Result<(), SqlError> {
@@ -328,7 +342,8 @@ impl QueueBackend for PostgresQueue {
             .execute(self.db.pool())
             .await
             .map_err(backend)?;
-        Ok(())
+        // Handed back for immediate redelivery, possibly to another process.
+        self.wake_consumers().await.map_err(backend)
     }
 
     fn changed(&self) -> &Notify {
