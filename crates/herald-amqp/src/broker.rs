@@ -33,8 +33,9 @@ pub struct AmqpBroker {
 }
 
 pub(crate) struct Inner {
-    /// The broker's one connection; every channel is opened on it.
-    pub(crate) connection: Connection,
+    /// The broker's one connection; every channel is opened on it. Replaced by a new one
+    /// (see [`Inner::connection`]) when it was lost.
+    connection: tokio::sync::Mutex<Arc<Connection>>,
     pub(crate) config: AmqpConfig,
     /// `<prefix>topics`, the topic exchange every message is published to.
     pub(crate) exchange: String,
@@ -84,13 +85,9 @@ pub(crate) fn redacted(url: &str) -> String {
 
 impl AmqpBroker {
     pub(crate) async fn connect(config: AmqpConfig) -> Result<Self, AmqpError> {
-        let properties = ConnectionProperties::default().with_connection_name(LongString::from("herald"));
-        let connection = tokio::time::timeout(config.confirm_timeout(), Connection::connect(&config.url, properties))
-            .await
-            .map_err(|_| AmqpError::Timeout { what: "connecting".to_owned(), timeout: config.confirm_timeout() })?
-            .map_err(|e| AmqpError::Connect { url: redacted(&config.url), source: e })?;
+        let connection = open_connection(&config).await?;
         let inner = Inner {
-            connection,
+            connection: tokio::sync::Mutex::new(Arc::new(connection)),
             exchange: config.exchange(),
             config,
             publish: ChannelSlot::new(true),
@@ -99,7 +96,8 @@ impl AmqpBroker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        inner.declare_exchange().await?;
+        let channel = inner.admin_channel().await?;
+        inner.declare_exchange(&channel).await?;
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -120,7 +118,8 @@ impl AmqpBroker {
         if tokio::time::timeout(CLOSE_TIMEOUT, self.inner.tasks.wait()).await.is_err() {
             tracing::warn!(timeout = ?CLOSE_TIMEOUT, "AMQP subscription tasks did not end in time");
         }
-        let closing = self.inner.connection.close(200, ShortString::from("herald: closed"));
+        let connection = self.inner.connection.lock().await.clone();
+        let closing = connection.close(200, ShortString::from("herald: closed"));
         match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "closing the AMQP connection"),
@@ -142,7 +141,7 @@ impl Inner {
         what: impl Fn() -> String,
         fut: impl Future<Output = lapin::Result<T>>,
     ) -> Result<T, AmqpError> {
-        let timeout = self.config.confirm_timeout();
+        let timeout = self.config.confirm_timeout_duration();
         match tokio::time::timeout(timeout, fut).await {
             Ok(result) => result.map_err(|e| AmqpError::amqp(what(), e)),
             Err(_) => Err(AmqpError::Timeout { what: what(), timeout }),
@@ -172,7 +171,27 @@ impl Inner {
 
     /// A new channel on the broker's connection.
     pub(crate) async fn open_channel(&self) -> Result<Channel, AmqpError> {
-        self.op(|| "opening a channel".to_owned(), self.connection.create_channel()).await
+        let connection = self.connection().await?;
+        self.op(|| "opening a channel".to_owned(), connection.create_channel()).await
+    }
+
+    /// The broker's connection, re-opened (and the exchange re-declared) if it was lost: the
+    /// next operation after a server restart reconnects, and fails if the server is still down.
+    /// A closed broker does not reconnect.
+    pub(crate) async fn connection(&self) -> Result<Arc<Connection>, AmqpError> {
+        let mut current = self.connection.lock().await;
+        if current.status().connected() || self.closed.load(Ordering::SeqCst) {
+            return Ok(current.clone());
+        }
+        tracing::info!(url = %redacted(&self.config.url), "the AMQP connection was lost; reconnecting");
+        let connection = open_connection(&self.config).await?;
+        let channel = self.op(|| "opening a channel".to_owned(), connection.create_channel()).await?;
+        self.declare_exchange(&channel).await?;
+        if let Err(e) = channel.close(200, ShortString::from("declared")).await {
+            tracing::debug!(error = %e, "closing a declaration channel");
+        }
+        *current = Arc::new(connection);
+        Ok(current.clone())
     }
 
     /// The confirm-mode channel for publishing.
@@ -185,8 +204,7 @@ impl Inner {
         self.channel(&self.admin).await
     }
 
-    async fn declare_exchange(&self) -> Result<(), AmqpError> {
-        let channel = self.admin_channel().await?;
+    async fn declare_exchange(&self, channel: &Channel) -> Result<(), AmqpError> {
         let options = ExchangeDeclareOptions {
             durable: true,
             auto_delete: self.config.auto_delete_exchange,
@@ -275,6 +293,16 @@ impl Inner {
             .await?;
         Ok(queue)
     }
+}
+
+/// Opens a connection, bounded by the confirm timeout.
+async fn open_connection(config: &AmqpConfig) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from("herald"));
+    let timeout = config.confirm_timeout_duration();
+    tokio::time::timeout(timeout, Connection::connect(&config.url, properties))
+        .await
+        .map_err(|_| AmqpError::Timeout { what: "connecting".to_owned(), timeout })?
+        .map_err(|e| AmqpError::Connect { url: redacted(&config.url), source: e })
 }
 
 /// Whether the server answered 404 NOT_FOUND.

@@ -81,8 +81,15 @@ impl AmqpConfig {
         self
     }
 
+    /// Sets how long a publish waits for confirms (and any AMQP operation for its answer).
+    #[must_use]
+    pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
+        self.confirm_timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
     /// The confirm timeout as a duration.
-    pub fn confirm_timeout(&self) -> Duration {
+    pub fn confirm_timeout_duration(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
     }
 

@@ -43,6 +43,13 @@
 //!   after which the original is acked. Each subscription also declares the
 //!   [`DEAD_LETTER_GROUP`] queue on its dead-letter topic, so dead letters are kept even when
 //!   nobody listens there yet.
+//! * **A lost connection** (a server restart, a network failure) fails the operations under way
+//!   with an [`AmqpError`] (as [`PubSubError::Backend`](herald::pubsub::PubSubError::Backend)),
+//!   never a hang: every AMQP call is bounded by `confirm_timeout_ms`. The next publish or
+//!   subscribe reconnects, and a subscription re-subscribes by itself, with back-off, until it
+//!   is dropped. Settling a delivery that came over the lost connection fails with `LeaseLost`:
+//!   the server redelivers the message. `tests/restart.rs` restarts a private node mid-stream
+//!   and checks that no confirmed message is lost.
 //!
 //! What the adapter cannot promise is declared in
 //! [`Capabilities`](herald::pubsub::Capabilities): see [`AmqpBroker`]'s `capabilities`. In

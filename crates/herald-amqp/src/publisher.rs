@@ -92,7 +92,7 @@ impl Inner {
                 .await?;
             pending.push((what(), confirm));
         }
-        let timeout = self.config.confirm_timeout();
+        let timeout = self.config.confirm_timeout_duration();
         let confirms = futures::future::join_all(pending.into_iter().map(|(what, confirm)| async move {
             match tokio::time::timeout(timeout, confirm).await {
                 Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => Ok(()),

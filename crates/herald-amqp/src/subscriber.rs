@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::broker::{AmqpBroker, Inner, check_topic, short};
+use crate::error::AmqpError;
 use crate::publisher::{HEADER_ATTEMPTS, HEADER_KEY, HEADER_METADATA, HEADER_NAME, HEADER_TOPIC, Route};
 
 /// The group whose queue keeps a dead-letter topic's messages until someone reads them: every
@@ -72,21 +73,35 @@ const CAPABILITIES: Capabilities = Capabilities {
     start_from_position: false,
 };
 
-/// What a subscription's deliveries need to settle themselves.
-struct Shared {
+/// What a subscription keeps across sessions (reconnections).
+struct Group {
     broker: Arc<Inner>,
-    /// The subscription's channel: deliveries are acked on the channel they came on, and the
-    /// channel closes (requeueing what is unacked) when the last holder drops it.
-    channel: Channel,
+    topic: String,
     queue: String,
     group: String,
     dead_letter_topic: String,
     max_deliveries: u32,
     ack_wait: Duration,
+    prefetch: u16,
+}
+
+/// What a session's deliveries need to settle themselves.
+struct Shared {
+    sub: Arc<Group>,
+    /// The session's channel: deliveries are acked on the channel they came on, and the
+    /// channel closes (requeueing what is unacked) when the last holder drops it.
+    channel: Channel,
     /// The consumer's tag, for `basic.cancel`.
     tag: lapin::types::ShortString,
     /// Set once `basic.cancel` was sent, by [`CancelOnDrop`] or the task.
     cancel_sent: AtomicBool,
+}
+
+impl std::ops::Deref for Shared {
+    type Target = Group;
+    fn deref(&self) -> &Group {
+        &self.sub
+    }
 }
 
 /// A delivery's lease, shared by its [`AmqpSettle`] and the subscription's task: whoever moves
@@ -138,35 +153,23 @@ impl Subscriber for AmqpBroker {
         let queue = inner.declare_group_queue(&options.topic, &options.group).await?;
         inner.declare_group_queue(&dead_letter_topic, DEAD_LETTER_GROUP).await?;
 
-        let channel = inner.open_channel().await?;
-        let prefetch = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-        inner
-            .op(|| format!("setting prefetch on {queue}"), channel.basic_qos(prefetch, BasicQosOptions::default()))
-            .await?;
-        let consumer = inner
-            .op(
-                || format!("consuming from {queue}"),
-                channel.basic_consume(short(&queue)?, "".into(), BasicConsumeOptions::default(), FieldTable::default()),
-            )
-            .await?;
-
-        let shared = Arc::new(Shared {
+        let group = Group {
             broker: inner.clone(),
-            tag: consumer.tag(),
-            cancel_sent: AtomicBool::new(false),
-            channel,
+            topic: options.topic.clone(),
             queue,
             group: options.group.clone(),
             dead_letter_topic,
             max_deliveries: options.max_deliveries,
             ack_wait: options.ack_wait,
-        });
+            prefetch: u16::try_from(options.max_in_flight).unwrap_or(u16::MAX),
+        };
+        let session = Session::open(Arc::new(group)).await?;
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let stop = inner.shutdown.child_token();
         // Registered before the subscription is handed out, so even a drop before the task
         // first runs cancels the consumer at once.
-        let registration = cancel_on_drop(&shared, &stop);
-        inner.tasks.spawn(consume_loop(consumer, registration, tx, shared, stop.clone()));
+        let registration = cancel_on_drop(&session.shared, &stop);
+        inner.tasks.spawn(run(session, registration, tx, stop.clone()));
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
     }
 
@@ -175,19 +178,89 @@ impl Subscriber for AmqpBroker {
     }
 }
 
-/// Receives until the subscription is dropped or the broker closed, and expires leases.
-///
-/// When the subscription is dropped the consumer is cancelled, and whatever still arrives is
-/// handed back; the task then keeps enforcing `ack_wait` on the deliveries still out, and ends
-/// when they are all settled or expired. When the broker closes, it ends at once (the server
-/// requeues what is unacknowledged when the connection closes).
-async fn consume_loop(
-    mut consumer: Consumer,
-    _registration: Pin<Box<WaitForCancellationFutureOwned>>,
-    tx: mpsc::Sender<Delivery>,
+/// One consumer on one channel: what a subscription runs on until the connection is lost.
+struct Session {
     shared: Arc<Shared>,
+    consumer: Consumer,
+}
+
+impl Session {
+    /// Opens a channel with the group's prefetch and starts consuming the group queue.
+    async fn open(group: Arc<Group>) -> Result<Self, AmqpError> {
+        let broker = &group.broker;
+        let queue = &group.queue;
+        let channel = broker.open_channel().await?;
+        let qos = channel.basic_qos(group.prefetch, BasicQosOptions::default());
+        broker.op(|| format!("setting prefetch on {queue}"), qos).await?;
+        let consume =
+            channel.basic_consume(short(queue)?, "".into(), BasicConsumeOptions::default(), FieldTable::default());
+        let consumer = broker.op(|| format!("consuming from {queue}"), consume).await?;
+        let shared = Shared { tag: consumer.tag(), cancel_sent: AtomicBool::new(false), channel, sub: group.clone() };
+        Ok(Self { shared: Arc::new(shared), consumer })
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The subscription was dropped or the broker closed: the subscription is over.
+    Stopped,
+    /// The consumer ended on its own (the connection was lost, the queue deleted): reconnect.
+    Lost,
+}
+
+/// Runs sessions until the subscription is dropped or the broker closed, re-subscribing (with
+/// back-off) when the connection is lost, so a server restart does not end the subscription.
+async fn run(
+    mut session: Session,
+    mut registration: Pin<Box<WaitForCancellationFutureOwned>>,
+    tx: mpsc::Sender<Delivery>,
     stop: CancellationToken,
 ) {
+    let group = session.shared.sub.clone();
+    loop {
+        if let Ended::Stopped = consume(session, &tx, &stop).await {
+            return;
+        }
+        drop(registration);
+        tracing::warn!(queue = %group.queue, "the RabbitMQ consumer ended; re-subscribing");
+        let mut backoff = RECONNECT_MIN;
+        session = loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            let reopened = async {
+                group.broker.declare_group_queue(&group.topic, group.group.as_str()).await?;
+                Session::open(group.clone()).await
+            };
+            match reopened.await {
+                Ok(session) => break session,
+                Err(e) => {
+                    tracing::warn!(error = %e, queue = %group.queue, "re-subscribing to RabbitMQ");
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                }
+            }
+        };
+        tracing::info!(queue = %group.queue, "re-subscribed to RabbitMQ");
+        registration = cancel_on_drop(&session.shared, &stop);
+    }
+}
+
+/// The first and the longest wait between attempts to re-subscribe.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// Receives until the subscription is dropped, the broker closed or the consumer lost, and
+/// expires leases.
+///
+/// When the subscription is dropped the consumer is cancelled, and whatever still arrives is
+/// handed back; the session then keeps enforcing `ack_wait` on the deliveries still out, and
+/// ends when they are all settled or expired. When the broker closes, it ends at once (the
+/// server requeues what is unacknowledged when the connection closes). When the consumer is
+/// lost, its deliveries are too: the server requeues them, and late settlements are refused.
+async fn consume(session: Session, tx: &mpsc::Sender<Delivery>, stop: &CancellationToken) -> Ended {
+    let Session { shared, mut consumer } = session;
+    let group = &shared.sub;
     let mut tx = Some(tx);
     let mut leases: VecDeque<(Instant, Arc<Lease>)> = VecDeque::new();
     let mut consuming = true;
@@ -196,12 +269,12 @@ async fn consume_loop(
             leases.pop_front();
         }
         if tx.is_none() && (!consuming || !shared.channel.status().connected()) && leases.is_empty() {
-            break;
+            return Ended::Stopped;
         }
         let deadline = leases.front().map(|(at, _)| *at);
         tokio::select! {
             biased;
-            () = shared.broker.shutdown.cancelled() => break,
+            () = group.broker.shutdown.cancelled() => return Ended::Stopped,
             () = stop.cancelled(), if tx.is_some() => {
                 tx = None;
                 cancel(&shared).await;
@@ -221,19 +294,16 @@ async fn consume_loop(
             next = consumer.next(), if consuming => match next {
                 Some(Ok(delivery)) => {
                     let Some((lease, delivery)) = to_delivery(delivery, &shared).await else { continue };
-                    leases.push_back((Instant::now() + shared.ack_wait, lease));
-                    forward(delivery, tx.as_ref(), &stop).await;
+                    leases.push_back((Instant::now() + group.ack_wait, lease));
+                    forward(delivery, tx, stop).await;
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, queue = %shared.queue, "consuming from RabbitMQ");
+                    tracing::warn!(error = %e, queue = %group.queue, "consuming from RabbitMQ");
                 }
                 None => {
                     consuming = false;
                     if tx.is_some() {
-                        // Not our cancel: the connection or the queue is gone; end the
-                        // subscription so its owner notices.
-                        tracing::warn!(queue = %shared.queue, "the RabbitMQ consumer ended; subscription ends");
-                        tx = None;
+                        return Ended::Lost;
                     }
                 }
             },
@@ -463,14 +533,15 @@ async fn expire(lease: &Lease, shared: &Shared) {
 
 async fn ack(lease: &Lease, shared: &Shared) -> Result<(), PubSubError> {
     let acked = shared.broker.op(|| format!("ack on {}", shared.queue), lease.acker.ack(BasicAckOptions::default()));
-    acked.await?;
-    Ok(())
+    // `false`: the channel is gone (connection lost), and with it the delivery; the server
+    // redelivers the message.
+    if acked.await? { Ok(()) } else { Err(PubSubError::LeaseLost) }
 }
 
 async fn nack_requeue(lease: &Lease, shared: &Shared) -> Result<(), PubSubError> {
     let options = BasicNackOptions { requeue: true, ..BasicNackOptions::default() };
-    shared.broker.op(|| format!("nack on {}", shared.queue), lease.acker.nack(options)).await?;
-    Ok(())
+    let nacked = shared.broker.op(|| format!("nack on {}", shared.queue), lease.acker.nack(options)).await?;
+    if nacked { Ok(()) } else { Err(PubSubError::LeaseLost) }
 }
 
 /// Publishes the dead letter of the lease's message, then acks the original.
