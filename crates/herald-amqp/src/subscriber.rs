@@ -62,6 +62,11 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 ///   `start`, as the contract says.
 /// * `return_unseen` re-publishes the message to the group queue with its attempt count kept,
 ///   then acks the original, so an unseen return does not count towards `max_deliveries`.
+///   Dropping a subscription cancels its consumer at once and waits for `cancel-ok` (see
+///   [`CancelOnDrop`]), so messages published afterwards go to the group's other
+///   subscriptions. One caveat remains: a message already on its way to the consumer when the
+///   cancel is confirmed is dropped by lapin unacknowledged and requeued by the server when the
+///   channel closes, with that delivery counted.
 const CAPABILITIES: Capabilities = Capabilities {
     durable: true,
     groups: true,
