@@ -28,6 +28,7 @@ pub mod command;
 pub mod memory;
 pub mod message;
 pub mod outbox;
+pub mod projection;
 pub mod pubsub;
 pub mod queue;
 pub mod router;
