@@ -749,6 +749,8 @@ impl ProjectionRunner {
         let store = &*self.inner.store;
         let batch_size = self.inner.config.batch_size;
         let mut attempt = 0u32;
+        // The next batch, read while the previous one was being committed.
+        let mut prefetched: Option<Vec<RecordedEvent>> = None;
         loop {
             if cancel.is_cancelled() || until.is_some_and(|t| position >= t) {
                 return Ok((position, events));
@@ -756,7 +758,11 @@ impl ProjectionRunner {
             let changed = store.changes().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let batch = match store.read_all(position, batch_size).await {
+            let read = match prefetched.take() {
+                Some(batch) => Ok(batch),
+                None => store.read_all(position, batch_size).await,
+            };
+            let batch = match read {
                 Ok(batch) => batch,
                 Err(e) => {
                     attempt += 1;
@@ -779,8 +785,20 @@ impl ProjectionRunner {
                 continue;
             };
             let (last_position, last_time) = (last.position, last.metadata.occurred_at);
-            match self.commit_batch(position, &batch).await {
-                Ok(()) => attempt = 0,
+            // A full batch means more is probably waiting: read it (another connection) while
+            // this batch commits, so reading and writing overlap.
+            let more = batch.len() == batch_size && until.is_none_or(|t| last_position < t);
+            let (committed, next) = if more {
+                tokio::join!(self.commit_batch(position, &batch), store.read_all(last_position, batch_size))
+            } else {
+                (self.commit_batch(position, &batch).await, Ok(Vec::new()))
+            };
+            match committed {
+                Ok(()) => {
+                    attempt = 0;
+                    // An empty or failed read is simply redone (after arming the wake-up).
+                    prefetched = next.ok().filter(|next| !next.is_empty());
+                }
                 Err(BatchFailure::Retry(e)) => {
                     attempt += 1;
                     if !self.backoff(cancel, attempt, position, e).await? {
