@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! global log ──read_all(checkpoint, batch)──► BEGIN
-//!                                             ├─ handle(event) … for each event of the batch
+//!                                             ├─ handle_batch(events the filter accepts)
+//!                                             │    (by default: handle(event) for each, in order)
 //!                                             ├─ save_checkpoint(name, last position)
 //!                                             └─ COMMIT ──► wait for changes() / poll ──► …
 //! ```
@@ -20,7 +21,8 @@
 //!   exactly once, provided the projection writes only through the transaction it is given
 //!   (its own tables via [`Transaction::as_any_mut`], e.g. `herald_sql::SqliteTransaction`, or
 //!   in-memory state changed in a [`Transaction::on_commit`] hook).
-//! * **Order.** Events reach [`Projection::handle`] one at a time, in global-log position order,
+//! * **Order.** Events reach [`Projection::handle`] (or [`Projection::handle_batch`]) in
+//!   global-log position order,
 //!   never skipping a committed event (store contract 4: the global log never skips). Events the
 //!   [`EventFilter`] rejects are not handed to the projection but still move the checkpoint.
 //! * **Resume and catch-up.** A runner starts after its saved checkpoint; a projection with no
@@ -44,8 +46,8 @@
 //!   jittered backoff ([`RunnerConfig::retry`]), for ever unless [`RunnerConfig::max_attempts`]
 //!   is set; [`ProjectionRunner::status`] shows [`Phase::Retrying`] meanwhile.
 //! * A **permanent** error from the projection on one event (an undecodable payload, a bug)
-//!   **stops the runner**: the events of the batch before the failing one are committed with
-//!   their checkpoint, and [`ProjectionRunner::run`] returns [`RunError::Event`] with the
+//!   **stops the runner**: the batch is rolled back, replayed one event at a time to find the
+//!   failing event, the events before it are committed with their checkpoint, and [`ProjectionRunner::run`] returns [`RunError::Event`] with the
 //!   event's position, stream and name; the status shows [`Phase::Failed`]. Nothing is skipped
 //!   silently: a read model that quietly missed an event would be wrong for ever. Fix the
 //!   projection (or filter the event out) and run again; it resumes at the failing event.
@@ -131,6 +133,21 @@ pub enum RunError {
         stream: String,
         /// Its name.
         event: String,
+        /// What the projection said.
+        #[source]
+        source: Box<ProjectionError>,
+    },
+    /// The projection failed permanently on a batch, but on none of its events handled one at
+    /// a time (its [`Projection::handle_batch`] disagrees with handling events one by one).
+    /// Nothing of the batch is committed.
+    #[error("projection `{projection}` failed on the batch of positions {first}..={last}: {source}")]
+    Batch {
+        /// The projection.
+        projection: String,
+        /// The batch's first position.
+        first: u64,
+        /// The batch's last position.
+        last: u64,
         /// What the projection said.
         #[source]
         source: Box<ProjectionError>,
@@ -235,6 +252,22 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Applies one event to the read model, inside the batch's transaction.
     async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError>;
+
+    /// Applies a batch of events (those the filter accepts, in log order) inside one
+    /// transaction. The default calls [`handle`](Self::handle) for each.
+    ///
+    /// Override it to write the read model in fewer statements — fold the batch in memory,
+    /// then one statement per table (`UNNEST` arrays on PostgreSQL, `json_each` on SQLite):
+    /// on a database across a network that is the difference between one round trip per
+    /// event and one per batch. It must have the same effect as handling the events one by
+    /// one: when it fails permanently, the runner rolls back and replays the batch one event at
+    /// a time through this method (slices of one) to find the failing event.
+    async fn handle_batch(&self, tx: &mut dyn Transaction, events: &[&RecordedEvent]) -> Result<(), ProjectionError> {
+        for event in events {
+            self.handle(tx, event).await?;
+        }
+        Ok(())
+    }
 
     /// Clears the read model (for a rebuild), inside the transaction that also resets the
     /// checkpoint.
@@ -441,8 +474,8 @@ impl Drop for Active<'_> {
 enum BatchFailure {
     /// Roll back, back off, retry the batch.
     Retry(ProjectionError),
-    /// The projection failed permanently on `batch[index]`.
-    Event { index: usize, error: ProjectionError },
+    /// The projection failed permanently somewhere in the batch.
+    Projection(ProjectionError),
     /// A non-retryable store error.
     Fatal(ProjectionError),
     /// Someone else moved the checkpoint.
@@ -821,8 +854,8 @@ impl ProjectionRunner {
                         found,
                     });
                 }
-                Err(BatchFailure::Event { index, error }) => {
-                    return Err(self.fail_on_event(position, &batch, index, error).await);
+                Err(BatchFailure::Projection(error)) => {
+                    return Err(self.fail_in_batch(position, &batch, error).await);
                 }
             }
             position = last_position;
@@ -853,8 +886,8 @@ impl ProjectionRunner {
         }
     }
 
-    /// One batch in one transaction: check the checkpoint is ours, handle the events the filter
-    /// accepts, save the checkpoint, commit.
+    /// One batch in one transaction: check the checkpoint is ours, hand the events the filter
+    /// accepts to the projection, save the checkpoint, commit.
     async fn commit_batch(&self, expected: u64, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
         let Some(last) = batch.last() else {
             return Ok(());
@@ -865,32 +898,26 @@ impl ProjectionRunner {
         if found.unwrap_or(0) != expected {
             return Err(BatchFailure::Moved(found));
         }
-        for (index, event) in batch.iter().enumerate() {
-            if !self.inner.filter.matches(event) {
-                continue;
-            }
-            if let Err(error) = self.inner.projection.handle(tx.as_mut(), event).await {
-                return Err(if error.is_transient() {
-                    BatchFailure::Retry(error)
-                } else {
-                    BatchFailure::Event { index, error }
-                });
-            }
+        let accepted: Vec<&RecordedEvent> = batch.iter().filter(|e| self.inner.filter.matches(e)).collect();
+        if !accepted.is_empty() {
+            self.inner.projection.handle_batch(tx.as_mut(), &accepted).await.map_err(|error| {
+                if error.is_transient() { BatchFailure::Retry(error) } else { BatchFailure::Projection(error) }
+            })?;
         }
         tx.save_checkpoint(name, last.position).await.map_err(BatchFailure::store)?;
         tx.commit().await.map_err(BatchFailure::store)
     }
 
-    /// The projection failed permanently on `batch[index]`: commit the events before it (so the
-    /// checkpoint is right before the failing event), then report it.
-    async fn fail_on_event(
-        &self,
-        position: u64,
-        batch: &[RecordedEvent],
-        index: usize,
-        error: ProjectionError,
-    ) -> RunError {
-        let event = &batch[index];
+    /// The projection failed permanently on the batch: find the failing event by replaying the
+    /// batch one event at a time (then rolling that back), commit the events before it with
+    /// their checkpoint (so the next run starts at the failing event), and report it.
+    async fn fail_in_batch(&self, position: u64, batch: &[RecordedEvent], error: ProjectionError) -> RunError {
+        let name = &self.inner.name;
+        let Some((index, error)) = self.locate_failure(batch).await else {
+            // Not reproducible event by event (or the store failed meanwhile): report the batch.
+            let (first, last) = (batch.first().map_or(0, |e| e.position), batch.last().map_or(0, |e| e.position));
+            return RunError::Batch { projection: name.clone(), first, last, source: Box::new(error) };
+        };
         let before = &batch[..index];
         if let Some(last) = before.last() {
             match self.commit_batch(position, before).await {
@@ -900,18 +927,34 @@ impl ProjectionRunner {
                     state.position_time = Some(last.metadata.occurred_at);
                 }
                 Err(_) => tracing::warn!(
-                    projection = %self.inner.name, position,
+                    projection = %name, position,
                     "could not commit the events before the failing one; the checkpoint stays"
                 ),
             }
         }
+        let event = &batch[index];
         RunError::Event {
-            projection: self.inner.name.clone(),
+            projection: name.clone(),
             position: event.position,
             stream: event.stream.clone(),
             event: event.name.clone(),
             source: Box::new(error),
         }
+    }
+
+    /// Replays `batch` event by event in a transaction that is rolled back; the index (in
+    /// `batch`) and error of the first event that fails permanently.
+    async fn locate_failure(&self, batch: &[RecordedEvent]) -> Option<(usize, ProjectionError)> {
+        let mut tx = self.inner.store.begin().await.ok()?;
+        for (index, event) in batch.iter().enumerate() {
+            if !self.inner.filter.matches(event) {
+                continue;
+            }
+            if let Err(error) = self.inner.projection.handle_batch(tx.as_mut(), &[event]).await {
+                return (!error.is_transient()).then_some((index, error));
+            }
+        }
+        None // dropping `tx` rolls the replay back
     }
 }
 

@@ -402,3 +402,27 @@ async fn status_reports_events_and_seconds_behind() {
     assert_eq!((status.position, status.head, status.events_behind), (4, 10, 6));
     assert_eq!(status.seconds_behind, 60.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_stops_when_someone_else_moves_its_checkpoint() {
+    let store = MemoryStore::new();
+    append_deposits(&store, 0, 100, 3).await;
+    let projection = Arc::new(Balances::new("contended"));
+    let runner = ProjectionRunner::with_config(Arc::new(store.clone()), projection.clone(), config(1000));
+    let cancel = CancellationToken::new();
+    let task = runner.spawn(cancel.clone());
+    wait_until("projected", || projection.total_count() == 100).await;
+
+    // Another runner of the same projection (elsewhere) commits a checkpoint.
+    let mut tx = store.begin().await.unwrap();
+    tx.save_checkpoint("contended", 150).await.unwrap();
+    tx.commit().await.unwrap();
+    append_deposits(&store, 100, 10, 3).await;
+
+    match tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap() {
+        Err(RunError::CheckpointMoved { expected: 100, found: Some(150), .. }) => {}
+        other => panic!("expected the runner to stop on a moved checkpoint, got {other:?}"),
+    }
+    assert_eq!(projection.total_count(), 100, "nothing applied on top of the other runner's work");
+    assert!(matches!(runner.phase(), Phase::Failed { .. }));
+}
