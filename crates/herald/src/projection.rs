@@ -12,6 +12,50 @@
 //!                                             └─ COMMIT ──► wait for changes() / poll ──► …
 //! ```
 //!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use herald::memory::MemoryStore;
+//! use herald::projection::{EventFilter, Projection, ProjectionError, ProjectionRunner};
+//! use herald::{ExpectedVersion, NewEvent, RecordedEvent, Store, Transaction};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! /// Counts orders placed (in memory here; a SQL read model writes its table through `tx`).
+//! #[derive(Default)]
+//! struct OrdersPlaced(Arc<AtomicU64>);
+//!
+//! #[async_trait::async_trait]
+//! impl Projection for OrdersPlaced {
+//!     fn name(&self) -> &str { "orders-placed" }
+//!     fn filter(&self) -> EventFilter { EventFilter::all().names(["OrderPlaced.v1"]) }
+//!     async fn handle(&self, tx: &mut dyn Transaction, _: &RecordedEvent) -> Result<(), ProjectionError> {
+//!         let count = self.0.clone();
+//!         tx.on_commit(Box::new(move || { count.fetch_add(1, Ordering::SeqCst); }));
+//!         Ok(())
+//!     }
+//!     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
+//!         let count = self.0.clone();
+//!         tx.on_commit(Box::new(move || count.store(0, Ordering::SeqCst)));
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let store = Arc::new(MemoryStore::new());
+//! store.append("order-1", ExpectedVersion::NoStream, vec![NewEvent::new("OrderPlaced.v1", b"{}".to_vec())]).await?;
+//! let projection = Arc::new(OrdersPlaced::default());
+//! let runner = ProjectionRunner::new(store.clone(), projection.clone());
+//! let cancel = CancellationToken::new();
+//! let task = runner.spawn(cancel.clone());
+//! while runner.status().await?.events_behind > 0 {
+//!     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+//! }
+//! assert_eq!(projection.0.load(Ordering::SeqCst), 1);
+//! cancel.cancel();
+//! task.await??;
+//! # Ok(()) }
+//! ```
+//!
 //! # Contracts
 //!
 //! * **Exactly once per committed checkpoint.** The read-model writes of a batch and the
@@ -632,7 +676,13 @@ impl ProjectionRunner {
             Ok(_) => self.set_phase(Phase::Stopped),
             Err(e) => {
                 tracing::error!(projection = %self.inner.name, error = %e, "projection stopped");
-                self.set_phase(Phase::Failed { error: e.to_string() });
+                let mut state = self.state();
+                state.phase = Phase::Failed { error: e.to_string() };
+                if matches!(e, RunError::CheckpointMoved { .. }) {
+                    // Someone else owns the checkpoint now: a later run starts from the store's.
+                    state.position = None;
+                    state.position_time = None;
+                }
             }
         }
     }
@@ -818,6 +868,9 @@ impl ProjectionRunner {
                 continue;
             };
             let (last_position, last_time) = (last.position, last.metadata.occurred_at);
+            if !rebuilding && batch.len() == batch_size {
+                self.set_phase(Phase::CatchingUp); // a full batch: probably behind
+            }
             // A full batch means more is probably waiting: read it (another connection) while
             // this batch commits, so reading and writing overlap.
             let more = batch.len() == batch_size && until.is_none_or(|t| last_position < t);

@@ -426,3 +426,66 @@ async fn a_runner_stops_when_someone_else_moves_its_checkpoint() {
     assert_eq!(projection.total_count(), 100, "nothing applied on top of the other runner's work");
     assert!(matches!(runner.phase(), Phase::Failed { .. }));
 }
+
+/// A projection whose batch write fails on batches over a size its single-event path accepts
+/// (a `handle_batch` that disagrees with `handle`).
+struct Picky {
+    registry: Registry,
+    poison: Option<i64>,
+}
+
+#[async_trait]
+impl Projection for Picky {
+    fn name(&self) -> &str {
+        "picky"
+    }
+
+    async fn handle(&self, _tx: &mut dyn Transaction, _event: &RecordedEvent) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    async fn handle_batch(&self, _tx: &mut dyn Transaction, events: &[&RecordedEvent]) -> Result<(), ProjectionError> {
+        for e in events {
+            if Some(e.decode::<Deposited>(&self.registry)?.amount) == self.poison {
+                return Err(ProjectionError::permanent("poison in the batch"));
+            }
+        }
+        if self.poison.is_none() && events.len() > 10 {
+            return Err(ProjectionError::permanent("batch too big"));
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, _tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_batch_is_replayed_event_by_event_to_find_the_culprit() {
+    let store = MemoryStore::new();
+    for amount in 0..40 {
+        store.append("acct-0", ExpectedVersion::Any, vec![deposit(amount)]).await.unwrap();
+    }
+    // The batch write fails because of the event at amount 25 (position 26): found, and the 25
+    // events before it committed.
+    let located = Arc::new(Picky { registry: Registry::new(), poison: Some(25) });
+    let runner = ProjectionRunner::with_config(Arc::new(store.clone()), located, config(16));
+    match runner.run(CancellationToken::new()).await {
+        Err(RunError::Event { position: 26, .. }) => {}
+        other => panic!("expected the event at position 26, got {other:?}"),
+    }
+    assert_eq!(store.load_checkpoint("picky").await.unwrap(), Some(25));
+
+    // A batch that fails as a whole but on no single event: reported as the batch, nothing committed.
+    let mut tx = store.begin().await.unwrap();
+    tx.save_checkpoint("picky", 0).await.unwrap();
+    tx.commit().await.unwrap();
+    let whole = Arc::new(Picky { registry: Registry::new(), poison: None });
+    let runner = ProjectionRunner::with_config(Arc::new(store.clone()), whole, config(16));
+    match runner.run(CancellationToken::new()).await {
+        Err(RunError::Batch { first: 1, last: 16, .. }) => {}
+        other => panic!("expected the batch 1..=16, got {other:?}"),
+    }
+    assert_eq!(store.load_checkpoint("picky").await.unwrap(), Some(0));
+}
