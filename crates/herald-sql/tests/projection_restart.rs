@@ -506,6 +506,11 @@ async fn kill_restart_rebuild(target: Target) {
         report_a.elapsed,
         started.elapsed(),
     );
+    if let (Db::Postgres(pg), Target::Postgres { schema, .. }) = (&db, &target) {
+        // Tidy up (a failed run leaves its schema to the sweep of `postgres_conformance`).
+        let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(pg.pool()).await.expect("drop the test schema");
+    }
     db.close().await;
 }
 
