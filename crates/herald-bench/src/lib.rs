@@ -197,12 +197,15 @@ pub struct Sample {
     pub rate: f64,
     /// Publish → delivery latency, µs.
     pub latency: Histogram<u64>,
+    /// How long publishing alone took, where the loop measured it (to tell a slow producer from
+    /// a slow consumer).
+    pub publishing: Option<Duration>,
 }
 
 impl Sample {
     /// A sample with a rate and no latencies.
     pub fn rate(rate: f64) -> anyhow::Result<Self> {
-        Ok(Self { rate, latency: histogram()? })
+        Ok(Self { rate, latency: histogram()?, publishing: None })
     }
 }
 
@@ -265,13 +268,12 @@ pub async fn throughput(queue: Arc<dyn Queue>, consumer: &mut dyn Consume, burst
             queue.publish(outgoing(sent, n, burst.keys, burst.payload)).await?;
             sent += n;
         }
-        anyhow::Ok(())
+        anyhow::Ok(start.elapsed())
     });
     let latency = consume(consumer, burst.messages).await;
     let elapsed = start.elapsed();
-    let produced = producer.await.context("the producer panicked")?;
-    produced?;
-    Ok(Sample { rate: per_sec(burst.messages, elapsed), latency: latency? })
+    let publishing = producer.await.context("the producer panicked")??;
+    Ok(Sample { rate: per_sec(burst.messages, elapsed), latency: latency?, publishing: Some(publishing) })
 }
 
 /// A steady rate: `per_tick` messages every `per_tick / rate` seconds until `messages` were sent.
@@ -312,7 +314,7 @@ pub async fn paced(queue: Arc<dyn Queue>, consumer: &mut dyn Consume, pace: Pace
     let elapsed = start.elapsed();
     let produced = producer.await.context("the producer panicked")?;
     produced?;
-    Ok(Sample { rate: per_sec(pace.messages, elapsed), latency: latency? })
+    Ok(Sample { rate: per_sec(pace.messages, elapsed), latency: latency?, publishing: None })
 }
 
 /// Both sides of a comparison, one sample per round.
@@ -407,6 +409,9 @@ where
         if !r.latency.is_empty() && !h.latency.is_empty() {
             let p50 = |s: &Sample| ms(s.latency.value_at_quantile(0.5));
             let _ = write!(line, "; p50 raw {} ms, Herald {} ms", p50(r), p50(h));
+        }
+        if let (Some(rp), Some(hp)) = (r.publishing, h.publishing) {
+            let _ = write!(line, "; publishing alone took raw {rp:.2?}, Herald {hp:.2?}");
         }
         eprintln!("{line}");
     }

@@ -352,7 +352,7 @@ async fn outbox_latency(to: RelayTo, n: usize, rate: usize) -> anyhow::Result<Sa
     subscriber_db.close().await;
     relay_db.close().await;
     drop_schema(&writer).await?;
-    Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency })
+    Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency, publishing: None })
 }
 
 /// The floor: a transaction inserting a row and calling `pg_notify`, received by a
@@ -397,7 +397,7 @@ async fn notify_latency(n: usize, rate: usize) -> anyhow::Result<Sample> {
     l?;
     drop(listener);
     drop_schema(&db).await?;
-    Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency: times.latencies()? })
+    Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency: times.latencies()?, publishing: None })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
