@@ -2,7 +2,7 @@
 //! work, in the same run, in interleaved rounds.
 //!
 //! ```sh
-//! cargo bench -p herald-nats --bench nats             # defaults: 30,000 msgs, 5 rounds
+//! cargo bench -p herald-nats --bench nats             # defaults: 20,000 msgs, 5 rounds
 //! HERALD_BENCH_MESSAGES=50000 HERALD_BENCH_ROUNDS=7 cargo bench -p herald-nats --bench nats
 //! ```
 //!
@@ -184,7 +184,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("skipped: no NATS server at {url} (set HERALD_NATS_URL)");
         return Ok(());
     }
-    let messages = herald_bench::size("HERALD_BENCH_MESSAGES", 30_000);
+    let messages = herald_bench::size("HERALD_BENCH_MESSAGES", 20_000);
     let rounds = herald_bench::setting("HERALD_BENCH_ROUNDS", 5);
     let client = async_nats::connect(url.as_str()).await?;
     let bench = Bench { js: jetstream::new(client), run: herald_bench::run_id() };

@@ -3,9 +3,14 @@
 //! the same run, in interleaved rounds (loops from `herald-bench`).
 //!
 //! ```sh
-//! cargo bench -p herald-sql --bench postgres          # defaults: 5,000 broker msgs, 3 rounds
+//! cargo bench -p herald-sql --bench postgres          # about a minute on the project machine
 //! HERALD_BENCH_MESSAGES=10000 HERALD_BENCH_ROUNDS=5 cargo bench -p herald-sql --bench postgres
 //! ```
+//!
+//! Sizes: `HERALD_BENCH_MESSAGES` (or the first numeric argument; broker messages, default
+//! 5,000), `HERALD_BENCH_ROUNDS` (default 3), `HERALD_BENCH_TRANSACTIONS` (appends per figure,
+//! shared by the writers, default 800), `HERALD_BENCH_COMMITS` (outbox commits per latency
+//! figure, default 400).
 //!
 //! The server comes from `HERALD_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); the binary says so and exits cleanly when nothing
@@ -409,7 +414,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let messages = herald_bench::size("HERALD_BENCH_MESSAGES", 5000);
     let rounds = herald_bench::setting("HERALD_BENCH_ROUNDS", 3);
-    let transactions = herald_bench::setting("HERALD_BENCH_TRANSACTIONS", 1600);
+    let transactions = herald_bench::setting("HERALD_BENCH_TRANSACTIONS", 800);
     let mut table = Table::new(herald_bench::compared_header("raw SQL, same work and concurrency"));
 
     for (writers, per_tx) in [(1, 1), (4, 1), (16, 1), (16, 10)] {
@@ -445,7 +450,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
 
-    let commits = herald_bench::setting("HERALD_BENCH_COMMITS", 600);
+    let commits = herald_bench::setting("HERALD_BENCH_COMMITS", 400);
     let rate = 200;
     eprintln!("broker paced, outbox latency:");
     let pace = Pace { rate, per_tick: 1, messages: commits, keys: 64, payload: 100 };

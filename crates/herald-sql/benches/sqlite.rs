@@ -6,6 +6,9 @@
 //! HERALD_BENCH_MESSAGES=20000 HERALD_BENCH_ROUNDS=5 cargo bench -p herald-sql --bench sqlite
 //! ```
 //!
+//! Sizes: `HERALD_BENCH_MESSAGES` (or the first numeric argument; broker messages),
+//! `HERALD_BENCH_ROUNDS`, `HERALD_BENCH_TRANSACTIONS` (appends per figure, default 2,000).
+//!
 //! Every figure uses a fresh database file with the settings Herald uses (WAL,
 //! synchronous=NORMAL) for both sides, so the ratio to raw SQLite is the cost of Herald itself.
 
