@@ -32,7 +32,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use futures::FutureExt as _;
 use hdrhistogram::Histogram;
-use herald::{Message, Publisher, Subscription};
+use herald::{Message, Publisher, StartFrom, SubscribeOptions, Subscriber, Subscription};
 
 /// How long a consumer may go without receiving anything before a run is declared stalled.
 pub const STALL: Duration = Duration::from_secs(30);
@@ -317,6 +317,42 @@ pub async fn paced(queue: Arc<dyn Queue>, consumer: &mut dyn Consume, pace: Pace
     Ok(Sample { rate: per_sec(pace.messages, elapsed), latency: latency?, publishing: None })
 }
 
+/// What one round measures: a burst or a paced run.
+#[derive(Clone, Copy, Debug)]
+pub enum Work {
+    /// [`throughput`].
+    Burst(Burst),
+    /// [`paced`].
+    Pace(Pace),
+}
+
+impl Work {
+    /// Runs this work through `queue` and `consumer`.
+    pub async fn run(self, queue: Arc<dyn Queue>, consumer: &mut dyn Consume) -> anyhow::Result<Sample> {
+        match self {
+            Self::Burst(b) => throughput(queue, consumer, b).await,
+            Self::Pace(p) => paced(queue, consumer, p).await,
+        }
+    }
+}
+
+/// One Herald round on `broker`: subscribes group `bench` to `topic` from the beginning with
+/// `in_flight` deliveries at most, runs `work` through [`HeraldQueue`] and [`HeraldConsumer`],
+/// then closes the broker (the caller removes the topic's storage).
+pub async fn herald_round<B>(broker: B, topic: &str, in_flight: usize, work: Work) -> anyhow::Result<Sample>
+where
+    B: Publisher + Subscriber + Clone + 'static,
+{
+    let options = SubscribeOptions::new(topic, "bench").start(StartFrom::Beginning).max_in_flight(in_flight);
+    let subscription = broker.subscribe(options).await?;
+    let mut consumer = HeraldConsumer::new(subscription, in_flight);
+    let queue = Arc::new(HeraldQueue::new(Arc::new(broker.clone()), topic));
+    let sample = work.run(queue, &mut consumer).await;
+    drop(consumer);
+    Publisher::close(&broker).await?;
+    sample
+}
+
 /// Both sides of a comparison, one sample per round.
 #[derive(Clone, Debug, Default)]
 pub struct Comparison {
@@ -478,6 +514,37 @@ impl Table {
             lat(c.raw_latency()),
             notes.to_owned(),
         ]);
+    }
+
+    /// The rows of a broker bench: the burst beside the minimal raw client, the burst beside a
+    /// raw client using Herald's wire format (`same_format`, described by `format_notes`), and
+    /// the paced run.
+    pub fn broker_rows(
+        &mut self,
+        (burst, throughput): (&Burst, &Comparison),
+        (same_format, format_notes): (&Comparison, &str),
+        (pace, paced): (&Pace, &Comparison),
+    ) {
+        let burst_notes = format!(
+            "{} msgs of {} B in publish batches of {}, {} rounds; latency is queueing behind the burst",
+            burst.messages,
+            burst.payload,
+            burst.batch,
+            throughput.raw.len()
+        );
+        self.compared("publish → consume → ack", "msgs/s", throughput, &burst_notes);
+        self.compared("publish → consume → ack, raw using Herald's wire format", "msgs/s", same_format, format_notes);
+        self.compared(
+            &format!("publish → delivery at a steady {} msgs/s", pace.rate),
+            "msgs/s",
+            paced,
+            &format!(
+                "{} msgs, {} per publish, {} rounds; latency from the publish call to receipt",
+                pace.messages,
+                pace.per_tick,
+                paced.raw.len()
+            ),
+        );
     }
 
     /// The table as Markdown.

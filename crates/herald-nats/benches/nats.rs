@@ -27,10 +27,9 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_trait::async_trait;
 use futures::{FutureExt as _, StreamExt as _};
-use herald::{Message, StartFrom, SubscribeOptions, Subscriber};
+use herald::Message;
 use herald_bench::{
-    Burst, Comparison, Consume, HeraldConsumer, HeraldQueue, Outgoing, Pace, Queue, Sample, Seen, Table, compare,
-    compared_header,
+    Burst, Comparison, Consume, Outgoing, Pace, Queue, Sample, Seen, Table, Work, compare, compared_header,
 };
 use herald_nats::{HEADER_KEY, HEADER_METADATA, HEADER_NAME, NatsBroker, NatsConfig};
 
@@ -111,20 +110,8 @@ struct Bench {
     run: String,
 }
 
-enum Work {
-    Burst(Burst),
-    Pace(Pace),
-}
-
-async fn measure(queue: Arc<dyn Queue>, consumer: &mut dyn Consume, work: &Work) -> anyhow::Result<Sample> {
-    match work {
-        Work::Burst(b) => herald_bench::throughput(queue, consumer, *b).await,
-        Work::Pace(p) => herald_bench::paced(queue, consumer, *p).await,
-    }
-}
-
 impl Bench {
-    async fn raw(&self, tag: &str, round: usize, work: &Work, format: Format) -> anyhow::Result<Sample> {
+    async fn raw(&self, tag: &str, round: usize, work: Work, format: Format) -> anyhow::Result<Sample> {
         let name = format!("hbench-raw-{}-{tag}-{round}", self.run);
         let subject = format!("hbench.raw.{}.{tag}.{round}", self.run);
         let stream = self
@@ -147,33 +134,24 @@ impl Bench {
         let messages = consumer.stream().max_messages_per_batch(IN_FLIGHT).messages().await?;
         let mut raw = RawConsumer { messages };
         let queue = Arc::new(RawQueue { js: self.js.clone(), subject, format });
-        let sample = measure(queue, &mut raw, work).await;
+        let sample = work.run(queue, &mut raw).await;
         drop(raw);
         self.js.delete_stream(&name).await?;
         sample
     }
 
-    async fn herald(&self, tag: &str, round: usize, work: &Work) -> anyhow::Result<Sample> {
+    async fn herald(&self, tag: &str, round: usize, work: Work) -> anyhow::Result<Sample> {
         let prefix = format!("hbench-{}-{tag}-{round}-", self.run);
         let topic = format!("hbench.herald.{}.{tag}.{round}", self.run);
         let broker: NatsBroker = NatsConfig::new(url()).stream_prefix(prefix).connect().await?;
-        let subscription = broker
-            .subscribe(
-                SubscribeOptions::new(topic.as_str(), "bench").start(StartFrom::Beginning).max_in_flight(IN_FLIGHT),
-            )
-            .await?;
-        let mut consumer = HeraldConsumer::new(subscription, IN_FLIGHT);
-        let queue = Arc::new(HeraldQueue::new(Arc::new(broker.clone()), topic.as_str()));
-        let sample = measure(queue, &mut consumer, work).await;
-        drop(consumer);
-        broker.close().await?;
+        let sample = herald_bench::herald_round(broker.clone(), &topic, IN_FLIGHT, work).await;
         self.js.delete_stream(broker.stream_name(&topic)).await?;
         sample
     }
 
     async fn compare(&self, tag: &str, rounds: usize, work: Work, format: Format) -> anyhow::Result<Comparison> {
         eprintln!("{tag}:");
-        compare(rounds, |r| self.raw(tag, r, &work, format), |r| self.herald(tag, r, &work)).await
+        compare(rounds, |r| self.raw(tag, r, work, format), |r| self.herald(tag, r, work)).await
     }
 }
 
@@ -196,30 +174,7 @@ async fn main() -> anyhow::Result<()> {
     let paced = bench.compare("paced", rounds.div_ceil(2), Work::Pace(pace), Format::Minimal).await?;
 
     let mut table = Table::new(compared_header("raw async-nats JetStream"));
-    table.compared(
-        "publish → consume → ack",
-        "msgs/s",
-        &throughput,
-        &format!(
-            "{messages} msgs of 100 B in publish batches of 100, {IN_FLIGHT} in flight, {rounds} rounds; latency is queueing behind the burst"
-        ),
-    );
-    table.compared(
-        "publish → consume → ack, raw sending Herald's headers",
-        "msgs/s",
-        &same_format,
-        "the same, but each raw message carries `Nats-Msg-Id` (server-side de-duplication), name, key and metadata JSON like Herald's: what is left is the adapter's code",
-    );
-    table.compared(
-        "publish → delivery at a steady 1,000 msgs/s",
-        "msgs/s",
-        &paced,
-        &format!(
-            "{} msgs one at a time, {} rounds; latency from the publish call to receipt",
-            pace.messages,
-            paced.raw.len()
-        ),
-    );
+    table.broker_rows((&burst, &throughput), (&same_format, "the same, but each raw message carries Herald's headers (`Nats-Msg-Id`, so the server de-duplicates, name, key, metadata JSON): what is left is the adapter's code"), (&pace, &paced));
     table.print();
     Ok(())
 }

@@ -23,10 +23,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use herald::{Message, StartFrom, SubscribeOptions, Subscriber};
+use herald::Message;
 use herald_bench::{
-    Burst, Comparison, Consume, HeraldConsumer, HeraldQueue, Outgoing, Pace, Queue, Sample, Seen, Table, compare,
-    compared_header,
+    Burst, Comparison, Consume, Outgoing, Pace, Queue, Sample, Seen, Table, Work, compare, compared_header,
 };
 use herald_redis::{FIELD_ID, FIELD_KEY, FIELD_METADATA, FIELD_NAME, FIELD_PAYLOAD, FIELD_TOPIC, RedisConfig};
 use redis::Value;
@@ -127,18 +126,6 @@ impl Consume for RawConsumer {
     }
 }
 
-enum Work {
-    Burst(Burst),
-    Pace(Pace),
-}
-
-async fn measure(queue: Arc<dyn Queue>, consumer: &mut dyn Consume, work: &Work) -> anyhow::Result<Sample> {
-    match work {
-        Work::Burst(b) => herald_bench::throughput(queue, consumer, *b).await,
-        Work::Pace(p) => herald_bench::paced(queue, consumer, *p).await,
-    }
-}
-
 struct Bench {
     client: redis::Client,
     conn: MultiplexedConnection,
@@ -151,7 +138,7 @@ impl Bench {
         Ok(())
     }
 
-    async fn raw(&self, tag: &str, round: usize, work: &Work, format: Format) -> anyhow::Result<Sample> {
+    async fn raw(&self, tag: &str, round: usize, work: Work, format: Format) -> anyhow::Result<Sample> {
         let stream = format!("hbench:{}:raw:{tag}:{round}", self.run);
         redis::cmd("XGROUP")
             .arg("CREATE")
@@ -167,32 +154,23 @@ impl Bench {
             stream: stream.clone(),
         };
         let queue = Arc::new(RawQueue { conn: self.conn.clone(), stream: stream.clone(), format });
-        let sample = measure(queue, &mut consumer, work).await;
+        let sample = work.run(queue, &mut consumer).await;
         self.delete(&stream).await?;
         sample
     }
 
-    async fn herald(&self, tag: &str, round: usize, work: &Work) -> anyhow::Result<Sample> {
+    async fn herald(&self, tag: &str, round: usize, work: Work) -> anyhow::Result<Sample> {
         let prefix = format!("hbench:{}:herald:{round}:", self.run);
         let topic = format!("bench.{tag}");
         let broker = RedisConfig::new(url()).key_prefix(prefix).connect().await?;
-        let subscription = broker
-            .subscribe(
-                SubscribeOptions::new(topic.as_str(), "bench").start(StartFrom::Beginning).max_in_flight(IN_FLIGHT),
-            )
-            .await?;
-        let mut consumer = HeraldConsumer::new(subscription, IN_FLIGHT);
-        let queue = Arc::new(HeraldQueue::new(Arc::new(broker.clone()), topic.as_str()));
-        let sample = measure(queue, &mut consumer, work).await;
-        drop(consumer);
-        broker.close().await?;
+        let sample = herald_bench::herald_round(broker.clone(), &topic, IN_FLIGHT, work).await;
         self.delete(&broker.stream_key(&topic)).await?;
         sample
     }
 
     async fn compare(&self, tag: &str, rounds: usize, work: Work, format: Format) -> anyhow::Result<Comparison> {
         eprintln!("{tag}:");
-        compare(rounds, |r| self.raw(tag, r, &work, format), |r| self.herald(tag, r, &work)).await
+        compare(rounds, |r| self.raw(tag, r, work, format), |r| self.herald(tag, r, work)).await
     }
 }
 
@@ -216,30 +194,7 @@ async fn main() -> anyhow::Result<()> {
     let paced = bench.compare("paced", rounds.div_ceil(2), Work::Pace(pace), Format::Minimal).await?;
 
     let mut table = Table::new(compared_header("raw redis-rs Streams"));
-    table.compared(
-        "publish → consume → ack",
-        "msgs/s",
-        &throughput,
-        &format!(
-            "{messages} msgs of 100 B in publish batches of 100, {IN_FLIGHT} in flight, {rounds} rounds; latency is queueing behind the burst"
-        ),
-    );
-    table.compared(
-        "publish → consume → ack, raw writing Herald's entries",
-        "msgs/s",
-        &same_format,
-        "the same, but each raw entry has Herald's six fields (id, topic, name, key, payload, metadata JSON) and each batch is one MULTI/EXEC: what is left is the adapter's code",
-    );
-    table.compared(
-        "publish → delivery at a steady 1,000 msgs/s",
-        "msgs/s",
-        &paced,
-        &format!(
-            "{} msgs one at a time, {} rounds; latency from the publish call to receipt",
-            pace.messages,
-            paced.raw.len()
-        ),
-    );
+    table.broker_rows((&burst, &throughput), (&same_format, "the same, but each raw entry has Herald's six fields (id, topic, name, key, payload, metadata JSON) and each batch is one MULTI/EXEC: what is left is the adapter's code"), (&pace, &paced));
     table.print();
     Ok(())
 }

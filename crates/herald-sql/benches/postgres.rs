@@ -46,7 +46,7 @@ use herald::{
     ExpectedVersion, Message, MessageId, NewEvent, Publisher, StartFrom, Store, SubscribeOptions, Subscriber,
     Subscription,
 };
-use herald_bench::{Burst, Consume, HeraldConsumer, HeraldQueue, Outgoing, Pace, Queue, Sample, Seen, Table, compare};
+use herald_bench::{Burst, Consume, Outgoing, Pace, Queue, Sample, Seen, Table, Work, compare};
 use herald_sql::{PostgresConfig, PostgresDatabase};
 use tokio_util::sync::CancellationToken;
 
@@ -230,23 +230,6 @@ async fn raw_queue(db: PostgresDatabase, burst: Burst) -> anyhow::Result<Sample>
     .await?;
     let mut consumer = RawConsumer { db: db.clone() };
     herald_bench::throughput(Arc::new(RawQueue { db }), &mut consumer, burst).await
-}
-
-async fn herald_broker(db: PostgresDatabase, burst: Option<Burst>, pace: Option<Pace>) -> anyhow::Result<Sample> {
-    let broker = db.broker();
-    let subscription = broker
-        .subscribe(SubscribeOptions::new("bench", "bench").start(StartFrom::Beginning).max_in_flight(IN_FLIGHT))
-        .await?;
-    let mut consumer = HeraldConsumer::new(subscription, IN_FLIGHT);
-    let queue = Arc::new(HeraldQueue::new(Arc::new(broker.clone()), "bench"));
-    let sample = match (burst, pace) {
-        (Some(b), _) => herald_bench::throughput(queue, &mut consumer, b).await,
-        (None, Some(p)) => herald_bench::paced(queue, &mut consumer, p).await,
-        (None, None) => anyhow::bail!("nothing to measure"),
-    };
-    drop(consumer);
-    Publisher::close(&broker).await?;
-    sample
 }
 
 /// Commit times and receipt times by message id, matched at the end (a delivery can arrive
@@ -438,7 +421,7 @@ async fn main() -> anyhow::Result<()> {
     let c = compare(
         rounds,
         |_| in_fresh_schema(move |db| raw_queue(db, burst)),
-        |_| in_fresh_schema(move |db| herald_broker(db, Some(burst), None)),
+        |_| in_fresh_schema(move |db| herald_bench::herald_round(db.broker(), "bench", IN_FLIGHT, Work::Burst(burst))),
     )
     .await?;
     table.compared(
@@ -454,7 +437,9 @@ async fn main() -> anyhow::Result<()> {
     let rate = 200;
     eprintln!("broker paced, outbox latency:");
     let pace = Pace { rate, per_tick: 1, messages: commits, keys: 64, payload: 100 };
-    let paced = in_fresh_schema(move |db| herald_broker(db, None, Some(pace))).await?;
+    let paced =
+        in_fresh_schema(move |db| herald_bench::herald_round(db.broker(), "bench", IN_FLIGHT, Work::Pace(pace)))
+            .await?;
     let relay_pg = outbox_latency(RelayTo::Postgres, commits, rate).await?;
     let relay_memory = outbox_latency(RelayTo::Memory, commits, rate).await?;
     let floor = notify_latency(commits, rate).await?;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use herald::{ExpectedVersion, NewEvent, Publisher, StartFrom, Store, SubscribeOptions, Subscriber};
-use herald_bench::{Burst, Consume, HeraldConsumer, HeraldQueue, Outgoing, Pace, Queue, Sample, Seen, Table, compare};
+use herald::{ExpectedVersion, NewEvent, Store};
+use herald_bench::{Burst, Consume, Outgoing, Pace, Queue, Sample, Seen, Table, Work, compare};
 use herald_sql::SqliteDatabase;
 
 const IN_FLIGHT: usize = 256;
@@ -123,23 +123,6 @@ async fn raw_queue(db: SqliteDatabase, burst: Burst) -> anyhow::Result<Sample> {
     herald_bench::throughput(Arc::new(RawQueue { db }), &mut consumer, burst).await
 }
 
-async fn herald_broker(db: SqliteDatabase, burst: Option<Burst>, pace: Option<Pace>) -> anyhow::Result<Sample> {
-    let broker = db.broker();
-    let subscription = broker
-        .subscribe(SubscribeOptions::new("bench", "bench").start(StartFrom::Beginning).max_in_flight(IN_FLIGHT))
-        .await?;
-    let mut consumer = HeraldConsumer::new(subscription, IN_FLIGHT);
-    let queue = Arc::new(HeraldQueue::new(Arc::new(broker.clone()), "bench"));
-    let sample = match (burst, pace) {
-        (Some(b), _) => herald_bench::throughput(queue, &mut consumer, b).await,
-        (None, Some(p)) => herald_bench::paced(queue, &mut consumer, p).await,
-        (None, None) => anyhow::bail!("nothing to measure"),
-    };
-    drop(consumer);
-    Publisher::close(&broker).await?;
-    sample
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let messages = herald_bench::size("HERALD_BENCH_MESSAGES", 10_000);
@@ -175,7 +158,15 @@ async fn main() -> anyhow::Result<()> {
     let c = compare(
         rounds,
         |r| async move { raw_queue(fresh(dir, &format!("rawqueue-{r}.db")).await?, burst).await },
-        |r| async move { herald_broker(fresh(dir, &format!("broker-{r}.db")).await?, Some(burst), None).await },
+        |r| async move {
+            herald_bench::herald_round(
+                fresh(dir, &format!("broker-{r}.db")).await?.broker(),
+                "bench",
+                IN_FLIGHT,
+                Work::Burst(burst),
+            )
+            .await
+        },
     )
     .await?;
     table.compared(
@@ -187,7 +178,9 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("broker paced:");
     let pace = Pace { rate: 1000, per_tick: 10, messages: (messages * 3 / 10).max(500), keys: 64, payload: 100 };
-    let paced = herald_broker(fresh(dir, "paced.db").await?, None, Some(pace)).await?;
+    let paced =
+        herald_bench::herald_round(fresh(dir, "paced.db").await?.broker(), "bench", IN_FLIGHT, Work::Pace(pace))
+            .await?;
     table.row([
         "SQL broker at a steady 1,000 msgs/s".to_owned(),
         format!("{:.0} msgs/s", paced.rate),
