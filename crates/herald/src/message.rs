@@ -50,8 +50,10 @@ pub const JSON: &str = "application/json";
 pub struct Metadata {
     /// Groups every message caused, directly or not, by one original request. Kept unchanged when
     /// a message is derived from another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<MessageId>,
     /// The id of the message that directly caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<MessageId>,
     /// W3C trace context `traceparent` header, so one trace follows a request across brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,11 +63,21 @@ pub struct Metadata {
     pub tracestate: Option<String>,
     /// When the fact happened (not when it was published or stored).
     pub occurred_at: DateTime<Utc>,
-    /// How the payload is encoded, e.g. `application/json`.
+    /// How the payload is encoded, e.g. `application/json` (the default, left out of the
+    /// encoded metadata: absent and default fields are not written, to keep every message small).
+    #[serde(default = "json_content_type", skip_serializing_if = "is_json")]
     pub content_type: String,
     /// Anything else: saga ids, reply topics, dead-letter reasons. Sorted, so output is stable.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+}
+
+fn json_content_type() -> String {
+    JSON.to_owned()
+}
+
+fn is_json(content_type: &str) -> bool {
+    content_type == JSON
 }
 
 impl Default for Metadata {
@@ -198,6 +210,19 @@ mod tests {
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);
+    }
+
+    #[test]
+    fn default_metadata_encodes_only_the_time_and_older_full_encodings_still_decode() {
+        let m = Metadata::default();
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, format!("{{\"occurredAt\":{}}}", serde_json::to_string(&m.occurred_at).unwrap()));
+        assert_eq!(serde_json::from_str::<Metadata>(&json).unwrap(), m);
+        let older = r#"{"correlationId":null,"causationId":null,"occurredAt":"2026-01-01T00:00:00Z","contentType":"application/json"}"#;
+        let back: Metadata = serde_json::from_str(older).unwrap();
+        assert_eq!((back.correlation_id, back.content_type.as_str()), (None, JSON));
+        let other = Metadata { content_type: "application/protobuf".into(), ..Metadata::default() };
+        assert_eq!(serde_json::from_str::<Metadata>(&serde_json::to_string(&other).unwrap()).unwrap(), other);
     }
 
     #[test]
