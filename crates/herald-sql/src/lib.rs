@@ -59,6 +59,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod dead_letters;
 mod error;
 pub mod postgres;
 mod rows;
