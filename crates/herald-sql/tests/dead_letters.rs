@@ -1,7 +1,9 @@
 //! Dead letters end to end on the embedded default (one SQLite file, the SQL broker, a router
 //! with the store and the inbox, the outbox relay): a handler fails a message until it runs out
 //! of deliveries, the dead letter lands in the archive with its reason and attempts, the handler
-//! is fixed, and the dead-letter API replays it to the failed group only.
+//! is fixed, and the dead-letter API replays it to the failed group only. The main scenario
+//! also runs on PostgreSQL (the store and the SQL broker in a fresh schema), skipping loudly
+//! without a server.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -14,10 +16,10 @@ use herald::dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page, REPLAY_FOR_GROUP,
 };
 use herald::outbox::OutboxRelay;
-use herald::pubsub::{Publisher, StartFrom, SubscribeOptions};
+use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router};
 use herald::{Message, MessageId, Store};
-use herald_sql::{SqlBroker, SqliteDatabase, SqliteStore};
+use herald_sql::{PostgresConfig, SqliteDatabase};
 use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "orders";
@@ -76,9 +78,9 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
 }
 
 struct App {
-    _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
-    broker: SqlBroker,
+    _guard: Box<dyn std::any::Any + Send>,
+    store: Arc<dyn Store>,
+    publisher: Arc<dyn Publisher>,
     dead_letters: DeadLetters,
     broken: Arc<AtomicBool>,
     billing: Seen,
@@ -88,13 +90,36 @@ struct App {
 }
 
 impl App {
-    /// Billing and shipping on `orders`, the archive of billing's dead letters, the relay.
-    async fn start() -> Self {
+    /// On a fresh SQLite file.
+    async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDatabase::open(dir.path().join("app.db").to_str().unwrap()).await.unwrap();
         let store = Arc::new(db.store());
-        let broker = db.broker();
-        let dead_letters = DeadLetters::on(store.clone());
+        let broker = Arc::new(db.broker());
+        Self::start(DeadLetters::on(store.clone()), store, broker.clone(), broker, Box::new(dir)).await
+    }
+
+    /// In a fresh PostgreSQL schema (named like the conformance tests' schemas, which their
+    /// setup sweeps after an hour).
+    async fn postgres() -> Self {
+        let url = std::env::var("HERALD_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let schema = format!("herald_test_{secs}_{}", uuid::Uuid::now_v7().simple());
+        let db = PostgresConfig::new(url).with_schema(&schema).open().await.unwrap();
+        let store = Arc::new(db.store());
+        let broker = Arc::new(db.broker());
+        Self::start(DeadLetters::on(store.clone()), store, broker.clone(), broker, Box::new(db)).await
+    }
+
+    /// Billing and shipping on `orders`, the archive of billing's dead letters, the relay.
+    async fn start(
+        dead_letters: DeadLetters,
+        store: Arc<dyn Store>,
+        publisher: Arc<dyn Publisher>,
+        subscriber: Arc<dyn Subscriber>,
+        guard: Box<dyn std::any::Any + Send>,
+    ) -> Self {
         let (broken, billing, shipping) = (Arc::new(AtomicBool::new(true)), Seen::default(), Seen::default());
 
         let options = |group: &str| {
@@ -104,7 +129,7 @@ impl App {
                 .ack_wait(Duration::from_secs(5))
         };
         let billing_options = options("billing");
-        let mut router = Router::new(Arc::new(broker.clone()))
+        let mut router = Router::new(subscriber.clone())
             .store(store.clone())
             .middleware(Inbox)
             .retry(RetryPolicy {
@@ -118,14 +143,14 @@ impl App {
             );
         // Shipping is another service: its own router, no store and no inbox, so only the
         // replay's group header keeps the replay away from it.
-        let shipping_router = Router::new(Arc::new(broker.clone()))
+        let shipping_router = Router::new(subscriber)
             .route(Route::new(options("shipping")).on_name(PLACED, Shipping { seen: shipping.clone() }));
         for route in dead_letters.archive_routes_for(&[&billing_options], "dead-letter-archive") {
             router = router.route(route);
         }
 
         let stop = CancellationToken::new();
-        let relay = OutboxRelay::new(store.clone(), Arc::new(broker.clone()));
+        let relay = OutboxRelay::new(store.clone(), publisher.clone());
         let tasks = vec![
             tokio::spawn({
                 let stop = stop.clone();
@@ -137,11 +162,11 @@ impl App {
             }),
             tokio::spawn(relay.run(stop.clone())),
         ];
-        Self { _dir: dir, store, broker, dead_letters, broken, billing, shipping, stop, tasks }
+        Self { _guard: guard, store, publisher, dead_letters, broken, billing, shipping, stop, tasks }
     }
 
     async fn publish(&self, message: &Message) {
-        self.broker.publish(std::slice::from_ref(message)).await.unwrap();
+        self.publisher.publish(std::slice::from_ref(message)).await.unwrap();
     }
 
     /// Waits for the dead letter of `original` in the archive.
@@ -161,7 +186,7 @@ impl App {
         for t in self.tasks {
             t.await.unwrap();
         }
-        Publisher::close(&self.broker).await.unwrap();
+        self.publisher.close().await.unwrap();
     }
 }
 
@@ -174,7 +199,18 @@ fn order(payload: &[u8]) -> Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_api_replays_a_dead_letter_and_it_is_then_handled() {
-    let app = App::start().await;
+    replays_a_dead_letter_to_the_failed_group_only(App::sqlite().await).await;
+}
+
+#[test]
+fn on_postgres_the_dead_letter_api_replays_a_dead_letter_and_it_is_then_handled() {
+    if !herald_conformance::support::server_available(("PostgreSQL", "127.0.0.1:5432")) {
+        return;
+    }
+    herald_conformance::run(async { replays_a_dead_letter_to_the_failed_group_only(App::postgres().await).await });
+}
+
+async fn replays_a_dead_letter_to_the_failed_group_only(app: App) {
     let original = order(br#"{"total":42}"#);
     app.publish(&original).await;
 
@@ -232,7 +268,7 @@ async fn the_dead_letter_api_replays_a_dead_letter_and_it_is_then_handled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discarded_dead_letter_leaves_the_pending_list_and_is_never_handled() {
-    let app = App::start().await;
+    let app = App::sqlite().await;
     app.broken.store(false, Ordering::SeqCst);
     let poison = order(b"poison");
     app.publish(&poison).await;
@@ -260,7 +296,7 @@ async fn a_discarded_dead_letter_leaves_the_pending_list_and_is_never_handled() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_fails_again_is_archived_again_and_can_be_replayed_again() {
-    let app = App::start().await;
+    let app = App::sqlite().await;
     let original = order(br#"{"total":7}"#);
     app.publish(&original).await;
     let first = app.archived(&original).await;
