@@ -12,6 +12,9 @@
 //! * [`store_suite!`] checks a [`Store`]: streams and optimistic concurrency, the global log
 //!   under concurrent writers, atomic multi-stream appends, snapshots, the outbox and its relay
 //!   (including crashes between commit, publish and remove), the inbox, checkpoints and sagas.
+//! * [`dead_letter_suite!`] checks a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
+//!   in its store: transactional, idempotent archiving; filtered, paged listing; a pending dead
+//!   letter resolved once, also under concurrency; replays committed with their outbox rows.
 //!
 //! Each macro expands to one `#[test]` per scenario, named as a sentence
 //! (`a_nacked_message_is_redelivered_after_its_delay`), so a failure names the broken promise.
@@ -81,6 +84,9 @@ use std::time::Duration;
 use herald::pubsub::{Publisher, Subscriber};
 use herald::store::Store;
 
+pub use dead_letters::DeadLetterFixture;
+
+pub mod dead_letters;
 pub mod outbox;
 pub mod pubsub;
 pub mod saga;
@@ -305,6 +311,33 @@ macro_rules! saga_suite {
             saga::duplicate_replies_are_harmless,
             saga::a_step_without_a_reply_times_out_and_compensates,
             saga::starting_reports_duplicates_and_never_swallows_errors,
+        );
+    };
+}
+
+/// Generates the dead-letter archive conformance tests (transactional, idempotent archiving;
+/// filtered, paged listing; resolving once; replays through the outbox), one `#[test]` per
+/// scenario.
+///
+/// `setup` is a function (or closure) `FnOnce() -> impl Future<Output = DeadLetterFixture>`,
+/// called once per test, giving a fresh archive and the store it lives in.
+#[macro_export]
+macro_rules! dead_letter_suite {
+    ($setup:expr) => {
+        $crate::dead_letter_suite!(@guarded $setup, true);
+    };
+    ($setup:expr, requires: $server:expr) => {
+        $crate::dead_letter_suite!(@guarded $setup, $crate::support::server_available($server));
+    };
+    (@guarded $setup:expr, $guard:expr) => {
+        $crate::__scenarios!($setup, $guard;
+            dead_letters::an_archived_dead_letter_reads_back_intact_after_commit,
+            dead_letters::archiving_is_idempotent_and_rolls_back_with_its_transaction,
+            dead_letters::listing_filters_and_pages_in_archive_order,
+            dead_letters::a_pending_dead_letter_is_resolved_once,
+            dead_letters::a_replay_commits_with_its_outbox_message,
+            dead_letters::replay_all_replays_each_matching_pending_dead_letter_once,
+            dead_letters::of_two_concurrent_resolutions_exactly_one_wins,
         );
     };
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use herald::memory::{MemoryBroker, MemoryStore};
-use herald_conformance::{PubSubFixture, StoreFixture};
+use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
+use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
 
 /// One broker; the publisher and both subscribers are clones sharing its topics, as two
 /// processes would share one broker server.
@@ -26,3 +26,9 @@ async fn memory_broker_and_store() -> PubSubFixture {
 }
 
 herald_conformance::saga_suite!(memory_broker_and_store);
+
+async fn memory_dead_letters() -> DeadLetterFixture {
+    DeadLetterFixture::new(Arc::new(MemoryStore::new()), Arc::new(MemoryDeadLetterArchive::new()), Box::new(()))
+}
+
+herald_conformance::dead_letter_suite!(memory_dead_letters);

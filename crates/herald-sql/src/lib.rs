@@ -15,6 +15,8 @@
 //! * [`SqliteStore`] / [`SqliteTransaction`]: every storage port. A transaction is the unit of
 //!   work: events, the handler's own tables ([`SqliteTransaction::connection`]), outbox rows and
 //!   the inbox record commit together.
+//!   Each store is also a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
+//!   (table `herald_dead_letters`) whose writes join the same transaction (ADR 0006).
 //! * [`SqlBroker`]: herald's [`QueueBroker`](herald::queue::QueueBroker) over
 //!   [`SqliteQueue`]: durable topics with consumer groups, per-key order, leases, nack delays
 //!   and dead letters, kept in the same file. This is the embedded default: one SQLite file,
@@ -59,6 +61,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod dead_letters;
 mod error;
 pub mod postgres;
 mod rows;

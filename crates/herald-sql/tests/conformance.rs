@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use herald_conformance::{PubSubFixture, StoreFixture};
+use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
 use herald_sql::SqliteDatabase;
 
 async fn open(dir: &tempfile::TempDir) -> SqliteDatabase {
@@ -32,3 +32,11 @@ herald_conformance::pubsub_suite!(sql_broker);
 herald_conformance::store_suite!(sqlite_store);
 
 herald_conformance::saga_suite!(sql_broker);
+
+async fn sqlite_dead_letters() -> DeadLetterFixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open(&dir).await;
+    DeadLetterFixture::on(Arc::new(db.store()), Box::new(dir))
+}
+
+herald_conformance::dead_letter_suite!(sqlite_dead_letters);

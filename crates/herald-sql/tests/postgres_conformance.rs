@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use herald::store::{ExpectedVersion, LogReader, NewEvent, Store};
-use herald_conformance::{PubSubFixture, StoreFixture};
+use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
 use herald_sql::{PostgresConfig, PostgresDatabase};
 
 const SERVER: (&str, &str) = ("PostgreSQL", "127.0.0.1:5432");
@@ -72,6 +72,13 @@ async fn postgres_store() -> StoreFixture {
 }
 
 herald_conformance::store_suite!(postgres_store, requires: SERVER);
+
+async fn postgres_dead_letters() -> DeadLetterFixture {
+    let db = fresh().await;
+    DeadLetterFixture::on(Arc::new(db.store()), Box::new(db))
+}
+
+herald_conformance::dead_letter_suite!(postgres_dead_letters, requires: SERVER);
 
 /// Contract 4, harder than the suite's scenario: sixteen writers append 200 events each (in
 /// transactions of one to four events, some spanning two streams) while a reader that started

@@ -25,6 +25,7 @@
 pub mod aggregate;
 pub mod codec;
 pub mod command;
+pub mod dead_letters;
 pub mod memory;
 pub mod message;
 pub mod outbox;

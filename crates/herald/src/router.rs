@@ -586,6 +586,11 @@ impl Dispatcher {
             release(delivery);
             return;
         }
+        // A replay of a dead letter is for the group that failed it only (see `dead_letters`).
+        if crate::dead_letters::is_replay_for_another_group(&delivery.message, &self.route.options.group) {
+            log_settle_error(delivery.ack().await);
+            return;
+        }
         let handler = self.route.handlers.get(&delivery.message.name).or(self.route.fallback.as_ref()).cloned();
         let Some(handler) = handler else {
             let name = delivery.message.name.clone();
@@ -609,7 +614,7 @@ impl Dispatcher {
             None => None,
         };
         let mut cx = HandlerContext {
-            message: delivery.message.clone(),
+            message: crate::dead_letters::as_handled(&delivery.message),
             attempt: delivery.attempt,
             handler: self.route.name.clone(),
             registry: self.registry.clone(),

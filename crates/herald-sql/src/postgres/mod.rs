@@ -38,6 +38,7 @@
 //! lock is held, every earlier append is visible to the next statement (READ COMMITTED), so of
 //! two appends expecting the same version exactly one commits.
 
+mod dead_letters;
 mod queue;
 mod sql;
 mod store;

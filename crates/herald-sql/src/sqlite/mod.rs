@@ -22,6 +22,7 @@
 //! SQLite's own lock, waited for up to the busy timeout. Readers never take the turn: in WAL
 //! mode they read a consistent snapshot while a writer works.
 
+mod dead_letters;
 mod queue;
 mod sql;
 mod store;

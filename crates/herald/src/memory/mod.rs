@@ -3,7 +3,9 @@
 //! except that nothing survives the process.
 
 mod broker;
+mod dead_letters;
 mod store;
 
 pub use broker::{MemoryBroker, MemoryQueue};
+pub use dead_letters::MemoryDeadLetterArchive;
 pub use store::{MemoryStore, MemoryTransaction, check_saga_version, inbox_conflict, validate_append};

@@ -1,0 +1,152 @@
+//! The dead-letter archive on SQLite: [`SqliteStore`] is a [`DeadLetterArchive`] whose changes
+//! join the caller's [`SqliteTransaction`] (so a replay's status change and its outbox row
+//! commit together). See ADR 0006.
+
+use async_trait::async_trait;
+use herald::MessageId;
+use herald::dead_letters::{
+    DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, Resolution, check_resolution,
+};
+use herald::store::{StoreError, Transaction};
+use sqlx::SqliteConnection;
+
+use super::{SqliteStore, SqliteTransaction};
+use crate::dead_letters::{DeadLetterRow, FilterValues, LetterColumns};
+use crate::error::SqlError;
+use crate::rows::{limit, now_millis};
+
+/// Every query returns these columns, the original message's under the names `MessageRow` reads.
+macro_rules! select {
+    ($($rest:literal)*) => {
+        concat!(
+            "SELECT id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
+             replay_id, message_id AS id, name, topic, key, payload, metadata FROM herald_dead_letters ",
+            $($rest),*
+        )
+    };
+}
+
+const INSERT: &str = "INSERT INTO herald_dead_letters (id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, \
+     message_id, name, topic, key, payload, metadata, status, archived_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', ?13) ON CONFLICT (id) DO NOTHING";
+
+const GET: &str = select!("WHERE id = ?1");
+
+const LIST: &str = select!(
+    "WHERE (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR grp = ?2) AND (?3 IS NULL OR status = ?3) "
+    "AND (?4 IS NULL OR id > ?4) ORDER BY id LIMIT ?5"
+);
+
+const COUNT: &str = "SELECT COUNT(*) FROM herald_dead_letters \
+     WHERE (?1 IS NULL OR topic = ?1) AND (?2 IS NULL OR grp = ?2) AND (?3 IS NULL OR status = ?3)";
+
+const RESOLVE: &str = "UPDATE herald_dead_letters SET status = ?2, resolved_at = ?3, replay_id = ?4 \
+     WHERE id = ?1 AND status = 'pending' \
+     RETURNING id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
+     replay_id, message_id AS id, name, topic, key, payload, metadata";
+
+const STATUS: &str = "SELECT status FROM herald_dead_letters WHERE id = ?1";
+
+fn backend(e: impl Into<SqlError>) -> StoreError {
+    StoreError::backend(e.into())
+}
+
+/// The connection of `tx`, which must be a transaction of a SQLite store.
+fn connection(tx: &mut dyn Transaction) -> Result<&mut SqliteConnection, StoreError> {
+    match tx.as_any_mut().downcast_mut::<SqliteTransaction>() {
+        Some(tx) => Ok(tx.connection()),
+        None => {
+            Err(StoreError::Invalid("the SQLite dead-letter archive joins only transactions of a SQLite store".into()))
+        }
+    }
+}
+
+fn letter(row: DeadLetterRow) -> Result<DeadLetter, StoreError> {
+    row.into_letter().map_err(backend)
+}
+
+#[async_trait]
+impl DeadLetterArchive for SqliteStore {
+    async fn archive(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<bool, StoreError> {
+        let c = LetterColumns::new(letter).map_err(backend)?;
+        let done = sqlx::query(INSERT)
+            .bind(&c.id)
+            .bind(&letter.dead_letter_topic)
+            .bind(&letter.group)
+            .bind(&letter.reason)
+            .bind(i64::from(letter.attempts))
+            .bind(c.dead_lettered_at)
+            .bind(&c.message.id)
+            .bind(c.message.name)
+            .bind(c.message.topic)
+            .bind(c.message.key)
+            .bind(c.message.payload)
+            .bind(&c.message.metadata)
+            .bind(now_millis())
+            .execute(connection(tx)?)
+            .await
+            .map_err(backend)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<DeadLetter>, StoreError> {
+        let row: Option<DeadLetterRow> =
+            sqlx::query_as(GET).bind(id.to_string()).fetch_optional(self.database().pool()).await.map_err(backend)?;
+        row.map(letter).transpose()
+    }
+
+    async fn list(&self, filter: &DeadLetterFilter, page: &Page) -> Result<Vec<DeadLetter>, StoreError> {
+        let f = FilterValues::new(filter);
+        let rows: Vec<DeadLetterRow> = sqlx::query_as(LIST)
+            .bind(f.topic)
+            .bind(f.group)
+            .bind(f.status)
+            .bind(page.after.map(|a| a.to_string()))
+            .bind(limit(page.limit))
+            .fetch_all(self.database().pool())
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(letter).collect()
+    }
+
+    async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
+        let f = FilterValues::new(filter);
+        let n: i64 = sqlx::query_scalar(COUNT)
+            .bind(f.topic)
+            .bind(f.group)
+            .bind(f.status)
+            .fetch_one(self.database().pool())
+            .await
+            .map_err(backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn resolve(
+        &self,
+        tx: &mut dyn Transaction,
+        id: MessageId,
+        status: DeadLetterStatus,
+        replay_id: Option<MessageId>,
+    ) -> Result<Resolution, StoreError> {
+        check_resolution(status)?;
+        let conn = connection(tx)?;
+        // The transaction holds the write lock (BEGIN IMMEDIATE): nobody resolves it meanwhile.
+        let row: Option<DeadLetterRow> = sqlx::query_as(RESOLVE)
+            .bind(id.to_string())
+            .bind(status.as_str())
+            .bind(now_millis())
+            .bind(replay_id.map(|r| r.to_string()))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend)?;
+        if let Some(row) = row {
+            return Ok(Resolution::Resolved(Box::new(letter(row)?)));
+        }
+        let current: Option<String> =
+            sqlx::query_scalar(STATUS).bind(id.to_string()).fetch_optional(conn).await.map_err(backend)?;
+        match current {
+            None => Ok(Resolution::NotFound),
+            Some(s) => Ok(Resolution::NotPending(s.parse().map_err(|e: String| StoreError::Invalid(e))?)),
+        }
+    }
+}

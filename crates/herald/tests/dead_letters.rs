@@ -1,0 +1,122 @@
+//! Dead letters end to end in memory: the router's replay rules (skip replays for other groups,
+//! handle them under the original id) and the archive route, with the in-memory broker, store
+//! and archive. The same flow on SQLite is `herald-sql/tests/dead_letters.rs`.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use herald::dead_letters::{DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page};
+use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
+use herald::outbox::OutboxRelay;
+use herald::pubsub::{Publisher, StartFrom, SubscribeOptions};
+use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router};
+use herald::{Message, MessageId};
+use tokio_util::sync::CancellationToken;
+
+type Seen = Arc<Mutex<Vec<MessageId>>>;
+
+struct Recorder {
+    broken: Option<Arc<AtomicBool>>,
+    seen: Seen,
+}
+
+#[async_trait]
+impl Handler for Recorder {
+    async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
+        if self.broken.as_ref().is_some_and(|b| b.load(Ordering::SeqCst)) {
+            return Err(HandlerError::transient("downstream unavailable"));
+        }
+        self.seen.lock().unwrap().push(cx.message().id);
+        Ok(())
+    }
+}
+
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reaches_only_the_failed_group_and_is_handled_once() {
+    let broker = MemoryBroker::in_memory();
+    let store = Arc::new(MemoryStore::new());
+    let dead_letters = DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new()));
+    let broken = Arc::new(AtomicBool::new(true));
+    let (billing, shipping) = (Seen::default(), Seen::default());
+    let options = |group: &str| SubscribeOptions::new("orders", group).start(StartFrom::Beginning).max_deliveries(2);
+    let billing_options = options("billing");
+
+    // Shipping runs without a store or inbox: only the replay's group header keeps it away.
+    let shipping_router = Router::new(Arc::new(broker.clone()))
+        .route(Route::new(options("shipping")).on_name("Placed.v1", Recorder { broken: None, seen: shipping.clone() }));
+    let mut router = Router::new(Arc::new(broker.clone()))
+        .store(store.clone())
+        .middleware(Inbox)
+        .retry(RetryPolicy {
+            initial_delay: Duration::from_millis(5),
+            max_delay: Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+        .route(
+            Route::new(billing_options.clone())
+                .on_name("Placed.v1", Recorder { broken: Some(broken.clone()), seen: billing.clone() }),
+        );
+    for route in dead_letters.archive_routes_for(&[&billing_options], "archive") {
+        router = router.route(route);
+    }
+    let stop = CancellationToken::new();
+    let tasks = [tokio::spawn(router.run(stop.clone())), tokio::spawn(shipping_router.run(stop.clone()))];
+    let relay = tokio::spawn(OutboxRelay::new(store.clone(), Arc::new(broker.clone())).run(stop.clone()));
+
+    let original = Message::new("orders", "Placed.v1", b"{}".to_vec()).with_key("o-1");
+    broker.publish(std::slice::from_ref(&original)).await.unwrap();
+    let pending = DeadLetterFilter::pending().group("billing");
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    eventually("the dead letter is archived", async || {
+        letters = dead_letters.list(&pending, &Page::default()).await.unwrap();
+        !letters.is_empty()
+    })
+    .await;
+    let letter = letters.remove(0);
+    assert_eq!((letter.message.id, letter.attempts), (original.id, 2));
+    assert!(letter.reason.contains("downstream unavailable"), "{}", letter.reason);
+
+    broken.store(false, Ordering::SeqCst);
+    dead_letters.replay(letter.id).await.unwrap();
+    eventually("billing handles the replay", async || !billing.lock().unwrap().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*billing.lock().unwrap(), vec![original.id], "once, under the original id");
+    assert_eq!(*shipping.lock().unwrap(), vec![original.id], "shipping did not handle the replay");
+    assert_eq!(dead_letters.get(letter.id).await.unwrap().status, DeadLetterStatus::Replayed);
+    assert!(matches!(dead_letters.replay(letter.id).await, Err(DeadLetterError::NotPending { .. })));
+    assert!(matches!(dead_letters.discard(MessageId::new()).await, Err(DeadLetterError::NotFound(_))));
+
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    relay.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dead_letter_without_a_group_is_not_replayable() {
+    let store = Arc::new(MemoryStore::new());
+    let dead_letters = DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new()));
+    // Someone published something to a dead-letter topic by hand: no headers at all.
+    let stray = Message::new("orders.billing.dead-letters", "Placed.v1", b"{}".to_vec());
+    assert!(dead_letters.archive_message(&stray).await.unwrap());
+    assert!(!dead_letters.archive_message(&stray).await.unwrap(), "archiving is idempotent");
+    let letter = dead_letters.get(stray.id).await.unwrap();
+    assert_eq!((letter.group.as_str(), letter.reason.as_str(), letter.attempts), ("", "unknown", 0));
+    assert!(matches!(dead_letters.replay(stray.id).await, Err(DeadLetterError::NotReplayable { .. })));
+    assert_eq!(dead_letters.replay_all(&DeadLetterFilter::all()).await.unwrap(), 0);
+    assert_eq!(dead_letters.get(stray.id).await.unwrap().status, DeadLetterStatus::Pending);
+    assert_eq!(dead_letters.discard(stray.id).await.unwrap().status, DeadLetterStatus::Discarded);
+}
