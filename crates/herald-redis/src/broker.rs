@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use herald::pubsub::PubSubError;
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,8 +27,9 @@ pub struct RedisBroker {
 pub(crate) struct Inner {
     /// Opens the subscriptions' own connections.
     client: redis::Client,
-    /// Publishing and settling (multiplexed: cheap to clone, pipelines concurrent commands).
-    pub(crate) conn: MultiplexedConnection,
+    /// Publishing and settling (multiplexed: cheap to clone, pipelines concurrent commands;
+    /// re-opened after the server went away, see [`open`]).
+    pub(crate) conn: ConnectionManager,
     pub(crate) config: RedisConfig,
     /// Set by `close`: publishing and subscribing are refused from then on.
     closed: AtomicBool,
@@ -97,20 +97,33 @@ impl Inner {
     }
 
     /// A new connection of its own (a subscription's blocking reads must not hold up others).
-    pub(crate) async fn own_connection(&self) -> Result<MultiplexedConnection, RedisError> {
+    pub(crate) async fn own_connection(&self) -> Result<ConnectionManager, RedisError> {
         open(&self.client, &self.config).await
     }
 }
 
-pub(crate) async fn open(client: &redis::Client, config: &RedisConfig) -> Result<MultiplexedConnection, RedisError> {
-    let settings = AsyncConnectionConfig::new()
+/// Opens a connection to the server.
+///
+/// A [`ConnectionManager`], not a bare `MultiplexedConnection`: a multiplexed connection whose
+/// server went away (a restart, a failover, a network cut) stays broken for good, so every later
+/// publish, settlement and read would fail until the process restarts. The manager fails the
+/// commands in flight and re-opens the connection in the background (exponential backoff,
+/// [`RECONNECT_MAX_DELAY`] at most between attempts; a failed round of attempts starts again
+/// on the next command), so the callers' own retries (the subscription's read loop, the
+/// application's publish retry, the router's redelivery) find a working connection once the
+/// server is back.
+pub(crate) async fn open(client: &redis::Client, config: &RedisConfig) -> Result<ConnectionManager, RedisError> {
+    let settings = ConnectionManagerConfig::new()
         .set_response_timeout(Some(config.response_timeout()))
-        .set_connection_timeout(Some(Duration::from_secs(5)));
-    client
-        .get_multiplexed_async_connection_with_config(&settings)
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(RECONNECT_MAX_DELAY);
+    ConnectionManager::new_with_config(client.clone(), settings)
         .await
         .map_err(|e| RedisError::Connect { url: config.url.clone(), source: e })
 }
+
+/// The longest pause between two attempts to re-open a lost connection.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Checks that `topic` is usable: not empty, no whitespace.
 pub(crate) fn check_topic(topic: &str) -> Result<(), PubSubError> {

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use herald::message::{Message, MessageId, Metadata};
 use herald::pubsub::{Capabilities, PubSubError, Publisher, SubscribeOptions, Subscriber, Subscription};
 use herald::transient::{self, TransientFeed};
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,7 +48,7 @@ pub struct RedisChannels {
 
 struct ChannelsInner {
     client: redis::Client,
-    conn: MultiplexedConnection,
+    conn: ConnectionManager,
     config: RedisConfig,
     closed: AtomicBool,
     shutdown: CancellationToken,

@@ -13,7 +13,7 @@ use herald::pubsub::{
 };
 use herald::queue::{dead_letter_for, expired_reason};
 use redis::Value;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -247,7 +247,7 @@ fn decode(entry: &Entry) -> Result<Message, String> {
 /// A read in flight is always allowed to finish: were it abandoned, the server would still
 /// assign its entries to this consumer, where they would sit until their ack wait ran out.
 async fn read_loop(
-    mut conn: MultiplexedConnection,
+    mut conn: ConnectionManager,
     tx: mpsc::Sender<Delivery>,
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
@@ -331,7 +331,7 @@ async fn read_loop(
 /// subscriptions do not pile up as consumers. Atomic (a script), because deleting a consumer
 /// drops its pending entries: one still pending keeps it, and a later hand-back of a delivery
 /// simply re-creates it (`XCLAIM` does).
-async fn forget_consumer(conn: &mut MultiplexedConnection, shared: &Shared) {
+async fn forget_consumer(conn: &mut ConnectionManager, shared: &Shared) {
     const SCRIPT: &str = r"
         local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
         if #pending == 0 then
@@ -352,11 +352,7 @@ async fn forget_consumer(conn: &mut MultiplexedConnection, shared: &Shared) {
 
 /// Claims up to `n` entries of the group idle for `ack_wait` (and past any nack delay); returns
 /// them with their attempt numbers, dead-lettering those over the delivery limit.
-async fn claim(
-    conn: &mut MultiplexedConnection,
-    shared: &Arc<Shared>,
-    n: usize,
-) -> Result<Vec<(Entry, u32)>, RedisError> {
+async fn claim(conn: &mut ConnectionManager, shared: &Arc<Shared>, n: usize) -> Result<Vec<(Entry, u32)>, RedisError> {
     let min_idle = u64::try_from(shared.ack_wait.as_millis()).unwrap_or(u64::MAX);
     let pending: Value = redis::cmd("XPENDING")
         .arg(&shared.stream)
@@ -439,11 +435,7 @@ async fn expire(entry: &Entry, attempts: u32, shared: &Arc<Shared>) {
 }
 
 /// Reads up to `n` new entries for this consumer, blocking at most [`BLOCK`].
-async fn read(
-    conn: &mut MultiplexedConnection,
-    shared: &Arc<Shared>,
-    n: usize,
-) -> Result<Vec<(Entry, u32)>, RedisError> {
+async fn read(conn: &mut ConnectionManager, shared: &Arc<Shared>, n: usize) -> Result<Vec<(Entry, u32)>, RedisError> {
     if n == 0 {
         return Ok(Vec::new());
     }
