@@ -120,6 +120,15 @@ impl Inner {
         Ok(stream)
     }
 
+    /// Forgets that the stream of `topic` exists, so the next publish asks the server (and
+    /// re-creates it if needed). Called after a failed publish: a stream can disappear while the
+    /// broker runs (a server restarted with memory storage, an operator deleting it), and a
+    /// stale entry here would make every later publish to the topic fail.
+    pub(crate) fn forget_stream(&self, topic: &str) {
+        let name = self.stream_name(topic);
+        self.known_streams.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+    }
+
     /// Makes sure the stream of `topic` exists, asking the server only the first time.
     pub(crate) async fn ensure_stream(&self, topic: &str) -> Result<(), NatsError> {
         let name = self.stream_name(topic);

@@ -51,12 +51,22 @@ impl Inner {
     /// subscription winds down).
     pub(crate) async fn publish_all(&self, messages: &[Message]) -> Result<(), PubSubError> {
         let topics: BTreeSet<&str> = messages.iter().map(|m| m.topic.as_str()).collect();
-        for topic in topics {
+        for &topic in &topics {
             check_topic(topic)?;
             self.ensure_stream(topic).await?;
         }
-        // Send everything first (in order, on one connection), then wait for the acks: one
-        // round trip for the batch instead of one per message.
+        let sent = self.send_all(messages).await;
+        if sent.is_err() {
+            for &topic in &topics {
+                self.forget_stream(topic);
+            }
+        }
+        sent
+    }
+
+    /// Sends everything first (in order, on one connection), then waits for the acks: one round
+    /// trip for the batch instead of one per message.
+    async fn send_all(&self, messages: &[Message]) -> Result<(), PubSubError> {
         let mut pending: Vec<PublishAckFuture> = Vec::with_capacity(messages.len());
         for m in messages {
             let publish = encode(m)?;
