@@ -75,7 +75,6 @@ impl Subscriber for NatsBroker {
             return Err(PubSubError::Closed);
         }
         let inner = &self.inner;
-        let stream = inner.stream(&options.topic).await?;
         let durable = sanitise(&options.group);
         let config = pull::Config {
             durable_name: Some(durable.clone()),
@@ -92,16 +91,9 @@ impl Subscriber for NatsBroker {
             max_ack_pending: i64::try_from(options.max_in_flight).unwrap_or(i64::MAX),
             ..Default::default()
         };
-        let what = || format!("creating consumer {durable} on {}", inner.stream_name(&options.topic));
-        let consumer =
-            stream.get_or_create_consumer(&durable, config).await.map_err(|e| NatsError::jetstream(what(), e))?;
-        let batch = options.max_in_flight.clamp(1, MAX_BATCH);
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(batch)
-            .messages()
-            .await
-            .map_err(|e| NatsError::jetstream(format!("pulling from consumer {durable}"), e))?;
+        let source =
+            Source { topic: options.topic.clone(), durable, config, batch: options.max_in_flight.clamp(1, MAX_BATCH) };
+        let messages = source.open(inner).await?;
 
         let shared = Arc::new(Shared {
             broker: inner.clone(),
@@ -116,12 +108,89 @@ impl Subscriber for NatsBroker {
         // first runs unsubscribes at once.
         let slot: StreamSlot = Arc::new(Mutex::new(Some(messages)));
         let registration = unsubscribe_on_cancel(&slot, &stop, inner);
-        inner.tasks.spawn(pull_loop(slot, registration, tx, shared, stop.clone()));
+        inner.tasks.spawn(pull_loop(slot, registration, source, tx, shared, stop.clone()));
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
     }
 
     async fn close(&self) -> Result<(), PubSubError> {
         NatsBroker::close(self).await
+    }
+}
+
+/// What a subscription pulls from, so that its pull stream can be opened again.
+struct Source {
+    topic: String,
+    durable: String,
+    config: pull::Config,
+    /// Messages per pull request.
+    batch: usize,
+}
+
+impl Source {
+    /// Opens a pull stream on the group's durable consumer, creating the topic's stream and the
+    /// consumer if they do not exist (first subscription, or lost by the server).
+    async fn open(&self, broker: &Inner) -> Result<pull::Stream, PubSubError> {
+        let stream = broker.stream(&self.topic).await?;
+        let durable = &self.durable;
+        let what = || format!("creating consumer {durable} on {}", broker.stream_name(&self.topic));
+        let consumer = stream
+            .get_or_create_consumer(durable, self.config.clone())
+            .await
+            .map_err(|e| NatsError::jetstream(what(), e))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(self.batch)
+            .messages()
+            .await
+            .map_err(|e| NatsError::jetstream(format!("pulling from consumer {durable}"), e))?;
+        Ok(messages)
+    }
+}
+
+/// The first pause before re-opening a failed pull stream; it doubles with each failure in a
+/// row, up to [`REOPEN_MAX_DELAY`].
+const REOPEN_MIN_DELAY: Duration = Duration::from_millis(100);
+/// The longest pause before re-opening a failed pull stream.
+const REOPEN_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Replaces the failed pull stream in `slot` with a new one, retrying with backoff until it
+/// works or the subscription is stopped (then returns `false`). `failures` counts the re-opens
+/// since the last message, so a stream that fails again at once is not re-opened in a busy
+/// loop.
+async fn reopen(
+    slot: &StreamSlot,
+    source: &Source,
+    shared: &Shared,
+    stop: &CancellationToken,
+    failures: &mut u32,
+) -> bool {
+    drop(lock(slot).take());
+    loop {
+        let delay = REOPEN_MIN_DELAY.saturating_mul(1 << (*failures).min(6)).min(REOPEN_MAX_DELAY);
+        *failures = failures.saturating_add(1);
+        let opened = tokio::select! {
+            biased;
+            () = stop.cancelled() => return false,
+            opened = async {
+                tokio::time::sleep(delay).await;
+                source.open(&shared.broker).await
+            } => opened,
+        };
+        match opened {
+            Ok(stream) => {
+                *lock(slot) = Some(stream);
+                // Cancelled meanwhile: `UnsubscribeOnCancel` may have run before the new stream
+                // was in the slot, so drop it here.
+                if stop.is_cancelled() {
+                    drop(lock(slot).take());
+                    return false;
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, group = %shared.group, failures = *failures, "re-opening the NATS pull stream failed; retrying");
+            }
+        }
     }
 }
 
@@ -230,10 +299,13 @@ fn unsubscribe_on_cancel(
 async fn pull_loop(
     slot: StreamSlot,
     _registration: Pin<Box<WaitForCancellationFutureOwned>>,
+    source: Source,
     tx: mpsc::Sender<Delivery>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    // Re-opens of the pull stream since the last message (for the backoff).
+    let mut reopen_failures = 0u32;
     loop {
         let next = tokio::select! {
             biased;
@@ -245,15 +317,35 @@ async fn pull_loop(
         };
         let message = match next {
             None => break,
-            Some(Ok(message)) => message,
+            Some(Ok(message)) => {
+                reopen_failures = 0;
+                message
+            }
             Some(Err(e)) => {
                 use async_nats::jetstream::consumer::pull::MessagesErrorKind as Kind;
-                if matches!(e.kind(), Kind::ConsumerDeleted | Kind::PushBasedConsumer) {
-                    tracing::error!(error = %e, group = %shared.group, "NATS consumer gone; subscription ends");
-                    break;
+                match e.kind() {
+                    Kind::PushBasedConsumer => {
+                        tracing::error!(error = %e, group = %shared.group, "NATS consumer is push based; subscription ends");
+                        break;
+                    }
+                    // A pull stream does not come back from these by itself: after a failed
+                    // pull request (e.g. the consumer not found right after a reconnect, when
+                    // the server restarted and lost it or has not restored it yet) it stops
+                    // pulling for good, and a deleted consumer ends it. Open a new one, which
+                    // re-creates the consumer if the server lost it, so the subscription
+                    // survives a server restart instead of going silent.
+                    Kind::Pull | Kind::ConsumerDeleted | Kind::NoResponders => {
+                        tracing::warn!(error = %e, group = %shared.group, "NATS pull stream failed; re-opening it");
+                        if reopen(&slot, &source, &shared, &stop, &mut reopen_failures).await {
+                            continue;
+                        }
+                        break;
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, group = %shared.group, "pulling from NATS");
+                        continue;
+                    }
                 }
-                tracing::warn!(error = %e, group = %shared.group, "pulling from NATS");
-                continue;
             }
         };
         let Some(delivery) = to_delivery(message, &shared).await else { continue };

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use herald::router::{Handler, HandlerContext, HandlerError, RetryPolicy, Route, Router};
-use herald::{Message, MessageId, Publisher, StartFrom, SubscribeOptions};
+use herald::{Message, MessageId, Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald_nats::{NatsConfig, Storage};
 use tokio_util::sync::CancellationToken;
 
@@ -328,9 +328,11 @@ fn nats_server_restarts_mid_stream_lose_nothing() {
     );
 }
 
-/// With memory storage a restart loses the streams (that is what memory storage means). The
-/// broker must notice instead of trusting its cache of known streams: publishing fails while the
-/// server is away, then re-creates the stream and succeeds, with the same broker object.
+/// With memory storage a restart loses the streams and consumers (that is what memory storage
+/// means; the messages of the outage are gone). The broker must notice instead of trusting its
+/// cache of known streams: publishing fails while the server is away, then re-creates the stream
+/// and succeeds, with the same broker object; and the subscription made before the restart
+/// re-creates its consumer and receives what is published after it.
 async fn lost_stream_scenario(server: &mut NatsServer) -> u32 {
     let broker = NatsConfig::new(server.url())
         .stream_prefix("restart-memory-")
@@ -339,28 +341,51 @@ async fn lost_stream_scenario(server: &mut NatsServer) -> u32 {
         .await
         .expect("connect to the private NATS server");
     let message = || Message::new(TOPIC, NAME, b"m".to_vec());
+    let mut subscription = broker
+        .subscribe(SubscribeOptions::new(TOPIC, GROUP).ack_wait(Duration::from_secs(5)))
+        .await
+        .expect("subscribe");
     broker.publish(&[message()]).await.expect("first publish");
+    let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+    first.expect("the first message within 5 s").expect("a delivery").ack().await.expect("ack");
     tokio::task::block_in_place(|| server.stop(Stop::Kill));
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::block_in_place(|| server.start());
     let mut failures = 0;
-    while let Err(e) = broker.publish(&[message()]).await {
+    let after = message();
+    while let Err(e) = broker.publish(std::slice::from_ref(&after)).await {
         failures += 1;
         assert!(failures < 50, "publishing after the restart still fails: {e}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The subscription notices only when async-nats gives up re-checking its consumer after the
+    // reconnect (~15 s of retries), then re-creates it at the group's start (`Latest`): keep
+    // publishing until one arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let received = loop {
+        match tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
+            Ok(Some(d)) => break d,
+            Ok(None) => panic!("the subscription ended when the server lost its consumer"),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the subscription received nothing after the restart");
+                broker.publish(&[message()]).await.expect("publish after the restart");
+            }
+        }
+    };
+    received.ack().await.expect("ack after the restart");
+    drop(subscription);
     broker.close().await.expect("close");
     failures
 }
 
 #[test]
-fn a_stream_lost_in_a_restart_is_recreated_by_the_next_publish() {
+fn a_stream_and_consumer_lost_in_a_restart_are_recreated() {
     init_tracing();
     let Some(mut server) = NatsServer::start_new() else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let failures = runtime
-        .block_on(async { tokio::time::timeout(Duration::from_secs(30), lost_stream_scenario(&mut server)).await });
+        .block_on(async { tokio::time::timeout(Duration::from_secs(50), lost_stream_scenario(&mut server)).await });
     drop(runtime);
-    let failures = failures.expect("the lost-stream scenario did not finish within 30 s");
-    println!("publishing recovered after {failures} failed attempts");
+    let failures = failures.expect("the lost-stream scenario did not finish within 50 s");
+    println!("publishing recovered after {failures} failed attempts; the subscription re-created its consumer");
 }
