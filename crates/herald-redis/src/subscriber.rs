@@ -41,7 +41,8 @@ const SEQ_BITS: u32 = 20;
 /// * `durable` is **true** in the adapter's sense: entries and each group's pending list live in
 ///   the server, not in the consumers, so consumers can restart without losing anything. Whether
 ///   they survive a *server* restart is the server's persistence (AOF/RDB) configuration; the
-///   local test server runs without persistence.
+///   local test server runs without persistence. Connections are re-opened after a restart, and
+///   a group the server lost is re-created at the subscription's `start` (`tests/restart.rs`).
 /// * `per_key_order` is **false**: a group's consumers read interleaved entries of one key and
 ///   handle them concurrently, and a nacked entry is redelivered after later ones. Per-key order
 ///   would need a stream per key partition with one consumer each.
@@ -77,6 +78,8 @@ struct Shared {
     delays: String,
     group: String,
     consumer: String,
+    /// Where the group starts if it has to be created (again): the subscription's `start`.
+    start: String,
     dead_letter_topic: String,
     max_deliveries: u32,
     ack_wait: Duration,
@@ -104,22 +107,7 @@ impl Subscriber for RedisBroker {
             StartFrom::Position(p) => last_id_before(p),
         };
         let mut conn = inner.conn.clone();
-        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg(&options.group)
-            .arg(&start)
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Ok(()) => {}
-            // The group exists: it resumes where it was.
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => {
-                return Err(RedisError::command(format!("creating group {} on {stream}", options.group), e).into());
-            }
-        }
+        ensure_group(&mut conn, &stream, &options.group, &start).await?;
         let reader = inner.own_connection().await?;
         let shared = Arc::new(Shared {
             broker: inner.clone(),
@@ -127,6 +115,7 @@ impl Subscriber for RedisBroker {
             stream,
             group: options.group.clone(),
             consumer: format!("herald-{}", uuid::Uuid::now_v7()),
+            start,
             dead_letter_topic,
             max_deliveries: options.max_deliveries,
             ack_wait: options.ack_wait,
@@ -141,6 +130,24 @@ impl Subscriber for RedisBroker {
     async fn close(&self) -> Result<(), PubSubError> {
         RedisBroker::close(self).await
     }
+}
+
+/// Creates consumer group `group` on `stream` (and the stream if needed) starting after
+/// `start`; a group that exists is left where it is.
+async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str, start: &str) -> Result<(), RedisError> {
+    let created: Result<(), redis::RedisError> =
+        redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg(start).arg("MKSTREAM").query_async(conn).await;
+    match created {
+        Ok(()) => Ok(()),
+        // The group exists: it resumes where it was.
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(RedisError::command(format!("creating group {group} on {stream}"), e)),
+    }
+}
+
+/// Whether `e` says the consumer group (or its stream) does not exist.
+fn is_no_group(e: &RedisError) -> bool {
+    matches!(e, RedisError::Command { source, .. } if source.code() == Some("NOGROUP"))
 }
 
 /// The stream id of position `p`, if `p` is a valid packed id.
@@ -288,6 +295,15 @@ async fn read_loop(
             Err(e) => {
                 tracing::warn!(error = %e, group = %shared.group, stream = %shared.stream, "reading from Redis");
                 backoff = (backoff * 2).clamp(Duration::from_millis(50), Duration::from_secs(2));
+                if is_no_group(&e) {
+                    // The group is gone: a server restarted without persistence (or an operator
+                    // deleted it). Re-create it where the subscription started, as `subscribe`
+                    // did, rather than fail every read until the process restarts.
+                    tracing::warn!(group = %shared.group, stream = %shared.stream, start = %shared.start, "the consumer group is gone; re-creating it");
+                    if let Err(e) = ensure_group(&mut conn, &shared.stream, &shared.group, &shared.start).await {
+                        tracing::warn!(error = %e, group = %shared.group, "re-creating the consumer group failed; retrying");
+                    }
+                }
                 continue;
             }
         };

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use herald::router::{Handler, HandlerContext, HandlerError, RetryPolicy, Route, Router};
-use herald::{Message, MessageId, Publisher, StartFrom, SubscribeOptions};
+use herald::{Message, MessageId, Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald_redis::RedisConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -94,19 +94,22 @@ enum Stop {
 /// a failing test never leaves it behind.
 struct RedisServer {
     binary: PathBuf,
+    /// Append-only file with `fsync` on every write; off: nothing survives a restart.
+    persistent: bool,
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl RedisServer {
-    fn start_new() -> Option<Self> {
+    fn start_new(persistent: bool) -> Option<Self> {
         let binary = redis_server_binary();
         if !required("redis-server", binary.is_some()) {
             return None;
         }
         let dir = tempfile::Builder::new().prefix("herald-redis-restart-").tempdir().expect("temp dir");
-        let mut server = Self { binary: binary.expect("checked above"), port: free_port(), dir, child: None };
+        let mut server =
+            Self { binary: binary.expect("checked above"), persistent, port: free_port(), dir, child: None };
         server.start();
         Some(server)
     }
@@ -132,7 +135,7 @@ impl RedisServer {
         let child = Command::new(&self.binary)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--dir"])
             .arg(self.dir.path())
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(["--appendonly", if self.persistent { "yes" } else { "no" }, "--appendfsync", "always", "--save", ""])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -317,7 +320,7 @@ async fn wait_until_all_handled(tally: &Tally, sent: &HashSet<MessageId>, timeou
 #[test]
 fn redis_server_restarts_mid_stream_lose_nothing() {
     init_tracing();
-    let Some(mut server) = RedisServer::start_new() else { return };
+    let Some(mut server) = RedisServer::start_new(true) else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let timed_out = runtime.block_on(async { tokio::time::timeout(TEST_LIMIT, scenario(&mut server)).await.is_err() });
     drop(runtime);
@@ -326,4 +329,59 @@ fn redis_server_restarts_mid_stream_lose_nothing() {
         "the restart scenario did not finish within {TEST_LIMIT:?}\nserver log:\n{}",
         server.log_tail()
     );
+}
+
+/// Without persistence a restart loses the streams and the consumer groups (the messages of the
+/// outage are gone: that is what no persistence means). The subscription made before the
+/// restart must notice its group is gone, re-create it, and receive what is published after
+/// the restart, with the same broker and subscription objects.
+async fn lost_group_scenario(server: &mut RedisServer) -> u32 {
+    let broker = RedisConfig::new(server.url())
+        .key_prefix("restart-volatile:")
+        .connect()
+        .await
+        .expect("connect to the private Redis server");
+    let message = || Message::new(TOPIC, NAME, b"m".to_vec());
+    let mut subscription = broker
+        .subscribe(SubscribeOptions::new(TOPIC, GROUP).ack_wait(Duration::from_secs(5)))
+        .await
+        .expect("subscribe");
+    broker.publish(&[message()]).await.expect("first publish");
+    let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+    first.expect("the first message within 5 s").expect("a delivery").ack().await.expect("ack");
+    tokio::task::block_in_place(|| server.stop(Stop::Kill));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| server.start());
+    let mut failures = 0;
+    // The group is re-created at the subscription's start (`Latest`), possibly after a publish:
+    // keep publishing until one arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let received = loop {
+        match tokio::time::timeout(Duration::from_millis(500), subscription.next()).await {
+            Ok(Some(d)) => break d,
+            Ok(None) => panic!("the subscription ended when the server lost its group"),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the subscription received nothing after the restart");
+                if broker.publish(&[message()]).await.is_err() {
+                    failures += 1;
+                }
+            }
+        }
+    };
+    received.ack().await.expect("ack after the restart");
+    drop(subscription);
+    broker.close().await.expect("close");
+    failures
+}
+
+#[test]
+fn a_group_lost_in_a_restart_is_recreated() {
+    init_tracing();
+    let Some(mut server) = RedisServer::start_new(false) else { return };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let failures = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(40), lost_group_scenario(&mut server)).await });
+    drop(runtime);
+    let failures = failures.expect("the lost-group scenario did not finish within 40 s");
+    println!("the subscription re-created its group; {failures} failed publishes");
 }
