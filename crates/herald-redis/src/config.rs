@@ -16,6 +16,7 @@ use crate::error::RedisError;
 /// url = "redis://127.0.0.1:6379"   # the default
 /// key_prefix = "herald:"           # the default
 /// response_timeout_ms = 5000       # the default
+/// max_len = 1000000                # default: unset (streams grow until trimmed elsewhere)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -27,11 +28,21 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// How long a command may take before it fails, in milliseconds. Default 5000.
     pub response_timeout_ms: u64,
+    /// Keep each topic's stream at about this many entries (`XADD … MAXLEN ~ n`: Redis trims
+    /// whole nodes, so a few more may stay). Trimming does not wait for consumer groups: an
+    /// entry a slow group has not read yet can be trimmed away, so size it above the largest
+    /// backlog you accept. Default unset: streams are never trimmed by the adapter.
+    pub max_len: Option<u64>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".to_owned(), key_prefix: "herald:".to_owned(), response_timeout_ms: 5000 }
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "herald:".to_owned(),
+            response_timeout_ms: 5000,
+            max_len: None,
+        }
     }
 }
 
@@ -45,6 +56,13 @@ impl RedisConfig {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Trims each topic's stream to about `n` entries (see [`RedisConfig::max_len`]).
+    #[must_use]
+    pub fn max_len(mut self, n: u64) -> Self {
+        self.max_len = Some(n);
         self
     }
 

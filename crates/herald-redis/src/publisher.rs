@@ -25,9 +25,11 @@ impl Inner {
     /// Adds the `XADD` of `message` to `pipe`.
     pub(crate) fn add_xadd(&self, pipe: &mut redis::Pipeline, message: &Message) -> Result<(), PubSubError> {
         let metadata = serde_json::to_string(&message.metadata).map_err(PubSubError::backend)?;
-        pipe.cmd("XADD")
-            .arg(self.stream_key(&message.topic))
-            .arg("*")
+        let xadd = pipe.cmd("XADD").arg(self.stream_key(&message.topic));
+        if let Some(n) = self.config.max_len {
+            xadd.arg("MAXLEN").arg("~").arg(n);
+        }
+        xadd.arg("*")
             .arg(FIELD_ID)
             .arg(message.id.to_string())
             .arg(FIELD_TOPIC)
