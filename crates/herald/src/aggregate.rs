@@ -13,7 +13,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec::{EventSet, Registry, decode_json, encode_json};
+use tracing::Instrument;
+
 use crate::message::Message;
+use crate::observability;
 use crate::store::{ExpectedVersion, NewEvent, Snapshot, Store, StoreError, Transaction};
 
 /// A consistency boundary whose state is the fold of its events.
@@ -145,7 +148,9 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Appends `events` expecting the loaded version, applies them to `loaded`, and snapshots
-    /// if due. `cause`, when given, becomes the events' causation (and correlation).
+    /// if due. `cause`, when given, becomes the events' causation (and correlation). Runs in an
+    /// `append` span whose trace context the events carry (see
+    /// [`observability`](crate::observability)), so whoever handles them continues this trace.
     pub async fn save(
         &self,
         tx: &mut dyn Transaction,
@@ -157,16 +162,18 @@ impl<A: Aggregate> Repository<A> {
             return Ok(());
         }
         let stream = stream_name::<A>(&loaded.id);
+        let before = loaded.version;
+        let span = tracing::info_span!("append", stream = %stream, events = events.len(), expected_version = before);
         let mut new_events = Vec::with_capacity(events.len());
         for e in events {
             let mut n = NewEvent::encode(e)?;
+            span.in_scope(|| observability::inject_current(&mut n.metadata));
             if let Some(cause) = cause {
                 n = n.caused_by(cause);
             }
             new_events.push(n);
         }
-        let before = loaded.version;
-        let result = tx.append(&stream, ExpectedVersion::Exact(before), new_events).await?;
+        let result = tx.append(&stream, ExpectedVersion::Exact(before), new_events).instrument(span).await?;
         for e in events {
             loaded.state.apply(e);
         }
@@ -191,7 +198,13 @@ impl<A: Aggregate> Repository<A> {
     where
         A::Command: Clone,
     {
-        retry_on_conflict(self.conflict_retries, || async {
+        let span = tracing::info_span!(
+            "command",
+            aggregate = A::TYPE,
+            aggregate.id = %id,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = retry_on_conflict(self.conflict_retries, || async {
             let mut tx = store.begin().await?;
             let mut loaded = self.load(tx.as_mut(), id).await?;
             let events = match loaded.state.handle(command.clone()) {
@@ -202,8 +215,16 @@ impl<A: Aggregate> Repository<A> {
             tx.commit().await?;
             Ok(Ok(events))
         })
-        .await?
-        .map_err(RepositoryError::Rejected)
+        .instrument(span.clone())
+        .await;
+        match result {
+            Ok(Ok(events)) => Ok(events),
+            Ok(Err(rejected)) => Err(RepositoryError::Rejected(rejected)),
+            Err(e) => {
+                observability::mark_error(&span);
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! Building blocks for event-driven systems: messages with correlation, causation and trace
 //! context; publishers and subscribers with consumer groups, per-key order, retries and dead
 //! letters; an event store with an ordered global log; aggregates; a transactional outbox and
-//! inbox (the unit of work); a router with middleware.
+//! inbox (the unit of work); a router with middleware; spans, W3C trace context and metrics
+//! ([`observability`]).
 //!
 //! Every port is a trait with a written contract ([`pubsub`], [`store`]), an in-memory
 //! implementation ([`memory`]) and a conformance suite (`herald-conformance`) that every
@@ -28,6 +29,7 @@ pub mod command;
 pub mod dead_letters;
 pub mod memory;
 pub mod message;
+pub mod observability;
 pub mod outbox;
 pub mod projection;
 pub mod pubsub;

@@ -180,6 +180,16 @@ impl Message {
         self
     }
 
+    /// Carries the current span's trace context (W3C `traceparent` / `tracestate`), so that
+    /// whoever handles this message continues the current trace. Needs the `otel` feature and
+    /// an OpenTelemetry layer; otherwise the message is unchanged. See
+    /// [`observability`](crate::observability).
+    #[must_use]
+    pub fn with_current_trace(mut self) -> Self {
+        crate::observability::inject_current(&mut self.metadata);
+        self
+    }
+
     /// The correlation id, or this message's own id when it starts a conversation.
     pub fn correlation_id(&self) -> MessageId {
         self.metadata.correlation_id.unwrap_or(self.id)

@@ -18,8 +18,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
+use crate::observability;
 use crate::pubsub::{PubSubError, Publisher};
 use crate::store::{Store, StoreError};
 
@@ -33,6 +36,9 @@ pub enum RelayError {
     #[error("publish: {0}")]
     Publish(#[from] PubSubError),
 }
+
+/// At most this many messages of a batch are linked from its `relay` span.
+const MAX_LINKS: usize = 64;
 
 /// What one relay pass did.
 struct Pass {
@@ -98,7 +104,25 @@ impl OutboxRelay {
         Ok(self.pass().await?.published)
     }
 
+    /// A pass, with the outbox gauges kept up to date: zero after a pass that emptied the
+    /// outbox, read from the store after a failed one (the backlog is what an alert watches).
     async fn pass(&self) -> Result<Pass, RelayError> {
+        let result = self.relay_pending().await;
+        match &result {
+            Ok(pass) if pass.active => observability::record_outbox(0, Duration::ZERO),
+            Ok(_) => {} // standby: the active relay reports
+            Err(_) => match self.store.outbox_stats().await {
+                Ok(stats) => {
+                    let age = stats.oldest.map(|t| (Utc::now() - t).to_std().unwrap_or_default()).unwrap_or_default();
+                    observability::record_outbox(stats.backlog, age);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the outbox backlog failed"),
+            },
+        }
+        result
+    }
+
+    async fn relay_pending(&self) -> Result<Pass, RelayError> {
         let mut published = 0;
         loop {
             if !self.store.outbox_lease(&self.holder, self.lease_ttl).await? {
@@ -110,9 +134,25 @@ impl OutboxRelay {
             }
             let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
             let messages: Vec<_> = records.into_iter().map(|r| r.message).collect();
-            self.publisher.publish(&messages).await?;
+            // The batch mixes messages of many traces: its span is a root, linked to each.
+            let span = tracing::info_span!(
+                parent: None,
+                "relay",
+                otel.kind = "producer",
+                otel.status_code = tracing::field::Empty,
+                messages = messages.len(),
+                holder = %self.holder,
+            );
+            for m in messages.iter().take(MAX_LINKS) {
+                observability::add_link(&span, &m.metadata);
+            }
+            if let Err(e) = self.publisher.publish(&messages).instrument(span.clone()).await {
+                observability::mark_error(&span);
+                return Err(e.into());
+            }
             // Published but not yet removed: a crash here republishes these (same ids).
             self.store.outbox_remove(&sequences).await?;
+            observability::record_relayed(messages.len());
             published += messages.len();
         }
     }

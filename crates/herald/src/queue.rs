@@ -25,11 +25,17 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tracing::Instrument;
+
 use crate::message::{Message, MessageId};
+use crate::observability;
 use crate::pubsub::{
     Capabilities, DLQ_ATTEMPTS, DLQ_GROUP, DLQ_ORIGINAL_ID, DLQ_ORIGINAL_TOPIC, DLQ_REASON, Delivery, PubSubError,
     Publisher, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
+
+/// How often a subscription records its group's consumer lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The settings of a group's subscription that claim and settle need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,6 +107,13 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
     /// the attempt count goes back down and the message is claimable again at once. Does
     /// nothing if that delivery is no longer the current one.
     async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError>;
+
+    /// How many messages of `topic` the group has not settled yet (its consumer lag), where
+    /// the backend can tell cheaply; `None` by default. Recorded as `herald_consumer_lag`.
+    async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
+        let _ = (topic, group);
+        Ok(None)
+    }
 
     /// Notified when messages were appended or released in this process, so idle
     /// subscriptions wake at once instead of at their next poll.
@@ -204,7 +217,9 @@ impl<B: QueueBackend> Publisher for QueueBroker<B> {
         if messages.is_empty() {
             return Ok(());
         }
-        self.inner.backend.append(messages).await?;
+        let span = observability::publish_span(messages);
+        self.inner.backend.append(messages).instrument(span).await?;
+        observability::record_published(messages);
         self.inner.backend.changed().notify_waiters();
         Ok(())
     }
@@ -267,6 +282,7 @@ impl<B: QueueBackend> Pump<B> {
 
     async fn run(self) {
         let mut failures = 0u32;
+        let mut lag_recorded: Option<std::time::Instant> = None;
         loop {
             // Wait for room: at least one delivery may be outstanding. `biased`: once the
             // subscription is gone, never claim again (a claim nobody receives would stay leased
@@ -301,6 +317,7 @@ impl<B: QueueBackend> Pump<B> {
             tokio::pin!(changed);
             changed.as_mut().enable();
 
+            self.record_lag(&mut lag_recorded).await;
             let claimed = match self.backend.claim(&self.options.topic, &self.options.group, room, &self.policy).await {
                 Ok(c) => {
                     failures = 0;
@@ -360,6 +377,20 @@ impl<B: QueueBackend> Pump<B> {
                     return;
                 }
             }
+        }
+    }
+
+    /// Records the group's lag, at most once a second.
+    async fn record_lag(&self, last: &mut Option<std::time::Instant>) {
+        if last.is_some_and(|t| t.elapsed() < LAG_INTERVAL) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let (topic, group) = (&self.options.topic, &self.options.group);
+        match self.backend.lag(topic, group).await {
+            Ok(Some(lag)) => observability::record_consumer_lag(topic, group, lag),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "reading the consumer lag failed"),
         }
     }
 

@@ -22,6 +22,10 @@
 //!   its state and outgoing messages through it; the [`Inbox`] middleware records the message id
 //!   in it; commit happens before ack. A crash before the commit redelivers; after it, the inbox
 //!   skips the duplicate.
+//! * **Observability.** Every delivery is handled in a `handle` span whose parent is the
+//!   producer's span (the message's trace context, see [`observability`](crate::observability)),
+//!   and counted by outcome with its duration (`herald_messages_handled_total`, `…_failed_total`,
+//!   `…_dead_lettered_total`, `herald_handler_duration_seconds`); failures are logged once, here.
 //! * **Graceful shutdown.** [`Router::run`] stops taking deliveries when its token is cancelled,
 //!   waits for in-flight handlers up to the shutdown timeout, and releases queued deliveries
 //!   for immediate redelivery.
@@ -29,7 +33,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
@@ -39,6 +43,7 @@ use tracing::Instrument;
 
 use crate::codec::{CodecError, EventSet, Registry};
 use crate::message::Message;
+use crate::observability::{self, HandleOutcome};
 use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber};
 use crate::store::{Store, StoreError, Transaction};
 
@@ -169,11 +174,18 @@ impl HandlerContext {
     }
 
     /// Queues messages in the outbox, marked as caused by the message being handled; they are
-    /// published after the transaction commits.
-    pub async fn publish(&mut self, messages: Vec<Message>) -> Result<(), HandlerError> {
-        let cause = self.message.clone();
-        let messages = messages.into_iter().map(|m| m.caused_by(&cause)).collect();
-        self.tx()?.enqueue(messages).await?;
+    /// published after the transaction commits. Runs in a `publish` span whose trace context
+    /// the messages carry (unless they already carry one), so their handlers continue this
+    /// trace.
+    pub async fn publish(&mut self, mut messages: Vec<Message>) -> Result<(), HandlerError> {
+        let span = observability::publish_span(&messages);
+        span.in_scope(|| {
+            for m in &mut messages {
+                observability::fill_current(&mut m.metadata);
+                m.metadata.continue_from(&self.message);
+            }
+        });
+        self.tx()?.enqueue(messages).instrument(span).await?;
         Ok(())
     }
 
@@ -225,31 +237,16 @@ pub trait Middleware: Send + Sync {
     async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError>;
 }
 
-/// A span per handled message with its name, id, topic, key, attempt, handler, correlation id
-/// and trace parent.
+/// Kept for compatibility: the router now opens the `handle` span itself (with the message's
+/// name, id, topic, key, attempt, handler, correlation and causation ids, and the producer's
+/// span as parent) and logs failures, for every delivery. This middleware only passes through.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Tracing;
 
 #[async_trait]
 impl Middleware for Tracing {
     async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError> {
-        let m = &cx.message;
-        let span = tracing::info_span!(
-            "handle",
-            handler = %cx.handler,
-            message.name = %m.name,
-            message.id = %m.id,
-            message.topic = %m.topic,
-            message.key = %m.key,
-            attempt = cx.attempt,
-            correlation_id = %m.correlation_id(),
-            traceparent = m.metadata.traceparent.as_deref().unwrap_or(""),
-        );
-        let result = next.run(cx).instrument(span.clone()).await;
-        if let Err(e) = &result {
-            span.in_scope(|| tracing::warn!(error = %e, permanent = e.is_permanent(), "handler failed"));
-        }
-        result
+        next.run(cx).await
     }
 }
 
@@ -597,15 +594,25 @@ impl Dispatcher {
             let result = if self.route.ignore_unknown {
                 delivery.ack().await
             } else {
+                observability::record_dead_lettered(&delivery.message.topic, &self.route.name);
                 delivery.dead_letter(format!("no handler for message `{name}`")).await
             };
             log_settle_error(result);
             return;
         };
+        let span = observability::handle_span(&delivery.message, &self.route.name, delivery.attempt);
+        self.handle(delivery, handler).instrument(span).await;
+    }
+
+    /// Runs the chain for one delivery (inside its `handle` span), commits, settles, records.
+    async fn handle(&self, delivery: Delivery, handler: Arc<dyn Handler>) {
+        let started = Instant::now();
         let tx = match &self.store {
             Some(store) => match store.begin().await {
                 Ok(tx) => Some(tx),
                 Err(e) => {
+                    let e = HandlerError::from(e);
+                    self.record(&delivery, &e, started);
                     let delay = self.retry.delay(delivery.attempt);
                     log_settle_error(delivery.nack_with_reason(delay, format!("begin transaction: {e}")).await);
                     return;
@@ -629,6 +636,13 @@ impl Dispatcher {
             result = tx.commit().await.map_err(HandlerError::from);
         }
         drop(cx); // rolls back an uncommitted transaction before settling
+        match &result {
+            Ok(()) => {
+                let (topic, handler) = (&delivery.message.topic, &self.route.name);
+                observability::record_handled(topic, handler, HandleOutcome::Handled, started.elapsed());
+            }
+            Err(e) => self.record(&delivery, e, started),
+        }
         let settled = match result {
             Ok(()) => delivery.ack().await,
             Err(e) if e.is_permanent() => delivery.dead_letter(e.to_string()).await,
@@ -638,6 +652,22 @@ impl Dispatcher {
             }
         };
         log_settle_error(settled);
+    }
+}
+
+impl Dispatcher {
+    /// Logs a failed attempt (once, here) and records its metrics.
+    fn record(&self, delivery: &Delivery, e: &HandlerError, started: Instant) {
+        let last = delivery.attempt >= self.route.options.max_deliveries;
+        let outcome = match (e.is_permanent(), last) {
+            (true, _) => HandleOutcome::DeadLettered,
+            (false, true) => HandleOutcome::Exhausted,
+            (false, false) => HandleOutcome::Retried,
+        };
+        let dead = outcome != HandleOutcome::Retried;
+        tracing::warn!(error = %e, permanent = e.is_permanent(), dead_lettered = dead, "handler failed");
+        observability::mark_error(&tracing::Span::current());
+        observability::record_handled(&delivery.message.topic, &self.route.name, outcome, started.elapsed());
     }
 }
 

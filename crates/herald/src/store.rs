@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -204,6 +205,20 @@ pub struct OutboxRecord {
     pub message: Message,
 }
 
+/// How far behind the outbox relay is: what [`Store::outbox_stats`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    /// Messages waiting in the outbox.
+    pub backlog: u64,
+    /// When the oldest of them was enqueued (or, where the store does not record that, when it
+    /// occurred); `None` when the outbox is empty.
+    pub oldest: Option<DateTime<Utc>>,
+}
+
+/// How many outbox records the default [`Store::outbox_stats`] reads at most: a backlog larger
+/// than this is reported as this.
+pub const OUTBOX_STATS_SCAN: usize = 10_000;
+
 /// Persisted state of one saga instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SagaRecord {
@@ -340,6 +355,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Removes published messages from the outbox.
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError>;
+
+    /// The outbox's backlog and the age of its oldest message, for the relay's gauges. The
+    /// default reads up to [`OUTBOX_STATS_SCAN`] pending messages and dates them by their
+    /// `occurred_at`; stores override it with a cheap count.
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let pending = self.outbox_pending(OUTBOX_STATS_SCAN).await?;
+        Ok(OutboxStats {
+            backlog: pending.len() as u64,
+            oldest: pending.iter().map(|r| r.message.metadata.occurred_at).min(),
+        })
+    }
 
     /// Takes or renews the outbox relay lease for `holder`, valid for `ttl` from now, and says
     /// whether `holder` holds it. At most one holder at a time: another holder is refused until

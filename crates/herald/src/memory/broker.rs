@@ -89,6 +89,13 @@ impl QueueBackend for MemoryQueue {
         Ok(())
     }
 
+    async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
+        let state = self.lock();
+        let Some(t) = state.topics.get(topic) else { return Ok(None) };
+        let end = t.log.len() as u64 + 1;
+        Ok(t.groups.get(group).map(|g| end.saturating_sub(g.next) + g.pending.len() as u64))
+    }
+
     async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
         let mut state = self.lock();
         let topic = state.topics.entry(topic.to_owned()).or_default();

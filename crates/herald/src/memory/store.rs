@@ -160,7 +160,10 @@ impl Transaction for MemoryTransaction {
         Ok(self.store.data().snapshots.get(stream).cloned())
     }
 
-    async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError> {
+    async fn enqueue(&mut self, mut messages: Vec<Message>) -> Result<(), StoreError> {
+        for m in &mut messages {
+            crate::observability::fill_current(&mut m.metadata);
+        }
         self.outbox.extend(messages);
         Ok(())
     }
@@ -370,6 +373,12 @@ impl Store for MemoryStore {
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let data = self.data();
         Ok(data.outbox.iter().take(limit).map(|(&sequence, m)| OutboxRecord { sequence, message: m.clone() }).collect())
+    }
+
+    async fn outbox_stats(&self) -> Result<crate::store::OutboxStats, StoreError> {
+        let data = self.data();
+        let oldest = data.outbox.values().next().map(|m| m.metadata.occurred_at);
+        Ok(crate::store::OutboxStats { backlog: data.outbox.len() as u64, oldest })
     }
 
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
