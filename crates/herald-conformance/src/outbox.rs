@@ -67,6 +67,13 @@ pub async fn outbox_messages_are_invisible_before_commit_and_in_order_after<F: F
     let oldest = store.outbox_pending(1).await.expect("outbox_pending(1)");
     assert_eq!(oldest.len(), 1, "the limit is honoured");
 
+    // The relay's gauges: at least these rows (other scenarios may share the store), the oldest
+    // enqueued no later than now.
+    let stats = store.outbox_stats().await.expect("outbox_stats");
+    assert!(stats.backlog >= pending.len() as u64, "backlog {} < {}", stats.backlog, pending.len());
+    let enqueued = stats.oldest.expect("an oldest message");
+    assert!(enqueued <= chrono::Utc::now() + chrono::Duration::seconds(1), "oldest {enqueued} is in the future");
+
     let (done, rest) = pending.split_at(2);
     let sequences: Vec<u64> = done.iter().map(|r| r.sequence).collect();
     store.outbox_remove(&sequences).await.expect("outbox_remove");

@@ -40,6 +40,9 @@ pub(super) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM her
 pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, key, payload, metadata, enqueued_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
+/// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
+pub(super) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";
+
 pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
      ORDER BY sequence LIMIT $1";
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::memory::{check_saga_version, validate_append};
 use herald::store::{
-    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, RecordedEvent, SagaRecord, Snapshot, Store, StoreError,
-    Transaction,
+    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, OutboxStats, RecordedEvent, SagaRecord, Snapshot, Store,
+    StoreError, Transaction,
 };
 use herald::{Message, MessageId};
 use sqlx::{Acquire, SqliteConnection};
@@ -214,7 +214,10 @@ impl Transaction for SqliteTransaction {
         load_snapshot(self.write.conn(), stream).await
     }
 
-    async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError> {
+    async fn enqueue(&mut self, mut messages: Vec<Message>) -> Result<(), StoreError> {
+        for m in &mut messages {
+            herald::observability::fill_current(&mut m.metadata);
+        }
         let columns: Vec<MessageColumns<'_>> =
             messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
         let now = now_millis();
@@ -366,6 +369,15 @@ impl Store for SqliteStore {
         let rows: Vec<OutboxRow> =
             sqlx::query_as(sql::OUTBOX_PENDING).bind(limit(n)).fetch_all(self.db.pool()).await.map_err(backend)?;
         rows.into_iter().map(|r| r.into_record().map_err(backend)).collect()
+    }
+
+    async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let (count, oldest): (i64, Option<i64>) =
+            sqlx::query_as(sql::OUTBOX_STATS).fetch_one(self.db.pool()).await.map_err(backend)?;
+        Ok(OutboxStats {
+            backlog: to_u64("outbox count", count).map_err(backend)?,
+            oldest: oldest.and_then(chrono::DateTime::from_timestamp_millis),
+        })
     }
 
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
