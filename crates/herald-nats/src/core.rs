@@ -110,7 +110,9 @@ impl Publisher for NatsCoreBroker {
                     PubSubError::from(NatsError::jetstream(format!("publishing {} to {}", m.id, m.topic), e))
                 })?;
         }
-        self.flush("flushing core publishes").await
+        self.flush("flushing core publishes").await?;
+        herald::observability::record_published(messages);
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), PubSubError> {

@@ -184,3 +184,71 @@ async fn a_message_built_in_a_span_carries_its_context_and_a_failed_handle_is_an
     assert_eq!(handle.parent_span_id, request.span_context.span_id());
     assert!(matches!(handle.status, opentelemetry::trace::Status::Error { .. }), "{:?}", handle.status);
 }
+
+mod counter {
+    use herald::aggregate::Aggregate;
+    use herald::{Event, event_set};
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct Incremented;
+    impl Event for Incremented {
+        const NAME: &'static str = "counter.Incremented.v1";
+    }
+
+    event_set! {
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum CounterEvent { Incremented(Incremented) }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    pub struct Never;
+
+    #[derive(Debug, Default, Serialize, Deserialize)]
+    pub struct Counter(u64);
+
+    impl Aggregate for Counter {
+        const TYPE: &'static str = "counter";
+        type Command = ();
+        type Event = CounterEvent;
+        type Error = Never;
+
+        fn handle(&self, (): ()) -> Result<Vec<CounterEvent>, Never> {
+            Ok(vec![Incremented.into()])
+        }
+
+        fn apply(&mut self, _: &CounterEvent) {
+            self.0 += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_and_its_append_are_spans_and_the_events_carry_the_append_span_context() {
+    use herald::aggregate::{Repository, stream_name};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(herald_otel::layer(&provider)));
+
+    let store = MemoryStore::new();
+    Repository::<counter::Counter>::new()
+        .execute(&store, "c-1", ())
+        .instrument(tracing::info_span!("request"))
+        .await
+        .expect("execute");
+    provider.force_flush().expect("flush");
+    let spans = exporter.get_finished_spans().expect("spans");
+    let (request, command, append) =
+        (named(&spans, "request")[0], named(&spans, "command")[0], named(&spans, "append")[0]);
+    assert_eq!(command.parent_span_id, request.span_context.span_id());
+    assert_eq!(append.parent_span_id, command.span_context.span_id());
+
+    let events = store.read_stream(&stream_name::<counter::Counter>("c-1"), 1, 10).await.expect("read");
+    let parent =
+        herald::observability::TraceParent::parse(events[0].metadata.traceparent.as_deref().expect("traceparent"))
+            .expect("valid");
+    assert_eq!(parent.trace_id_hex(), request.span_context.trace_id().to_string());
+    assert_eq!(format!("{:016x}", parent.span_id), append.span_context.span_id().to_string());
+}

@@ -176,9 +176,11 @@ impl Publisher for RedisChannels {
             pipe.cmd("PUBLISH").arg(self.channel(&m.topic)).arg(encode(m)?).ignore();
         }
         let mut conn = self.inner.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| PubSubError::from(RedisError::command(format!("publishing {} messages", messages.len()), e)))
+        pipe.query_async::<()>(&mut conn).await.map_err(|e| {
+            PubSubError::from(RedisError::command(format!("publishing {} messages", messages.len()), e))
+        })?;
+        herald::observability::record_published(messages);
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), PubSubError> {

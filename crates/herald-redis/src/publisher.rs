@@ -74,7 +74,9 @@ impl Publisher for RedisBroker {
         if self.is_closed() {
             return Err(PubSubError::Closed);
         }
-        self.inner.publish_all(messages).await
+        self.inner.publish_all(messages).await?;
+        herald::observability::record_published(messages);
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), PubSubError> {

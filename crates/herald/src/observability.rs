@@ -48,8 +48,8 @@ use crate::message::{Message, Metadata};
 /// Metric names and label keys, in one place. Every name is prefixed `herald_`, counters end
 /// in `_total` and durations are in seconds (Prometheus conventions).
 pub mod names {
-    /// Counter, labels `topic`: messages a broker accepted from Herald's publishers (the
-    /// queue broker: in memory and SQL; adapters call [`record_published`](super::record_published)).
+    /// Counter, labels `topic`: messages a broker accepted, counted by every publisher after
+    /// a successful publish (through [`record_published`](super::record_published)).
     pub const MESSAGES_PUBLISHED: &str = "herald_messages_published_total";
     /// Counter, labels `topic`, `handler`: messages a router handler handled successfully
     /// (committed and acknowledged).
@@ -154,30 +154,63 @@ pub enum HandleOutcome {
     DeadLettered,
 }
 
-/// Records one delivery's outcome and duration for `handler` on `topic`.
-pub fn record_handled(topic: &str, handler: &str, outcome: HandleOutcome, elapsed: Duration) {
-    let labels = [(names::TOPIC, topic.to_owned()), (names::HANDLER, handler.to_owned())];
-    metrics::histogram!(names::HANDLER_DURATION, &labels).record(elapsed.as_secs_f64());
-    let kind = match outcome {
-        HandleOutcome::Handled => {
-            metrics::counter!(names::MESSAGES_HANDLED, &labels).increment(1);
-            return;
+/// The metrics of one handler on one topic, registered once (the router keeps one per route,
+/// so handling a message allocates no label strings). Registration binds them to the recorder
+/// installed at that time: install the recorder before running the router.
+#[derive(Debug, Clone)]
+pub struct HandlerMetrics {
+    handled: metrics::Counter,
+    transient: metrics::Counter,
+    permanent: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HandlerMetrics {
+    /// Registers the metrics of `handler` on `topic` with the current recorder.
+    pub fn new(topic: &str, handler: &str) -> Self {
+        let labels = [(names::TOPIC, topic.to_owned()), (names::HANDLER, handler.to_owned())];
+        let failed = |kind: &'static str| {
+            let [topic, handler] = labels.clone();
+            metrics::counter!(names::MESSAGES_FAILED, &[topic, handler, (names::KIND, kind.to_owned())])
+        };
+        Self {
+            handled: metrics::counter!(names::MESSAGES_HANDLED, &labels),
+            transient: failed("transient"),
+            permanent: failed("permanent"),
+            dead_lettered: metrics::counter!(names::MESSAGES_DEAD_LETTERED, &labels),
+            duration: metrics::histogram!(names::HANDLER_DURATION, &labels),
         }
-        HandleOutcome::Retried | HandleOutcome::Exhausted => "transient",
-        HandleOutcome::DeadLettered => "permanent",
-    };
-    let [topic, handler] = labels;
-    metrics::counter!(names::MESSAGES_FAILED, &[topic.clone(), handler.clone(), (names::KIND, kind.to_owned())])
-        .increment(1);
-    if outcome != HandleOutcome::Retried {
-        metrics::counter!(names::MESSAGES_DEAD_LETTERED, &[topic, handler]).increment(1);
+    }
+
+    /// Records one delivery's outcome and how long it took.
+    pub fn record(&self, outcome: HandleOutcome, elapsed: Duration) {
+        self.duration.record(elapsed.as_secs_f64());
+        match outcome {
+            HandleOutcome::Handled => self.handled.increment(1),
+            HandleOutcome::Retried => self.transient.increment(1),
+            HandleOutcome::Exhausted => {
+                self.transient.increment(1);
+                self.dead_lettered.increment(1);
+            }
+            HandleOutcome::DeadLettered => {
+                self.permanent.increment(1);
+                self.dead_lettered.increment(1);
+            }
+        }
+    }
+
+    /// Records a message dead-lettered without being handled (no handler for it on a strict
+    /// route): dead-lettered, but no failed attempt and no duration.
+    pub fn record_unhandled_dead_letter(&self) {
+        self.dead_lettered.increment(1);
     }
 }
 
-/// Records a message dead-lettered without being handled (no handler for it on a strict route).
-pub fn record_dead_lettered(topic: &str, handler: &str) {
-    metrics::counter!(names::MESSAGES_DEAD_LETTERED, names::TOPIC => topic.to_owned(), names::HANDLER => handler.to_owned())
-        .increment(1);
+/// Records one delivery's outcome and duration for `handler` on `topic` (registering the
+/// metrics each time: for occasional use; see [`HandlerMetrics`]).
+pub fn record_handled(topic: &str, handler: &str, outcome: HandleOutcome, elapsed: Duration) {
+    HandlerMetrics::new(topic, handler).record(outcome, elapsed);
 }
 
 /// Sets the outbox gauges: `backlog` messages waiting, the oldest for `oldest_age`.
@@ -325,7 +358,10 @@ pub fn current_context() -> Option<(String, Option<String>)> {
 /// Makes the remote context in `metadata` the parent of `span` (which must not have been
 /// entered yet). Without the `otel` feature, or with a malformed `traceparent`, does nothing.
 pub fn set_remote_parent(span: &tracing::Span, metadata: &Metadata) {
-    if let Some(parent) = metadata.traceparent.as_deref().and_then(TraceParent::parse) {
+    if otel::ENABLED
+        && !span.is_disabled()
+        && let Some(parent) = metadata.traceparent.as_deref().and_then(TraceParent::parse)
+    {
         otel::set_parent(span, parent, metadata.tracestate.as_deref());
     }
 }
@@ -333,7 +369,10 @@ pub fn set_remote_parent(span: &tracing::Span, metadata: &Metadata) {
 /// Links `span` (not entered yet) to the contexts in `metadata` (e.g. a relay batch to the
 /// messages in it), without making them its parent. Without the `otel` feature, does nothing.
 pub fn add_link(span: &tracing::Span, metadata: &Metadata) {
-    if let Some(parent) = metadata.traceparent.as_deref().and_then(TraceParent::parse) {
+    if otel::ENABLED
+        && !span.is_disabled()
+        && let Some(parent) = metadata.traceparent.as_deref().and_then(TraceParent::parse)
+    {
         otel::add_link(span, parent, metadata.tracestate.as_deref());
     }
 }
@@ -344,6 +383,8 @@ mod otel {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
     use super::TraceParent;
+
+    pub(super) const ENABLED: bool = true;
 
     fn remote(parent: TraceParent, state: Option<&str>) -> SpanContext {
         let state = state.and_then(|s| s.parse::<TraceState>().ok()).unwrap_or_default();
@@ -386,6 +427,8 @@ mod otel {
 #[cfg(not(feature = "otel"))]
 mod otel {
     use super::TraceParent;
+
+    pub(super) const ENABLED: bool = false;
 
     pub(super) fn span_context(_: &tracing::Span) -> Option<(String, Option<String>)> {
         None

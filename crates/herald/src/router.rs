@@ -43,7 +43,7 @@ use tracing::Instrument;
 
 use crate::codec::{CodecError, EventSet, Registry};
 use crate::message::Message;
-use crate::observability::{self, HandleOutcome};
+use crate::observability::{self, HandleOutcome, HandlerMetrics};
 use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber};
 use crate::store::{Store, StoreError, Transaction};
 
@@ -498,6 +498,7 @@ impl Router {
         for route in self.routes {
             let subscription = self.subscriber.subscribe(route.options.clone()).await?;
             let dispatcher = Arc::new(Dispatcher {
+                metrics: HandlerMetrics::new(&route.options.topic, &route.name),
                 route,
                 store: self.store.clone(),
                 registry: self.registry.clone(),
@@ -549,6 +550,8 @@ struct Dispatcher {
     lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
     /// Cancelled at shutdown: queued deliveries are released instead of started.
     draining: CancellationToken,
+    /// The route's metrics, labelled with its subscription's topic and its name.
+    metrics: HandlerMetrics,
 }
 
 impl Dispatcher {
@@ -594,7 +597,7 @@ impl Dispatcher {
             let result = if self.route.ignore_unknown {
                 delivery.ack().await
             } else {
-                observability::record_dead_lettered(&delivery.message.topic, &self.route.name);
+                self.metrics.record_unhandled_dead_letter();
                 delivery.dead_letter(format!("no handler for message `{name}`")).await
             };
             log_settle_error(result);
@@ -638,8 +641,7 @@ impl Dispatcher {
         drop(cx); // rolls back an uncommitted transaction before settling
         match &result {
             Ok(()) => {
-                let (topic, handler) = (&delivery.message.topic, &self.route.name);
-                observability::record_handled(topic, handler, HandleOutcome::Handled, started.elapsed());
+                self.metrics.record(HandleOutcome::Handled, started.elapsed());
             }
             Err(e) => self.record(&delivery, e, started),
         }
@@ -667,7 +669,7 @@ impl Dispatcher {
         let dead = outcome != HandleOutcome::Retried;
         tracing::warn!(error = %e, permanent = e.is_permanent(), dead_lettered = dead, "handler failed");
         observability::mark_error(&tracing::Span::current());
-        observability::record_handled(&delivery.message.topic, &self.route.name, outcome, started.elapsed());
+        self.metrics.record(outcome, started.elapsed());
     }
 }
 
