@@ -12,6 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use herald::Message;
+use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::store::{ExpectedVersion, LogReader, NewEvent, Store};
 use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
 use herald_sql::{PostgresConfig, PostgresDatabase};
@@ -217,5 +219,30 @@ fn another_processs_commit_wakes_this_processs_readers() {
         }
         here.close().await;
         there.close().await;
+    });
+}
+
+/// The consumer lag the subscription reports as `herald_consumer_lag`.
+#[test]
+fn the_broker_knows_each_groups_consumer_lag() {
+    if !herald_conformance::support::server_available(SERVER) {
+        return;
+    }
+    herald_conformance::run(async {
+        use herald::queue::QueueBackend;
+        let db = fresh().await;
+        let broker = db.broker();
+        assert_eq!(broker.backend().lag("lagging", "g").await.expect("lag"), None, "no such group");
+        let options = SubscribeOptions::new("lagging", "g").start(StartFrom::Beginning);
+        let mut sub = broker.subscribe(options).await.expect("subscribe");
+        let messages: Vec<Message> = (0..3).map(|i| Message::new("lagging", format!("N{i}"), b"{}".to_vec())).collect();
+        broker.publish(&messages).await.expect("publish");
+        assert_eq!(broker.backend().lag("lagging", "g").await.expect("lag"), Some(3));
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time").expect("a delivery");
+        first.ack().await.expect("ack");
+        assert_eq!(broker.backend().lag("lagging", "g").await.expect("lag"), Some(2));
+        drop(sub);
+        db.close().await;
     });
 }

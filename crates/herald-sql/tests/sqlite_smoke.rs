@@ -486,3 +486,28 @@ async fn two_handles_on_one_file_see_each_others_writes() -> Result<()> {
     Publisher::close(&other_broker).await?;
     Ok(())
 }
+
+/// The consumer lag the subscription reports as `herald_consumer_lag`: messages the group has
+/// not taken yet plus those it has not settled.
+#[tokio::test]
+async fn the_broker_knows_each_groups_consumer_lag() -> Result<()> {
+    use herald::queue::QueueBackend;
+    let (db, _dir) = database().await?;
+    let broker = db.broker();
+    assert_eq!(broker.backend().lag("lagging", "g").await?, None, "no such group");
+    let mut sub = broker.subscribe(options("lagging", "g")).await?;
+    let messages: Vec<Message> = (0..3).map(|i| Message::new("lagging", format!("N{i}"), b"{}".to_vec())).collect();
+    broker.publish(&messages).await?;
+    assert_eq!(broker.backend().lag("lagging", "g").await?, Some(3));
+    next(&mut sub).await?.ack().await?;
+    let mut settled = false;
+    for _ in 0..100 {
+        if broker.backend().lag("lagging", "g").await? == Some(2) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ensure!(settled, "the acked message no longer counts");
+    Ok(())
+}

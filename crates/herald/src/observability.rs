@@ -71,7 +71,7 @@ pub mod names {
     /// Counter: messages the outbox relay published.
     pub const OUTBOX_RELAYED: &str = "herald_outbox_relayed_total";
     /// Gauge, labels `topic`, `group`: messages of the topic the group has not settled yet,
-    /// where the broker knows it (the queue broker does).
+    /// where the broker knows it (the queue broker over memory, SQLite and PostgreSQL does).
     pub const CONSUMER_LAG: &str = "herald_consumer_lag";
     /// Gauge, labels `projection`: events of the global log the projection has not applied yet
     /// (head position minus its checkpoint).

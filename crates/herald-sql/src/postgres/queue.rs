@@ -279,6 +279,16 @@ impl QueueBackend for PostgresQueue {
         self.append_in_tx(messages).await.map_err(backend)
     }
 
+    async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
+        let lag: Option<i64> = sqlx::query_scalar(sql::GROUP_LAG)
+            .bind(topic)
+            .bind(group)
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(backend)?;
+        Ok(lag.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
     async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
         let pool = self.db.pool();
         let next: i64 = match start {

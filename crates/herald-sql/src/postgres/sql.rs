@@ -196,3 +196,10 @@ pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visi
 /// Undoes a claim that never reached a consumer, if delivery `$4` is still the current one.
 pub(super) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
      WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
+
+/// A group's consumer lag: messages of the topic not yet taken into its pending set, plus its
+/// pending (unsettled) ones. No row when the group does not exist.
+pub(super) const GROUP_LAG: &str = "SELECT \
+     (SELECT count(*) FROM herald_broker_messages m WHERE m.topic = $1 AND m.position >= g.next_position) \
+     + (SELECT count(*) FROM herald_broker_pending p WHERE p.topic = $1 AND p.grp = $2) \
+     FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2";
