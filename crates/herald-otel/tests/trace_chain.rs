@@ -8,7 +8,12 @@
 //!   payments.replies/billing-replies: handle PaymentCharged (the reply)
 //! ```
 //!
-//! (The saga hop is added with the saga module: a saga is one more `handle` span in the chain.)
+//! and, with a saga in the middle:
+//!
+//! ```text
+//! producer ──► handle OrderPlaced (starts the saga) ──► handle Charge (participant)
+//!          ──► handle Success (the saga's reply) ──► handle Notify (the saga's next step)
+//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -251,4 +256,129 @@ async fn a_command_and_its_append_are_spans_and_the_events_carry_the_append_span
             .expect("valid");
     assert_eq!(parent.trace_id_hex(), request.span_context.trace_id().to_string());
     assert_eq!(format!("{:016x}", parent.span_id), append.span_context.span_id().to_string());
+}
+
+mod trip {
+    use herald::codec::Event;
+    use serde::{Deserialize, Serialize};
+
+    /// The saga's command to the payments participant.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Charge {
+        pub order: String,
+    }
+    impl Event for Charge {
+        const NAME: &'static str = "payments.Charge.v1";
+    }
+
+    /// The saga's last command, once the charge succeeded.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Notify {
+        pub order: String,
+    }
+    impl Event for Notify {
+        const NAME: &'static str = "notifications.Notify.v1";
+    }
+
+    /// The saga data.
+    #[derive(Debug, Clone, Serialize, Deserialize)]
+    pub struct Order {
+        pub id: String,
+    }
+}
+
+/// producer → consumer (starts a saga) → saga command → participant → reply → saga (next step)
+/// → consumer: one trace, each `handle` span the child of the one whose message caused it.
+#[tokio::test(flavor = "current_thread")]
+async fn one_trace_spans_producer_consumer_saga_command_reply_and_the_sagas_next_step() {
+    use herald::codec::Event;
+    use herald::command::{Reply, command_handler};
+    use herald::saga::{Orchestrator, Saga, Step};
+
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(herald_otel::layer(&provider)));
+
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new());
+    let broker = Arc::new(MemoryBroker::in_memory());
+    let saga = Saga::new("PayOrder", "pay-order.replies")
+        .step(Step::new("charge").action(|o: &trip::Order| {
+            Ok(Message::encode("payments.commands", &trip::Charge { order: o.id.clone() })?.with_key(o.id.clone()))
+        }))
+        .step(Step::new("notify").action(|o: &trip::Order| {
+            Ok(Message::encode("notifications", &trip::Notify { order: o.id.clone() })?.with_key(o.id.clone()))
+        }));
+    let orchestrator = Orchestrator::new(saga, store.clone());
+
+    /// Starts the saga for every order, in the handler's unit of work.
+    struct StartSaga(Orchestrator<trip::Order>);
+    #[async_trait]
+    impl Handler for StartSaga {
+        async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
+            let order = cx.message().clone();
+            let data = trip::Order { id: order.key.clone() };
+            self.0.start(cx.tx()?, &order.key, data, Some(&order)).await.map_err(HandlerError::permanent)?;
+            Ok(())
+        }
+    }
+
+    let (done, mut notified) = mpsc::channel(1);
+    let router = Router::new(broker.clone())
+        .store(store.clone())
+        .route(Route::new(subscription("orders", "checkout")).on_name("OrderPlaced", StartSaga(orchestrator.clone())))
+        .route(Route::new(subscription("payments.commands", "payments")).on::<trip::Charge>(command_handler(
+            |_cx: &mut HandlerContext, _charge: trip::Charge| {
+                Box::pin(async { Ok::<_, HandlerError>(Reply::success()) })
+            },
+        )))
+        .route(Route::new(subscription("pay-order.replies", "pay-order")).fallback(orchestrator.reply_handler()))
+        .route(Route::new(subscription("notifications", "notifier")).on_name(trip::Notify::NAME, Done(done)));
+    let shutdown = CancellationToken::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(router.run(shutdown.clone()));
+    tasks.spawn(OutboxRelay::new(store.clone(), broker.clone()).run(shutdown.clone()));
+
+    let order = Message::new("orders", "OrderPlaced", b"{}".to_vec()).with_key("o-7");
+    let order_id = order.id;
+    async {
+        let mut tx = store.begin().await.expect("begin");
+        tx.enqueue(vec![order]).await.expect("enqueue");
+        tx.commit().await.expect("commit");
+    }
+    .instrument(tracing::info_span!("producer"))
+    .await;
+
+    let notify = tokio::time::timeout(Duration::from_secs(10), notified.recv())
+        .await
+        .expect("the saga's last command is handled in time")
+        .expect("a message");
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    provider.force_flush().expect("flush");
+    let spans = exporter.get_finished_spans().expect("spans");
+
+    assert_eq!(notify.metadata.correlation_id, Some(order_id), "one conversation from the order on");
+    let producer = named(&spans, "producer")[0];
+    let handles = named(&spans, "handle");
+    let attr = |s: &SpanData, key: &str| {
+        s.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str().into_owned())
+    };
+    let handle_of = |name: &str| {
+        *handles.iter().find(|s| attr(s, "message.name").as_deref() == Some(name)).unwrap_or_else(|| {
+            panic!("a handle span for {name}: {handles:#?}");
+        })
+    };
+    let chain = [
+        handle_of("OrderPlaced"),
+        handle_of(trip::Charge::NAME),
+        handle_of(herald::command::SUCCESS),
+        handle_of(trip::Notify::NAME),
+    ];
+    let trace = producer.span_context.trace_id();
+    assert!(chain.iter().all(|s| s.span_context.trace_id() == trace), "one trace: {chain:#?}");
+    assert_eq!(chain[0].parent_span_id, producer.span_context.span_id(), "consumer ← producer");
+    assert_eq!(chain[1].parent_span_id, chain[0].span_context.span_id(), "saga command ← the handler that started it");
+    assert_eq!(chain[2].parent_span_id, chain[1].span_context.span_id(), "reply ← the command's handler");
+    assert_eq!(chain[3].parent_span_id, chain[2].span_context.span_id(), "next saga step ← the reply's handler");
 }

@@ -96,10 +96,16 @@ impl Default for Metadata {
 
 impl Metadata {
     /// Records `cause` as the direct cause: causation becomes its id, correlation is kept from it
-    /// (or starts at its id), and its trace context is carried on unless one is already set.
+    /// (or starts at its id). Unless a trace context is already set, it becomes the current
+    /// span's (with the `otel` feature and an OpenTelemetry layer: the span handling `cause`, a
+    /// descendant of the span that produced it, so the trace goes on with a precise parent), or
+    /// else the cause's, carried on unchanged.
     pub fn continue_from(&mut self, cause: &Message) {
         self.causation_id = Some(cause.id);
         self.correlation_id = Some(cause.correlation_id());
+        if self.traceparent.is_none() {
+            crate::observability::inject_current(self);
+        }
         if self.traceparent.is_none() {
             self.traceparent.clone_from(&cause.metadata.traceparent);
             self.tracestate.clone_from(&cause.metadata.tracestate);
