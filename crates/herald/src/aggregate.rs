@@ -150,7 +150,7 @@ impl<A: Aggregate> Repository<A> {
     /// Appends `events` expecting the loaded version, applies them to `loaded`, and snapshots
     /// if due. `cause`, when given, becomes the events' causation (and correlation). Runs in an
     /// `append` span whose trace context the events carry (see
-    /// [`observability`](crate::observability)), so whoever handles them continues this trace.
+    /// [`observability`]), so whoever handles them continues this trace.
     pub async fn save(
         &self,
         tx: &mut dyn Transaction,

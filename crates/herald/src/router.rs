@@ -23,7 +23,7 @@
 //!   in it; commit happens before ack. A crash before the commit redelivers; after it, the inbox
 //!   skips the duplicate.
 //! * **Observability.** Every delivery is handled in a `handle` span whose parent is the
-//!   producer's span (the message's trace context, see [`observability`](crate::observability)),
+//!   producer's span (the message's trace context, see [`observability`]),
 //!   and counted by outcome with its duration (`herald_messages_handled_total`, `…_failed_total`,
 //!   `…_dead_lettered_total`, `herald_handler_duration_seconds`); failures are logged once, here.
 //! * **Graceful shutdown.** [`Router::run`] stops taking deliveries when its token is cancelled,
