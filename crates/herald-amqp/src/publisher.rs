@@ -119,7 +119,9 @@ impl Publisher for AmqpBroker {
         if self.is_closed() {
             return Err(PubSubError::Closed);
         }
-        self.inner.publish_routed(messages, Route::Topic).await
+        self.inner.publish_routed(messages, Route::Topic).await?;
+        herald::observability::record_published(messages);
+        Ok(())
     }
 
     async fn close(&self) -> Result<(), PubSubError> {
