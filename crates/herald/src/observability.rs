@@ -74,8 +74,11 @@ pub mod names {
     /// where the broker knows it (the queue broker over memory, SQLite and PostgreSQL does).
     pub const CONSUMER_LAG: &str = "herald_consumer_lag";
     /// Gauge, labels `projection`: events of the global log the projection has not applied yet
-    /// (head position minus its checkpoint).
+    /// (head position minus its checkpoint; `ProjectionStatus::events_behind`).
     pub const PROJECTION_LAG: &str = "herald_projection_lag";
+    /// Gauge (seconds), labels `projection`: how far behind the newest event the projection's
+    /// last applied event occurred (`ProjectionStatus::seconds_behind`).
+    pub const PROJECTION_LAG_SECONDS: &str = "herald_projection_lag_seconds";
     /// Counter, labels `saga`: saga instances started.
     pub const SAGAS_STARTED: &str = "herald_sagas_started_total";
     /// Counter, labels `saga`: saga instances that ended successfully.
@@ -108,6 +111,7 @@ pub mod names {
         (OUTBOX_RELAYED, "counter", "Messages published by the outbox relay."),
         (CONSUMER_LAG, "gauge", "Messages not yet settled by a consumer group."),
         (PROJECTION_LAG, "gauge", "Events of the global log a projection has not applied yet."),
+        (PROJECTION_LAG_SECONDS, "gauge", "How far behind the newest event a projection is, in seconds."),
         (SAGAS_STARTED, "counter", "Saga instances started."),
         (SAGAS_COMPLETED, "counter", "Saga instances completed."),
         (SAGAS_COMPENSATED, "counter", "Saga instances compensated."),
@@ -230,9 +234,11 @@ pub fn record_consumer_lag(topic: &str, group: &str, lag: u64) {
         .set(lag as f64);
 }
 
-/// Sets a projection's lag: global-log events it has not applied yet.
-pub fn record_projection_lag(projection: &str, lag: u64) {
-    metrics::gauge!(names::PROJECTION_LAG, names::PROJECTION => projection.to_owned()).set(lag as f64);
+/// Sets a projection's lag: global-log events it has not applied yet, and how far behind the
+/// newest event it is in time.
+pub fn record_projection_lag(projection: &str, events_behind: u64, seconds_behind: f64) {
+    metrics::gauge!(names::PROJECTION_LAG, names::PROJECTION => projection.to_owned()).set(events_behind as f64);
+    metrics::gauge!(names::PROJECTION_LAG_SECONDS, names::PROJECTION => projection.to_owned()).set(seconds_behind);
 }
 
 /// Counts a saga instance started.

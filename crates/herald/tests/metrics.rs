@@ -199,7 +199,7 @@ fn saga_and_projection_metrics_are_recorded_under_their_documented_names() {
         herald::observability::record_saga_started("order");
         herald::observability::record_saga_completed("order");
         herald::observability::record_saga_compensated("order");
-        herald::observability::record_projection_lag("stores", 7);
+        herald::observability::record_projection_lag("stores", 7, 1.5);
     });
     let mut seen = Seen::default();
     seen.take(&snapshotter);
@@ -207,5 +207,6 @@ fn saga_and_projection_metrics_are_recorded_under_their_documented_names() {
         assert_eq!(seen.counter(name, &[("saga", "order")]), 1, "{name}");
     }
     assert_eq!(seen.gauges[&Seen::key(names::PROJECTION_LAG, &[("projection", "stores")])], 7.0);
+    assert_eq!(seen.gauges[&Seen::key(names::PROJECTION_LAG_SECONDS, &[("projection", "stores")])], 1.5);
     assert!(names::ALL.iter().all(|(name, _, _)| name.starts_with("herald_")));
 }
