@@ -714,6 +714,7 @@ impl ProjectionRunner {
                 seconds_behind = ((newest.metadata.occurred_at - t).num_milliseconds().max(0) as f64) / 1000.0;
             }
         }
+        crate::observability::record_projection_lag(&self.inner.name, events_behind, seconds_behind);
         Ok(ProjectionStatus { name: self.inner.name.clone(), phase, position, head, events_behind, seconds_behind })
     }
 

@@ -358,6 +358,8 @@ impl<D: SagaData> Orchestrator<D> {
         // nothing has happened yet.
         let command = self.next_forward(&mut moving)?;
         self.save(tx, moving, command, cause).await?;
+        let name = self.saga.name.clone();
+        tx.on_commit(Box::new(move || crate::observability::record_saga_started(&name)));
         tracing::info!(saga = %self.saga.name, id, "saga started");
         Ok(Started::New)
     }
@@ -581,10 +583,16 @@ impl<D: SagaData> Orchestrator<D> {
             reason: e.to_string(),
         })?;
         let status = status_of(&record);
+        // Counted when (and only if) the transition commits.
+        let name = record.name.clone();
         match status {
-            SagaStatus::Completed => tracing::info!(saga = %record.name, id = %record.id, "saga completed"),
+            SagaStatus::Completed => {
+                tracing::info!(saga = %record.name, id = %record.id, "saga completed");
+                tx.on_commit(Box::new(move || crate::observability::record_saga_completed(&name)));
+            }
             SagaStatus::Compensated => {
-                tracing::info!(saga = %record.name, id = %record.id, failure = ?stored.failure, "saga compensated")
+                tracing::info!(saga = %record.name, id = %record.id, failure = ?stored.failure, "saga compensated");
+                tx.on_commit(Box::new(move || crate::observability::record_saga_compensated(&name)));
             }
             _ => {}
         }

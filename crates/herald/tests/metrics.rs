@@ -210,3 +210,41 @@ fn saga_and_projection_metrics_are_recorded_under_their_documented_names() {
     assert_eq!(seen.gauges[&Seen::key(names::PROJECTION_LAG_SECONDS, &[("projection", "stores")])], 1.5);
     assert!(names::ALL.iter().all(|(name, _, _)| name.starts_with("herald_")));
 }
+
+/// Saga outcomes are counted by the orchestrator when their transition commits.
+#[test]
+fn the_orchestrator_counts_started_completed_and_compensated_sagas() {
+    use herald::command::Reply;
+    use herald::saga::testing::SagaTest;
+    use herald::saga::{Saga, Step};
+
+    let saga = || {
+        Saga::<u32>::new("trip", "trip.replies")
+            .step(
+                Step::new("flight")
+                    .action(|_| Ok(Message::new("c", "Book.v1", Vec::new())))
+                    .compensation(|_| Ok(Message::new("c", "Cancel.v1", Vec::new()))),
+            )
+            .step(Step::new("hotel").action(|_| Ok(Message::new("c", "Book.v1", Vec::new()))))
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let mut done = SagaTest::start(saga(), "a", 0).await.expect("start");
+            done.reply(Reply::success()).await.expect("reply");
+            done.reply(Reply::success()).await.expect("reply");
+            let mut undone = SagaTest::start(saga(), "b", 0).await.expect("start");
+            undone.reply(Reply::success()).await.expect("reply");
+            undone.reply(Reply::failure("full")).await.expect("reply");
+            undone.reply(Reply::success()).await.expect("reply");
+            SagaTest::start(saga(), "c", 0).await.expect("start");
+        });
+    });
+    let mut seen = Seen::default();
+    seen.take(&snapshotter);
+    assert_eq!(seen.counter(names::SAGAS_STARTED, &[("saga", "trip")]), 3);
+    assert_eq!(seen.counter(names::SAGAS_COMPLETED, &[("saga", "trip")]), 1);
+    assert_eq!(seen.counter(names::SAGAS_COMPENSATED, &[("saga", "trip")]), 1);
+}
