@@ -44,7 +44,7 @@ use tracing::Instrument;
 use crate::codec::{CodecError, EventSet, Registry};
 use crate::message::Message;
 use crate::observability::{self, HandleOutcome, HandlerMetrics};
-use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber};
+use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber, Subscription};
 use crate::store::{Store, StoreError, Transaction};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -513,13 +513,22 @@ impl Router {
         for (mut subscription, dispatcher) in subscriptions {
             let shutdown = shutdown.clone();
             let workers = tasks.clone();
+            let subscriber = self.subscriber.clone();
             tasks.spawn(async move {
                 loop {
                     let delivery = tokio::select! {
                         () = shutdown.cancelled() => break,
-                        d = subscription.next() => match d { Some(d) => d, None => break },
+                        d = subscription.next() => d,
                     };
-                    dispatcher.clone().dispatch(delivery, &workers);
+                    match delivery {
+                        Some(delivery) => dispatcher.clone().dispatch(delivery, &workers),
+                        // The subscription ended without a shutdown (its subscriber closed, or an
+                        // adapter gave up): never leave the route silently dead.
+                        None => match resubscribe(&*subscriber, &dispatcher.route, &shutdown).await {
+                            Some(fresh) => subscription = fresh,
+                            None => break,
+                        },
+                    }
                 }
                 // Fetched but not started: hand back for immediate redelivery elsewhere.
                 for d in subscription.close_and_drain() {
@@ -536,6 +545,31 @@ impl Router {
             tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timed out; unsettled messages will be redelivered");
         }
         Ok(())
+    }
+}
+
+/// Subscribes a route again after its subscription ended, with backoff (100 ms doubling to
+/// 30 s) until it works, the router shuts down (`None`), or the subscriber is closed (`None`,
+/// logged as an error: the route stops).
+async fn resubscribe(subscriber: &dyn Subscriber, route: &Route, shutdown: &CancellationToken) -> Option<Subscription> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        tracing::warn!(route = %route.name, topic = %route.options.topic, ?backoff, "subscription ended; subscribing again");
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        match subscriber.subscribe(route.options.clone()).await {
+            Ok(subscription) => return Some(subscription),
+            Err(PubSubError::Closed) => {
+                tracing::error!(route = %route.name, "the subscriber is closed; this route stops");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, error = %e, "subscribing again failed");
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
     }
 }
 

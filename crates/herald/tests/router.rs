@@ -319,3 +319,53 @@ async fn shutdown_waits_for_in_flight_handlers_and_releases_the_rest() {
     let p: Ping = serde_json::from_slice(&d.message.payload).unwrap();
     assert_eq!(p.n, done, "the next message of the key, in order");
 }
+
+/// A subscriber whose first subscription ends at once (as when an adapter gives up); later
+/// subscriptions are the in-memory broker's.
+#[derive(Debug)]
+struct EndsOnce {
+    broker: MemoryBroker,
+    calls: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Subscriber for EndsOnce {
+    fn capabilities(&self) -> herald::Capabilities {
+        self.broker.capabilities()
+    }
+
+    async fn subscribe(&self, options: SubscribeOptions) -> Result<herald::Subscription, herald::pubsub::PubSubError> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let (_tx, rx) = tokio::sync::mpsc::channel(1);
+            return Ok(herald::Subscription::new(rx, None));
+        }
+        self.broker.subscribe(options).await
+    }
+
+    async fn close(&self) -> Result<(), herald::pubsub::PubSubError> {
+        Subscriber::close(&self.broker).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_whose_subscription_ends_subscribes_again() {
+    let broker = MemoryBroker::in_memory();
+    let subscriber = Arc::new(EndsOnce { broker: broker.clone(), calls: AtomicUsize::new(0) });
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let router = Router::new(subscriber.clone()).route(Route::new(options("resubscribe")).on::<Ping>(handler_fn(
+        move |_cx: &mut HandlerContext, _p: Ping| {
+            let h = h.clone();
+            Box::pin(async move {
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        },
+    )));
+    let (token, task) = start(router);
+    broker.publish(&[ping("resubscribe", "k", 1)]).await.unwrap();
+    eventually("the message is handled after the route subscribed again", || handled.load(Ordering::SeqCst) == 1).await;
+    assert!(subscriber.calls.load(Ordering::SeqCst) >= 2);
+    token.cancel();
+    task.await.unwrap();
+}
