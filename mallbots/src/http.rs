@@ -1,0 +1,280 @@
+//! The HTTP layer shared by every module: the state handlers see, the error → status mapping,
+//! extractors that turn bad input into a 400 with a JSON message (never a 500 or a panic), the
+//! admin bearer-token check, idempotent creation, health and readiness, and the OpenAPI document
+//! with its Swagger UI.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use futures::future::BoxFuture;
+use herald::{Store, Transaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::db;
+use crate::error::{AppError, AppResult};
+use crate::modules::{customers, stores};
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Herald's store: every write is a unit of work begun here.
+    pub store: Arc<dyn Store>,
+    /// The database's pool, for queries of the read models.
+    pub pool: SqlitePool,
+    /// The bearer token admin endpoints require.
+    pub admin_token: Arc<str>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+/// The body answering a creation.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Created {
+    /// The new resource's id.
+    pub id: String,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::Invalid(_) => StatusCode::BAD_REQUEST,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Internal(e) => {
+                tracing::error!(error = %e, source = ?e, "request failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        let mut response = (status, Json(ErrorBody { message: self.to_string() })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON body whose every rejection (syntax, missing field, wrong type, bad amount, wrong
+/// content type) is a 400 with the reason.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AppError::Invalid(rejection.body_text())),
+        }
+    }
+}
+
+/// Path parameters whose rejection is a 400 with the reason.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AppError::Invalid(rejection.body_text())),
+        }
+    }
+}
+
+/// Proof that the request carries the admin bearer token (`Authorization: Bearer …`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match token {
+            Some(token) if constant_time_eq(token.as_bytes(), state.admin_token.as_bytes()) => Ok(Admin),
+            _ => Err(AppError::Unauthorized),
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell an
+/// attacker how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `Idempotency-Key` header of a creating request.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The `Idempotency-Key` header, if any (at most 200 characters).
+pub fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
+    match headers.get(IDEMPOTENCY_KEY) {
+        None => Ok(None),
+        Some(value) => {
+            let key = value.to_str().map_err(|_| AppError::invalid("the Idempotency-Key header must be text"))?.trim();
+            if key.is_empty() || key.len() > 200 {
+                return Err(AppError::invalid("the Idempotency-Key header must have 1 to 200 characters"));
+            }
+            Ok(Some(key.to_owned()))
+        }
+    }
+}
+
+/// A unit of work for a write.
+pub type Work<'a, T> = BoxFuture<'a, AppResult<T>>;
+
+/// Runs `work` in one Herald transaction and commits it.
+pub async fn write<T>(
+    state: &AppState,
+    work: impl for<'a> FnOnce(&'a mut dyn Transaction) -> Work<'a, T>,
+) -> AppResult<T> {
+    let mut tx = state.store.begin().await?;
+    let value = work(tx.as_mut()).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
+/// Creates something and answers `201 {"id": …}`. With an `Idempotency-Key`, the first
+/// response to that key on this `route` is stored in the same transaction as the creation, and
+/// a repeat gets it back instead of creating again (a repeat with another body is a 409).
+/// SQLite write transactions are serialised (`BEGIN IMMEDIATE`), so two racing repeats cannot
+/// both create.
+pub async fn create(
+    state: &AppState,
+    headers: &HeaderMap,
+    route: &str,
+    fingerprint: &impl Serialize,
+    work: impl for<'a> FnOnce(&'a mut dyn Transaction) -> Work<'a, String>,
+) -> AppResult<Response> {
+    let key = idempotency_key(headers)?;
+    let fingerprint = serde_json::to_string(fingerprint).map_err(AppError::internal)?;
+    let mut tx = state.store.begin().await?;
+    if let Some(key) = &key {
+        let stored: Option<(String, i64, String)> =
+            sqlx::query_as("SELECT fingerprint, status, body FROM http_idempotency WHERE key = ? AND route = ?")
+                .bind(key)
+                .bind(route)
+                .fetch_optional(&mut *db::connection(tx.as_mut())?)
+                .await?;
+        if let Some((stored_fingerprint, status, body)) = stored {
+            if stored_fingerprint != fingerprint {
+                return Err(AppError::conflict("this Idempotency-Key was used for a different request"));
+            }
+            let status =
+                u16::try_from(status).ok().and_then(|s| StatusCode::from_u16(s).ok()).unwrap_or(StatusCode::CREATED);
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+    let id = work(tx.as_mut()).await?;
+    let body = serde_json::to_string(&Created { id }).map_err(AppError::internal)?;
+    if let Some(key) = &key {
+        sqlx::query(
+            "INSERT INTO http_idempotency (key, route, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(key)
+        .bind(route)
+        .bind(&fingerprint)
+        .bind(i64::from(StatusCode::CREATED.as_u16()))
+        .bind(&body)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&mut *db::connection(tx.as_mut())?)
+        .await?;
+    }
+    tx.commit().await?;
+    let mut response = (StatusCode::CREATED, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = OK, description = "alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = OK, description = "ready"), (status = SERVICE_UNAVAILABLE, description = "not ready")))]
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.pool).await {
+        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unavailable" })))
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> AppError {
+    AppError::NotFound("route".into())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "MallBots",
+        description = "The kiosk and admin REST API of MallBots, Herald's reference application. \
+        Admin endpoints need `Authorization: Bearer <admin token>`. Amounts are decimal numbers with at most two \
+        fraction digits. Creating requests honour an `Idempotency-Key` header."
+    ),
+    components(schemas(ErrorBody, Created))
+)]
+struct ApiDoc;
+
+/// The complete HTTP application: every module's routes, ops endpoints, `/openapi.json` and
+/// Swagger UI at `/docs`.
+pub fn router(state: AppState) -> Router {
+    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(utoipa_axum::routes!(healthz))
+        .routes(utoipa_axum::routes!(readyz))
+        .merge(stores::http::routes())
+        .merge(customers::http::routes())
+        .split_for_parts();
+    if let Some(components) = api.components.as_mut() {
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+    router.fallback(not_found).with_state(state).merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+    }
+}

@@ -1,0 +1,30 @@
+//! # MallBots
+//!
+//! The reference application of Herald: a mall where customers choose items at a kiosk, pay,
+//! and wait at the depot while shopper bots collect the items from the stores. Every module
+//! (bounded context) talks to the others only through messages; all of them run in one process
+//! on one SQLite file with the SQL broker — no other server needed (`mallbots serve`).
+//!
+//! * [`app`]: the composition root — open the database, wire Herald (store, broker, router with
+//!   inbox and retries, outbox relay) and the HTTP server, run until shut down.
+//! * [`http`]: the REST layer shared by the modules (errors, extractors, admin auth,
+//!   idempotency, health, OpenAPI + Swagger UI).
+//! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use mallbots::app::{App, Config};
+//! let app = App::build(Config::default()).await?;
+//! println!("listening on {}", app.local_addr());
+//! app.run(tokio_util::sync::CancellationToken::new()).await
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod modules;
+pub mod money;

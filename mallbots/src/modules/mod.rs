@@ -1,0 +1,7 @@
+//! The modules (bounded contexts). Each has a public contract (`api.rs`: its messages, topics
+//! and ids) and a private core: `domain.rs` (the aggregate, pure), `application.rs` (commands
+//! and queries in Herald transactions) and `http.rs` (its REST endpoints). Modules talk only
+//! through messages.
+
+pub mod customers;
+pub mod stores;

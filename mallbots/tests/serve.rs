@@ -1,0 +1,120 @@
+//! The real thing: `App::run` on a socket (port 0), with the message router and the outbox
+//! relay running, and a clean shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use herald::command::{Outcome, REPLY_REASON, expect_reply};
+use herald::{EventSet, Message, Publisher, StartFrom, SubscribeOptions, Subscriber};
+use mallbots::app::{App, Config};
+use mallbots::modules::{customers, stores};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// One HTTP/1.1 request over a fresh connection; returns the status and the JSON body.
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let response = String::from_utf8(response).expect("utf-8");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut_down() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        http_addr: "127.0.0.1:0".into(),
+        database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
+        broker: None,
+        admin_token: None,
+    };
+    let app = App::build(config).await.expect("app builds");
+    let token = app.admin_token().to_owned();
+    let stored = std::fs::read_to_string(dir.path().join(mallbots::app::ADMIN_TOKEN_FILE)).expect("token kept");
+    assert_eq!(stored, token, "a generated token is kept next to the database");
+    let (addr, broker) = (app.local_addr(), app.broker());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone()));
+
+    assert_eq!(http(addr, "GET", "/healthz", None, None).await.0, 200);
+    let (status, created) =
+        http(addr, "POST", "/api/stores", Some(&token), Some(json!({ "name": "Books", "location": "L1" }))).await;
+    assert_eq!(status, 201, "{created}");
+    let store_id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(http(addr, "POST", "/api/stores", None, Some(json!({ "name": "B", "location": "L" }))).await.0, 401);
+
+    // The integration event went through the outbox to the broker.
+    let mut store_events = broker
+        .subscribe(SubscribeOptions::new(stores::api::STORE_TOPIC, "test-observer").start(StartFrom::Beginning))
+        .await
+        .expect("subscribe");
+    let delivery =
+        tokio::time::timeout(Duration::from_secs(10), store_events.next()).await.expect("in time").expect("a message");
+    let event =
+        stores::api::StoreIntegrationEvent::decode(&delivery.message.name, &delivery.message.payload).expect("decodes");
+    assert_eq!(
+        event,
+        stores::api::StoreCreated { id: store_id.clone(), name: "Books".into(), location: "L1".into() }.into()
+    );
+    assert_eq!(delivery.message.key, store_id);
+    delivery.ack().await.expect("ack");
+
+    // AuthorizeCustomer, as the saga will send it: success for an enabled customer, failure
+    // with the reason for a disabled or unknown one.
+    let (_, ada) =
+        http(addr, "POST", "/api/customers", None, Some(json!({ "name": "Ada", "smsNumber": "555 0100" }))).await;
+    let ada = ada["id"].as_str().expect("id").to_owned();
+    let (_, bob) =
+        http(addr, "POST", "/api/customers", None, Some(json!({ "name": "Bob", "smsNumber": "555 0101" }))).await;
+    let bob = bob["id"].as_str().expect("id").to_owned();
+    assert_eq!(http(addr, "PUT", &format!("/api/customers/{bob}/disable"), Some(&token), None).await.0, 204);
+
+    let mut replies = broker
+        .subscribe(SubscribeOptions::new("test.replies", "test").start(StartFrom::Beginning))
+        .await
+        .expect("subscribe");
+    for id in [&ada, &bob, &"nobody".to_owned()] {
+        let command =
+            Message::encode(customers::api::COMMAND_TOPIC, &customers::api::AuthorizeCustomer { id: id.clone() })
+                .expect("encode")
+                .with_key(id.as_str())
+                .with_header("herald-saga-id", id.as_str());
+        broker.publish(&[expect_reply(command, "test.replies")]).await.expect("publish");
+    }
+    let mut outcomes = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let reply =
+            tokio::time::timeout(Duration::from_secs(10), replies.next()).await.expect("in time").expect("a reply");
+        let saga = reply.message.header("herald-saga-id").expect("saga header copied").to_owned();
+        outcomes.insert(saga, (Outcome::of(&reply.message), reply.message.header(REPLY_REASON).map(str::to_owned)));
+        reply.ack().await.expect("ack");
+    }
+    assert_eq!(outcomes[&ada], (Some(Outcome::Success), None));
+    assert_eq!(outcomes[&bob], (Some(Outcome::Failure), Some("the customer is disabled".into())));
+    assert_eq!(outcomes["nobody"], (Some(Outcome::Failure), Some("customer not found".into())));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .expect("stops in time")
+        .expect("no panic")
+        .expect("clean stop");
+}

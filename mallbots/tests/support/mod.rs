@@ -1,0 +1,121 @@
+//! Test support: each test gets its own app on a temp database and port 0.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use mallbots::app::{App, Config};
+use serde_json::Value;
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+/// An app on its own database, not running (HTTP is called in-process).
+pub struct TestApp {
+    pub app: App,
+    pub router: Router,
+    pub token: String,
+    pub dir: TempDir,
+}
+
+pub const TOKEN: &str = "test-admin-token";
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        http_addr: "127.0.0.1:0".into(),
+        database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
+        broker: None,
+        admin_token: Some(TOKEN.into()),
+    };
+    let app = App::build(config).await.expect("app builds");
+    let router = app.http_router();
+    TestApp { app, router, token: TOKEN.into(), dir }
+}
+
+/// A response, decoded.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `id` of a creation.
+    pub fn id(&self) -> String {
+        assert_eq!(self.status, StatusCode::CREATED, "expected a creation, got {self:?}");
+        self.body["id"].as_str().expect("an id").to_owned()
+    }
+
+    /// The error message.
+    pub fn message(&self) -> &str {
+        self.body["message"].as_str().unwrap_or_else(|| panic!("no error message in {self:?}"))
+    }
+}
+
+impl TestApp {
+    pub async fn request(
+        &self,
+        method: Method,
+        uri: &str,
+        admin: bool,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut builder = Request::builder().method(method).uri(uri);
+        if admin {
+            builder = builder.header("authorization", format!("Bearer {}", self.token));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = match body {
+            Some(body) => {
+                builder.header("content-type", "application/json").body(Body::from(body.to_string())).expect("request")
+            }
+            None => builder.body(Body::empty()).expect("request"),
+        };
+        let response = self.router.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Reply { status, headers, body }
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.request(Method::GET, uri, false, None, &[]).await
+    }
+
+    pub async fn post(&self, uri: &str, admin: bool, body: Value) -> Reply {
+        self.request(Method::POST, uri, admin, Some(body), &[]).await
+    }
+
+    pub async fn put(&self, uri: &str, admin: bool, body: Option<Value>) -> Reply {
+        self.request(Method::PUT, uri, admin, body, &[]).await
+    }
+
+    pub async fn delete(&self, uri: &str, admin: bool) -> Reply {
+        self.request(Method::DELETE, uri, admin, None, &[]).await
+    }
+}
+
+/// Waits (bounded) until `f` holds.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
