@@ -25,6 +25,10 @@ const SCHEMA: &[&str] = &[
     // customers: the state table of the Customer aggregate.
     "CREATE TABLE IF NOT EXISTS customers_customers (
         id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL, enabled INTEGER NOT NULL)",
+    // baskets: the local copy of the stores' catalog (fed by stores events).
+    "CREATE TABLE IF NOT EXISTS baskets_stores (id TEXT PRIMARY KEY, name TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS baskets_products (
+        id TEXT PRIMARY KEY, store_id TEXT NOT NULL, name TEXT NOT NULL, price_cents INTEGER NOT NULL)",
 ];
 
 /// Creates the application's tables if missing.

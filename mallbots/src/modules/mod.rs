@@ -3,5 +3,6 @@
 //! and queries in Herald transactions) and `http.rs` (its REST endpoints). Modules talk only
 //! through messages.
 
+pub mod baskets;
 pub mod customers;
 pub mod stores;

@@ -13,7 +13,8 @@ use tower::ServiceExt;
 
 /// An app on its own database, not running (HTTP is called in-process).
 pub struct TestApp {
-    pub app: App,
+    /// The built app, until a test runs it.
+    pub app: Option<App>,
     pub router: Router,
     pub token: String,
     pub dir: TempDir,
@@ -31,7 +32,7 @@ pub async fn spawn_app() -> TestApp {
     };
     let app = App::build(config).await.expect("app builds");
     let router = app.http_router();
-    TestApp { app, router, token: TOKEN.into(), dir }
+    TestApp { app: Some(app), router, token: TOKEN.into(), dir }
 }
 
 /// A response, decoded.
@@ -117,5 +118,34 @@ where
     while !f().await {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An app running in the background (router and relay too), called in-process over HTTP.
+pub struct RunningApp {
+    pub t: TestApp,
+    pub broker: herald_sql::SqlBroker,
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+pub async fn spawn_running_app() -> RunningApp {
+    let mut t = spawn_app().await;
+    let app = t.app.take().expect("not yet running");
+    let broker = app.broker();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    RunningApp { t, broker, shutdown, task }
+}
+
+impl RunningApp {
+    /// Stops the app and checks it stopped cleanly.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("stops in time")
+            .expect("no panic")
+            .expect("clean stop");
     }
 }

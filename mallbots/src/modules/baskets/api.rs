@@ -1,0 +1,60 @@
+//! The public contract of baskets: its integration events.
+
+use herald::Event;
+use serde::{Deserialize, Serialize};
+
+/// Topic of the basket events (keyed by basket id).
+pub const EVENT_TOPIC: &str = "baskets.events.Basket";
+
+/// A customer started a basket at a kiosk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasketStarted {
+    pub id: String,
+    pub customer_id: String,
+}
+impl Event for BasketStarted {
+    const NAME: &'static str = "basketsapi.BasketStarted.v1";
+}
+
+/// A basket was abandoned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasketCanceled {
+    pub id: String,
+}
+impl Event for BasketCanceled {
+    const NAME: &'static str = "basketsapi.BasketCanceled.v1";
+}
+
+/// One line of a checked-out basket, with the names and price the customer saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasketItem {
+    pub store_id: String,
+    pub product_id: String,
+    pub store_name: String,
+    pub product_name: String,
+    pub price_cents: i64,
+    pub quantity: u32,
+}
+
+/// A basket was paid for with `payment_id`: ordering creates the order (order id = basket id)
+/// from this event alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BasketCheckedOut {
+    pub id: String,
+    pub customer_id: String,
+    pub payment_id: String,
+    pub items: Vec<BasketItem>,
+}
+impl Event for BasketCheckedOut {
+    const NAME: &'static str = "basketsapi.BasketCheckedOut.v1";
+}
+
+herald::event_set! {
+    /// Everything on [`EVENT_TOPIC`].
+    #[derive(Clone, Debug, PartialEq)]
+    pub enum BasketIntegrationEvent {
+        Started(BasketStarted),
+        Canceled(BasketCanceled),
+        CheckedOut(BasketCheckedOut),
+    }
+}

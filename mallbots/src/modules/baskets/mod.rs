@@ -1,0 +1,31 @@
+//! **baskets**: kiosk baskets.
+//!
+//! `Basket` is event-sourced (with snapshots). Prices and names come from a local copy of the
+//! stores' catalog (`baskets_stores`, `baskets_products`), kept up to date from the stores
+//! events (event-carried state transfer: no call to stores on the hot path). Checking out
+//! publishes [`api::BasketCheckedOut`] with the full item list.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod http;
+
+use herald::router::{Route, handler_fn};
+use herald::{StartFrom, SubscribeOptions};
+
+use crate::modules::stores::api as stores;
+
+/// The message routes of baskets: the two feeds of its catalog cache. They start from the
+/// beginning of the stream, so a new deployment builds its cache from the whole history.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores").start(StartFrom::Beginning))
+            .on::<stores::StoreIntegrationEvent>(handler_fn(|cx, event: stores::StoreIntegrationEvent| {
+            Box::pin(application::on_store_event(cx, event))
+        })),
+        Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products").start(StartFrom::Beginning))
+            .on::<stores::ProductIntegrationEvent>(handler_fn(|cx, event: stores::ProductIntegrationEvent| {
+            Box::pin(application::on_product_event(cx, event))
+        })),
+    ]
+}
