@@ -5,4 +5,5 @@
 
 pub mod baskets;
 pub mod customers;
+pub mod ordering;
 pub mod stores;

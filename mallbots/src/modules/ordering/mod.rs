@@ -1,0 +1,32 @@
+//! **ordering**: orders, event-sourced (with snapshots).
+//!
+//! An order is created from `BasketCheckedOut` (order id = basket id, so a redelivered
+//! checkout cannot create two), approved or rejected by the create-order saga's commands, and
+//! canceled through REST while pending or approved. Readying (on ShoppingListCompleted) and
+//! completing (on InvoicePaid) are in [`application`], to be wired when depot and payments
+//! exist.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod http;
+
+use herald::command::command_handler;
+use herald::router::{Route, handler_fn};
+use herald::{StartFrom, SubscribeOptions};
+
+use crate::modules::baskets::api as baskets;
+
+/// The message routes of ordering: checkouts in, saga commands in.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(baskets::EVENT_TOPIC, "ordering-baskets").start(StartFrom::Beginning))
+            .on::<baskets::BasketCheckedOut>(handler_fn(|cx, event: baskets::BasketCheckedOut| {
+            Box::pin(application::on_basket_checked_out(cx, event))
+        })),
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "ordering-commands").start(StartFrom::Beginning))
+            .on::<api::OrderingCommand>(command_handler(|cx, command: api::OrderingCommand| {
+            Box::pin(application::handle_command(cx, command))
+        })),
+    ]
+}
