@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::modules::{baskets, customers, ordering};
+use crate::modules::{baskets, customers, ordering, payments};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -132,7 +132,9 @@ impl App {
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
             .middleware(Tracing)
             .middleware(Inbox);
-        for route in customers::routes().into_iter().chain(baskets::routes()).chain(ordering::routes()) {
+        for route in
+            customers::routes().into_iter().chain(baskets::routes()).chain(ordering::routes()).chain(payments::routes())
+        {
             router = router.route(route);
         }
         router

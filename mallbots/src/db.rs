@@ -29,6 +29,11 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS baskets_stores (id TEXT PRIMARY KEY, name TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS baskets_products (
         id TEXT PRIMARY KEY, store_id TEXT NOT NULL, name TEXT NOT NULL, price_cents INTEGER NOT NULL)",
+    // payments: authorizations and invoices (invoice id = order id).
+    "CREATE TABLE IF NOT EXISTS payments_payments (
+        id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount_cents INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS payments_invoices (
+        id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents INTEGER NOT NULL, status TEXT NOT NULL)",
 ];
 
 /// Creates the application's tables if missing.

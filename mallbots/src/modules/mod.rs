@@ -6,4 +6,5 @@
 pub mod baskets;
 pub mod customers;
 pub mod ordering;
+pub mod payments;
 pub mod stores;

@@ -125,6 +125,7 @@ where
 pub struct RunningApp {
     pub t: TestApp,
     pub broker: herald_sql::SqlBroker,
+    pub store: std::sync::Arc<dyn herald::Store>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -133,9 +134,10 @@ pub async fn spawn_running_app() -> RunningApp {
     let mut t = spawn_app().await;
     let app = t.app.take().expect("not yet running");
     let broker = app.broker();
+    let store = app.store();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
-    RunningApp { t, broker, shutdown, task }
+    RunningApp { t, broker, store, shutdown, task }
 }
 
 impl RunningApp {

@@ -12,6 +12,7 @@ use super::api;
 use super::domain::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 use crate::error::{AppError, AppResult};
 use crate::modules::baskets::api as baskets;
+use crate::modules::payments::api as payments;
 use crate::money::Money;
 
 /// A snapshot every this many events of an order.
@@ -135,6 +136,18 @@ pub async fn on_basket_checked_out(
     let command = OrderCommand::Create { customer_id: event.customer_id, payment_id: event.payment_id, items };
     match execute(cx.tx()?, &event.id, command, Some(&cause)).await {
         Ok(Ok(_)) | Ok(Err(OrderError::AlreadyExists)) => Ok(()),
+        Ok(Err(refusal)) => Err(HandlerError::permanent(refusal)),
+        Err(e) => Err(HandlerError::transient(e)),
+    }
+}
+
+/// Completes the order whose invoice was paid. A redelivery finds it completed and changes
+/// nothing; an invoice paid for an order that is not ready is dead-lettered (a bug upstream).
+pub async fn on_invoice_paid(cx: &mut HandlerContext, event: payments::InvoicePaid) -> Result<(), HandlerError> {
+    let cause = cx.message().clone();
+    let command = OrderCommand::Complete { invoice_id: event.id };
+    match execute(cx.tx()?, &event.order_id, command, Some(&cause)).await {
+        Ok(Ok(_) | Err(OrderError::WrongStatus { status: OrderStatus::Completed, .. })) => Ok(()),
         Ok(Err(refusal)) => Err(HandlerError::permanent(refusal)),
         Err(e) => Err(HandlerError::transient(e)),
     }

@@ -2,9 +2,9 @@
 //!
 //! An order is created from `BasketCheckedOut` (order id = basket id, so a redelivered
 //! checkout cannot create two), approved or rejected by the create-order saga's commands, and
-//! canceled through REST while pending or approved. Readying (on ShoppingListCompleted) and
-//! completing (on InvoicePaid) are in [`application`], to be wired when depot and payments
-//! exist.
+//! canceled through REST while pending or approved, and completed when its invoice is paid
+//! (**fix**: nothing consumed InvoicePaid in the Go version). Readying (on
+//! ShoppingListCompleted) is [`application::ready`], to be wired when depot exists.
 
 pub mod api;
 pub mod application;
@@ -16,6 +16,7 @@ use herald::router::{Route, handler_fn};
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::baskets::api as baskets;
+use crate::modules::payments::api as payments;
 
 /// The message routes of ordering: checkouts in, saga commands in.
 pub fn routes() -> Vec<Route> {
@@ -27,6 +28,10 @@ pub fn routes() -> Vec<Route> {
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "ordering-commands").start(StartFrom::Beginning))
             .on::<api::OrderingCommand>(command_handler(|cx, command: api::OrderingCommand| {
             Box::pin(application::handle_command(cx, command))
+        })),
+        Route::new(SubscribeOptions::new(payments::EVENT_TOPIC, "ordering-payments").start(StartFrom::Beginning))
+            .on::<payments::InvoicePaid>(handler_fn(|cx, event: payments::InvoicePaid| {
+            Box::pin(application::on_invoice_paid(cx, event))
         })),
     ]
 }

@@ -1,0 +1,30 @@
+//! **payments**: payment authorizations (kiosk) and invoices (depot), in state tables.
+//!
+//! Handles the saga's `ConfirmPayment`; issues an invoice when an order is readied and cancels
+//! an open one when an order is canceled (**fix**: the Go version never subscribed to that);
+//! paying an invoice publishes `InvoicePaid`, which completes the order.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod http;
+
+use herald::command::command_handler;
+use herald::router::{Route, handler_fn};
+use herald::{StartFrom, SubscribeOptions};
+
+use crate::modules::ordering::api as ordering;
+
+/// The message routes of payments.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "payments-commands").start(StartFrom::Beginning))
+            .on::<api::ConfirmPayment>(command_handler(|cx, command: api::ConfirmPayment| {
+            Box::pin(application::handle_confirm(cx, command))
+        })),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "payments-orders").start(StartFrom::Beginning))
+            .on::<ordering::OrderIntegrationEvent>(handler_fn(|cx, event: ordering::OrderIntegrationEvent| {
+            Box::pin(application::on_order_event(cx, event))
+        })),
+    ]
+}
