@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::modules::{baskets, customers, ordering, payments};
+use crate::modules::{baskets, cosec, customers, depot, ordering, payments};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -126,14 +126,19 @@ impl App {
     }
 
     /// The message router with every module's routes.
-    fn message_router(&self) -> Router {
+    fn message_router(&self, saga: &herald::saga::Orchestrator<cosec::CreateOrderData>) -> Router {
         let mut router = Router::new(Arc::new(self.broker.clone()))
             .store(self.store.clone())
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
             .middleware(Tracing)
             .middleware(Inbox);
-        for route in
-            customers::routes().into_iter().chain(baskets::routes()).chain(ordering::routes()).chain(payments::routes())
+        for route in customers::routes()
+            .into_iter()
+            .chain(baskets::routes())
+            .chain(ordering::routes())
+            .chain(payments::routes())
+            .chain(depot::routes())
+            .chain(cosec::routes(saga))
         {
             router = router.route(route);
         }
@@ -144,7 +149,9 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let router_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
-        let router_task = tokio::spawn(self.message_router().run(router_stop.clone()));
+        let saga = cosec::orchestrator(self.store.clone());
+        let router_task = tokio::spawn(self.message_router(&saga).run(router_stop.clone()));
+        let timeouts_task = tokio::spawn(saga.run_timeouts(Duration::from_secs(1), router_stop.clone()));
         let relay = OutboxRelay::new(self.store.clone(), Arc::new(self.broker.clone()));
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
 
@@ -155,12 +162,14 @@ impl App {
         // HTTP has stopped taking work; let in-flight messages finish, then flush the outbox.
         router_stop.cancel();
         let routed = router_task.await;
+        let timed = timeouts_task.await;
         relay_stop.cancel();
         let relayed = relay_task.await;
         self.db.close().await;
         served.context("serving HTTP")?;
         routed.context("the message router panicked")?.context("the message router failed")?;
         relayed.context("the outbox relay panicked")?;
+        timed.context("the saga timeouts task panicked")?;
         tracing::info!("MallBots stopped");
         Ok(())
     }

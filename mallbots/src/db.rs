@@ -34,6 +34,10 @@ const SCHEMA: &[&str] = &[
         id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount_cents INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS payments_invoices (
         id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents INTEGER NOT NULL, status TEXT NOT NULL)",
+    // depot: shopping lists (items as JSON).
+    "CREATE TABLE IF NOT EXISTS depot_shopping_lists (
+        id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, bot_id TEXT, items TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS depot_shopping_lists_by_status ON depot_shopping_lists (status, id)",
 ];
 
 /// Creates the application's tables if missing.

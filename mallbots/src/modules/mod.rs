@@ -4,7 +4,9 @@
 //! through messages.
 
 pub mod baskets;
+pub mod cosec;
 pub mod customers;
+pub mod depot;
 pub mod ordering;
 pub mod payments;
 pub mod stores;

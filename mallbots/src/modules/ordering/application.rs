@@ -12,6 +12,7 @@ use super::api;
 use super::domain::{Order, OrderCommand, OrderError, OrderEvent, OrderStatus};
 use crate::error::{AppError, AppResult};
 use crate::modules::baskets::api as baskets;
+use crate::modules::depot::api as depot;
 use crate::modules::payments::api as payments;
 use crate::money::Money;
 
@@ -149,6 +150,23 @@ pub async fn on_invoice_paid(cx: &mut HandlerContext, event: payments::InvoicePa
     match execute(cx.tx()?, &event.order_id, command, Some(&cause)).await {
         Ok(Ok(_) | Err(OrderError::WrongStatus { status: OrderStatus::Completed, .. })) => Ok(()),
         Ok(Err(refusal)) => Err(HandlerError::permanent(refusal)),
+        Err(e) => Err(HandlerError::transient(e)),
+    }
+}
+
+/// Readies the order whose shopping list was completed. An order canceled meanwhile stays
+/// canceled (logged); a redelivery changes nothing.
+pub async fn on_shopping_list_completed(
+    cx: &mut HandlerContext,
+    event: depot::ShoppingListCompleted,
+) -> Result<(), HandlerError> {
+    let cause = cx.message().clone();
+    match execute(cx.tx()?, &event.order_id, OrderCommand::Ready, Some(&cause)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(refusal)) => {
+            tracing::warn!(order = %event.order_id, reason = %refusal, "shopping list completed for an order that cannot be readied");
+            Ok(())
+        }
         Err(e) => Err(HandlerError::transient(e)),
     }
 }

@@ -3,8 +3,8 @@
 //! An order is created from `BasketCheckedOut` (order id = basket id, so a redelivered
 //! checkout cannot create two), approved or rejected by the create-order saga's commands, and
 //! canceled through REST while pending or approved, and completed when its invoice is paid
-//! (**fix**: nothing consumed InvoicePaid in the Go version). Readying (on
-//! ShoppingListCompleted) is [`application::ready`], to be wired when depot exists.
+//! (**fix**: nothing consumed InvoicePaid in the Go version). It is readied when its
+//! shopping list is completed.
 
 pub mod api;
 pub mod application;
@@ -16,6 +16,7 @@ use herald::router::{Route, handler_fn};
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::baskets::api as baskets;
+use crate::modules::depot::api as depot;
 use crate::modules::payments::api as payments;
 
 /// The message routes of ordering: checkouts in, saga commands in.
@@ -32,6 +33,10 @@ pub fn routes() -> Vec<Route> {
         Route::new(SubscribeOptions::new(payments::EVENT_TOPIC, "ordering-payments").start(StartFrom::Beginning))
             .on::<payments::InvoicePaid>(handler_fn(|cx, event: payments::InvoicePaid| {
             Box::pin(application::on_invoice_paid(cx, event))
+        })),
+        Route::new(SubscribeOptions::new(depot::EVENT_TOPIC, "ordering-depot").start(StartFrom::Beginning))
+            .on::<depot::ShoppingListCompleted>(handler_fn(|cx, event: depot::ShoppingListCompleted| {
+            Box::pin(application::on_shopping_list_completed(cx, event))
         })),
     ]
 }

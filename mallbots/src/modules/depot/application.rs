@@ -1,0 +1,241 @@
+//! The depot application.
+
+use std::collections::BTreeMap;
+
+use herald::aggregate::Aggregate;
+use herald::command::Reply;
+use herald::router::{HandlerContext, HandlerError};
+use herald::{Message, Transaction};
+use serde::Serialize;
+use sqlx::SqlitePool;
+use utoipa::ToSchema;
+
+use super::api::{self, ShoppingItem};
+use super::domain::{ShoppingCommand, ShoppingError, ShoppingEvent, ShoppingList, ShoppingStatus};
+use crate::db;
+use crate::error::{AppError, AppResult};
+use crate::modules::ordering::api as ordering;
+
+impl From<ShoppingError> for AppError {
+    fn from(e: ShoppingError) -> Self {
+        match e {
+            ShoppingError::NotFound => AppError::NotFound("shopping list".into()),
+            ShoppingError::NoItems | ShoppingError::NoBot => AppError::invalid(e),
+            ShoppingError::AlreadyExists | ShoppingError::WrongStatus { .. } => AppError::conflict(e),
+        }
+    }
+}
+
+type Row = (String, String, Option<String>, String);
+
+fn from_row((order_id, status, bot_id, items): Row) -> AppResult<ShoppingList> {
+    Ok(ShoppingList {
+        status: ShoppingStatus::parse(&status).ok_or_else(|| AppError::internal(format!("bad status {status}")))?,
+        order_id,
+        items: serde_json::from_str(&items).map_err(AppError::internal)?,
+        bot_id,
+    })
+}
+
+async fn execute(
+    tx: &mut dyn Transaction,
+    id: &str,
+    command: ShoppingCommand,
+    cause: Option<&Message>,
+) -> AppResult<Result<ShoppingList, ShoppingError>> {
+    let row: Option<Row> =
+        sqlx::query_as("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *db::connection(tx)?)
+            .await?;
+    let mut list = match row {
+        Some(row) => from_row(row)?,
+        None => ShoppingList::default(),
+    };
+    let events = match list.handle(command) {
+        Ok(events) => events,
+        Err(e) => return Ok(Err(e)),
+    };
+    if events.is_empty() {
+        return Ok(Ok(list));
+    }
+    let mut messages = Vec::new();
+    for event in &events {
+        list.apply(event);
+        let (id, order_id) = (id.to_owned(), list.order_id.clone());
+        let integration: api::ShoppingListIntegrationEvent = match event {
+            ShoppingEvent::Created(_) => api::ShoppingListCreated { id, order_id }.into(),
+            ShoppingEvent::Available(_) => continue,
+            ShoppingEvent::Assigned(e) => api::ShoppingListAssigned { id, order_id, bot_id: e.bot_id.clone() }.into(),
+            ShoppingEvent::Completed(_) => api::ShoppingListCompleted { id, order_id }.into(),
+            ShoppingEvent::Canceled(_) => api::ShoppingListCanceled { id, order_id }.into(),
+        };
+        let mut message = Message::encode(api::EVENT_TOPIC, &integration)?.with_key(list.order_id.as_str());
+        if let Some(cause) = cause {
+            message = message.caused_by(cause);
+        }
+        messages.push(message);
+    }
+    let items = serde_json::to_string(&list.items).map_err(AppError::internal)?;
+    sqlx::query(
+        "INSERT INTO depot_shopping_lists (id, order_id, status, bot_id, items) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, bot_id = excluded.bot_id",
+    )
+    .bind(id)
+    .bind(&list.order_id)
+    .bind(list.status.as_str())
+    .bind(&list.bot_id)
+    .bind(items)
+    .execute(&mut *db::connection(tx)?)
+    .await?;
+    tx.enqueue(messages).await?;
+    Ok(Ok(list))
+}
+
+/// The id of the list of an order, if it has one.
+async fn list_of_order(tx: &mut dyn Transaction, order_id: &str) -> AppResult<Option<String>> {
+    Ok(sqlx::query_scalar("SELECT id FROM depot_shopping_lists WHERE order_id = ?")
+        .bind(order_id)
+        .fetch_optional(&mut *db::connection(tx)?)
+        .await?)
+}
+
+/// Handles the saga's commands to depot.
+pub async fn handle_command(cx: &mut HandlerContext, command: api::DepotCommand) -> Result<Reply, HandlerError> {
+    let cause = cx.message().clone();
+    let tx = cx.tx()?;
+    let outcome = match command {
+        api::DepotCommand::Create(c) => {
+            // One list per order: a repeated command answers with the list already made.
+            if let Some(id) = list_of_order(tx, &c.order_id).await.map_err(HandlerError::transient)? {
+                return Ok(Reply::with(&api::CreatedShoppingList { id })?);
+            }
+            let id = db::new_id();
+            let result =
+                execute(tx, &id, ShoppingCommand::Create { order_id: c.order_id, items: c.items }, Some(&cause)).await;
+            match result.map_err(HandlerError::transient)? {
+                Ok(_) => return Ok(Reply::with(&api::CreatedShoppingList { id })?),
+                Err(refusal) => Err(refusal),
+            }
+        }
+        api::DepotCommand::Cancel(c) => execute(tx, &c.id, ShoppingCommand::Cancel, Some(&cause))
+            .await
+            .map_err(HandlerError::transient)?
+            .map(|_| ()),
+        api::DepotCommand::Initiate(c) => execute(tx, &c.id, ShoppingCommand::Initiate, Some(&cause))
+            .await
+            .map_err(HandlerError::transient)?
+            .map(|_| ()),
+    };
+    Ok(match outcome {
+        Ok(()) => Reply::success(),
+        Err(refusal) => Reply::failure(refusal.to_string()),
+    })
+}
+
+/// Cancels the list of a canceled order (and so frees its bot), if it is not done yet.
+pub async fn on_order_canceled(cx: &mut HandlerContext, event: ordering::OrderCanceled) -> Result<(), HandlerError> {
+    let cause = cx.message().clone();
+    let tx = cx.tx()?;
+    let Some(id) = list_of_order(tx, &event.id).await.map_err(HandlerError::transient)? else { return Ok(()) };
+    match execute(tx, &id, ShoppingCommand::Cancel, Some(&cause)).await.map_err(HandlerError::transient)? {
+        Ok(_) | Err(ShoppingError::WrongStatus { .. }) => Ok(()),
+        Err(refusal) => Err(HandlerError::permanent(refusal)),
+    }
+}
+
+/// A bot takes an available list.
+pub async fn assign(tx: &mut dyn Transaction, id: &str, bot_id: String) -> AppResult<()> {
+    execute(tx, id, ShoppingCommand::Assign { bot_id }, None).await??;
+    Ok(())
+}
+
+/// The bot brought everything to the depot.
+pub async fn complete(tx: &mut dyn Transaction, id: &str) -> AppResult<()> {
+    execute(tx, id, ShoppingCommand::Complete, None).await??;
+    Ok(())
+}
+
+/// A product to pick up at a stop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StopItemView {
+    pub product_id: String,
+    pub product_name: String,
+    pub quantity: u32,
+}
+
+/// One store to visit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StopView {
+    pub store_id: String,
+    pub store_name: String,
+    pub items: Vec<StopItemView>,
+}
+
+/// A shopping list as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShoppingListView {
+    pub id: String,
+    pub order_id: String,
+    /// pending, available, assigned, active, completed or canceled.
+    pub status: String,
+    pub bot_id: Option<String>,
+    pub stops: Vec<StopView>,
+}
+
+fn view(id: String, list: ShoppingList) -> ShoppingListView {
+    let mut stops: BTreeMap<String, StopView> = BTreeMap::new();
+    for ShoppingItem { store_id, store_name, product_id, product_name, quantity } in list.items {
+        stops
+            .entry(store_id.clone())
+            .or_insert_with(|| StopView { store_id, store_name, items: Vec::new() })
+            .items
+            .push(StopItemView { product_id, product_name, quantity });
+    }
+    ShoppingListView {
+        id,
+        order_id: list.order_id,
+        status: list.status.as_str().to_owned(),
+        bot_id: list.bot_id,
+        stops: stops.into_values().collect(),
+    }
+}
+
+/// One shopping list.
+pub async fn get(pool: &SqlitePool, id: &str) -> AppResult<ShoppingListView> {
+    let row: Option<Row> =
+        sqlx::query_as("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    let row = row.ok_or_else(|| AppError::NotFound("shopping list".into()))?;
+    Ok(view(id.to_owned(), from_row(row)?))
+}
+
+/// Shopping lists, optionally of one status (`status` must be a known one), oldest first.
+pub async fn list(pool: &SqlitePool, status: Option<&str>) -> AppResult<Vec<ShoppingListView>> {
+    let rows: Vec<(String, String, String, Option<String>, String)> = match status {
+        Some(status) => {
+            let status = ShoppingStatus::parse(status)
+                .ok_or_else(|| AppError::invalid(format!("unknown status {status:?}")))?
+                .as_str();
+            sqlx::query_as(
+                "SELECT id, order_id, status, bot_id, items FROM depot_shopping_lists WHERE status = ? ORDER BY id LIMIT 500",
+            )
+            .bind(status)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_as("SELECT id, order_id, status, bot_id, items FROM depot_shopping_lists ORDER BY id LIMIT 500")
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    rows.into_iter()
+        .map(|(id, order_id, status, bot_id, items)| Ok(view(id, from_row((order_id, status, bot_id, items))?)))
+        .collect()
+}

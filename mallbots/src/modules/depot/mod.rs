@@ -1,0 +1,32 @@
+//! **depot**: shopping lists for the shopper bots, in a state table.
+//!
+//! Handles the saga's `CreateShoppingList` (replying with the list id), `CancelShoppingList`
+//! (idempotent compensation) and `InitiateShopping` (**fix**: it now reaches the list and makes
+//! it available); cancels the list of a canceled order; assignment and completion are admin REST
+//! calls for now (the bot stream comes later). Completion publishes `ShoppingListCompleted`,
+//! which readies the order.
+
+pub mod api;
+pub mod application;
+pub mod domain;
+pub mod http;
+
+use herald::command::command_handler;
+use herald::router::{Route, handler_fn};
+use herald::{StartFrom, SubscribeOptions};
+
+use crate::modules::ordering::api as ordering;
+
+/// The message routes of depot.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands").start(StartFrom::Beginning))
+            .on::<api::DepotCommand>(command_handler(|cx, command: api::DepotCommand| {
+            Box::pin(application::handle_command(cx, command))
+        })),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders").start(StartFrom::Beginning))
+            .on::<ordering::OrderCanceled>(handler_fn(|cx, event: ordering::OrderCanceled| {
+            Box::pin(application::on_order_canceled(cx, event))
+        })),
+    ]
+}

@@ -1,0 +1,152 @@
+//! The whole order life, end to end, through the REST API only (as a kiosk, the depot staff
+//! and an admin would), with every module running: the happy path to `completed`, and the
+//! rejection and cancel paths.
+
+mod support;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+use support::{RunningApp, TestApp, eventually, spawn_running_app};
+
+/// The admin's catalog: one store with one product at 9.99; returns the product id.
+async fn catalog(t: &TestApp) -> String {
+    let store = t.post("/api/stores", true, json!({ "name": "Books", "location": "L1" })).await.id();
+    assert_eq!(t.put(&format!("/api/stores/{store}/participating"), true, None).await.status, StatusCode::NO_CONTENT);
+    t.post(&format!("/api/stores/{store}/products"), true, json!({ "name": "Treasury", "price": 9.99 })).await.id()
+}
+
+/// A customer checks out 2 × the product with a payment of `amount`; returns the order id.
+async fn order(t: &TestApp, customer: &str, product: &str, amount: Value) -> String {
+    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": amount })).await.id();
+    let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
+    let add = json!({ "productId": product, "quantity": 2 });
+    eventually("the product reaches the baskets' catalog", || async {
+        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add.clone())).await.status
+            == StatusCode::NO_CONTENT
+    })
+    .await;
+    let checkout =
+        t.put(&format!("/api/baskets/{basket}/checkout"), false, Some(json!({ "paymentId": payment }))).await;
+    assert_eq!(checkout.status, StatusCode::NO_CONTENT);
+    basket
+}
+
+async fn status_becomes(t: &TestApp, order: &str, status: &str) {
+    eventually(&format!("the order is {status}"), || async {
+        t.get(&format!("/api/ordering/{order}")).await.body["status"] == status
+    })
+    .await;
+}
+
+async fn admin_get(t: &TestApp, uri: &str) -> Value {
+    let reply = t.request(Method::GET, uri, true, None, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{uri}: {reply:?}");
+    reply.body
+}
+
+/// The shopping list of an order, once it has one.
+async fn shopping_list(t: &TestApp, order: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lists = admin_get(t, "/api/depot/shopping").await;
+        if let Some(found) = lists.as_array().and_then(|l| l.iter().find(|s| s["orderId"] == order)) {
+            return found.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the shopping list of {order}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn register(t: &TestApp, name: &str) -> String {
+    t.post("/api/customers", false, json!({ "name": name, "smsNumber": "555 0100" })).await.id()
+}
+
+#[tokio::test]
+async fn an_order_goes_from_checkout_to_completed() {
+    let app: RunningApp = spawn_running_app().await;
+    let t = &app.t;
+    let product = catalog(t).await;
+    let customer = register(t, "Ada").await;
+    let order = order(t, &customer, &product, json!(19.98)).await;
+
+    status_becomes(t, &order, "approved").await;
+    let list = shopping_list(t, &order).await;
+    assert_eq!(list["status"], "available", "InitiateShopping made it available");
+    assert_eq!(list["stops"][0]["storeName"], "Books");
+    assert_eq!(list["stops"][0]["items"][0]["quantity"], 2);
+    assert_eq!(t.get(&format!("/api/ordering/{order}")).await.body["shoppingId"], list["id"]);
+    let available = admin_get(t, "/api/depot/shopping?status=available").await;
+    assert!(available.as_array().is_some_and(|l| l.iter().any(|s| s["id"] == list["id"])));
+
+    let id = list["id"].as_str().expect("id");
+    assert_eq!(t.put(&format!("/api/depot/shopping/{id}/complete"), true, None).await.status, StatusCode::CONFLICT);
+    let assign = t.put(&format!("/api/depot/shopping/{id}/assign"), true, Some(json!({ "botId": "bot-1" }))).await;
+    assert_eq!(assign.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.put(&format!("/api/depot/shopping/{id}/complete"), true, None).await.status, StatusCode::NO_CONTENT);
+    status_becomes(t, &order, "ready").await;
+    assert_eq!(
+        t.delete(&format!("/api/ordering/{order}"), false).await.status,
+        StatusCode::CONFLICT,
+        "too late to cancel"
+    );
+
+    let find = format!("/api/payments/invoices?orderId={order}");
+    eventually("the invoice exists", || async {
+        t.request(Method::GET, &find, true, None, &[]).await.status == StatusCode::OK
+    })
+    .await;
+    let invoice = admin_get(t, &find).await;
+    assert_eq!(invoice["amount"], 19.98);
+    assert_eq!(invoice["status"], "pending");
+    let invoice_id = invoice["id"].as_str().expect("id");
+    assert_eq!(
+        t.put(&format!("/api/payments/invoices/{invoice_id}/pay"), true, None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    status_becomes(t, &order, "completed").await;
+    assert_eq!(admin_get(t, &find).await["status"], "paid");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_disabled_customer_s_order_is_rejected() {
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = catalog(t).await;
+    let customer = register(t, "Bob").await;
+    assert_eq!(t.put(&format!("/api/customers/{customer}/disable"), true, None).await.status, StatusCode::NO_CONTENT);
+    let order = order(t, &customer, &product, json!(19.98)).await;
+    status_becomes(t, &order, "rejected").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order() {
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = catalog(t).await;
+    let customer = register(t, "Cy").await;
+    let order = order(t, &customer, &product, json!(5)).await;
+    status_becomes(t, &order, "rejected").await;
+    let list = shopping_list(t, &order).await;
+    assert_eq!(list["status"], "canceled");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn canceling_an_approved_order_cancels_its_shopping_list() {
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = catalog(t).await;
+    let customer = register(t, "Di").await;
+    let order = order(t, &customer, &product, json!("19.98")).await;
+    status_becomes(t, &order, "approved").await;
+    assert_eq!(t.delete(&format!("/api/ordering/{order}"), false).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.get(&format!("/api/ordering/{order}")).await.body["status"], "canceled");
+    let id = shopping_list(t, &order).await["id"].as_str().expect("id").to_owned();
+    eventually("the shopping list is canceled", || async {
+        admin_get(t, &format!("/api/depot/shopping/{id}")).await["status"] == "canceled"
+    })
+    .await;
+    app.stop().await;
+}
