@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::modules::{baskets, cosec, customers, depot, ordering, payments};
+use crate::modules::{baskets, cosec, customers, depot, notifications, ordering, payments};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -139,6 +139,7 @@ impl App {
             .chain(payments::routes())
             .chain(depot::routes())
             .chain(cosec::routes(saga))
+            .chain(notifications::routes())
         {
             router = router.route(route);
         }

@@ -38,6 +38,12 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS depot_shopping_lists (
         id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, bot_id TEXT, items TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS depot_shopping_lists_by_status ON depot_shopping_lists (status, id)",
+    // notifications: the customer copy and the log of every SMS (the recording gateway).
+    "CREATE TABLE IF NOT EXISTS notifications_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS notifications_sent (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, order_id TEXT NOT NULL, kind TEXT NOT NULL,
+        sms_number TEXT NOT NULL, text TEXT NOT NULL, sent_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS notifications_sent_by_customer ON notifications_sent (customer_id, seq)",
 ];
 
 /// Creates the application's tables if missing.

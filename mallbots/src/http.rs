@@ -22,7 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
-use crate::modules::{baskets, customers, depot, ordering, payments, stores};
+use crate::modules::{baskets, customers, depot, notifications, ordering, payments, stores};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -261,6 +261,7 @@ pub fn router(state: AppState) -> Router {
         .merge(ordering::http::routes())
         .merge(payments::http::routes())
         .merge(depot::http::routes())
+        .merge(notifications::http::routes())
         .split_for_parts();
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(

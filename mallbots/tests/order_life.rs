@@ -105,6 +105,17 @@ async fn an_order_goes_from_checkout_to_completed() {
     );
     status_becomes(t, &order, "completed").await;
     assert_eq!(admin_get(t, &find).await["status"], "paid");
+
+    // notifications sent an SMS at created, ready and completed.
+    let sent = format!("/api/notifications?customerId={customer}");
+    eventually("three SMS were sent", || async { admin_get(t, &sent).await.as_array().map(Vec::len) == Some(3) }).await;
+    let kinds: Vec<Value> =
+        admin_get(t, &sent).await.as_array().map(|l| l.iter().map(|n| n["kind"].clone()).collect()).unwrap_or_default();
+    assert_eq!(kinds, vec![json!("created"), json!("ready"), json!("completed")]);
+    assert_eq!(admin_get(t, &sent).await[0]["smsNumber"], "555 0100");
+    assert_eq!(t.get(&sent).await.status, StatusCode::UNAUTHORIZED);
+    let missing = t.request(Method::GET, "/api/notifications", true, None, &[]).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
     app.stop().await;
 }
 
@@ -130,6 +141,9 @@ async fn a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order() {
     status_becomes(t, &order, "rejected").await;
     let list = shopping_list(t, &order).await;
     assert_eq!(list["status"], "canceled");
+    let sent = format!("/api/notifications?customerId={customer}");
+    eventually("the created SMS was sent", || async { admin_get(t, &sent).await.as_array().map(Vec::len) == Some(1) })
+        .await;
     app.stop().await;
 }
 

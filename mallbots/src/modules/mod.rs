@@ -7,6 +7,7 @@ pub mod baskets;
 pub mod cosec;
 pub mod customers;
 pub mod depot;
+pub mod notifications;
 pub mod ordering;
 pub mod payments;
 pub mod stores;

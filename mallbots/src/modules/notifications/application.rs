@@ -1,0 +1,157 @@
+//! The notifications application: the customer copy, the SMS port and its recording adapter.
+
+use async_trait::async_trait;
+use herald::router::{HandlerContext, HandlerError};
+use herald::{Message, Transaction};
+use serde::Serialize;
+use sqlx::SqlitePool;
+use utoipa::ToSchema;
+
+use super::api;
+use crate::db;
+use crate::error::{AppError, AppResult};
+use crate::modules::customers::api as customers;
+use crate::modules::ordering::api as ordering;
+
+/// One SMS to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sms {
+    pub customer_id: String,
+    pub order_id: String,
+    pub kind: &'static str,
+    pub to: String,
+    pub text: String,
+}
+
+/// The port to an SMS service. It sends inside the handler's transaction, so an adapter that
+/// records (like [`RecordingGateway`]) records exactly once per handled event.
+#[async_trait]
+pub trait SmsGateway: Send + Sync {
+    /// Sends (or records) one message.
+    async fn send(&self, tx: &mut dyn Transaction, sms: &Sms) -> AppResult<()>;
+}
+
+/// The default adapter: records each message in `notifications_sent`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordingGateway;
+
+#[async_trait]
+impl SmsGateway for RecordingGateway {
+    async fn send(&self, tx: &mut dyn Transaction, sms: &Sms) -> AppResult<()> {
+        sqlx::query(
+            "INSERT INTO notifications_sent (customer_id, order_id, kind, sms_number, text, sent_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&sms.customer_id)
+        .bind(&sms.order_id)
+        .bind(sms.kind)
+        .bind(&sms.to)
+        .bind(&sms.text)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .execute(&mut *db::connection(tx)?)
+        .await?;
+        Ok(())
+    }
+}
+
+fn transient(e: impl Into<AppError>) -> HandlerError {
+    HandlerError::transient(e.into())
+}
+
+/// Keeps `notifications_customers` up to date.
+pub async fn on_customer_event(
+    cx: &mut HandlerContext,
+    event: customers::CustomerIntegrationEvent,
+) -> Result<(), HandlerError> {
+    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let result = match &event {
+        customers::CustomerIntegrationEvent::Registered(e) => {
+            sqlx::query(
+                "INSERT INTO notifications_customers (id, name, sms_number) VALUES (?, ?, ?)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, sms_number = excluded.sms_number",
+            )
+            .bind(&e.id)
+            .bind(&e.name)
+            .bind(&e.sms_number)
+            .execute(conn)
+            .await
+        }
+        customers::CustomerIntegrationEvent::SmsChanged(e) => {
+            sqlx::query("UPDATE notifications_customers SET sms_number = ? WHERE id = ?")
+                .bind(&e.sms_number)
+                .bind(&e.id)
+                .execute(conn)
+                .await
+        }
+        customers::CustomerIntegrationEvent::Enabled(_) | customers::CustomerIntegrationEvent::Disabled(_) => {
+            return Ok(());
+        }
+    };
+    result.map_err(transient)?;
+    Ok(())
+}
+
+/// Sends the SMS an order event calls for.
+pub async fn on_order_event(
+    cx: &mut HandlerContext,
+    event: ordering::OrderIntegrationEvent,
+    gateway: &dyn SmsGateway,
+) -> Result<(), HandlerError> {
+    let (customer_id, order_id, kind) = match &event {
+        ordering::OrderIntegrationEvent::Created(e) => (&e.customer_id, &e.id, "created"),
+        ordering::OrderIntegrationEvent::Readied(e) => (&e.customer_id, &e.id, "ready"),
+        ordering::OrderIntegrationEvent::Canceled(e) => (&e.customer_id, &e.id, "canceled"),
+        ordering::OrderIntegrationEvent::Completed(e) => (&e.customer_id, &e.id, "completed"),
+        _ => return Ok(()),
+    };
+    let cause = cx.message().clone();
+    let tx = cx.tx()?;
+    let customer: Option<(String, String)> =
+        sqlx::query_as("SELECT name, sms_number FROM notifications_customers WHERE id = ?")
+            .bind(customer_id)
+            .fetch_optional(&mut *db::connection(tx).map_err(transient)?)
+            .await
+            .map_err(transient)?;
+    let Some((name, to)) = customer else {
+        tracing::warn!(customer = %customer_id, order = %order_id, "no SMS number for this customer; nothing sent");
+        return Ok(());
+    };
+    let short = order_id.get(..8).unwrap_or(order_id);
+    let text = match kind {
+        "created" => format!("Hi {name}, we received your order {short}."),
+        "ready" => format!("Hi {name}, your order {short} is ready at the depot."),
+        "canceled" => format!("Hi {name}, your order {short} was canceled."),
+        _ => format!("Hi {name}, thank you! Your order {short} is complete."),
+    };
+    let sms = Sms { customer_id: customer_id.clone(), order_id: order_id.clone(), kind, to, text };
+    gateway.send(tx, &sms).await.map_err(transient)?;
+    let sent = api::NotificationSent { customer_id: sms.customer_id, order_id: sms.order_id, kind: kind.to_owned() };
+    let message = Message::encode(api::EVENT_TOPIC, &sent)?.with_key(customer_id.as_str()).caused_by(&cause);
+    tx.enqueue(vec![message]).await?;
+    Ok(())
+}
+
+/// A notification as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationView {
+    pub customer_id: String,
+    pub order_id: String,
+    /// created, ready, canceled or completed.
+    pub kind: String,
+    pub sms_number: String,
+    pub text: String,
+    /// RFC 3339.
+    pub sent_at: String,
+}
+
+/// The notifications sent to a customer, oldest first.
+pub async fn sent_to(pool: &SqlitePool, customer_id: &str) -> AppResult<Vec<NotificationView>> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, order_id, kind, sms_number, text, sent_at FROM notifications_sent
+         WHERE customer_id = ? ORDER BY seq LIMIT 500",
+    )
+    .bind(customer_id)
+    .fetch_all(pool)
+    .await?)
+}
