@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::modules::{baskets, cosec, customers, depot, notifications, ordering, payments};
+use crate::modules::{analytics, baskets, cosec, customers, depot, notifications, ordering, payments};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -153,6 +153,11 @@ impl App {
         let saga = cosec::orchestrator(self.store.clone());
         let router_task = tokio::spawn(self.message_router(&saga).run(router_stop.clone()));
         let timeouts_task = tokio::spawn(saga.run_timeouts(Duration::from_secs(1), router_stop.clone()));
+        let analytics = herald::projection::ProjectionRunner::new(
+            self.store.clone(),
+            Arc::new(analytics::AnalyticsProjection::default()),
+        );
+        let analytics_task = analytics.spawn(router_stop.clone());
         let relay = OutboxRelay::new(self.store.clone(), Arc::new(self.broker.clone()));
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
 
@@ -164,6 +169,7 @@ impl App {
         router_stop.cancel();
         let routed = router_task.await;
         let timed = timeouts_task.await;
+        let projected = analytics_task.await;
         relay_stop.cancel();
         let relayed = relay_task.await;
         self.db.close().await;
@@ -171,6 +177,7 @@ impl App {
         routed.context("the message router panicked")?.context("the message router failed")?;
         relayed.context("the outbox relay panicked")?;
         timed.context("the saga timeouts task panicked")?;
+        projected.context("the analytics projection panicked")?.context("the analytics projection failed")?;
         tracing::info!("MallBots stopped");
         Ok(())
     }

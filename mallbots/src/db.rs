@@ -44,6 +44,13 @@ const SCHEMA: &[&str] = &[
         seq INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, order_id TEXT NOT NULL, kind TEXT NOT NULL,
         sms_number TEXT NOT NULL, text TEXT NOT NULL, sent_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS notifications_sent_by_customer ON notifications_sent (customer_id, seq)",
+    // analytics: its read model (a projection of the order streams; rebuildable).
+    "CREATE TABLE IF NOT EXISTS analytics_orders (
+        order_id TEXT PRIMARY KEY, status TEXT NOT NULL, total_cents INTEGER NOT NULL,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS analytics_products (
+        product_id TEXT PRIMARY KEY, product_name TEXT NOT NULL, orders INTEGER NOT NULL,
+        quantity INTEGER NOT NULL, revenue_cents INTEGER NOT NULL)",
 ];
 
 /// Creates the application's tables if missing.

@@ -22,7 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
-use crate::modules::{baskets, customers, depot, notifications, ordering, payments, stores};
+use crate::modules::{analytics, baskets, customers, depot, notifications, ordering, payments, stores};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -262,6 +262,7 @@ pub fn router(state: AppState) -> Router {
         .merge(payments::http::routes())
         .merge(depot::http::routes())
         .merge(notifications::http::routes())
+        .merge(analytics::http::routes())
         .split_for_parts();
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(

@@ -116,6 +116,17 @@ async fn an_order_goes_from_checkout_to_completed() {
     assert_eq!(t.get(&sent).await.status, StatusCode::UNAUTHORIZED);
     let missing = t.request(Method::GET, "/api/notifications", true, None, &[]).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+
+    // analytics (a projection of the order streams) counts it and its revenue.
+    eventually("analytics sees the completed order", || async {
+        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["completed"] == 1
+    })
+    .await;
+    let summary = admin_get(t, "/api/analytics/summary").await;
+    assert_eq!(summary["revenue"], 19.98);
+    assert_eq!(summary["topProducts"][0]["productName"], "Treasury");
+    assert_eq!(summary["topProducts"][0]["quantity"], 2);
+    assert_eq!(t.get("/api/analytics/summary").await.status, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
 
@@ -128,6 +139,10 @@ async fn a_disabled_customer_s_order_is_rejected() {
     assert_eq!(t.put(&format!("/api/customers/{customer}/disable"), true, None).await.status, StatusCode::NO_CONTENT);
     let order = order(t, &customer, &product, json!(19.98)).await;
     status_becomes(t, &order, "rejected").await;
+    eventually("analytics counts the rejection", || async {
+        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["rejected"] == 1
+    })
+    .await;
     app.stop().await;
 }
 

@@ -3,6 +3,7 @@
 //! and queries in Herald transactions) and `http.rs` (its REST endpoints). Modules talk only
 //! through messages.
 
+pub mod analytics;
 pub mod baskets;
 pub mod cosec;
 pub mod customers;
