@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::modules::{analytics, baskets, cosec, customers, depot, notifications, ordering, payments};
+use crate::modules::{analytics, baskets, cosec, customers, depot, notifications, ordering, payments, search};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -140,6 +140,7 @@ impl App {
             .chain(depot::routes())
             .chain(cosec::routes(saga))
             .chain(notifications::routes())
+            .chain(search::routes())
         {
             router = router.route(route);
         }

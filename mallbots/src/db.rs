@@ -51,6 +51,12 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS analytics_products (
         product_id TEXT PRIMARY KEY, product_name TEXT NOT NULL, orders INTEGER NOT NULL,
         quantity INTEGER NOT NULL, revenue_cents INTEGER NOT NULL)",
+    // search: denormalised orders (items as JSON) and customer names.
+    "CREATE TABLE IF NOT EXISTS search_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS search_orders (
+        order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, customer_name TEXT, status TEXT NOT NULL,
+        total_cents INTEGER NOT NULL, items TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS search_orders_by_customer ON search_orders (customer_id, order_id)",
 ];
 
 /// Creates the application's tables if missing.

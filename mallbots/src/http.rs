@@ -22,7 +22,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
-use crate::modules::{analytics, baskets, customers, depot, notifications, ordering, payments, stores};
+use crate::modules::{analytics, baskets, customers, depot, notifications, ordering, payments, search, stores};
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -263,6 +263,7 @@ pub fn router(state: AppState) -> Router {
         .merge(depot::http::routes())
         .merge(notifications::http::routes())
         .merge(analytics::http::routes())
+        .merge(search::http::routes())
         .split_for_parts();
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(

@@ -179,3 +179,65 @@ async fn canceling_an_approved_order_cancels_its_shopping_list() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn search_filters_orders_and_pages_with_a_cursor() {
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = catalog(t).await;
+    let ada = register(t, "Ada").await;
+    let bob = register(t, "Bob").await;
+    let first = order(t, &ada, &product, json!(19.98)).await;
+    let second = order(t, &ada, &product, json!(1)).await;
+    let third = order(t, &bob, &product, json!(19.98)).await;
+    status_becomes(t, &first, "approved").await;
+    status_becomes(t, &second, "rejected").await;
+    status_becomes(t, &third, "approved").await;
+
+    let search =
+        |body: Value| async move { t.request(Method::POST, "/api/search/orders", true, Some(body), &[]).await };
+    let ids = |page: &Value| -> Vec<String> {
+        page["orders"]
+            .as_array()
+            .map(|l| l.iter().filter_map(|o| o["id"].as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    eventually("search has every order's status", || async {
+        let page = search(json!({ "status": "approved" })).await.body;
+        ids(&page).len() == 2
+    })
+    .await;
+    let by_customer = search(json!({ "customerId": ada })).await;
+    assert_eq!(by_customer.status, StatusCode::OK);
+    assert_eq!(ids(&by_customer.body), vec![first.clone(), second.clone()]);
+    assert_eq!(by_customer.body["orders"][0]["customerName"], "Ada");
+    assert_eq!(by_customer.body["orders"][0]["total"], 19.98);
+    assert_eq!(ids(&search(json!({ "status": "rejected" })).await.body), vec![second.clone()]);
+    assert_eq!(ids(&search(json!({ "productIds": [product], "customerId": bob })).await.body), vec![third.clone()]);
+    assert_eq!(ids(&search(json!({ "productIds": ["nope"] })).await.body), Vec::<String>::new());
+    assert_eq!(ids(&search(json!({ "minTotal": 20 })).await.body), Vec::<String>::new());
+    assert_eq!(ids(&search(json!({ "maxTotal": 19.98, "createdAfter": "2000-01-01T00:00:00Z" })).await.body).len(), 3);
+
+    let page1 = search(json!({ "limit": 2 })).await.body;
+    assert_eq!(ids(&page1), vec![first.clone(), second.clone()]);
+    let page2 = search(json!({ "limit": 2, "cursor": page1["next"] })).await.body;
+    assert_eq!(ids(&page2), vec![third.clone()]);
+    assert!(page2["next"].is_null());
+
+    for bad in [
+        json!({ "status": "lost" }),
+        json!({ "limit": 0 }),
+        json!({ "limit": 101 }),
+        json!({ "minTotal": -1 }),
+        json!({ "createdAfter": "yesterday" }),
+        json!({ "colour": "red" }),
+        json!({ "minTotal": 5, "maxTotal": 1 }),
+    ] {
+        assert_eq!(search(bad.clone()).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(t.post("/api/search/orders", false, json!({})).await.status, StatusCode::UNAUTHORIZED);
+    let one = t.request(Method::GET, &format!("/api/search/orders/{third}"), true, None, &[]).await;
+    assert_eq!(one.body["customerName"], "Bob");
+    assert_eq!(t.request(Method::GET, "/api/search/orders/nope", true, None, &[]).await.status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}

@@ -11,4 +11,5 @@ pub mod depot;
 pub mod notifications;
 pub mod ordering;
 pub mod payments;
+pub mod search;
 pub mod stores;

@@ -1,0 +1,230 @@
+//! The search read model and its query.
+
+use herald::router::{HandlerContext, HandlerError};
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use utoipa::ToSchema;
+
+use crate::db;
+use crate::error::{AppError, AppResult};
+use crate::modules::customers::api as customers;
+use crate::modules::ordering::api as ordering;
+use crate::money::Money;
+
+fn transient(e: impl Into<AppError>) -> HandlerError {
+    HandlerError::transient(e.into())
+}
+
+/// Keeps customer names for the order rows.
+pub async fn on_customer_registered(
+    cx: &mut HandlerContext,
+    event: customers::CustomerRegistered,
+) -> Result<(), HandlerError> {
+    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    sqlx::query(
+        "INSERT INTO search_customers (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+    )
+    .bind(&event.id)
+    .bind(&event.name)
+    .execute(&mut *conn)
+    .await
+    .map_err(transient)?;
+    sqlx::query("UPDATE search_orders SET customer_name = ? WHERE customer_id = ?")
+        .bind(&event.name)
+        .bind(&event.id)
+        .execute(conn)
+        .await
+        .map_err(transient)?;
+    Ok(())
+}
+
+/// Keeps one row per order.
+pub async fn on_order_event(
+    cx: &mut HandlerContext,
+    event: ordering::OrderIntegrationEvent,
+) -> Result<(), HandlerError> {
+    let at = cx.message().metadata.occurred_at.to_rfc3339();
+    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let (id, status) = match &event {
+        ordering::OrderIntegrationEvent::Created(e) => {
+            let items = serde_json::to_string(&e.items).map_err(HandlerError::permanent)?;
+            sqlx::query(
+                "INSERT INTO search_orders (order_id, customer_id, customer_name, status, total_cents, items, created_at, updated_at)
+                 VALUES (?, ?, (SELECT name FROM search_customers WHERE id = ?), 'pending', ?, ?, ?, ?)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.customer_id)
+            .bind(&e.customer_id)
+            .bind(e.total_cents)
+            .bind(items)
+            .bind(&at)
+            .bind(&at)
+            .execute(conn)
+            .await
+            .map_err(transient)?;
+            return Ok(());
+        }
+        ordering::OrderIntegrationEvent::Approved(e) => (&e.id, "approved"),
+        ordering::OrderIntegrationEvent::Rejected(e) => (&e.id, "rejected"),
+        ordering::OrderIntegrationEvent::Readied(e) => (&e.id, "ready"),
+        ordering::OrderIntegrationEvent::Canceled(e) => (&e.id, "canceled"),
+        ordering::OrderIntegrationEvent::Completed(e) => (&e.id, "completed"),
+    };
+    sqlx::query("UPDATE search_orders SET status = ?, updated_at = ? WHERE order_id = ?")
+        .bind(status)
+        .bind(&at)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(transient)?;
+    Ok(())
+}
+
+/// Search filters; every one is optional, all given ones must hold.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SearchOrders {
+    pub customer_id: Option<String>,
+    /// RFC 3339; orders created at or after.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339; orders created before.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Orders with an item from any of these stores.
+    #[serde(default)]
+    pub store_ids: Vec<String>,
+    /// Orders with any of these products.
+    #[serde(default)]
+    pub product_ids: Vec<String>,
+    #[schema(value_type = Option<f64>)]
+    pub min_total: Option<Money>,
+    #[schema(value_type = Option<f64>)]
+    pub max_total: Option<Money>,
+    /// pending, approved, rejected, ready, completed or canceled.
+    pub status: Option<String>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+    /// 1 to 100 (default 20).
+    pub limit: Option<u32>,
+}
+
+/// An order as search shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderSummary {
+    pub id: String,
+    pub customer_id: String,
+    pub customer_name: Option<String>,
+    pub status: String,
+    #[schema(value_type = f64)]
+    pub total: Money,
+    pub store_ids: Vec<String>,
+    pub product_ids: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// One page of results.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchPage {
+    pub orders: Vec<OrderSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+const STATUSES: [&str; 6] = ["pending", "approved", "rejected", "ready", "completed", "canceled"];
+
+type Row = (String, String, Option<String>, String, i64, String, String);
+
+fn summary((id, customer_id, customer_name, status, total_cents, items, created_at): Row) -> AppResult<OrderSummary> {
+    let items: Vec<ordering::OrderItem> = serde_json::from_str(&items).map_err(AppError::internal)?;
+    let mut store_ids: Vec<String> = items.iter().map(|i| i.store_id.clone()).collect();
+    store_ids.sort();
+    store_ids.dedup();
+    Ok(OrderSummary {
+        id,
+        customer_id,
+        customer_name,
+        status,
+        total: Money::from_cents(total_cents).map_err(AppError::internal)?,
+        store_ids,
+        product_ids: items.into_iter().map(|i| i.product_id).collect(),
+        created_at,
+    })
+}
+
+const COLUMNS: &str =
+    "SELECT order_id, customer_id, customer_name, status, total_cents, items, created_at FROM search_orders";
+
+/// Orders matching the filters, oldest first (order ids are time-ordered), one page at a time.
+pub async fn search(pool: &SqlitePool, filters: SearchOrders) -> AppResult<SearchPage> {
+    let limit = filters.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(AppError::invalid("limit must be between 1 and 100"));
+    }
+    if let Some(status) = &filters.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(AppError::invalid(format!("unknown status {status:?}")));
+    }
+    if let (Some(min), Some(max)) = (filters.min_total, filters.max_total)
+        && min > max
+    {
+        return Err(AppError::invalid("minTotal must not be above maxTotal"));
+    }
+    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(COLUMNS);
+    q.push(" WHERE 1 = 1");
+    if let Some(customer) = &filters.customer_id {
+        q.push(" AND customer_id = ").push_bind(customer.clone());
+    }
+    if let Some(after) = filters.created_after {
+        q.push(" AND created_at >= ").push_bind(after.to_rfc3339());
+    }
+    if let Some(before) = filters.created_before {
+        q.push(" AND created_at < ").push_bind(before.to_rfc3339());
+    }
+    for (field, ids) in [("store_id", &filters.store_ids), ("product_id", &filters.product_ids)] {
+        if ids.is_empty() {
+            continue;
+        }
+        q.push(" AND EXISTS (SELECT 1 FROM json_each(items) WHERE json_extract(value, '$.");
+        q.push(field);
+        q.push("') IN (");
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id.clone());
+        }
+        q.push("))");
+    }
+    if let Some(min) = filters.min_total {
+        q.push(" AND total_cents >= ").push_bind(min.cents());
+    }
+    if let Some(max) = filters.max_total {
+        q.push(" AND total_cents <= ").push_bind(max.cents());
+    }
+    if let Some(status) = &filters.status {
+        q.push(" AND status = ").push_bind(status.clone());
+    }
+    if let Some(cursor) = &filters.cursor {
+        q.push(" AND order_id > ").push_bind(cursor.clone());
+    }
+    q.push(" ORDER BY order_id LIMIT ").push_bind(i64::from(limit) + 1);
+    let mut rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let orders = rows.into_iter().map(summary).collect::<AppResult<Vec<_>>>()?;
+    let next = if more { orders.last().map(|o| o.id.clone()) } else { None };
+    Ok(SearchPage { orders, next })
+}
+
+/// One order.
+pub async fn get(pool: &SqlitePool, id: &str) -> AppResult<OrderSummary> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT order_id, customer_id, customer_name, status, total_cents, items, created_at FROM search_orders WHERE order_id = ?",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    summary(row.ok_or_else(|| AppError::NotFound("order".into()))?)
+}

@@ -1,0 +1,26 @@
+//! **search**: the order search read model (CQRS): one denormalised row per order, built from
+//! the order and customer events, queried with filters and cursor paging (**fix**: the Go
+//! version left search unimplemented).
+
+pub mod application;
+pub mod http;
+
+use herald::router::{Route, handler_fn};
+use herald::{StartFrom, SubscribeOptions};
+
+use crate::modules::customers::api as customers;
+use crate::modules::ordering::api as ordering;
+
+/// The message routes of search.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "search-customers").start(StartFrom::Beginning))
+            .on::<customers::CustomerRegistered>(handler_fn(|cx, event: customers::CustomerRegistered| {
+            Box::pin(application::on_customer_registered(cx, event))
+        })),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders").start(StartFrom::Beginning))
+            .on::<ordering::OrderIntegrationEvent>(handler_fn(|cx, event: ordering::OrderIntegrationEvent| {
+            Box::pin(application::on_order_event(cx, event))
+        })),
+    ]
+}
