@@ -211,4 +211,7 @@ async fn the_openapi_document_and_swagger_ui_are_served() {
     assert_eq!(ui.status, StatusCode::OK, "{ui:?}");
     assert_eq!(t.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(t.get("/readyz").await.status, StatusCode::OK);
+    let metrics = t.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(metrics.body.as_str().is_some_and(|m| m.contains("mallbots_outbox_pending 0")), "{metrics:?}");
 }
