@@ -30,6 +30,10 @@ ensure_package() { # command package
 
 failed=()
 
+# Tools the MallBots acceptance script uses.
+ensure_package curl curl || failed+=(curl)
+ensure_package jq jq || failed+=(jq)
+
 # PostgreSQL
 if ensure_package pg_ctlcluster postgresql && ensure_package pg_isready postgresql-client; then
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
