@@ -87,6 +87,7 @@ use herald::store::Store;
 pub use dead_letters::DeadLetterFixture;
 
 pub mod dead_letters;
+pub mod faults;
 pub mod outbox;
 pub mod pubsub;
 pub mod saga;
