@@ -60,6 +60,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod any;
 mod config;
 mod dead_letters;
 mod error;
@@ -67,6 +68,7 @@ pub mod postgres;
 mod rows;
 pub mod sqlite;
 
+pub use any::AnyDatabase;
 pub use config::{PostgresConfig, SqliteConfig};
 pub use error::SqlError;
 pub use postgres::{PgBroker, PostgresDatabase, PostgresQueue, PostgresStore, PostgresTransaction};

@@ -336,6 +336,13 @@ pub trait Subscriber: Send + Sync + fmt::Debug {
     async fn close(&self) -> Result<(), PubSubError>;
 }
 
+/// Both halves of a broker, for code that publishes and subscribes through one value
+/// (`Arc<dyn Broker>` coerces to `Arc<dyn Publisher>` and `Arc<dyn Subscriber>`).
+/// Implemented for every type that is both.
+pub trait Broker: Publisher + Subscriber {}
+
+impl<T: Publisher + Subscriber> Broker for T {}
+
 /// A stream of deliveries. Dropping it stops fetching; its unsettled deliveries are redelivered
 /// (to another subscription of the group) when their ack wait expires.
 pub struct Subscription {
