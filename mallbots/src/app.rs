@@ -3,6 +3,11 @@
 //! [`App::run`] runs it until the caller's shutdown token fires, then stops in order: HTTP
 //! first (no new work), then the router (in-flight messages finish), then the relay (a last
 //! pass publishes everything committed).
+//!
+//! The database is SQLite (the embedded default) or PostgreSQL (in the schema named by the
+//! namespace); the broker is Herald's SQL broker on that database unless `--broker` names
+//! NATS JetStream, Redis Streams or RabbitMQ, whose streams, keys or queues are prefixed by
+//! the namespace. Every module's code is the same on each.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +17,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use herald::Store;
 use herald::outbox::OutboxRelay;
+use herald::pubsub::{Broker, Publisher, StartFrom};
 use herald::router::{Inbox, RetryPolicy, Router, Tracing};
-use herald_sql::{SqlBroker, SqliteDatabase};
+use herald_sql::any::Dialect;
+use herald_sql::{AnyDatabase, PostgresConfig, SqliteDatabase};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,15 +30,23 @@ use crate::modules::{analytics, baskets, cosec, customers, depot, notifications,
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
 
+/// The namespace when none is given.
+pub const DEFAULT_NAMESPACE: &str = "mallbots";
+
 /// How MallBots runs. The binary fills it from flags and environment variables.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Where the HTTP server listens (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
-    /// The database: `sqlite://path.db`, a plain path, or `sqlite::memory:`.
+    /// The database: `sqlite://path.db` (or a plain path), or `postgres://…`.
     pub database: String,
-    /// The broker: `None` (or `sql`) is the SQL broker on the same database.
+    /// The broker: `None` (or `sql`) is the SQL broker on the same database; else
+    /// `nats://…` (JetStream), `redis://…` (Streams) or `amqp://…` (RabbitMQ).
     pub broker: Option<String>,
+    /// Keeps this MallBots apart from others on the same servers: the PostgreSQL schema, the
+    /// prefix of NATS streams, Redis keys and RabbitMQ exchanges and queues. Lowercase
+    /// letters, digits and `_`, starting with a letter.
+    pub namespace: String,
     /// The admin bearer token; `None` reads or generates one kept next to the database.
     pub admin_token: Option<String>,
 }
@@ -42,6 +57,7 @@ impl Default for Config {
             http_addr: "127.0.0.1:8080".into(),
             database: "sqlite://mallbots.db".into(),
             broker: None,
+            namespace: DEFAULT_NAMESPACE.into(),
             admin_token: None,
         }
     }
@@ -61,9 +77,9 @@ pub enum TokenSource {
 /// MallBots, built and bound, not yet running.
 #[derive(Debug)]
 pub struct App {
-    db: SqliteDatabase,
+    db: AnyDatabase,
     store: Arc<dyn Store>,
-    broker: SqlBroker,
+    broker: Arc<dyn Broker>,
     listener: TcpListener,
     state: AppState,
     token_source: TokenSource,
@@ -73,24 +89,23 @@ impl App {
     /// Opens (and migrates) the database, binds the HTTP address, and resolves the admin token.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let database = config.database.trim();
-        if database.starts_with("postgres:") || database.starts_with("postgresql:") {
-            bail!("PostgreSQL is not wired into MallBots yet; use sqlite://FILE");
+        let namespace = config.namespace.trim();
+        check_namespace(namespace)?;
+        let db: AnyDatabase = match AnyDatabase::dialect_of(database) {
+            Dialect::Postgres => PostgresConfig::new(database).with_schema(namespace).open().await.map(Into::into),
+            Dialect::Sqlite => SqliteDatabase::open(database).await.map(Into::into),
         }
-        match config.broker.as_deref().map(str::trim) {
-            None | Some("" | "sql") => {}
-            Some(other) => bail!("broker {other:?} is not supported yet; leave --broker unset for the SQL broker"),
-        }
-        let db = SqliteDatabase::open(database).await.with_context(|| format!("opening the database {database}"))?;
-        crate::db::migrate(db.pool()).await.context("creating MallBots' tables")?;
-        let store: Arc<dyn Store> = Arc::new(db.store());
-        let broker = db.broker();
+        .with_context(|| format!("opening the database {}", redacted(database)))?;
+        crate::db::migrate(&db).await.context("creating MallBots' tables")?;
+        let store = db.store();
+        let broker = connect_broker(config.broker.as_deref(), &db, namespace).await?;
         let (admin_token, token_source) = match config.admin_token.filter(|t| !t.trim().is_empty()) {
             Some(token) => (token.trim().to_owned(), TokenSource::Configured),
             None => stored_or_generated_token(data_file(database)).await?,
         };
         let listener =
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
-        let state = AppState { store: store.clone(), pool: db.pool().clone(), admin_token: admin_token.into() };
+        let state = AppState { store: store.clone(), db: db.clone(), admin_token: admin_token.into() };
         Ok(Self { db, store, broker, listener, state, token_source })
     }
 
@@ -121,13 +136,19 @@ impl App {
     }
 
     /// The broker the modules talk through.
-    pub fn broker(&self) -> SqlBroker {
+    pub fn broker(&self) -> Arc<dyn Broker> {
         self.broker.clone()
     }
 
     /// The message router with every module's routes.
     fn message_router(&self, saga: &herald::saga::Orchestrator<cosec::CreateOrderData>) -> Router {
-        let mut router = Router::new(Arc::new(self.broker.clone()))
+        // Consumers start from the beginning of their topics so a module added later catches
+        // up; a broker without history (RabbitMQ queues) can only start them from now.
+        let history = self.broker.capabilities().start_from_beginning;
+        if !history {
+            tracing::info!("the broker keeps no history: new consumer groups start from the next message");
+        }
+        let mut router = Router::new(self.broker.clone())
             .store(self.store.clone())
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
             .middleware(Tracing)
@@ -142,6 +163,7 @@ impl App {
             .chain(notifications::routes())
             .chain(search::routes())
         {
+            let route = if history { route } else { route.start_from(StartFrom::Latest) };
             router = router.route(route);
         }
         router
@@ -152,14 +174,17 @@ impl App {
         let router_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
         let saga = cosec::orchestrator(self.store.clone());
-        let router_task = tokio::spawn(self.message_router(&saga).run(router_stop.clone()));
+        // Every group subscribes before anything is published: on RabbitMQ a queue only gets
+        // what is routed after it exists.
+        let routing = self.message_router(&saga).start(router_stop.clone()).await.context("subscribing the routes")?;
+        tracing::debug!("every route is subscribed");
         let timeouts_task = tokio::spawn(saga.run_timeouts(Duration::from_secs(1), router_stop.clone()));
         let analytics = herald::projection::ProjectionRunner::new(
             self.store.clone(),
             Arc::new(analytics::AnalyticsProjection::default()),
         );
         let analytics_task = analytics.spawn(router_stop.clone());
-        let relay = OutboxRelay::new(self.store.clone(), Arc::new(self.broker.clone()));
+        let relay = OutboxRelay::new(self.store.clone(), self.broker.clone());
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
 
         let app = self.http_router();
@@ -168,14 +193,16 @@ impl App {
 
         // HTTP has stopped taking work; let in-flight messages finish, then flush the outbox.
         router_stop.cancel();
-        let routed = router_task.await;
+        routing.wait().await;
         let timed = timeouts_task.await;
         let projected = analytics_task.await;
         relay_stop.cancel();
         let relayed = relay_task.await;
+        if let Err(e) = Publisher::close(&*self.broker).await {
+            tracing::warn!(error = %e, "closing the broker");
+        }
         self.db.close().await;
         served.context("serving HTTP")?;
-        routed.context("the message router panicked")?.context("the message router failed")?;
         relayed.context("the outbox relay panicked")?;
         timed.context("the saga timeouts task panicked")?;
         projected.context("the analytics projection panicked")?.context("the analytics projection failed")?;
@@ -184,9 +211,71 @@ impl App {
     }
 }
 
-/// The file keeping a generated admin token: next to the database file, or none for an
-/// in-memory database.
+/// The broker `url` names, its names prefixed by `namespace`; the SQL broker on `db` if none.
+async fn connect_broker(url: Option<&str>, db: &AnyDatabase, namespace: &str) -> anyhow::Result<Arc<dyn Broker>> {
+    let url = url.map(str::trim).unwrap_or_default();
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    let connecting = || format!("connecting to the broker {}", redacted(url));
+    Ok(match scheme {
+        "" | "sql" => db.broker(),
+        "nats" => Arc::new(
+            herald_nats::NatsConfig::new(url)
+                .stream_prefix(format!("{namespace}-"))
+                .subject_prefix(format!("{namespace}."))
+                .connect()
+                .await
+                .with_context(connecting)?,
+        ),
+        "redis" | "rediss" => Arc::new(
+            herald_redis::RedisConfig::new(url)
+                .key_prefix(format!("{namespace}:"))
+                .connect()
+                .await
+                .with_context(connecting)?,
+        ),
+        "amqp" | "amqps" => Arc::new(
+            herald_amqp::AmqpConfig::new(url)
+                .prefix(format!("{namespace}."))
+                .connect()
+                .await
+                .with_context(connecting)?,
+        ),
+        other => bail!(
+            "unknown broker {other:?}: use nats://HOST:PORT, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT, \
+             or leave it unset for the SQL broker on the database"
+        ),
+    })
+}
+
+/// Refuses a namespace that is not a safe schema / stream / key name.
+fn check_namespace(namespace: &str) -> anyhow::Result<()> {
+    let mut chars = namespace.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && namespace.len() <= 48;
+    if !valid {
+        bail!("invalid namespace {namespace:?}: use 1 to 48 lowercase letters, digits and '_', starting with a letter");
+    }
+    Ok(())
+}
+
+/// A URL with its password hidden, for messages.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => match url[scheme.len() + 3..at].split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***{}", &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// The file keeping a generated admin token: next to the database file, none for an in-memory
+/// database, and the working directory for PostgreSQL (which has no data directory here).
 fn data_file(database: &str) -> Option<PathBuf> {
+    if AnyDatabase::dialect_of(database) == Dialect::Postgres {
+        return Some(PathBuf::from(".").join(ADMIN_TOKEN_FILE));
+    }
     let path = database.strip_prefix("sqlite://").or_else(|| database.strip_prefix("sqlite:")).unwrap_or(database);
     let path = path.split('?').next().unwrap_or(path);
     if path.is_empty() || path.starts_with(":memory:") {
@@ -238,5 +327,23 @@ mod tests {
         );
         assert_eq!(data_file("data/x.db"), Some(PathBuf::from("data/mallbots-admin-token")));
         assert_eq!(data_file("sqlite::memory:"), None);
+        assert_eq!(data_file("postgres://u@h/db"), Some(PathBuf::from("./mallbots-admin-token")));
+    }
+
+    #[test]
+    fn namespaces_are_safe_names() {
+        for good in ["mallbots", "mb_test_1", "a"] {
+            assert!(check_namespace(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1mb", "Mall", "mb-test", "mb test", "mb;drop", &"a".repeat(49)] {
+            assert!(check_namespace(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redacted("amqp://guest:guest@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
+        assert_eq!(redacted("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(redacted("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
     }
 }

@@ -3,6 +3,7 @@
 //! admin bearer-token check, idempotent creation, health and readiness, and the OpenAPI document
 //! with its Swagger UI.
 
+use herald_sql::any::query;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
@@ -12,9 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use herald::{Store, Transaction};
+use herald_sql::AnyDatabase;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -30,7 +31,7 @@ pub struct AppState {
     /// Herald's store: every write is a unit of work begun here.
     pub store: Arc<dyn Store>,
     /// The database's pool, for queries of the read models.
-    pub pool: SqlitePool,
+    pub db: AnyDatabase,
     /// The bearer token admin endpoints require.
     pub admin_token: Arc<str>,
 }
@@ -175,10 +176,10 @@ pub async fn create(
     let mut tx = state.store.begin().await?;
     if let Some(key) = &key {
         let stored: Option<(String, i64, String)> =
-            sqlx::query_as("SELECT fingerprint, status, body FROM http_idempotency WHERE key = ? AND route = ?")
+            query("SELECT fingerprint, status, body FROM http_idempotency WHERE key = ? AND route = ?")
                 .bind(key)
                 .bind(route)
-                .fetch_optional(&mut *db::connection(tx.as_mut())?)
+                .fetch_optional(db::conn(tx.as_mut())?)
                 .await?;
         if let Some((stored_fingerprint, status, body)) = stored {
             if stored_fingerprint != fingerprint {
@@ -195,7 +196,7 @@ pub async fn create(
     let id = work(tx.as_mut()).await?;
     let body = serde_json::to_string(&Created { id }).map_err(AppError::internal)?;
     if let Some(key) = &key {
-        sqlx::query(
+        query(
             "INSERT INTO http_idempotency (key, route, fingerprint, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(key)
@@ -204,7 +205,7 @@ pub async fn create(
         .bind(i64::from(StatusCode::CREATED.as_u16()))
         .bind(&body)
         .bind(chrono::Utc::now().to_rfc3339())
-        .execute(&mut *db::connection(tx.as_mut())?)
+        .execute(db::conn(tx.as_mut())?)
         .await?;
     }
     tx.commit().await?;
@@ -223,7 +224,7 @@ async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = OK, description = "ready"), (status = SERVICE_UNAVAILABLE, description = "not ready")))]
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(&state.pool).await {
+    match state.db.ping().await {
         Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
@@ -239,10 +240,10 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
 async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> AppResult<Response> {
     use std::fmt::Write as _;
     let by_status: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status ORDER BY status")
-            .fetch_all(&state.pool)
+        query("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status ORDER BY status")
+            .fetch_all(&state.db)
             .await?;
-    let sms: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notifications_sent").fetch_one(&state.pool).await?;
+    let (sms,): (i64,) = query("SELECT COUNT(*) FROM notifications_sent").fetch_one(&state.db).await?;
     let outbox = state.store.outbox_pending(10_000).await?.len();
     let mut text = String::new();
     let _ = writeln!(text, "# HELP mallbots_orders Orders by status (analytics read model).");

@@ -17,7 +17,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs every module in this process: the REST API (Swagger UI at /docs), the message
-    /// router and the outbox relay, on one SQLite file with the SQL broker. Ctrl-C stops it
+    /// router and the outbox relay. By default on one SQLite file with the SQL broker (no
+    /// server needed); PostgreSQL and NATS, Redis or RabbitMQ on request. Ctrl-C stops it
     /// cleanly.
     Serve(ServeArgs),
 }
@@ -27,12 +28,18 @@ struct ServeArgs {
     /// Address of the HTTP server.
     #[arg(long, env = "MALLBOTS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: String,
-    /// The database (`sqlite://FILE`, created if missing).
+    /// The database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST:PORT/DB`
+    /// (tables in the schema named by --namespace, created if missing).
     #[arg(long, env = "MALLBOTS_DATABASE", default_value = "sqlite://mallbots.db")]
     database: String,
-    /// The broker; unset = the SQL broker on the same database.
+    /// The broker: unset = the SQL broker on the same database; or `nats://HOST:PORT`
+    /// (JetStream), `redis://HOST:PORT` (Streams), `amqp://USER:PASS@HOST:PORT` (RabbitMQ).
     #[arg(long, env = "MALLBOTS_BROKER")]
     broker: Option<String>,
+    /// Keeps this MallBots apart from others on the same servers: the PostgreSQL schema and
+    /// the prefix of broker streams, keys and queues.
+    #[arg(long, env = "MALLBOTS_NAMESPACE", default_value = mallbots::app::DEFAULT_NAMESPACE)]
+    namespace: String,
     /// Bearer token of the admin endpoints; unset = generated at first start, printed once
     /// and kept in `mallbots-admin-token` next to the database.
     #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
@@ -57,6 +64,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http_addr: args.http_addr,
         database: args.database,
         broker: args.broker,
+        namespace: args.namespace,
         admin_token: args.admin_token,
     };
     let app = App::build(config).await?;

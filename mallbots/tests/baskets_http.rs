@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use herald::{EventSet, StartFrom, SubscribeOptions, Subscriber};
+use herald::{EventSet, StartFrom, SubscribeOptions};
 use mallbots::modules::baskets::api::{BasketCheckedOut, BasketIntegrationEvent, BasketItem};
 use serde_json::json;
 use support::{eventually, spawn_running_app};

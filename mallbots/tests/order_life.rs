@@ -1,12 +1,14 @@
 //! The whole order life, end to end, through the REST API only (as a kiosk, the depot staff
 //! and an admin would), with every module running: the happy path to `completed`, and the
-//! rejection and cancel paths.
+//! rejection and cancel paths. Every scenario runs on each backend: SQLite with the SQL
+//! broker, and PostgreSQL with the SQL broker, NATS JetStream, Redis Streams and RabbitMQ
+//! (skipped loudly without the server; a failure with `CI` set).
 
 mod support;
 
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{RunningApp, TestApp, eventually, spawn_running_app};
+use support::{Backend, RunningApp, TestApp, eventually, spawn_running_app_on};
 
 /// The admin's catalog: one store with one product at 9.99; returns the product id.
 async fn catalog(t: &TestApp) -> String {
@@ -61,9 +63,7 @@ async fn register(t: &TestApp, name: &str) -> String {
     t.post("/api/customers", false, json!({ "name": name, "smsNumber": "555 0100" })).await.id()
 }
 
-#[tokio::test]
-async fn an_order_goes_from_checkout_to_completed() {
-    let app: RunningApp = spawn_running_app().await;
+async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Ada").await;
@@ -130,9 +130,7 @@ async fn an_order_goes_from_checkout_to_completed() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_disabled_customer_s_order_is_rejected() {
-    let app = spawn_running_app().await;
+async fn a_disabled_customer_s_order_is_rejected(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Bob").await;
@@ -146,9 +144,7 @@ async fn a_disabled_customer_s_order_is_rejected() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order() {
-    let app = spawn_running_app().await;
+async fn a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Cy").await;
@@ -162,9 +158,7 @@ async fn a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn canceling_an_approved_order_cancels_its_shopping_list() {
-    let app = spawn_running_app().await;
+async fn canceling_an_approved_order_cancels_its_shopping_list(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Di").await;
@@ -180,9 +174,7 @@ async fn canceling_an_approved_order_cancels_its_shopping_list() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn search_filters_orders_and_pages_with_a_cursor() {
-    let app = spawn_running_app().await;
+async fn search_filters_orders_and_pages_with_a_cursor(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let ada = register(t, "Ada").await;
@@ -240,4 +232,30 @@ async fn search_filters_orders_and_pages_with_a_cursor() {
     assert_eq!(one.body["customerName"], "Bob");
     assert_eq!(t.request(Method::GET, "/api/search/orders/nope", true, None, &[]).await.status, StatusCode::NOT_FOUND);
     app.stop().await;
+}
+
+/// One test per scenario in a module per backend.
+macro_rules! scenarios {
+    ($($backend:ident => $variant:ident),* $(,)?) => {$(
+        mod $backend {
+            use super::*;
+            scenarios!(@tests $variant: an_order_goes_from_checkout_to_completed, a_disabled_customer_s_order_is_rejected, a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order, canceling_an_approved_order_cancels_its_shopping_list, search_filters_orders_and_pages_with_a_cursor);
+        }
+    )*};
+    (@tests $variant:ident: $($scenario:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $scenario() {
+            if let Some(app) = spawn_running_app_on(Backend::$variant).await {
+                super::$scenario(app).await;
+            }
+        }
+    )*};
+}
+
+scenarios! {
+    sqlite => Sqlite,
+    postgres => Postgres,
+    postgres_nats => PostgresNats,
+    postgres_redis => PostgresRedis,
+    postgres_rabbitmq => PostgresRabbitMq,
 }

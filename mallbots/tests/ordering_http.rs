@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use herald::command::{Outcome, REPLY_REASON, expect_reply};
-use herald::{Message, Publisher, StartFrom, SubscribeOptions, Subscriber};
+use herald::{Message, StartFrom, SubscribeOptions};
 use mallbots::modules::ordering::api::{ApproveOrder, COMMAND_TOPIC};
 use serde_json::json;
 use support::{eventually, spawn_running_app};

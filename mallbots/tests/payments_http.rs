@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use herald::command::{Outcome, REPLY_REASON, expect_reply};
-use herald::{Message, Publisher, StartFrom, SubscribeOptions, Subscriber};
+use herald::{Message, StartFrom, SubscribeOptions};
 use mallbots::modules::payments::api::{COMMAND_TOPIC, ConfirmPayment};
 use serde_json::json;
 use support::{spawn_app, spawn_running_app};

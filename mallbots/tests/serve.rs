@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use herald::command::{Outcome, REPLY_REASON, expect_reply};
-use herald::{EventSet, Message, Publisher, StartFrom, SubscribeOptions, Subscriber};
+use herald::{EventSet, Message, StartFrom, SubscribeOptions};
 use mallbots::app::{App, Config};
 use mallbots::modules::{customers, stores};
 use serde_json::{Value, json};
@@ -43,8 +43,8 @@ async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut
     let config = Config {
         http_addr: "127.0.0.1:0".into(),
         database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
-        broker: None,
         admin_token: None,
+        ..Config::default()
     };
     let app = App::build(config).await.expect("app builds");
     let token = app.admin_token().to_owned();

@@ -96,12 +96,17 @@ impl Inner {
         format!("{}{}", self.config.stream_prefix, sanitise(topic))
     }
 
+    /// The subject of `topic` (the subject prefix, then the topic).
+    pub(crate) fn subject(&self, topic: &str) -> String {
+        format!("{}{}", self.config.subject_prefix, topic)
+    }
+
     /// The stream of `topic`, created if it does not exist yet.
     pub(crate) async fn stream(&self, topic: &str) -> Result<stream::Stream, NatsError> {
         let name = self.stream_name(topic);
         let config = stream::Config {
             name: name.clone(),
-            subjects: vec![topic.to_owned()],
+            subjects: vec![self.subject(topic)],
             storage: match self.config.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,

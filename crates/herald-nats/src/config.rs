@@ -39,6 +39,11 @@ pub struct NatsConfig {
     /// applications (or test runs) can share a server without sharing streams. Default
     /// `herald-`. Only letters, digits, `-` and `_`.
     pub stream_prefix: String,
+    /// Put in front of every topic to make its subject (`orders` → `<prefix>orders`), so
+    /// applications that use the same topic names can share a server: a JetStream subject
+    /// belongs to one stream only. Default empty (the subject is the topic). Ends with `.` when
+    /// set, e.g. `shop1.`. Deliveries carry the topic without it. JetStream broker only.
+    pub subject_prefix: String,
     /// Where the streams keep their messages. Default [`Storage::File`].
     pub storage: Storage,
     /// How long a stream keeps a message, in seconds; `0` (the default) keeps it until removed by
@@ -56,6 +61,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             stream_prefix: "herald-".to_owned(),
+            subject_prefix: String::new(),
             storage: Storage::File,
             max_age_secs: 0,
             duplicate_window_secs: 120,
@@ -73,6 +79,13 @@ impl NatsConfig {
     #[must_use]
     pub fn stream_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.stream_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the subject prefix (see [`subject_prefix`](Self::subject_prefix)).
+    #[must_use]
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.subject_prefix = prefix.into();
         self
     }
 
@@ -109,6 +122,19 @@ impl NatsConfig {
             return Err(NatsError::InvalidConfig(format!(
                 "stream_prefix {:?} may only hold letters, digits, '-' and '_'",
                 self.stream_prefix
+            )));
+        }
+        let prefix = &self.subject_prefix;
+        let valid_prefix = match prefix.strip_suffix('.') {
+            None => prefix.is_empty(),
+            Some(tokens) => {
+                tokens.split('.').all(|t| !t.is_empty())
+                    && !prefix.chars().any(|c| c.is_whitespace() || c == '*' || c == '>')
+            }
+        };
+        if !valid_prefix {
+            return Err(NatsError::InvalidConfig(format!(
+                "subject_prefix {prefix:?} must be subject tokens ending with '.' (e.g. \"shop1.\"), without spaces, '*' or '>'"
             )));
         }
         if self.duplicate_window_secs == 0 {

@@ -175,7 +175,7 @@ impl Subscriber for NatsCoreBroker {
 /// Hands one NATS message to the subscription; a message that is not Herald's is logged and
 /// skipped (there is nowhere to dead-letter it). `Err` means the subscription is gone.
 async fn forward(feed: &TransientFeed, message: &async_nats::Message) -> Result<(), PubSubError> {
-    match decode(message) {
+    match decode(message, "") {
         Ok(decoded) => feed.deliver(decoded).await,
         Err(why) => {
             tracing::warn!(subject = %message.subject, %why, "skipping a core NATS message that is not a Herald message");

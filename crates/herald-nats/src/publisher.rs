@@ -72,7 +72,7 @@ impl Inner {
             let publish = encode(m)?;
             let ack = self
                 .js
-                .send_publish(m.topic.clone(), publish)
+                .send_publish(self.subject(&m.topic), publish)
                 .await
                 .map_err(|e| NatsError::jetstream(format!("publishing {} to {}", m.id, m.topic), e))?;
             pending.push(ack);

@@ -377,7 +377,7 @@ async fn to_delivery(message: async_nats::jetstream::Message, shared: &Arc<Share
             return None;
         }
     };
-    let decoded = match decode(&message) {
+    let decoded = match decode(&message, &shared.broker.config.subject_prefix) {
         Ok(decoded) => decoded,
         Err(why) => {
             tracing::error!(subject = %message.subject, position, %why, "not a Herald message; terminated");
@@ -401,7 +401,8 @@ async fn to_delivery(message: async_nats::jetstream::Message, shared: &Arc<Share
 
 /// A Herald message from a NATS message's subject, headers and payload (JetStream messages
 /// deref to one). Shared by the JetStream and core modes.
-pub(crate) fn decode(message: &async_nats::Message) -> Result<Message, String> {
+/// `subject_prefix` is taken off the subject to give the topic.
+pub(crate) fn decode(message: &async_nats::Message, subject_prefix: &str) -> Result<Message, String> {
     let headers = message.headers.as_ref().ok_or("no headers")?;
     let header = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
     let id = header(async_nats::header::NATS_MESSAGE_ID.as_ref()).ok_or("no Nats-Msg-Id")?;
@@ -413,7 +414,7 @@ pub(crate) fn decode(message: &async_nats::Message) -> Result<Message, String> {
     Ok(Message {
         id,
         name: header(HEADER_NAME).unwrap_or_default(),
-        topic: message.subject.to_string(),
+        topic: message.subject.strip_prefix(subject_prefix).unwrap_or(&message.subject).to_owned(),
         key: header(HEADER_KEY).unwrap_or_default(),
         payload: message.payload.to_vec(),
         metadata,
@@ -443,7 +444,8 @@ impl NatsSettle {
     }
 
     async fn dead_letter_now(&self, reason: &str) -> Result<(), PubSubError> {
-        let original = decode(&self.message).map_err(|why| NatsError::jetstream("decoding a delivery", why))?;
+        let original = decode(&self.message, &self.shared.broker.config.subject_prefix)
+            .map_err(|why| NatsError::jetstream("decoding a delivery", why))?;
         self.dead_letter(&original, self.attempt, reason).await
     }
 }

@@ -1,6 +1,8 @@
 //! The universal pub/sub suite against a real NATS server with JetStream
 //! (`nats://127.0.0.1:4222`). Skips loudly when the server is not running, fails under `CI`.
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,3 +25,41 @@ async fn nats() -> PubSubFixture {
 }
 
 herald_conformance::pubsub_suite!(nats, requires: ("NATS", "127.0.0.1:4222"));
+
+/// Two applications with the same topic names on one server, apart by their subject prefixes
+/// (a JetStream subject belongs to one stream only, so without them the second one's stream
+/// could not be created): each sees only its own messages, under the bare topic name.
+#[tokio::test]
+async fn subject_prefixes_keep_applications_with_the_same_topics_apart() {
+    use herald::Message;
+    use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
+    if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+        return;
+    }
+    let run = fastrand::u32(..);
+    let app = |name: &str| {
+        NatsConfig::new(URL)
+            .stream_prefix(format!("hp{run:08x}-{name}-"))
+            .subject_prefix(format!("hp{run:08x}.{name}."))
+            .storage(Storage::Memory)
+            .max_age(Duration::from_secs(600))
+    };
+    let (shop1, shop2) = (app("shop1").connect().await.unwrap(), app("shop2").connect().await.unwrap());
+    let options = || SubscribeOptions::new("orders.events", "billing").start(StartFrom::Beginning);
+    let mut sub1 = shop1.subscribe(options()).await.unwrap();
+    let mut sub2 = shop2.subscribe(options()).await.unwrap();
+    shop1.publish(&[Message::new("orders.events", "Placed.v1", b"one".to_vec())]).await.unwrap();
+    shop2.publish(&[Message::new("orders.events", "Placed.v1", b"two".to_vec())]).await.unwrap();
+    for (sub, payload) in [(&mut sub1, b"one"), (&mut sub2, b"two")] {
+        let d = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+        assert_eq!((d.message.topic.as_str(), d.message.payload.as_slice()), ("orders.events", &payload[..]));
+        d.ack().await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(),
+            "saw the other app's message"
+        );
+    }
+    assert!(NatsConfig::new(URL).subject_prefix("no-dot").validate().is_err());
+    assert!(NatsConfig::new(URL).subject_prefix("a..").validate().is_err());
+    assert!(NatsConfig::new(URL).subject_prefix("a.b.").validate().is_ok());
+}

@@ -55,7 +55,9 @@ use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, AssertSqlSafe, FromRow, PgConnection, PgPool, SqliteConnection, SqlitePool};
 
-use crate::{PostgresConfig, PostgresDatabase, PostgresTransaction, SqlError, SqliteConfig, SqliteDatabase, SqliteTransaction};
+use crate::{
+    PostgresConfig, PostgresDatabase, PostgresTransaction, SqlError, SqliteConfig, SqliteDatabase, SqliteTransaction,
+};
 
 /// Which SQL dialect a database speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,6 +200,18 @@ fn not_sql() -> SqlError {
     SqlError::Config("the transaction is not a herald-sql transaction (SQLite or PostgreSQL)".into())
 }
 
+/// Reborrows, so one `Conn` runs several statements: `query(…).execute(&mut conn)`.
+impl<'b> From<&'b mut Conn<'_>> for Conn<'b> {
+    fn from(conn: &'b mut Conn<'_>) -> Self {
+        match conn {
+            Conn::Sqlite(c) => Conn::Sqlite(c),
+            Conn::SqlitePool(p) => Conn::SqlitePool(p),
+            Conn::Postgres(c) => Conn::Postgres(c),
+            Conn::PostgresPool(p) => Conn::PostgresPool(p),
+        }
+    }
+}
+
 impl<'a> From<&'a AnyDatabase> for Conn<'a> {
     fn from(db: &'a AnyDatabase) -> Self {
         match db {
@@ -251,9 +265,15 @@ macro_rules! value_from {
 }
 
 value_from!(Text: String => |v| v, &str => str::to_owned, &String => String::clone);
-value_from!(Int: i64 => |v| v, i32 => i64::from, u32 => i64::from);
+value_from!(Int: i64 => |v| v, &i64 => |v: &i64| *v, i32 => i64::from, u32 => i64::from);
 value_from!(Float: f64 => |v| v);
-value_from!(Bool: bool => |v| v);
+value_from!(Bool: bool => |v| v, &bool => |v: &bool| *v);
+
+impl From<&Option<String>> for Value {
+    fn from(v: &Option<String>) -> Self {
+        Self::Text(v.clone())
+    }
+}
 
 /// A row type both drivers decode: tuples and `#[derive(sqlx::FromRow)]` structs of `String`,
 /// `i64`, `f64`, `bool` and their `Option`s.
@@ -411,7 +431,12 @@ impl Migration {
     }
 
     /// A migration with a text per dialect.
-    pub const fn per_dialect(version: u32, description: &'static str, sqlite: &'static str, postgres: &'static str) -> Self {
+    pub const fn per_dialect(
+        version: u32,
+        description: &'static str,
+        sqlite: &'static str,
+        postgres: &'static str,
+    ) -> Self {
         Self { version, description, sqlite, postgres }
     }
 }
@@ -457,7 +482,14 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
             Conn::Postgres(c) => sqlx::raw_sql(AssertSqlSafe(text)).execute(c).await.map(drop),
             Conn::SqlitePool(_) | Conn::PostgresPool(_) => Ok(()),
         };
-        ran.map_err(|e| StoreError::backend(MigrationFailed { app: app.to_owned(), version: m.version, description: m.description, source: e }))?;
+        ran.map_err(|e| {
+            StoreError::backend(MigrationFailed {
+                app: app.to_owned(),
+                version: m.version,
+                description: m.description,
+                source: e,
+            })
+        })?;
         query("INSERT INTO herald_app_migrations (app, version, description, applied_at) VALUES (?, ?, ?, ?)")
             .bind(app)
             .bind(m.version)

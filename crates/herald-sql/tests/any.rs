@@ -54,7 +54,8 @@ async fn the_same_code_runs_on(db: AnyDatabase) {
         source = e.source();
     }
     assert!(chain.contains("migration 3 (half) of `bank` failed"), "{chain}");
-    let half: Vec<(i64,)> = query("SELECT COUNT(*) FROM herald_app_migrations WHERE version = 3").fetch_all(&db).await.unwrap();
+    let half: Vec<(i64,)> =
+        query("SELECT COUNT(*) FROM herald_app_migrations WHERE version = 3").fetch_all(&db).await.unwrap();
     assert_eq!(half, vec![(0,)]);
     assert!(query("SELECT id FROM half").fetch_all::<(String,)>(&db).await.is_err(), "half a migration applied");
 

@@ -377,6 +377,24 @@ impl Route {
         self
     }
 
+    /// The route's name (its inbox key).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How the route subscribes.
+    pub fn options(&self) -> &SubscribeOptions {
+        &self.options
+    }
+
+    /// Changes where a new group of this route starts, e.g. from the latest message on a
+    /// broker whose [`Capabilities`](crate::pubsub::Capabilities) say it keeps no history.
+    #[must_use]
+    pub fn start_from(mut self, start: crate::pubsub::StartFrom) -> Self {
+        self.options.start = start;
+        self
+    }
+
     /// Handles every event name of `E` with `handler` (which decodes `E` itself, e.g. one made
     /// by [`handler_fn`]).
     #[must_use]
@@ -493,6 +511,15 @@ impl Router {
     /// Subscribes every route and handles deliveries until `shutdown` is cancelled, then drains
     /// (see the module docs). Fails only if a subscription cannot be opened.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), PubSubError> {
+        self.start(shutdown).await?.wait().await;
+        Ok(())
+    }
+
+    /// Subscribes every route, then handles deliveries in the background until `shutdown` is
+    /// cancelled. When this returns, every subscription exists: on a broker whose groups only
+    /// receive what is published after they subscribe (RabbitMQ queues), start the router
+    /// before the outbox relay and the producers. Fails if a subscription cannot be opened.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<RunningRouter, PubSubError> {
         let tasks = TaskTracker::new();
         let mut subscriptions = Vec::new();
         for route in self.routes {
@@ -536,15 +563,36 @@ impl Router {
                 }
             });
         }
-        shutdown.cancelled().await;
-        for d in &dispatchers {
-            d.draining.cancel();
+        let shutdown_timeout = self.shutdown_timeout;
+        let drained = tokio::spawn(async move {
+            shutdown.cancelled().await;
+            for d in &dispatchers {
+                d.draining.cancel();
+            }
+            tasks.close();
+            if tokio::time::timeout(shutdown_timeout, tasks.wait()).await.is_err() {
+                tracing::warn!(timeout = ?shutdown_timeout, "shutdown timed out; unsettled messages will be redelivered");
+            }
+        });
+        Ok(RunningRouter { drained })
+    }
+}
+
+/// A router whose routes are all subscribed and handling deliveries (see [`Router::start`]).
+#[derive(Debug)]
+#[must_use = "dropping it does not stop the router; cancel its shutdown token and wait"]
+pub struct RunningRouter {
+    drained: tokio::task::JoinHandle<()>,
+}
+
+impl RunningRouter {
+    /// Waits until the router has shut down and drained (its shutdown token was cancelled).
+    pub async fn wait(self) {
+        if let Err(e) = self.drained.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
-        tasks.close();
-        if tokio::time::timeout(self.shutdown_timeout, tasks.wait()).await.is_err() {
-            tracing::warn!(timeout = ?self.shutdown_timeout, "shutdown timed out; unsettled messages will be redelivered");
-        }
-        Ok(())
     }
 }
 

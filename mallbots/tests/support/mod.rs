@@ -1,4 +1,5 @@
-//! Test support: each test gets its own app on a temp database and port 0.
+//! Test support: each test gets its own app on a temp database and port 0; on PostgreSQL and
+//! the real brokers, in a namespace (schema, stream/key/queue prefix) of its own.
 #![allow(dead_code)]
 
 use std::time::Duration;
@@ -22,17 +23,78 @@ pub struct TestApp {
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// Where an app keeps its data and sends its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default: a SQLite file and the SQL broker on it.
+    Sqlite,
+    /// PostgreSQL with the SQL broker on it.
+    Postgres,
+    /// PostgreSQL and NATS JetStream.
+    PostgresNats,
+    /// PostgreSQL and Redis Streams.
+    PostgresRedis,
+    /// PostgreSQL and RabbitMQ.
+    PostgresRabbitMq,
+}
+
+const POSTGRES: (&str, &str) = ("PostgreSQL", "127.0.0.1:5432");
+
+impl Backend {
+    /// The servers it needs (name, address).
+    fn servers(self) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Self::Sqlite => vec![],
+            Self::Postgres => vec![POSTGRES],
+            Self::PostgresNats => vec![POSTGRES, ("NATS", "127.0.0.1:4222")],
+            Self::PostgresRedis => vec![POSTGRES, ("Redis", "127.0.0.1:6379")],
+            Self::PostgresRabbitMq => vec![POSTGRES, ("RabbitMQ", "127.0.0.1:5672")],
+        }
+    }
+
+    /// The configuration of a fresh app on it.
+    fn config(self, dir: &TempDir) -> Config {
+        let postgres = std::env::var("MALLBOTS_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let database = match self {
+            Self::Sqlite => format!("sqlite://{}", dir.path().join("mallbots.db").display()),
+            _ => postgres,
+        };
+        let broker = match self {
+            Self::Sqlite | Self::Postgres => None,
+            Self::PostgresNats => Some("nats://127.0.0.1:4222".to_owned()),
+            Self::PostgresRedis => Some("redis://127.0.0.1:6379".to_owned()),
+            Self::PostgresRabbitMq => Some("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+        };
+        Config {
+            http_addr: "127.0.0.1:0".into(),
+            database,
+            broker,
+            namespace: format!("mb_test_{}", uuid::Uuid::now_v7().simple()),
+            admin_token: Some(TOKEN.into()),
+        }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
+    spawn_app_on(Backend::Sqlite).await.expect("SQLite needs no server")
+}
+
+/// An app on `backend`; `None` (after a loud SKIPPED line) if a server it needs is not running
+/// and `CI` is not set (with `CI` set, a missing server fails the test).
+pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
+        return None;
+    }
+    // Errors the app logs (a 500's cause) show in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
+        .try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = Config {
-        http_addr: "127.0.0.1:0".into(),
-        database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
-        broker: None,
-        admin_token: Some(TOKEN.into()),
-    };
-    let app = App::build(config).await.expect("app builds");
+    let app = App::build(backend.config(&dir)).await.expect("app builds");
     let router = app.http_router();
-    TestApp { app: Some(app), router, token: TOKEN.into(), dir }
+    Some(TestApp { app: Some(app), router, token: TOKEN.into(), dir })
 }
 
 /// A response, decoded.
@@ -124,20 +186,33 @@ where
 /// An app running in the background (router and relay too), called in-process over HTTP.
 pub struct RunningApp {
     pub t: TestApp,
-    pub broker: herald_sql::SqlBroker,
+    pub broker: std::sync::Arc<dyn herald::pubsub::Broker>,
     pub store: std::sync::Arc<dyn herald::Store>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 pub async fn spawn_running_app() -> RunningApp {
-    let mut t = spawn_app().await;
+    spawn_running_app_on(Backend::Sqlite).await.expect("SQLite needs no server")
+}
+
+/// [`spawn_app_on`], running.
+pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
+    let mut t = spawn_app_on(backend).await?;
     let app = t.app.take().expect("not yet running");
     let broker = app.broker();
     let store = app.store();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(app.run(shutdown.clone()));
-    RunningApp { t, broker, store, shutdown, task }
+    let run = app.run(shutdown.clone());
+    let task = tokio::spawn(async move {
+        let stopped = run.await;
+        if let Err(e) = &stopped {
+            // Shown in a failing test's output even when the test panics before `stop`.
+            tracing::error!("the app stopped: {e:#}");
+        }
+        stopped
+    });
+    Some(RunningApp { t, broker, store, shutdown, task })
 }
 
 impl RunningApp {

@@ -1,13 +1,13 @@
 //! The analytics projection and its query.
 
+use herald_sql::any::{Conn, query};
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use herald::projection::{EventFilter, Projection, ProjectionError, downcast_tx};
+use herald::projection::{EventFilter, Projection, ProjectionError};
 use herald::{RecordedEvent, Registry, Transaction};
-use herald_sql::SqliteTransaction;
+use herald_sql::AnyDatabase;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use crate::error::{AppError, AppResult};
@@ -43,12 +43,12 @@ impl Projection for AnalyticsProjection {
             Ok(e) => e,
             Err(e) => return Err(ProjectionError::permanent(e)),
         };
-        let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
+        let mut conn = Conn::of(tx).map_err(ProjectionError::permanent)?;
         let at = event.metadata.occurred_at.to_rfc3339();
         let status = match &decoded {
             OrderEvent::Created(e) => {
                 let total: i64 = e.items.iter().map(|i| i.price_cents.saturating_mul(i64::from(i.quantity))).sum();
-                sqlx::query(
+                query(
                     "INSERT INTO analytics_orders (order_id, status, total_cents, created_at, updated_at)
                      VALUES (?, 'pending', ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
                 )
@@ -56,21 +56,21 @@ impl Projection for AnalyticsProjection {
                 .bind(total)
                 .bind(&at)
                 .bind(&at)
-                .execute(&mut *conn)
+                .execute(&mut conn)
                 .await
                 .map_err(db)?;
                 for item in &e.items {
-                    sqlx::query(
+                    query(
                         "INSERT INTO analytics_products (product_id, product_name, orders, quantity, revenue_cents)
                          VALUES (?, ?, 1, ?, ?) ON CONFLICT (product_id) DO UPDATE SET
-                         product_name = excluded.product_name, orders = orders + 1,
-                         quantity = quantity + excluded.quantity, revenue_cents = revenue_cents + excluded.revenue_cents",
+                         product_name = excluded.product_name, orders = analytics_products.orders + 1,
+                         quantity = analytics_products.quantity + excluded.quantity, revenue_cents = analytics_products.revenue_cents + excluded.revenue_cents",
                     )
                     .bind(&item.product_id)
                     .bind(&item.product_name)
                     .bind(i64::from(item.quantity))
                     .bind(item.price_cents.saturating_mul(i64::from(item.quantity)))
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await
                     .map_err(db)?;
                 }
@@ -82,7 +82,7 @@ impl Projection for AnalyticsProjection {
             OrderEvent::Canceled(_) => "canceled",
             OrderEvent::Completed(_) => "completed",
         };
-        sqlx::query("UPDATE analytics_orders SET status = ?, updated_at = ? WHERE order_id = ?")
+        query("UPDATE analytics_orders SET status = ?, updated_at = ? WHERE order_id = ?")
             .bind(status)
             .bind(&at)
             .bind(&order_id)
@@ -93,9 +93,9 @@ impl Projection for AnalyticsProjection {
     }
 
     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
-        let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
-        sqlx::query("DELETE FROM analytics_orders").execute(&mut *conn).await.map_err(db)?;
-        sqlx::query("DELETE FROM analytics_products").execute(conn).await.map_err(db)?;
+        let mut conn = Conn::of(tx).map_err(ProjectionError::permanent)?;
+        query("DELETE FROM analytics_orders").execute(&mut conn).await.map_err(db)?;
+        query("DELETE FROM analytics_products").execute(conn).await.map_err(db)?;
         Ok(())
     }
 }
@@ -127,18 +127,19 @@ pub struct Summary {
 }
 
 /// The summary, from the read model.
-pub async fn summary(pool: &SqlitePool) -> AppResult<Summary> {
+pub async fn summary(db: &AnyDatabase) -> AppResult<Summary> {
     let by_status: Vec<(String, i64)> =
-        sqlx::query_as("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status").fetch_all(pool).await?;
-    let revenue: i64 =
-        sqlx::query_scalar("SELECT COALESCE(SUM(total_cents), 0) FROM analytics_orders WHERE status = 'completed'")
-            .fetch_one(pool)
+        query("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status").fetch_all(db).await?;
+    // PostgreSQL sums BIGINTs to NUMERIC: cast back.
+    let (revenue,): (i64,) =
+        query("SELECT CAST(COALESCE(SUM(total_cents), 0) AS BIGINT) FROM analytics_orders WHERE status = 'completed'")
+            .fetch_one(db)
             .await?;
-    let top: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+    let top: Vec<(String, String, i64, i64, i64)> = query(
         "SELECT product_id, product_name, orders, quantity, revenue_cents FROM analytics_products
          ORDER BY quantity DESC, product_id LIMIT 5",
     )
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     let money = |cents| Money::from_cents(cents).map_err(AppError::internal);
     Ok(Summary {

@@ -18,5 +18,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/api/analytics/summary", tag = "analytics", security(("admin" = [])),
     responses((status = OK, body = Summary), (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn summary(_: Admin, State(state): State<AppState>) -> AppResult<Json<Summary>> {
-    Ok(Json(app::summary(&state.pool).await?))
+    Ok(Json(app::summary(&state.db).await?))
 }

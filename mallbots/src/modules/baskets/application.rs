@@ -4,6 +4,7 @@
 use herald::aggregate::{Aggregate, Repository};
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Store, Transaction};
+use herald_sql::any::query;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -89,12 +90,12 @@ pub async fn add_item(tx: &mut dyn Transaction, id: &str, product_id: &str, quan
     if quantity == 0 {
         return Err(BasketError::ZeroQuantity.into());
     }
-    let item: Option<(String, String, String, String, i64)> = sqlx::query_as(
+    let item: Option<(String, String, String, String, i64)> = query(
         "SELECT p.store_id, p.id, s.name, p.name, p.price_cents
          FROM baskets_products p JOIN baskets_stores s ON s.id = p.store_id WHERE p.id = ?",
     )
     .bind(product_id)
-    .fetch_optional(&mut *db::connection(tx)?)
+    .fetch_optional(db::conn(tx)?)
     .await?;
     let (store_id, product_id, store_name, product_name, price_cents) =
         item.ok_or_else(|| AppError::NotFound("product".into()))?;
@@ -191,10 +192,10 @@ fn transient(e: impl Into<AppError>) -> HandlerError {
 
 /// Keeps `baskets_stores` up to date.
 pub async fn on_store_event(cx: &mut HandlerContext, event: stores::StoreIntegrationEvent) -> Result<(), HandlerError> {
-    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let conn = db::conn(cx.tx()?).map_err(transient)?;
     match event {
         stores::StoreIntegrationEvent::Created(e) => {
-            sqlx::query("INSERT INTO baskets_stores (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+            query("INSERT INTO baskets_stores (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
                 .bind(&e.id)
                 .bind(&e.name)
                 .execute(conn)
@@ -202,7 +203,7 @@ pub async fn on_store_event(cx: &mut HandlerContext, event: stores::StoreIntegra
                 .map_err(transient)?;
         }
         stores::StoreIntegrationEvent::Rebranded(e) => {
-            sqlx::query("UPDATE baskets_stores SET name = ? WHERE id = ?")
+            query("UPDATE baskets_stores SET name = ? WHERE id = ?")
                 .bind(&e.name)
                 .bind(&e.id)
                 .execute(conn)
@@ -219,10 +220,10 @@ pub async fn on_product_event(
     cx: &mut HandlerContext,
     event: stores::ProductIntegrationEvent,
 ) -> Result<(), HandlerError> {
-    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let conn = db::conn(cx.tx()?).map_err(transient)?;
     let result = match &event {
         stores::ProductIntegrationEvent::Added(e) => {
-            sqlx::query(
+            query(
                 "INSERT INTO baskets_products (id, store_id, name, price_cents) VALUES (?, ?, ?, ?)
                  ON CONFLICT (id) DO UPDATE SET store_id = excluded.store_id, name = excluded.name,
                  price_cents = excluded.price_cents",
@@ -235,23 +236,19 @@ pub async fn on_product_event(
             .await
         }
         stores::ProductIntegrationEvent::Rebranded(e) => {
-            sqlx::query("UPDATE baskets_products SET name = ? WHERE id = ?")
-                .bind(&e.name)
-                .bind(&e.id)
-                .execute(conn)
-                .await
+            query("UPDATE baskets_products SET name = ? WHERE id = ?").bind(&e.name).bind(&e.id).execute(conn).await
         }
         // The events carry the new price: set it (adding the delta twice is impossible).
         stores::ProductIntegrationEvent::PriceIncreased(stores::ProductPriceIncreased { id, price_cents, .. })
         | stores::ProductIntegrationEvent::PriceDecreased(stores::ProductPriceDecreased { id, price_cents, .. }) => {
-            sqlx::query("UPDATE baskets_products SET price_cents = ? WHERE id = ?")
+            query("UPDATE baskets_products SET price_cents = ? WHERE id = ?")
                 .bind(price_cents)
                 .bind(id)
                 .execute(conn)
                 .await
         }
         stores::ProductIntegrationEvent::Removed(e) => {
-            sqlx::query("DELETE FROM baskets_products WHERE id = ?").bind(&e.id).execute(conn).await
+            query("DELETE FROM baskets_products WHERE id = ?").bind(&e.id).execute(conn).await
         }
     };
     result.map_err(transient)?;

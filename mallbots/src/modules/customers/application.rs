@@ -5,8 +5,9 @@ use herald::aggregate::Aggregate;
 use herald::command::Reply;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
+use herald_sql::AnyDatabase;
+use herald_sql::any::query;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::api;
@@ -32,9 +33,9 @@ impl From<CustomerError> for AppError {
 /// The customer's current state, from its row (a fresh one if there is none).
 async fn load(tx: &mut dyn Transaction, id: &str) -> AppResult<Customer> {
     let row: Option<(String, String, bool)> =
-        sqlx::query_as("SELECT name, sms_number, enabled FROM customers_customers WHERE id = ?")
+        query("SELECT name, sms_number, enabled FROM customers_customers WHERE id = ?")
             .bind(id)
-            .fetch_optional(&mut *db::connection(tx)?)
+            .fetch_optional(db::conn(tx)?)
             .await?;
     Ok(row.map_or_else(Customer::default, |(name, sms_number, enabled)| Customer {
         exists: true,
@@ -75,7 +76,7 @@ async fn execute(
         messages.push(Message::encode(api::EVENT_TOPIC, &integration)?.with_key(id));
     }
     if !messages.is_empty() {
-        sqlx::query(
+        query(
             "INSERT INTO customers_customers (id, name, sms_number, enabled) VALUES (?, ?, ?, ?)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, sms_number = excluded.sms_number,
              enabled = excluded.enabled",
@@ -84,7 +85,7 @@ async fn execute(
         .bind(&customer.name)
         .bind(&customer.sms_number)
         .bind(customer.enabled)
-        .execute(&mut *db::connection(tx)?)
+        .execute(db::conn(tx)?)
         .await?;
         tx.enqueue(messages).await?;
     }
@@ -140,10 +141,10 @@ pub struct CustomerView {
 }
 
 /// One customer.
-pub async fn get_customer(pool: &SqlitePool, id: &str) -> AppResult<CustomerView> {
-    sqlx::query_as("SELECT id, name, sms_number, enabled FROM customers_customers WHERE id = ?")
+pub async fn get_customer(db: &AnyDatabase, id: &str) -> AppResult<CustomerView> {
+    query("SELECT id, name, sms_number, enabled FROM customers_customers WHERE id = ?")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?
         .ok_or_else(|| AppError::NotFound("customer".into()))
 }

@@ -61,7 +61,7 @@ async fn register_customer(
 #[utoipa::path(get, path = "/api/customers/{id}", tag = TAG, params(("id" = String, Path, description = "customer id")),
     responses((status = OK, body = CustomerView), (status = NOT_FOUND, body = ErrorBody)))]
 async fn get_customer(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<CustomerView>> {
-    Ok(Json(app::get_customer(&state.pool, &id).await?))
+    Ok(Json(app::get_customer(&state.db, &id).await?))
 }
 
 /// Changes a customer's SMS number.

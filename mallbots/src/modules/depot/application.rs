@@ -1,13 +1,14 @@
 //! The depot application.
 
+use herald_sql::any::query;
 use std::collections::BTreeMap;
 
 use herald::aggregate::Aggregate;
 use herald::command::Reply;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
+use herald_sql::AnyDatabase;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::api::{self, ShoppingItem};
@@ -43,11 +44,10 @@ async fn execute(
     command: ShoppingCommand,
     cause: Option<&Message>,
 ) -> AppResult<Result<ShoppingList, ShoppingError>> {
-    let row: Option<Row> =
-        sqlx::query_as("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&mut *db::connection(tx)?)
-            .await?;
+    let row: Option<Row> = query("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db::conn(tx)?)
+        .await?;
     let mut list = match row {
         Some(row) => from_row(row)?,
         None => ShoppingList::default(),
@@ -77,7 +77,7 @@ async fn execute(
         messages.push(message);
     }
     let items = serde_json::to_string(&list.items).map_err(AppError::internal)?;
-    sqlx::query(
+    query(
         "INSERT INTO depot_shopping_lists (id, order_id, status, bot_id, items) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status, bot_id = excluded.bot_id",
     )
@@ -86,7 +86,7 @@ async fn execute(
     .bind(list.status.as_str())
     .bind(&list.bot_id)
     .bind(items)
-    .execute(&mut *db::connection(tx)?)
+    .execute(db::conn(tx)?)
     .await?;
     tx.enqueue(messages).await?;
     Ok(Ok(list))
@@ -94,10 +94,11 @@ async fn execute(
 
 /// The id of the list of an order, if it has one.
 async fn list_of_order(tx: &mut dyn Transaction, order_id: &str) -> AppResult<Option<String>> {
-    Ok(sqlx::query_scalar("SELECT id FROM depot_shopping_lists WHERE order_id = ?")
+    Ok(query("SELECT id FROM depot_shopping_lists WHERE order_id = ?")
         .bind(order_id)
-        .fetch_optional(&mut *db::connection(tx)?)
-        .await?)
+        .fetch_optional::<(String,)>(db::conn(tx)?)
+        .await?
+        .map(|(id,)| id))
 }
 
 /// Handles the saga's commands to depot.
@@ -205,33 +206,32 @@ fn view(id: String, list: ShoppingList) -> ShoppingListView {
 }
 
 /// One shopping list.
-pub async fn get(pool: &SqlitePool, id: &str) -> AppResult<ShoppingListView> {
-    let row: Option<Row> =
-        sqlx::query_as("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+pub async fn get(db: &AnyDatabase, id: &str) -> AppResult<ShoppingListView> {
+    let row: Option<Row> = query("SELECT order_id, status, bot_id, items FROM depot_shopping_lists WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
     let row = row.ok_or_else(|| AppError::NotFound("shopping list".into()))?;
     Ok(view(id.to_owned(), from_row(row)?))
 }
 
 /// Shopping lists, optionally of one status (`status` must be a known one), oldest first.
-pub async fn list(pool: &SqlitePool, status: Option<&str>) -> AppResult<Vec<ShoppingListView>> {
+pub async fn list(db: &AnyDatabase, status: Option<&str>) -> AppResult<Vec<ShoppingListView>> {
     let rows: Vec<(String, String, String, Option<String>, String)> = match status {
         Some(status) => {
             let status = ShoppingStatus::parse(status)
                 .ok_or_else(|| AppError::invalid(format!("unknown status {status:?}")))?
                 .as_str();
-            sqlx::query_as(
+            query(
                 "SELECT id, order_id, status, bot_id, items FROM depot_shopping_lists WHERE status = ? ORDER BY id LIMIT 500",
             )
             .bind(status)
-            .fetch_all(pool)
+            .fetch_all(db)
             .await?
         }
         None => {
-            sqlx::query_as("SELECT id, order_id, status, bot_id, items FROM depot_shopping_lists ORDER BY id LIMIT 500")
-                .fetch_all(pool)
+            query("SELECT id, order_id, status, bot_id, items FROM depot_shopping_lists ORDER BY id LIMIT 500")
+                .fetch_all(db)
                 .await?
         }
     };

@@ -47,7 +47,7 @@ async fn list_shopping(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> AppResult<Json<Vec<ShoppingListView>>> {
     let Query(query) = query.map_err(|e| AppError::Invalid(e.body_text()))?;
-    Ok(Json(app::list(&state.pool, query.status.as_deref()).await?))
+    Ok(Json(app::list(&state.db, query.status.as_deref()).await?))
 }
 
 /// One shopping list, with its stops.
@@ -60,7 +60,7 @@ async fn get_shopping(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> AppResult<Json<ShoppingListView>> {
-    Ok(Json(app::get(&state.pool, &id).await?))
+    Ok(Json(app::get(&state.db, &id).await?))
 }
 
 /// A bot takes an available list.

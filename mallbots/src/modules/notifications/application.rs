@@ -3,8 +3,9 @@
 use async_trait::async_trait;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
+use herald_sql::AnyDatabase;
+use herald_sql::any::query;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::api;
@@ -38,7 +39,7 @@ pub struct RecordingGateway;
 #[async_trait]
 impl SmsGateway for RecordingGateway {
     async fn send(&self, tx: &mut dyn Transaction, sms: &Sms) -> AppResult<()> {
-        sqlx::query(
+        query(
             "INSERT INTO notifications_sent (customer_id, order_id, kind, sms_number, text, sent_at)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -48,7 +49,7 @@ impl SmsGateway for RecordingGateway {
         .bind(&sms.to)
         .bind(&sms.text)
         .bind(chrono::Utc::now().to_rfc3339())
-        .execute(&mut *db::connection(tx)?)
+        .execute(db::conn(tx)?)
         .await?;
         Ok(())
     }
@@ -63,10 +64,10 @@ pub async fn on_customer_event(
     cx: &mut HandlerContext,
     event: customers::CustomerIntegrationEvent,
 ) -> Result<(), HandlerError> {
-    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let conn = db::conn(cx.tx()?).map_err(transient)?;
     let result = match &event {
         customers::CustomerIntegrationEvent::Registered(e) => {
-            sqlx::query(
+            query(
                 "INSERT INTO notifications_customers (id, name, sms_number) VALUES (?, ?, ?)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, sms_number = excluded.sms_number",
             )
@@ -77,7 +78,7 @@ pub async fn on_customer_event(
             .await
         }
         customers::CustomerIntegrationEvent::SmsChanged(e) => {
-            sqlx::query("UPDATE notifications_customers SET sms_number = ? WHERE id = ?")
+            query("UPDATE notifications_customers SET sms_number = ? WHERE id = ?")
                 .bind(&e.sms_number)
                 .bind(&e.id)
                 .execute(conn)
@@ -106,12 +107,11 @@ pub async fn on_order_event(
     };
     let cause = cx.message().clone();
     let tx = cx.tx()?;
-    let customer: Option<(String, String)> =
-        sqlx::query_as("SELECT name, sms_number FROM notifications_customers WHERE id = ?")
-            .bind(customer_id)
-            .fetch_optional(&mut *db::connection(tx).map_err(transient)?)
-            .await
-            .map_err(transient)?;
+    let customer: Option<(String, String)> = query("SELECT name, sms_number FROM notifications_customers WHERE id = ?")
+        .bind(customer_id)
+        .fetch_optional(db::conn(tx).map_err(transient)?)
+        .await
+        .map_err(transient)?;
     let Some((name, to)) = customer else {
         tracing::warn!(customer = %customer_id, order = %order_id, "no SMS number for this customer; nothing sent");
         return Ok(());
@@ -146,12 +146,12 @@ pub struct NotificationView {
 }
 
 /// The notifications sent to a customer, oldest first.
-pub async fn sent_to(pool: &SqlitePool, customer_id: &str) -> AppResult<Vec<NotificationView>> {
-    Ok(sqlx::query_as(
+pub async fn sent_to(db: &AnyDatabase, customer_id: &str) -> AppResult<Vec<NotificationView>> {
+    Ok(query(
         "SELECT customer_id, order_id, kind, sms_number, text, sent_at FROM notifications_sent
          WHERE customer_id = ? ORDER BY seq LIMIT 500",
     )
     .bind(customer_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?)
 }

@@ -38,5 +38,5 @@ async fn list_notifications(
         .customer_id
         .filter(|c| !c.trim().is_empty())
         .ok_or_else(|| AppError::invalid("customerId is required"))?;
-    Ok(Json(app::sent_to(&state.pool, customer_id.trim()).await?))
+    Ok(Json(app::sent_to(&state.db, customer_id.trim()).await?))
 }

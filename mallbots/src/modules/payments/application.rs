@@ -4,8 +4,9 @@ use herald::aggregate::Aggregate;
 use herald::command::Reply;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
+use herald_sql::AnyDatabase;
+use herald_sql::any::query;
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::api;
@@ -35,24 +36,23 @@ pub async fn authorize_payment(tx: &mut dyn Transaction, customer_id: String, am
         return Err(AppError::invalid("the amount must be greater than zero"));
     }
     let id = db::new_id();
-    sqlx::query("INSERT INTO payments_payments (id, customer_id, amount_cents) VALUES (?, ?, ?)")
+    query("INSERT INTO payments_payments (id, customer_id, amount_cents) VALUES (?, ?, ?)")
         .bind(&id)
         .bind(customer_id)
         .bind(amount.cents())
-        .execute(&mut *db::connection(tx)?)
+        .execute(db::conn(tx)?)
         .await?;
     Ok(id)
 }
 
 /// Handles the saga's ConfirmPayment.
 pub async fn handle_confirm(cx: &mut HandlerContext, command: api::ConfirmPayment) -> Result<Reply, HandlerError> {
-    let conn = db::connection(cx.tx()?).map_err(HandlerError::transient)?;
-    let payment: Option<(String, i64)> =
-        sqlx::query_as("SELECT customer_id, amount_cents FROM payments_payments WHERE id = ?")
-            .bind(&command.id)
-            .fetch_optional(conn)
-            .await
-            .map_err(HandlerError::transient)?;
+    let conn = db::conn(cx.tx()?).map_err(HandlerError::transient)?;
+    let payment: Option<(String, i64)> = query("SELECT customer_id, amount_cents FROM payments_payments WHERE id = ?")
+        .bind(&command.id)
+        .fetch_optional(conn)
+        .await
+        .map_err(HandlerError::transient)?;
     let payment = payment.map(|(customer_id, amount_cents)| Payment { customer_id, amount_cents });
     Ok(match domain::confirm(payment.as_ref(), command.amount_cents) {
         Ok(()) => Reply::success(),
@@ -68,9 +68,9 @@ async fn execute(
     cause: Option<&Message>,
 ) -> AppResult<Result<Invoice, InvoiceError>> {
     let row: Option<(String, i64, String)> =
-        sqlx::query_as("SELECT order_id, amount_cents, status FROM payments_invoices WHERE id = ?")
+        query("SELECT order_id, amount_cents, status FROM payments_invoices WHERE id = ?")
             .bind(id)
-            .fetch_optional(&mut *db::connection(tx)?)
+            .fetch_optional(db::conn(tx)?)
             .await?;
     let mut invoice = row.map_or_else(Invoice::default, |(order_id, amount_cents, status)| Invoice {
         status: InvoiceStatus::parse(&status),
@@ -97,7 +97,7 @@ async fn execute(
         }
         messages.push(message);
     }
-    sqlx::query(
+    query(
         "INSERT INTO payments_invoices (id, order_id, amount_cents, status) VALUES (?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status",
     )
@@ -105,7 +105,7 @@ async fn execute(
     .bind(&invoice.order_id)
     .bind(invoice.amount_cents)
     .bind(invoice.status.as_str())
-    .execute(&mut *db::connection(tx)?)
+    .execute(db::conn(tx)?)
     .await?;
     tx.enqueue(messages).await?;
     Ok(Ok(invoice))
@@ -151,11 +151,11 @@ pub struct InvoiceView {
 }
 
 /// The invoice of an order.
-pub async fn find_invoice(pool: &SqlitePool, order_id: &str) -> AppResult<InvoiceView> {
+pub async fn find_invoice(db: &AnyDatabase, order_id: &str) -> AppResult<InvoiceView> {
     let row: Option<(String, String, i64, String)> =
-        sqlx::query_as("SELECT id, order_id, amount_cents, status FROM payments_invoices WHERE order_id = ?")
+        query("SELECT id, order_id, amount_cents, status FROM payments_invoices WHERE order_id = ?")
             .bind(order_id)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?;
     let (id, order_id, amount_cents, status) = row.ok_or_else(|| AppError::NotFound("invoice".into()))?;
     Ok(InvoiceView { id, order_id, amount: Money::from_cents(amount_cents).map_err(AppError::internal)?, status })

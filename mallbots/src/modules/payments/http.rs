@@ -67,7 +67,7 @@ async fn find_invoice(
     let Query(query) = query.map_err(|e| AppError::Invalid(e.body_text()))?;
     let order_id =
         query.order_id.filter(|o| !o.trim().is_empty()).ok_or_else(|| AppError::invalid("orderId is required"))?;
-    Ok(Json(app::find_invoice(&state.pool, order_id.trim()).await?))
+    Ok(Json(app::find_invoice(&state.db, order_id.trim()).await?))
 }
 
 /// Marks an invoice paid (the order completes).

@@ -1,8 +1,9 @@
 //! The search read model and its query.
 
 use herald::router::{HandlerContext, HandlerError};
+use herald_sql::AnyDatabase;
+use herald_sql::any::query;
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use utoipa::ToSchema;
 
 use crate::db;
@@ -20,16 +21,14 @@ pub async fn on_customer_registered(
     cx: &mut HandlerContext,
     event: customers::CustomerRegistered,
 ) -> Result<(), HandlerError> {
-    let conn = db::connection(cx.tx()?).map_err(transient)?;
-    sqlx::query(
-        "INSERT INTO search_customers (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name",
-    )
-    .bind(&event.id)
-    .bind(&event.name)
-    .execute(&mut *conn)
-    .await
-    .map_err(transient)?;
-    sqlx::query("UPDATE search_orders SET customer_name = ? WHERE customer_id = ?")
+    let mut conn = db::conn(cx.tx()?).map_err(transient)?;
+    query("INSERT INTO search_customers (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
+        .bind(&event.id)
+        .bind(&event.name)
+        .execute(&mut conn)
+        .await
+        .map_err(transient)?;
+    query("UPDATE search_orders SET customer_name = ? WHERE customer_id = ?")
         .bind(&event.name)
         .bind(&event.id)
         .execute(conn)
@@ -44,11 +43,11 @@ pub async fn on_order_event(
     event: ordering::OrderIntegrationEvent,
 ) -> Result<(), HandlerError> {
     let at = cx.message().metadata.occurred_at.to_rfc3339();
-    let conn = db::connection(cx.tx()?).map_err(transient)?;
+    let mut conn = db::conn(cx.tx()?).map_err(transient)?;
     let (id, status) = match &event {
         ordering::OrderIntegrationEvent::Created(e) => {
             let items = serde_json::to_string(&e.items).map_err(HandlerError::permanent)?;
-            sqlx::query(
+            let inserted = query(
                 "INSERT INTO search_orders (order_id, customer_id, customer_name, status, total_cents, items, created_at, updated_at)
                  VALUES (?, ?, (SELECT name FROM search_customers WHERE id = ?), 'pending', ?, ?, ?, ?)
                  ON CONFLICT (order_id) DO NOTHING",
@@ -60,9 +59,20 @@ pub async fn on_order_event(
             .bind(items)
             .bind(&at)
             .bind(&at)
-            .execute(conn)
+            .execute(&mut conn)
             .await
             .map_err(transient)?;
+            if inserted == 1 {
+                for item in &e.items {
+                    query("INSERT INTO search_order_items (order_id, store_id, product_id) VALUES (?, ?, ?)")
+                        .bind(&e.id)
+                        .bind(&item.store_id)
+                        .bind(&item.product_id)
+                        .execute(&mut conn)
+                        .await
+                        .map_err(transient)?;
+                }
+            }
             return Ok(());
         }
         ordering::OrderIntegrationEvent::Approved(e) => (&e.id, "approved"),
@@ -71,7 +81,7 @@ pub async fn on_order_event(
         ordering::OrderIntegrationEvent::Canceled(e) => (&e.id, "canceled"),
         ordering::OrderIntegrationEvent::Completed(e) => (&e.id, "completed"),
     };
-    sqlx::query("UPDATE search_orders SET status = ?, updated_at = ? WHERE order_id = ?")
+    query("UPDATE search_orders SET status = ?, updated_at = ? WHERE order_id = ?")
         .bind(status)
         .bind(&at)
         .bind(id)
@@ -158,7 +168,7 @@ const COLUMNS: &str =
     "SELECT order_id, customer_id, customer_name, status, total_cents, items, created_at FROM search_orders";
 
 /// Orders matching the filters, oldest first (order ids are time-ordered), one page at a time.
-pub async fn search(pool: &SqlitePool, filters: SearchOrders) -> AppResult<SearchPage> {
+pub async fn search(db: &AnyDatabase, filters: SearchOrders) -> AppResult<SearchPage> {
     let limit = filters.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
         return Err(AppError::invalid("limit must be between 1 and 100"));
@@ -173,44 +183,42 @@ pub async fn search(pool: &SqlitePool, filters: SearchOrders) -> AppResult<Searc
     {
         return Err(AppError::invalid("minTotal must not be above maxTotal"));
     }
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(COLUMNS);
-    q.push(" WHERE 1 = 1");
+    let mut q = query(COLUMNS).push(" WHERE 1 = 1");
     if let Some(customer) = &filters.customer_id {
-        q.push(" AND customer_id = ").push_bind(customer.clone());
+        q = q.push(" AND customer_id = ?").bind(customer);
     }
     if let Some(after) = filters.created_after {
-        q.push(" AND created_at >= ").push_bind(after.to_rfc3339());
+        q = q.push(" AND created_at >= ?").bind(after.to_rfc3339());
     }
     if let Some(before) = filters.created_before {
-        q.push(" AND created_at < ").push_bind(before.to_rfc3339());
+        q = q.push(" AND created_at < ?").bind(before.to_rfc3339());
     }
     for (field, ids) in [("store_id", &filters.store_ids), ("product_id", &filters.product_ids)] {
         if ids.is_empty() {
             continue;
         }
-        q.push(" AND EXISTS (SELECT 1 FROM json_each(items) WHERE json_extract(value, '$.");
-        q.push(field);
-        q.push("') IN (");
-        let mut list = q.separated(", ");
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        q = q.push(&format!(
+            " AND EXISTS (SELECT 1 FROM search_order_items i \
+             WHERE i.order_id = search_orders.order_id AND i.{field} IN ({placeholders}))"
+        ));
         for id in ids {
-            list.push_bind(id.clone());
+            q = q.bind(id);
         }
-        q.push("))");
     }
     if let Some(min) = filters.min_total {
-        q.push(" AND total_cents >= ").push_bind(min.cents());
+        q = q.push(" AND total_cents >= ?").bind(min.cents());
     }
     if let Some(max) = filters.max_total {
-        q.push(" AND total_cents <= ").push_bind(max.cents());
+        q = q.push(" AND total_cents <= ?").bind(max.cents());
     }
     if let Some(status) = &filters.status {
-        q.push(" AND status = ").push_bind(status.clone());
+        q = q.push(" AND status = ?").bind(status);
     }
     if let Some(cursor) = &filters.cursor {
-        q.push(" AND order_id > ").push_bind(cursor.clone());
+        q = q.push(" AND order_id > ?").bind(cursor);
     }
-    q.push(" ORDER BY order_id LIMIT ").push_bind(i64::from(limit) + 1);
-    let mut rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
+    let mut rows: Vec<Row> = q.push(" ORDER BY order_id LIMIT ?").bind(i64::from(limit) + 1).fetch_all(db).await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let orders = rows.into_iter().map(summary).collect::<AppResult<Vec<_>>>()?;
@@ -219,12 +227,12 @@ pub async fn search(pool: &SqlitePool, filters: SearchOrders) -> AppResult<Searc
 }
 
 /// One order.
-pub async fn get(pool: &SqlitePool, id: &str) -> AppResult<OrderSummary> {
-    let row: Option<Row> = sqlx::query_as(
+pub async fn get(db: &AnyDatabase, id: &str) -> AppResult<OrderSummary> {
+    let row: Option<Row> = query(
         "SELECT order_id, customer_id, customer_name, status, total_cents, items, created_at FROM search_orders WHERE order_id = ?",
     )
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     summary(row.ok_or_else(|| AppError::NotFound("order".into()))?)
 }

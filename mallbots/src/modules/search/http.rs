@@ -22,7 +22,7 @@ async fn search_orders(
     State(state): State<AppState>,
     ApiJson(filters): ApiJson<SearchOrders>,
 ) -> AppResult<Json<SearchPage>> {
-    Ok(Json(app::search(&state.pool, filters).await?))
+    Ok(Json(app::search(&state.db, filters).await?))
 }
 
 /// One order, as search has it.
@@ -34,5 +34,5 @@ async fn get_order(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> AppResult<Json<OrderSummary>> {
-    Ok(Json(app::get(&state.pool, &id).await?))
+    Ok(Json(app::get(&state.db, &id).await?))
 }

@@ -4,8 +4,9 @@
 
 use herald::aggregate::{Aggregate, Repository};
 use herald::{Message, Transaction};
+use herald_sql::AnyDatabase;
+use herald_sql::any::{Conn, query};
 use serde::Serialize;
-use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
 use super::api;
@@ -84,32 +85,28 @@ async fn run_store(tx: &mut dyn Transaction, id: &str, command: StoreCommand) ->
     let (_, events) = execute::<Store>(tx, id, command).await?;
     let mut messages = Vec::with_capacity(events.len());
     for event in &events {
-        let conn = db::connection(tx)?;
+        let mut conn = db::conn(tx)?;
         let integration: api::StoreIntegrationEvent = match event {
             StoreEvent::Created(e) => {
-                sqlx::query("INSERT INTO stores_mall (id, name, location, participating) VALUES (?, ?, ?, 0)")
+                query("INSERT INTO stores_mall (id, name, location, participating) VALUES (?, ?, ?, FALSE)")
                     .bind(id)
                     .bind(&e.name)
                     .bind(&e.location)
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await?;
                 api::StoreCreated { id: id.to_owned(), name: e.name.clone(), location: e.location.clone() }.into()
             }
             StoreEvent::ParticipationEnabled(_) | StoreEvent::ParticipationDisabled(_) => {
                 let participating = matches!(event, StoreEvent::ParticipationEnabled(_));
-                sqlx::query("UPDATE stores_mall SET participating = ? WHERE id = ?")
+                query("UPDATE stores_mall SET participating = ? WHERE id = ?")
                     .bind(participating)
                     .bind(id)
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await?;
                 api::StoreParticipatingToggled { id: id.to_owned(), participating }.into()
             }
             StoreEvent::Rebranded(e) => {
-                sqlx::query("UPDATE stores_mall SET name = ? WHERE id = ?")
-                    .bind(&e.name)
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
+                query("UPDATE stores_mall SET name = ? WHERE id = ?").bind(&e.name).bind(id).execute(&mut conn).await?;
                 api::StoreRebranded { id: id.to_owned(), name: e.name.clone() }.into()
             }
         };
@@ -133,10 +130,8 @@ pub struct NewProduct {
 
 /// Adds a product to an existing store; returns its id.
 pub async fn add_product(tx: &mut dyn Transaction, store_id: &str, product: NewProduct) -> AppResult<String> {
-    let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM stores_mall WHERE id = ?")
-        .bind(store_id)
-        .fetch_optional(&mut *db::connection(tx)?)
-        .await?;
+    let exists: Option<(String,)> =
+        query("SELECT id FROM stores_mall WHERE id = ?").bind(store_id).fetch_optional(db::conn(tx)?).await?;
     if exists.is_none() {
         return Err(AppError::NotFound("store".into()));
     }
@@ -176,10 +171,10 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
     let (state, events) = execute::<Product>(tx, id, command).await?;
     let mut messages = Vec::with_capacity(events.len());
     for event in &events {
-        let conn = db::connection(tx)?;
+        let mut conn = db::conn(tx)?;
         let integration: api::ProductIntegrationEvent = match event {
             ProductEvent::Added(e) => {
-                sqlx::query(
+                query(
                     "INSERT INTO stores_catalog (id, store_id, name, description, sku, price_cents)
                      VALUES (?, ?, ?, ?, ?, ?)",
                 )
@@ -189,7 +184,7 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
                 .bind(&e.description)
                 .bind(&e.sku)
                 .bind(e.price_cents)
-                .execute(&mut *conn)
+                .execute(&mut conn)
                 .await?;
                 api::ProductAdded {
                     id: id.to_owned(),
@@ -202,18 +197,18 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
                 .into()
             }
             ProductEvent::Rebranded(e) => {
-                sqlx::query("UPDATE stores_catalog SET name = ?, description = ? WHERE id = ?")
+                query("UPDATE stores_catalog SET name = ?, description = ? WHERE id = ?")
                     .bind(&e.name)
                     .bind(&e.description)
                     .bind(id)
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await?;
                 api::ProductRebranded { id: id.to_owned(), name: e.name.clone(), description: e.description.clone() }
                     .into()
             }
             // One command yields one price event, so the state after it holds its price.
             ProductEvent::PriceIncreased(e) => {
-                set_price(conn, id, state.price_cents).await?;
+                set_price((&mut conn).into(), id, state.price_cents).await?;
                 api::ProductPriceIncreased {
                     id: id.to_owned(),
                     delta_cents: e.delta_cents,
@@ -222,7 +217,7 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
                 .into()
             }
             ProductEvent::PriceDecreased(e) => {
-                set_price(conn, id, state.price_cents).await?;
+                set_price((&mut conn).into(), id, state.price_cents).await?;
                 api::ProductPriceDecreased {
                     id: id.to_owned(),
                     delta_cents: e.delta_cents,
@@ -231,7 +226,7 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
                 .into()
             }
             ProductEvent::Removed(_) => {
-                sqlx::query("DELETE FROM stores_catalog WHERE id = ?").bind(id).execute(&mut *conn).await?;
+                query("DELETE FROM stores_catalog WHERE id = ?").bind(id).execute(&mut conn).await?;
                 api::ProductRemoved { id: id.to_owned() }.into()
             }
         };
@@ -241,12 +236,8 @@ async fn run_product(tx: &mut dyn Transaction, id: &str, command: ProductCommand
     Ok(())
 }
 
-async fn set_price(conn: &mut sqlx::SqliteConnection, id: &str, price_cents: i64) -> AppResult<()> {
-    sqlx::query("UPDATE stores_catalog SET price_cents = ? WHERE id = ?")
-        .bind(price_cents)
-        .bind(id)
-        .execute(conn)
-        .await?;
+async fn set_price(conn: Conn<'_>, id: &str, price_cents: i64) -> AppResult<()> {
+    query("UPDATE stores_catalog SET price_cents = ? WHERE id = ?").bind(price_cents).bind(id).execute(conn).await?;
     Ok(())
 }
 
@@ -301,43 +292,43 @@ impl ProductRow {
 }
 
 /// One store.
-pub async fn get_store(pool: &SqlitePool, id: &str) -> AppResult<StoreView> {
-    sqlx::query_as("SELECT id, name, location, participating FROM stores_mall WHERE id = ?")
+pub async fn get_store(db: &AnyDatabase, id: &str) -> AppResult<StoreView> {
+    query("SELECT id, name, location, participating FROM stores_mall WHERE id = ?")
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?
         .ok_or_else(|| AppError::NotFound("store".into()))
 }
 
 /// Every store (or only the participating ones), by name.
-pub async fn get_stores(pool: &SqlitePool, only_participating: bool) -> AppResult<Vec<StoreView>> {
+pub async fn get_stores(db: &AnyDatabase, only_participating: bool) -> AppResult<Vec<StoreView>> {
     let sql = if only_participating {
-        "SELECT id, name, location, participating FROM stores_mall WHERE participating = 1 ORDER BY name, id"
+        "SELECT id, name, location, participating FROM stores_mall WHERE participating = TRUE ORDER BY name, id"
     } else {
         "SELECT id, name, location, participating FROM stores_mall ORDER BY name, id"
     };
-    Ok(sqlx::query_as(sql).fetch_all(pool).await?)
+    Ok(query(sql).fetch_all(db).await?)
 }
 
 /// The products of a store, by name.
-pub async fn get_catalog(pool: &SqlitePool, store_id: &str) -> AppResult<Vec<ProductView>> {
-    get_store(pool, store_id).await?;
-    let rows: Vec<ProductRow> = sqlx::query_as(
+pub async fn get_catalog(db: &AnyDatabase, store_id: &str) -> AppResult<Vec<ProductView>> {
+    get_store(db, store_id).await?;
+    let rows: Vec<ProductRow> = query(
         "SELECT id, store_id, name, description, sku, price_cents FROM stores_catalog
          WHERE store_id = ? ORDER BY name, id",
     )
     .bind(store_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     rows.into_iter().map(ProductRow::view).collect()
 }
 
 /// One product.
-pub async fn get_product(pool: &SqlitePool, id: &str) -> AppResult<ProductView> {
+pub async fn get_product(db: &AnyDatabase, id: &str) -> AppResult<ProductView> {
     let row: Option<ProductRow> =
-        sqlx::query_as("SELECT id, store_id, name, description, sku, price_cents FROM stores_catalog WHERE id = ?")
+        query("SELECT id, store_id, name, description, sku, price_cents FROM stores_catalog WHERE id = ?")
             .bind(id)
-            .fetch_optional(pool)
+            .fetch_optional(db)
             .await?;
     row.ok_or_else(|| AppError::NotFound("product".into()))?.view()
 }

@@ -101,20 +101,20 @@ async fn create_store(
 /// Every store.
 #[utoipa::path(get, path = "/api/stores", tag = TAG, responses((status = OK, body = Vec<StoreView>)))]
 async fn get_stores(State(state): State<AppState>) -> AppResult<Json<Vec<StoreView>>> {
-    Ok(Json(app::get_stores(&state.pool, false).await?))
+    Ok(Json(app::get_stores(&state.db, false).await?))
 }
 
 /// The stores taking part in the kiosk offer.
 #[utoipa::path(get, path = "/api/stores/participating", tag = TAG, responses((status = OK, body = Vec<StoreView>)))]
 async fn get_participating_stores(State(state): State<AppState>) -> AppResult<Json<Vec<StoreView>>> {
-    Ok(Json(app::get_stores(&state.pool, true).await?))
+    Ok(Json(app::get_stores(&state.db, true).await?))
 }
 
 /// One store.
 #[utoipa::path(get, path = "/api/stores/{id}", tag = TAG, params(("id" = String, Path, description = "store id")),
     responses((status = OK, body = StoreView), (status = NOT_FOUND, body = ErrorBody)))]
 async fn get_store(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<StoreView>> {
-    Ok(Json(app::get_store(&state.pool, &id).await?))
+    Ok(Json(app::get_store(&state.db, &id).await?))
 }
 
 /// Lets the store take part in the kiosk offer.
@@ -186,14 +186,14 @@ async fn add_product(
 #[utoipa::path(get, path = "/api/stores/{id}/products", tag = TAG, params(("id" = String, Path, description = "store id")),
     responses((status = OK, body = Vec<ProductView>), (status = NOT_FOUND, body = ErrorBody)))]
 async fn get_catalog(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<Vec<ProductView>>> {
-    Ok(Json(app::get_catalog(&state.pool, &id).await?))
+    Ok(Json(app::get_catalog(&state.db, &id).await?))
 }
 
 /// One product.
 #[utoipa::path(get, path = "/api/stores/products/{id}", tag = TAG, params(("id" = String, Path, description = "product id")),
     responses((status = OK, body = ProductView), (status = NOT_FOUND, body = ErrorBody)))]
 async fn get_product(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<ProductView>> {
-    Ok(Json(app::get_product(&state.pool, &id).await?))
+    Ok(Json(app::get_product(&state.db, &id).await?))
 }
 
 /// Stops selling a product.
