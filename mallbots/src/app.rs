@@ -47,6 +47,10 @@ pub struct Config {
     /// prefix of NATS streams, Redis keys and RabbitMQ exchanges and queues. Lowercase
     /// letters, digits and `_`, starting with a letter.
     pub namespace: String,
+    /// The broker's state is throw-away (tests, demos): NATS streams in memory keeping
+    /// messages 10 minutes, RabbitMQ queues deleted 2 minutes after their last consumer goes.
+    /// Off by default: a restart must not lose messages.
+    pub ephemeral_broker: bool,
     /// The admin bearer token; `None` reads or generates one kept next to the database.
     pub admin_token: Option<String>,
 }
@@ -58,6 +62,7 @@ impl Default for Config {
             database: "sqlite://mallbots.db".into(),
             broker: None,
             namespace: DEFAULT_NAMESPACE.into(),
+            ephemeral_broker: false,
             admin_token: None,
         }
     }
@@ -98,7 +103,7 @@ impl App {
         .with_context(|| format!("opening the database {}", redacted(database)))?;
         crate::db::migrate(&db).await.context("creating MallBots' tables")?;
         let store = db.store();
-        let broker = connect_broker(config.broker.as_deref(), &db, namespace).await?;
+        let broker = connect_broker(config.broker.as_deref(), &db, namespace, config.ephemeral_broker).await?;
         let (admin_token, token_source) = match config.admin_token.filter(|t| !t.trim().is_empty()) {
             Some(token) => (token.trim().to_owned(), TokenSource::Configured),
             None => stored_or_generated_token(data_file(database)).await?,
@@ -212,20 +217,28 @@ impl App {
 }
 
 /// The broker `url` names, its names prefixed by `namespace`; the SQL broker on `db` if none.
-async fn connect_broker(url: Option<&str>, db: &AnyDatabase, namespace: &str) -> anyhow::Result<Arc<dyn Broker>> {
+async fn connect_broker(
+    url: Option<&str>,
+    db: &AnyDatabase,
+    namespace: &str,
+    ephemeral: bool,
+) -> anyhow::Result<Arc<dyn Broker>> {
     let url = url.map(str::trim).unwrap_or_default();
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
     let connecting = || format!("connecting to the broker {}", redacted(url));
     Ok(match scheme {
         "" | "sql" => db.broker(),
-        "nats" => Arc::new(
-            herald_nats::NatsConfig::new(url)
+        "nats" => Arc::new({
+            let config = herald_nats::NatsConfig::new(url)
                 .stream_prefix(format!("{namespace}-"))
-                .subject_prefix(format!("{namespace}."))
-                .connect()
-                .await
-                .with_context(connecting)?,
-        ),
+                .subject_prefix(format!("{namespace}."));
+            let config = if ephemeral {
+                config.storage(herald_nats::Storage::Memory).max_age(Duration::from_secs(600))
+            } else {
+                config
+            };
+            config.connect().await.with_context(connecting)?
+        }),
         "redis" | "rediss" => Arc::new(
             herald_redis::RedisConfig::new(url)
                 .key_prefix(format!("{namespace}:"))
@@ -233,13 +246,15 @@ async fn connect_broker(url: Option<&str>, db: &AnyDatabase, namespace: &str) ->
                 .await
                 .with_context(connecting)?,
         ),
-        "amqp" | "amqps" => Arc::new(
-            herald_amqp::AmqpConfig::new(url)
-                .prefix(format!("{namespace}."))
-                .connect()
-                .await
-                .with_context(connecting)?,
-        ),
+        "amqp" | "amqps" => Arc::new({
+            let config = herald_amqp::AmqpConfig::new(url).prefix(format!("{namespace}."));
+            let config = if ephemeral {
+                config.queue_expires(Duration::from_secs(120)).auto_delete_exchange(true)
+            } else {
+                config
+            };
+            config.connect().await.with_context(connecting)?
+        }),
         other => bail!(
             "unknown broker {other:?}: use nats://HOST:PORT, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT, \
              or leave it unset for the SQL broker on the database"

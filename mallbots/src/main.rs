@@ -65,6 +65,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         database: args.database,
         broker: args.broker,
         namespace: args.namespace,
+        ephemeral_broker: false,
         admin_token: args.admin_token,
     };
     let app = App::build(config).await?;

@@ -19,6 +19,9 @@ pub struct TestApp {
     pub router: Router,
     pub token: String,
     pub dir: TempDir,
+    /// Where it ran, to remove its schema and streams afterwards.
+    pub backend: Backend,
+    pub config: Config,
 }
 
 pub const TOKEN: &str = "test-admin-token";
@@ -71,6 +74,8 @@ impl Backend {
             database,
             broker,
             namespace: format!("mb_test_{}", uuid::Uuid::now_v7().simple()),
+            // A shared server must not collect every test's streams and queues.
+            ephemeral_broker: true,
             admin_token: Some(TOKEN.into()),
         }
     }
@@ -92,9 +97,10 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
         .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
         .try_init();
     let dir = tempfile::tempdir().expect("temp dir");
-    let app = App::build(backend.config(&dir)).await.expect("app builds");
+    let config = backend.config(&dir);
+    let app = App::build(config.clone()).await.expect("app builds");
     let router = app.http_router();
-    Some(TestApp { app: Some(app), router, token: TOKEN.into(), dir })
+    Some(TestApp { app: Some(app), router, token: TOKEN.into(), dir, backend, config })
 }
 
 /// A response, decoded.
@@ -170,6 +176,31 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// Drops the app's PostgreSQL schema and NATS streams (RabbitMQ queues expire by
+    /// themselves: `ephemeral_broker`), so shared servers do not collect every run's state.
+    pub async fn remove_server_state(&self) {
+        let namespace = &self.config.namespace;
+        if self.backend != Backend::Sqlite {
+            let pool = sqlx::PgPool::connect(&self.config.database).await.expect("connect to PostgreSQL");
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{namespace}\" CASCADE")))
+                .execute(&pool)
+                .await
+                .expect("drop the test schema");
+            pool.close().await;
+        }
+        if self.backend == Backend::PostgresNats {
+            use futures::TryStreamExt;
+            let client = async_nats::connect("127.0.0.1:4222").await.expect("connect to NATS");
+            let js = async_nats::jetstream::new(client);
+            let names: Vec<String> = js.stream_names().try_collect().await.expect("list streams");
+            for name in names.iter().filter(|n| n.starts_with(&format!("{namespace}-"))) {
+                js.delete_stream(name).await.expect("delete a test stream");
+            }
+        }
+    }
+}
+
 /// Waits (bounded) until `f` holds.
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
@@ -224,5 +255,6 @@ impl RunningApp {
             .expect("stops in time")
             .expect("no panic")
             .expect("clean stop");
+        self.t.remove_server_state().await;
     }
 }
