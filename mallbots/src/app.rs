@@ -102,6 +102,7 @@ impl App {
         }
         .with_context(|| format!("opening the database {}", redacted(database)))?;
         crate::db::migrate(&db).await.context("creating MallBots' tables")?;
+        crate::metrics::install()?;
         let store = db.store();
         let broker = connect_broker(config.broker.as_deref(), &db, namespace, config.ephemeral_broker).await?;
         let (admin_token, token_source) = match config.admin_token.filter(|t| !t.trim().is_empty()) {
@@ -110,7 +111,8 @@ impl App {
         };
         let listener =
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
-        let state = AppState { store: store.clone(), db: db.clone(), admin_token: admin_token.into() };
+        let analytics = analytics::AnalyticsControl::new(store.clone());
+        let state = AppState { store: store.clone(), db: db.clone(), admin_token: admin_token.into(), analytics };
         Ok(Self { db, store, broker, listener, state, token_source })
     }
 
@@ -184,11 +186,8 @@ impl App {
         let routing = self.message_router(&saga).start(router_stop.clone()).await.context("subscribing the routes")?;
         tracing::debug!("every route is subscribed");
         let timeouts_task = tokio::spawn(saga.run_timeouts(Duration::from_secs(1), router_stop.clone()));
-        let analytics = herald::projection::ProjectionRunner::new(
-            self.store.clone(),
-            Arc::new(analytics::AnalyticsProjection::default()),
-        );
-        let analytics_task = analytics.spawn(router_stop.clone());
+        self.state.analytics.start(router_stop.clone(), shutdown.clone()).await;
+        let upkeep_task = tokio::spawn(crate::metrics::upkeep(router_stop.clone()));
         let relay = OutboxRelay::new(self.store.clone(), self.broker.clone());
         let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
 
@@ -200,7 +199,8 @@ impl App {
         router_stop.cancel();
         routing.wait().await;
         let timed = timeouts_task.await;
-        let projected = analytics_task.await;
+        let projected = self.state.analytics.stop().await;
+        let upkept = upkeep_task.await;
         relay_stop.cancel();
         let relayed = relay_task.await;
         if let Err(e) = Publisher::close(&*self.broker).await {
@@ -210,7 +210,8 @@ impl App {
         served.context("serving HTTP")?;
         relayed.context("the outbox relay panicked")?;
         timed.context("the saga timeouts task panicked")?;
-        projected.context("the analytics projection panicked")?.context("the analytics projection failed")?;
+        projected.context("the analytics projection failed")?;
+        upkept.context("the metrics upkeep panicked")?;
         tracing::info!("MallBots stopped");
         Ok(())
     }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub db: AnyDatabase,
     /// The bearer token admin endpoints require.
     pub admin_token: Arc<str>,
+    /// The analytics projection's runner, for rebuilds.
+    pub analytics: analytics::AnalyticsControl,
 }
 
 /// The body of every error response.
@@ -234,37 +236,6 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     }
 }
 
-/// Prometheus text exposition of a few gauges read from the database: orders by status (from
-/// the analytics read model), messages waiting in the outbox, SMS sent.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = OK, description = "Prometheus text format", body = String)))]
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> AppResult<Response> {
-    use std::fmt::Write as _;
-    let by_status: Vec<(String, i64)> =
-        query("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status ORDER BY status")
-            .fetch_all(&state.db)
-            .await?;
-    let (sms,): (i64,) = query("SELECT COUNT(*) FROM notifications_sent").fetch_one(&state.db).await?;
-    let outbox = state.store.outbox_pending(10_000).await?.len();
-    let mut text = String::new();
-    let _ = writeln!(text, "# HELP mallbots_orders Orders by status (analytics read model).");
-    let _ = writeln!(text, "# TYPE mallbots_orders gauge");
-    for (status, count) in by_status {
-        let _ = writeln!(text, "mallbots_orders{{status=\"{status}\"}} {count}");
-    }
-    let _ =
-        writeln!(text, "# HELP mallbots_outbox_pending Messages committed but not yet published (capped at 10000).");
-    let _ = writeln!(text, "# TYPE mallbots_outbox_pending gauge");
-    let _ = writeln!(text, "mallbots_outbox_pending {outbox}");
-    let _ = writeln!(text, "# HELP mallbots_sms_sent_total SMS recorded by notifications.");
-    let _ = writeln!(text, "# TYPE mallbots_sms_sent_total counter");
-    let _ = writeln!(text, "mallbots_sms_sent_total {sms}");
-    let mut response = text.into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
-    Ok(response)
-}
-
 async fn not_found() -> AppError {
     AppError::NotFound("route".into())
 }
@@ -287,7 +258,7 @@ pub fn router(state: AppState) -> Router {
     let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
-        .routes(utoipa_axum::routes!(metrics))
+        .routes(utoipa_axum::routes!(crate::metrics::scrape))
         .merge(stores::http::routes())
         .merge(customers::http::routes())
         .merge(baskets::http::routes())
@@ -304,7 +275,11 @@ pub fn router(state: AppState) -> Router {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
-    router.fallback(not_found).with_state(state).merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+    router
+        .fallback(not_found)
+        .with_state(state)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
 }
 
 #[cfg(test)]

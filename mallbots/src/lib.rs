@@ -9,6 +9,7 @@
 //!   inbox and retries, outbox relay) and the HTTP server, run until shut down.
 //! * [`http`]: the REST layer shared by the modules (errors, extractors, admin auth,
 //!   idempotency, health, OpenAPI + Swagger UI).
+//! * [`metrics`]: Prometheus `/metrics` (Herald's metrics, HTTP requests, business gauges).
 //! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
 //!
 //! ```no_run
@@ -26,5 +27,6 @@ pub mod app;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod modules;
 pub mod money;

@@ -8,60 +8,10 @@ mod support;
 
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::{Backend, RunningApp, TestApp, eventually, spawn_running_app_on};
-
-/// The admin's catalog: one store with one product at 9.99; returns the product id.
-async fn catalog(t: &TestApp) -> String {
-    let store = t.post("/api/stores", true, json!({ "name": "Books", "location": "L1" })).await.id();
-    assert_eq!(t.put(&format!("/api/stores/{store}/participating"), true, None).await.status, StatusCode::NO_CONTENT);
-    t.post(&format!("/api/stores/{store}/products"), true, json!({ "name": "Treasury", "price": 9.99 })).await.id()
-}
-
-/// A customer checks out 2 × the product with a payment of `amount`; returns the order id.
-async fn order(t: &TestApp, customer: &str, product: &str, amount: Value) -> String {
-    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": amount })).await.id();
-    let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
-    let add = json!({ "productId": product, "quantity": 2 });
-    eventually("the product reaches the baskets' catalog", || async {
-        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add.clone())).await.status
-            == StatusCode::NO_CONTENT
-    })
-    .await;
-    let checkout =
-        t.put(&format!("/api/baskets/{basket}/checkout"), false, Some(json!({ "paymentId": payment }))).await;
-    assert_eq!(checkout.status, StatusCode::NO_CONTENT);
-    basket
-}
-
-async fn status_becomes(t: &TestApp, order: &str, status: &str) {
-    eventually(&format!("the order is {status}"), || async {
-        t.get(&format!("/api/ordering/{order}")).await.body["status"] == status
-    })
-    .await;
-}
-
-async fn admin_get(t: &TestApp, uri: &str) -> Value {
-    let reply = t.request(Method::GET, uri, true, None, &[]).await;
-    assert_eq!(reply.status, StatusCode::OK, "{uri}: {reply:?}");
-    reply.body
-}
-
-/// The shopping list of an order, once it has one.
-async fn shopping_list(t: &TestApp, order: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let lists = admin_get(t, "/api/depot/shopping").await;
-        if let Some(found) = lists.as_array().and_then(|l| l.iter().find(|s| s["orderId"] == order)) {
-            return found.clone();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the shopping list of {order}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
-async fn register(t: &TestApp, name: &str) -> String {
-    t.post("/api/customers", false, json!({ "name": name, "smsNumber": "555 0100" })).await.id()
-}
+use support::{
+    Backend, RunningApp, admin_get, catalog, eventually, order, register, shopping_list, spawn_running_app_on,
+    status_becomes,
+};
 
 async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
     let t = &app.t;

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use mallbots::app::{App, Config};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
@@ -257,4 +257,81 @@ impl RunningApp {
             .expect("clean stop");
         self.t.remove_server_state().await;
     }
+}
+
+// --- the order life over REST, shared by the end-to-end tests ---
+
+/// The admin's catalog: one store with one product at 9.99; returns the product id.
+pub async fn catalog(t: &TestApp) -> String {
+    let store = t.post("/api/stores", true, json!({ "name": "Books", "location": "L1" })).await.id();
+    assert_eq!(t.put(&format!("/api/stores/{store}/participating"), true, None).await.status, StatusCode::NO_CONTENT);
+    t.post(&format!("/api/stores/{store}/products"), true, json!({ "name": "Treasury", "price": 9.99 })).await.id()
+}
+
+/// A customer checks out 2 × the product with a payment of `amount`; returns the order id.
+pub async fn order(t: &TestApp, customer: &str, product: &str, amount: Value) -> String {
+    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": amount })).await.id();
+    let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
+    let add = json!({ "productId": product, "quantity": 2 });
+    eventually("the product reaches the baskets' catalog", || async {
+        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add.clone())).await.status
+            == StatusCode::NO_CONTENT
+    })
+    .await;
+    let checkout =
+        t.put(&format!("/api/baskets/{basket}/checkout"), false, Some(json!({ "paymentId": payment }))).await;
+    assert_eq!(checkout.status, StatusCode::NO_CONTENT);
+    basket
+}
+
+pub async fn status_becomes(t: &TestApp, order: &str, status: &str) {
+    eventually(&format!("the order is {status}"), || async {
+        t.get(&format!("/api/ordering/{order}")).await.body["status"] == status
+    })
+    .await;
+}
+
+pub async fn admin_get(t: &TestApp, uri: &str) -> Value {
+    let reply = t.request(Method::GET, uri, true, None, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{uri}: {reply:?}");
+    reply.body
+}
+
+/// The shopping list of an order, once it has one.
+pub async fn shopping_list(t: &TestApp, order: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lists = admin_get(t, "/api/depot/shopping").await;
+        if let Some(found) = lists.as_array().and_then(|l| l.iter().find(|s| s["orderId"] == order)) {
+            return found.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the shopping list of {order}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn register(t: &TestApp, name: &str) -> String {
+    t.post("/api/customers", false, json!({ "name": name, "smsNumber": "555 0100" })).await.id()
+}
+
+/// Drives an order through the depot and payments to `completed`: bot assigned, shopping
+/// completed, invoice paid.
+pub async fn complete(t: &TestApp, order: &str) {
+    status_becomes(t, order, "approved").await;
+    let list = shopping_list(t, order).await;
+    let id = list["id"].as_str().expect("shopping list id");
+    let assign = t.put(&format!("/api/depot/shopping/{id}/assign"), true, Some(json!({ "botId": "bot-1" }))).await;
+    assert_eq!(assign.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.put(&format!("/api/depot/shopping/{id}/complete"), true, None).await.status, StatusCode::NO_CONTENT);
+    status_becomes(t, order, "ready").await;
+    let find = format!("/api/payments/invoices?orderId={order}");
+    eventually("the invoice exists", || async {
+        t.request(Method::GET, &find, true, None, &[]).await.status == StatusCode::OK
+    })
+    .await;
+    let invoice = admin_get(t, &find).await;
+    let invoice_id = invoice["id"].as_str().expect("invoice id");
+    let pay = t.put(&format!("/api/payments/invoices/{invoice_id}/pay"), true, None).await;
+    assert_eq!(pay.status, StatusCode::NO_CONTENT);
+    status_becomes(t, order, "completed").await;
 }

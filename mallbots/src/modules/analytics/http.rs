@@ -1,17 +1,20 @@
-//! REST endpoint of analytics (admin: business figures).
+//! REST endpoints of analytics (admin: business figures, and rebuilding them).
 
 use axum::Json;
 use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::application::{self as app, Summary};
-use crate::error::AppResult;
+use super::control::RebuildError;
+use crate::error::{AppError, AppResult};
 use crate::http::{Admin, AppState, ErrorBody};
 
 /// The routes of analytics.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(summary))
+    OpenApiRouter::new().routes(routes!(summary)).routes(routes!(rebuild))
 }
 
 /// Orders by status, revenue and top products.
@@ -19,4 +22,36 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses((status = OK, body = Summary), (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn summary(_: Admin, State(state): State<AppState>) -> AppResult<Json<Summary>> {
     Ok(Json(app::summary(&state.db).await?))
+}
+
+/// What a rebuild did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebuilt {
+    /// Events of the log replayed (those analytics ignores included).
+    pub events: u64,
+    /// The log position reached.
+    pub position: u64,
+    /// How long it took, in milliseconds.
+    pub elapsed_ms: u64,
+    /// `false` if the app's shutdown interrupted it (the next start resumes it).
+    pub completed: bool,
+}
+
+/// Rebuilds the analytics read model from the start of the event log, while the app runs
+/// (the live projection pauses meanwhile). One rebuild at a time.
+#[utoipa::path(post, path = "/api/analytics/rebuild", tag = "analytics", security(("admin" = [])),
+    responses((status = OK, body = Rebuilt), (status = UNAUTHORIZED, body = ErrorBody),
+        (status = CONFLICT, description = "a rebuild is already running", body = ErrorBody)))]
+async fn rebuild(_: Admin, State(state): State<AppState>) -> AppResult<Json<Rebuilt>> {
+    let report = state.analytics.rebuild().await.map_err(|e| match e {
+        RebuildError::Busy => AppError::conflict(e),
+        RebuildError::Failed(e) => AppError::internal(e),
+    })?;
+    Ok(Json(Rebuilt {
+        events: report.events,
+        position: report.position,
+        elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        completed: report.completed,
+    }))
 }
