@@ -4,8 +4,12 @@
 mod support;
 
 use axum::http::{Method, StatusCode};
+use herald_sql::any::{Conn, query};
 use serde_json::json;
-use support::{TestApp, admin_get, catalog, complete, eventually, order, register, spawn_running_app, status_becomes};
+use support::{
+    Backend, RunningApp, TestApp, admin_get, catalog, complete, eventually, order, register, spawn_running_app,
+    spawn_running_app_on, status_becomes,
+};
 
 /// The value of the sample of `name` whose labels include every one of `labels`, from
 /// Prometheus text. Several matches (other label values) are summed.
@@ -40,9 +44,17 @@ async fn metrics_text(t: &TestApp) -> String {
     reply.body.as_str().expect("text").to_owned()
 }
 
-#[tokio::test]
+/// SQLite, then PostgreSQL when its server runs: one after the other, because the business
+/// gauges are process-wide and set from the scraping app's database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_herald_handlers_http_routes_and_business_gauges() {
-    let app = spawn_running_app().await;
+    metrics_scenario(spawn_running_app().await).await;
+    if let Some(app) = spawn_running_app_on(Backend::Postgres).await {
+        metrics_scenario(app).await;
+    }
+}
+
+async fn metrics_scenario(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Ada").await;
@@ -100,9 +112,19 @@ async fn metrics_show_herald_handlers_http_routes_and_business_gauges() {
     app.stop().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn analytics_rebuild_replays_the_log_while_the_app_runs() {
-    let app = spawn_running_app().await;
+    rebuild_scenario(spawn_running_app().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytics_rebuild_on_postgres() {
+    if let Some(app) = spawn_running_app_on(Backend::Postgres).await {
+        rebuild_scenario(app).await;
+    }
+}
+
+async fn rebuild_scenario(app: RunningApp) {
     let t = &app.t;
     let product = catalog(t).await;
     let ada = register(t, "Ada").await;
@@ -129,11 +151,13 @@ async fn analytics_rebuild_replays_the_log_while_the_app_runs() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 
     // Break the read model behind the projection's back.
-    let db = t.dir.path().join("mallbots.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.expect("database");
-    sqlx::query("UPDATE analytics_orders SET status = 'lost'").execute(&pool).await.expect("update");
-    sqlx::query("DELETE FROM analytics_products").execute(&pool).await.expect("delete");
-    pool.close().await;
+    let mut tx = app.store.begin().await.expect("tx");
+    query("UPDATE analytics_orders SET status = 'lost'")
+        .execute(Conn::of(&mut *tx).expect("SQL"))
+        .await
+        .expect("update");
+    query("DELETE FROM analytics_products").execute(Conn::of(&mut *tx).expect("SQL")).await.expect("delete");
+    tx.commit().await.expect("commit");
     let broken = admin_get(t, "/api/analytics/summary").await;
     assert_ne!(broken, before);
 
