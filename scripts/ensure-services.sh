@@ -52,13 +52,22 @@ if ensure_package redis-server redis-server; then
   wait_for Redis 30 bash -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG' || failed+=(Redis)
 else failed+=(Redis); fi
 
-# RabbitMQ
+# RabbitMQ. An open port is not enough: a wedged node accepts TCP but never answers the AMQP
+# protocol header, and every test would then time out. Restart it when it does not answer.
+amqp_answers() { # the server's first frame (type 1, connection.start) comes back within 10 s
+  timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672; printf "AMQP\x00\x00\x09\x01" >&3; head -c 1 <&3 | od -An -tx1' 2>/dev/null | grep -q 01
+}
 if ensure_package rabbitmq-server rabbitmq-server; then
+  if port_open 5672 && ! amqp_answers; then
+    log "RabbitMQ accepts connections but does not answer AMQP: restarting it"
+    pkill -9 -u rabbitmq beam.smp 2>/dev/null || true
+    sleep 2
+  fi
   if ! port_open 5672; then
     log "starting RabbitMQ"
     rabbitmq-server -detached >/dev/null 2>&1 || true
   fi
-  wait_for RabbitMQ 120 port_open 5672 || failed+=(RabbitMQ)
+  wait_for RabbitMQ 180 amqp_answers || failed+=(RabbitMQ)
 else failed+=(RabbitMQ); fi
 
 # NATS with JetStream
