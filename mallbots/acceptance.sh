@@ -7,7 +7,8 @@
 #   4. canceling an approved order cancels its shopping list;
 #   5. bad input is a 400, a missing admin token a 401, an unknown id a 404.
 # Needs curl and jq (scripts/ensure-services.sh installs them).
-# Usage: bash mallbots/acceptance.sh   (MALLBOTS_BIN=path to use an already built binary)
+# Usage: bash mallbots/acceptance.sh   (MALLBOTS_BIN=path to use an already built binary;
+#        ACCEPTANCE_DATABASE / ACCEPTANCE_BROKER for PostgreSQL and a real broker, see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,12 +22,17 @@ TOKEN=acceptance-token
 ADMIN="Authorization: Bearer $TOKEN"
 J="Content-Type: application/json"
 
-# Port 0: the server picks a free port and prints it on its first line.
-"$BIN" serve --http-addr 127.0.0.1:0 --database "sqlite://$DIR/mallbots.db" --admin-token "$TOKEN" >"$DIR/serve.log" 2>&1 &
+# Port 0: the server picks a free port and prints it in its "MallBots on URL" line.
+# ACCEPTANCE_DATABASE / ACCEPTANCE_BROKER run it on PostgreSQL and a real broker, e.g.
+#   ACCEPTANCE_DATABASE=postgres://postgres@127.0.0.1/test ACCEPTANCE_BROKER=nats://127.0.0.1:4222
+# (in a namespace of its own, so earlier runs' data never counts).
+"$BIN" serve --http-addr 127.0.0.1:0 --database "${ACCEPTANCE_DATABASE:-sqlite://$DIR/mallbots.db}" \
+  ${ACCEPTANCE_BROKER:+--broker "$ACCEPTANCE_BROKER"} --namespace "acceptance_$(date +%s)_$$" \
+  --admin-token "$TOKEN" >"$DIR/serve.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do
-  API=$(sed -nE '1s#^MallBots on (http://[0-9.]+:[0-9]+).*#\1#p' "$DIR/serve.log")
+  API=$(sed -nE 's#^MallBots on (http://[0-9.]+:[0-9]+).*#\1#p' "$DIR/serve.log" | head -n1)
   [[ -n "$API" ]] && break
   sleep 0.1
 done
