@@ -165,7 +165,8 @@ pub async fn write<T>(
 /// response to that key on this `route` is stored in the same transaction as the creation, and
 /// a repeat gets it back instead of creating again (a repeat with another body is a 409).
 /// SQLite write transactions are serialised (`BEGIN IMMEDIATE`), so two racing repeats cannot
-/// both create.
+/// both create; on PostgreSQL the second one's key insert waits for the first and fails on the
+/// primary key, which answers 409 (retry) and rolls its creation back.
 pub async fn create(
     state: &AppState,
     headers: &HeaderMap,

@@ -73,3 +73,31 @@ async fn registering_twice_with_one_idempotency_key_creates_one_customer() {
         .await;
     assert_eq!(blank_key.status, StatusCode::BAD_REQUEST);
 }
+
+/// Repeats of one creation racing on PostgreSQL (writers are not serialised there as on
+/// SQLite): exactly one customer is created; every answer is that creation, its replay, or a
+/// 409 asking to retry — never a 500 or a second customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_repeats_with_one_idempotency_key_create_once_on_postgres() {
+    let Some(t) = support::spawn_app_on(support::Backend::Postgres).await else { return };
+    let body = json!({ "name": "Ada", "smsNumber": "555 0100" });
+    let post =
+        || t.request(Method::POST, "/api/customers", false, Some(body.clone()), &[("idempotency-key", "race-1")]);
+    let replies = futures::future::join_all((0..8).map(|_| post())).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for reply in &replies {
+        match reply.status {
+            StatusCode::CREATED => {
+                ids.insert(reply.id());
+            }
+            StatusCode::CONFLICT => assert!(reply.message().contains("retry"), "{reply:?}"),
+            other => panic!("unexpected {other}: {reply:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one customer, whatever the interleaving: {replies:?}");
+    let again = post().await;
+    assert_eq!(
+        (again.id(), again.headers.get("idempotent-replayed").map(|v| v.to_str().unwrap_or(""))),
+        (ids.into_iter().next().unwrap_or_default(), Some("true"))
+    );
+}
