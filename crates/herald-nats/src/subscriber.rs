@@ -133,10 +133,32 @@ impl Source {
         let stream = broker.stream(&self.topic).await?;
         let durable = &self.durable;
         let what = || format!("creating consumer {durable} on {}", broker.stream_name(&self.topic));
-        let consumer = stream
+        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
             .get_or_create_consumer(durable, self.config.clone())
             .await
             .map_err(|e| NatsError::jetstream(what(), e))?;
+        // An existing consumer keeps the settings it was created with; bring the ones a
+        // subscription may change up to date (the start position of an existing group stays).
+        let existing = &consumer.cached_info().config;
+        if (existing.ack_wait, existing.max_deliver, existing.max_ack_pending)
+            != (self.config.ack_wait, self.config.max_deliver, self.config.max_ack_pending)
+        {
+            let updated = pull::Config {
+                ack_wait: self.config.ack_wait,
+                max_deliver: self.config.max_deliver,
+                max_ack_pending: self.config.max_ack_pending,
+                deliver_policy: existing.deliver_policy,
+                ..self.config.clone()
+            };
+            match stream.create_consumer(updated).await {
+                Ok(fresh) => consumer = fresh,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    consumer = %durable,
+                    "could not update the consumer's ack wait / max deliveries / max in flight; it keeps its old ones"
+                ),
+            }
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)

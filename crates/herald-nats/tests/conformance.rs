@@ -63,3 +63,37 @@ async fn subject_prefixes_keep_applications_with_the_same_topics_apart() {
     assert!(NatsConfig::new(URL).subject_prefix("a..").validate().is_err());
     assert!(NatsConfig::new(URL).subject_prefix("a.b.").validate().is_ok());
 }
+
+/// A group subscribed again with other settings gets them: the durable consumer's ack wait,
+/// delivery limit and in-flight limit are updated (they used to stay as first created).
+#[tokio::test]
+async fn subscribing_again_updates_the_group_s_consumer() {
+    use herald::pubsub::{StartFrom, SubscribeOptions, Subscriber};
+    if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+        return;
+    }
+    let config = NatsConfig::new(URL)
+        .stream_prefix(format!("hu{:08x}-", fastrand::u32(..)))
+        .storage(Storage::Memory)
+        .max_age(Duration::from_secs(600));
+    let broker = config.connect().await.unwrap();
+    let options = |ack_wait: u64, max_deliveries: u32, max_in_flight: usize| {
+        let mut o = SubscribeOptions::new("updates.events", "billing").start(StartFrom::Beginning);
+        o.ack_wait = Duration::from_secs(ack_wait);
+        o.max_deliveries = max_deliveries;
+        o.max_in_flight = max_in_flight;
+        o
+    };
+    drop(broker.subscribe(options(30, 5, 10)).await.unwrap());
+    drop(broker.subscribe(options(2, 3, 4)).await.unwrap());
+
+    let js = async_nats::jetstream::new(async_nats::connect(URL).await.unwrap());
+    let stream = js.get_stream(broker.stream_name("updates.events")).await.unwrap();
+    let info = stream.consumer_info("billing").await.unwrap();
+    assert_eq!(
+        (info.config.ack_wait, info.config.max_deliver, info.config.max_ack_pending),
+        (Duration::from_secs(2), 4, 4),
+        "max_deliver is one more than max_deliveries (the adapter dead-letters the last)"
+    );
+    js.delete_stream(broker.stream_name("updates.events")).await.unwrap();
+}
