@@ -72,8 +72,10 @@ async fn subscribing_again_updates_the_group_s_consumer() {
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
         return;
     }
+    let run = fastrand::u32(..);
     let config = NatsConfig::new(URL)
-        .stream_prefix(format!("hu{:08x}-", fastrand::u32(..)))
+        .stream_prefix(format!("hu{run:08x}-"))
+        .subject_prefix(format!("hu{run:08x}."))
         .storage(Storage::Memory)
         .max_age(Duration::from_secs(600));
     let broker = config.connect().await.unwrap();
