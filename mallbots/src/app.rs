@@ -160,7 +160,7 @@ impl App {
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
             .middleware(Tracing)
             .middleware(Inbox);
-        for route in customers::routes()
+        let routes: Vec<_> = customers::routes()
             .into_iter()
             .chain(baskets::routes())
             .chain(ordering::routes())
@@ -169,7 +169,11 @@ impl App {
             .chain(cosec::routes(saga))
             .chain(notifications::routes())
             .chain(search::routes())
-        {
+            .collect();
+        // Every route's dead letters are archived (in the database) for the admin API.
+        let failing: Vec<_> = routes.iter().map(|r| r.options()).collect();
+        let archive = self.db.dead_letters().archive_routes_for(&failing, crate::dead_letters::ARCHIVE_GROUP);
+        for route in routes.into_iter().chain(archive) {
             let route = if history { route } else { route.start_from(StartFrom::Latest) };
             router = router.route(route);
         }

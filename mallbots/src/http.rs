@@ -269,6 +269,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notifications::http::routes())
         .merge(analytics::http::routes())
         .merge(search::http::routes())
+        .merge(crate::dead_letters::routes())
         .split_for_parts();
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(

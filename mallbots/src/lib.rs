@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod db;
+pub mod dead_letters;
 pub mod error;
 pub mod http;
 pub mod metrics;

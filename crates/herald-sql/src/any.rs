@@ -129,6 +129,15 @@ impl AnyDatabase {
         }
     }
 
+    /// The dead-letter API on this database (its store is also the archive, so archiving and
+    /// replays commit with the rest of a unit of work).
+    pub fn dead_letters(&self) -> herald::dead_letters::DeadLetters {
+        match self {
+            Self::Sqlite(db) => herald::dead_letters::DeadLetters::on(Arc::new(db.store())),
+            Self::Postgres(db) => herald::dead_letters::DeadLetters::on(Arc::new(db.store())),
+        }
+    }
+
     /// Checks that the database answers (for readiness probes).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         query("SELECT 1").fetch_one::<(i32,)>(self).await.map(drop)
