@@ -96,6 +96,7 @@ impl App {
         let database = config.database.trim();
         let namespace = config.namespace.trim();
         check_namespace(namespace)?;
+        broker_scheme(config.broker.as_deref().map(str::trim).unwrap_or_default())?;
         let db: AnyDatabase = match AnyDatabase::dialect_of(database) {
             Dialect::Postgres => PostgresConfig::new(database).with_schema(namespace).open().await.map(Into::into),
             Dialect::Sqlite => SqliteDatabase::open(database).await.map(Into::into),
@@ -229,9 +230,8 @@ async fn connect_broker(
     ephemeral: bool,
 ) -> anyhow::Result<Arc<dyn Broker>> {
     let url = url.map(str::trim).unwrap_or_default();
-    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
     let connecting = || format!("connecting to the broker {}", redacted(url));
-    Ok(match scheme {
+    Ok(match broker_scheme(url)? {
         "" | "sql" => db.broker(),
         "nats" => Arc::new({
             let config = herald_nats::NatsConfig::new(url)
@@ -260,11 +260,21 @@ async fn connect_broker(
             };
             config.connect().await.with_context(connecting)?
         }),
-        other => bail!(
-            "unknown broker {other:?}: use nats://HOST:PORT, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT, \
-             or leave it unset for the SQL broker on the database"
-        ),
+        other => bail!("unknown broker {other:?}"),
     })
+}
+
+/// The scheme of a broker URL, refused at once (before the database is opened) if MallBots
+/// has no adapter for it.
+fn broker_scheme(url: &str) -> anyhow::Result<&str> {
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    if !matches!(scheme, "" | "sql" | "nats" | "redis" | "rediss" | "amqp" | "amqps") {
+        bail!(
+            "unknown broker {scheme:?}: use nats://HOST:PORT, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT, \
+             or leave it unset for the SQL broker on the database"
+        );
+    }
+    Ok(scheme)
 }
 
 /// Refuses a namespace that is not a safe schema / stream / key name.
@@ -348,6 +358,15 @@ mod tests {
         assert_eq!(data_file("data/x.db"), Some(PathBuf::from("data/mallbots-admin-token")));
         assert_eq!(data_file("sqlite::memory:"), None);
         assert_eq!(data_file("postgres://u@h/db"), Some(PathBuf::from("./mallbots-admin-token")));
+    }
+
+    #[test]
+    fn unknown_brokers_are_refused_by_name() {
+        for known in ["", "sql", "nats://h:4222", "redis://h", "amqp://u:p@h/%2f"] {
+            assert!(broker_scheme(known).is_ok(), "{known}");
+        }
+        let e = broker_scheme("kafka://h:9092").map(str::to_owned).unwrap_err().to_string();
+        assert!(e.contains("unknown broker \"kafka\"") && e.contains("nats://"), "{e}");
     }
 
     #[test]
