@@ -462,22 +462,25 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
     let mut sorted: Vec<&Migration> = migrations.iter().collect();
     sorted.sort_by_key(|m| m.version);
     let mut tx = db.store().begin().await?;
-    let dialect = Conn::of(&mut *tx).map_err(StoreError::backend)?.dialect();
-    let setup = match dialect {
-        Dialect::Postgres => "SELECT pg_advisory_xact_lock(hashtext('herald_app_migrations'))",
-        Dialect::Sqlite => "SELECT 1",
-    };
-    query(setup).execute(Conn::of(&mut *tx).map_err(StoreError::backend)?).await.map_err(StoreError::backend)?;
+    let mut conn = Conn::of(&mut *tx).map_err(StoreError::backend)?;
+    let dialect = conn.dialect();
+    if dialect == Dialect::Postgres {
+        // SQLite's write transaction already serialises migrating processes.
+        query("SELECT pg_advisory_xact_lock(hashtext('herald_app_migrations'))")
+            .execute(&mut conn)
+            .await
+            .map_err(StoreError::backend)?;
+    }
     query(
         "CREATE TABLE IF NOT EXISTS herald_app_migrations (app TEXT NOT NULL, version BIGINT NOT NULL, \
          description TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (app, version))",
     )
-    .execute(Conn::of(&mut *tx).map_err(StoreError::backend)?)
+    .execute(&mut conn)
     .await
     .map_err(StoreError::backend)?;
     let applied: Vec<(i64,)> = query("SELECT version FROM herald_app_migrations WHERE app = ?")
         .bind(app)
-        .fetch_all(Conn::of(&mut *tx).map_err(StoreError::backend)?)
+        .fetch_all(&mut conn)
         .await
         .map_err(StoreError::backend)?;
     let mut done = Vec::new();
@@ -486,12 +489,7 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
             Dialect::Sqlite => m.sqlite,
             Dialect::Postgres => m.postgres,
         };
-        let ran = match Conn::of(&mut *tx).map_err(StoreError::backend)? {
-            Conn::Sqlite(c) => sqlx::raw_sql(AssertSqlSafe(text)).execute(c).await.map(drop),
-            Conn::Postgres(c) => sqlx::raw_sql(AssertSqlSafe(text)).execute(c).await.map(drop),
-            Conn::SqlitePool(_) | Conn::PostgresPool(_) => Ok(()),
-        };
-        ran.map_err(|e| {
+        run_script(&mut conn, text).await.map_err(|e| {
             StoreError::backend(MigrationFailed {
                 app: app.to_owned(),
                 version: m.version,
@@ -504,13 +502,24 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
             .bind(m.version)
             .bind(m.description)
             .bind(chrono::Utc::now().to_rfc3339())
-            .execute(Conn::of(&mut *tx).map_err(StoreError::backend)?)
+            .execute(&mut conn)
             .await
             .map_err(StoreError::backend)?;
         done.push(m.version);
     }
     tx.commit().await?;
     Ok(done)
+}
+
+/// Runs several `;`-separated statements without parameters (a migration's text).
+async fn run_script(conn: &mut Conn<'_>, text: &'static str) -> Result<(), sqlx::Error> {
+    let script = sqlx::raw_sql(AssertSqlSafe(text));
+    match conn {
+        Conn::Sqlite(c) => script.execute(&mut **c).await.map(drop),
+        Conn::SqlitePool(p) => script.execute(*p).await.map(drop),
+        Conn::Postgres(c) => script.execute(&mut **c).await.map(drop),
+        Conn::PostgresPool(p) => script.execute(*p).await.map(drop),
+    }
 }
 
 /// A migration's statement failed.
