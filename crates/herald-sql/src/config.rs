@@ -119,8 +119,8 @@ pub struct PostgresConfig {
     /// [`PostgresConfig::DEFAULT_ACQUIRE_TIMEOUT_MS`].
     pub acquire_timeout_ms: u64,
     /// Whether to `LISTEN` for other processes' commits (one pooled connection), so their
-    /// events and messages wake this process's readers at once instead of at the next poll.
-    /// Default: `true`.
+    /// events and messages wake this process's readers at once instead of at the next poll
+    /// (a fallback, once a second). Default: `true`.
     pub listen: bool,
 }
 

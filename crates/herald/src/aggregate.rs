@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::message::Message;
 use crate::observability;
-use crate::store::{ExpectedVersion, NewEvent, Snapshot, Store, StoreError, Transaction};
+use crate::store::{ExpectedVersion, NewEvent, RecordedEvent, Snapshot, Store, StoreError, Transaction};
 
 /// A consistency boundary whose state is the fold of its events.
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
@@ -125,16 +125,29 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
-    /// Loads the aggregate: latest snapshot, then the events after it.
+    /// Loads the aggregate inside a unit of work (to decide and save): latest snapshot, then
+    /// the events after it.
     pub async fn load(&self, tx: &mut dyn Transaction, id: &str) -> Result<Loaded<A>, StoreError> {
+        self.load_via(StreamSource::Transaction(tx), id).await
+    }
+
+    /// Loads the aggregate to read it, outside any unit of work: no write transaction, no
+    /// lock, so readers never queue behind writers (on SQLite, `begin` takes the one write
+    /// lock). What it returns may be stale by the time it is used; to decide, use
+    /// [`load`](Self::load) in a transaction.
+    pub async fn load_from(&self, store: &dyn Store, id: &str) -> Result<Loaded<A>, StoreError> {
+        self.load_via(StreamSource::Store(store), id).await
+    }
+
+    async fn load_via(&self, mut source: StreamSource<'_>, id: &str) -> Result<Loaded<A>, StoreError> {
         let stream = stream_name::<A>(id);
-        let (mut state, mut version) = match tx.load_snapshot(&stream).await? {
+        let (mut state, mut version) = match source.load_snapshot(&stream).await? {
             Some(s) => (decode_json::<A>(A::TYPE, &s.payload)?, s.version),
             None => (A::default(), 0),
         };
         const BATCH: usize = 1000;
         loop {
-            let events = tx.read_stream(&stream, version + 1, BATCH).await?;
+            let events = source.read_stream(&stream, version + 1, BATCH).await?;
             let n = events.len();
             for e in events {
                 let event: A::Event = self.registry.decode(&e.name, &e.payload)?;
@@ -224,6 +237,29 @@ impl<A: Aggregate> Repository<A> {
                 observability::mark_error(&span);
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// Where [`Repository`] reads a stream from: a unit of work (sees its own writes) or the store
+/// (committed data, no transaction).
+enum StreamSource<'a> {
+    Transaction(&'a mut dyn Transaction),
+    Store(&'a dyn Store),
+}
+
+impl StreamSource<'_> {
+    async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        match self {
+            Self::Transaction(tx) => tx.load_snapshot(stream).await,
+            Self::Store(store) => store.load_snapshot(stream).await,
+        }
+    }
+
+    async fn read_stream(&mut self, stream: &str, from: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            Self::Transaction(tx) => tx.read_stream(stream, from, limit).await,
+            Self::Store(store) => store.read_stream(stream, from, limit).await,
         }
     }
 }

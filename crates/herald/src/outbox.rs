@@ -16,7 +16,7 @@
 //! ADR 0004 has the reasoning (and why not `FOR UPDATE SKIP LOCKED` batches).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,10 @@ pub struct OutboxRelay {
     batch: usize,
     holder: String,
     lease_ttl: Duration,
+    /// When the lease was last granted to us (measured before asking, so it errs early): the
+    /// lease is only renewed once a third of its time to live has passed, not before every
+    /// batch, which would make each pass one more write transaction.
+    granted_at: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl OutboxRelay {
@@ -62,7 +66,7 @@ impl OutboxRelay {
     /// lease holder name and a 10 s lease.
     pub fn new(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> Self {
         let holder = format!("relay-{}", uuid::Uuid::now_v7());
-        Self { store, publisher, batch: 256, holder, lease_ttl: Duration::from_secs(10) }
+        Self { store, publisher, batch: 256, holder, lease_ttl: Duration::from_secs(10), granted_at: Arc::default() }
     }
 
     /// Names this relay in the lease. A stable name per deployment slot (e.g. the host or pod
@@ -125,7 +129,7 @@ impl OutboxRelay {
     async fn relay_pending(&self) -> Result<Pass, RelayError> {
         let mut published = 0;
         loop {
-            if !self.store.outbox_lease(&self.holder, self.lease_ttl).await? {
+            if !self.hold_lease().await? {
                 return Ok(Pass { published, active: false });
             }
             let records = self.store.outbox_pending(self.batch).await?;
@@ -155,6 +159,23 @@ impl OutboxRelay {
             observability::record_relayed(messages.len());
             published += messages.len();
         }
+    }
+
+    /// Whether this relay holds the lease, renewing it when a third of its time to live has
+    /// passed since it was last granted.
+    async fn hold_lease(&self) -> Result<bool, RelayError> {
+        let fresh = self.lock_granted().is_some_and(|at| at.elapsed() < self.lease_ttl / 3);
+        if fresh {
+            return Ok(true);
+        }
+        let asked = Instant::now();
+        let held = self.store.outbox_lease(&self.holder, self.lease_ttl).await;
+        *self.lock_granted() = matches!(held, Ok(true)).then_some(asked);
+        Ok(held?)
+    }
+
+    fn lock_granted(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.granted_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Relays until `shutdown`, waking on every commit notification and polling for others'
@@ -192,6 +213,7 @@ impl OutboxRelay {
         if let Err(e) = self.publish_pending().await {
             tracing::warn!(error = %e, "final outbox flush failed; messages stay in the outbox");
         }
+        *self.lock_granted() = None;
         if let Err(e) = self.store.outbox_lease_release(&self.holder).await {
             tracing::warn!(error = %e, "releasing the outbox lease failed; a standby takes over when it runs out");
         }

@@ -37,6 +37,15 @@ use crate::pubsub::{
 /// How often a subscription records its group's consumer lag.
 const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a busy subscription waits at most for a quarter of its in-flight window to free up
+/// before claiming anyway (claims in batches instead of once per ack).
+const BATCH_WAIT: Duration = Duration::from_millis(25);
+
+/// The first pause after a failed claim; it grows with each failure in a row, up to
+/// [`MAX_CLAIM_BACKOFF`].
+const CLAIM_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(5);
+
 /// The settings of a group's subscription that claim and settle need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupPolicy {
@@ -115,12 +124,15 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
-    /// Notified when messages were appended or released in this process, so idle
+    /// Notified when messages were appended, settled or released in this process, so idle
     /// subscriptions wake at once instead of at their next poll.
     fn changed(&self) -> &Notify;
 
-    /// How often an idle subscription looks for work that no notification announced (another
-    /// process's writes, expired leases, elapsed nack delays).
+    /// How often an idle subscription looks for work that no notification announced: another
+    /// process's writes where the backend has no cross-process signal, or a lease whose holder
+    /// died. A fallback, so seconds rather than milliseconds: in this process appends and
+    /// settlements notify [`changed`](Self::changed), a delayed nack wakes its group when the
+    /// delay has passed, and a subscription wakes when the leases it handed out expire.
     fn poll_interval(&self) -> Duration;
 
     /// How long a subscription with deliveries in flight waits after a wake-up before claiming,
@@ -283,6 +295,9 @@ impl<B: QueueBackend> Pump<B> {
     async fn run(self) {
         let mut failures = 0u32;
         let mut lag_recorded: Option<std::time::Instant> = None;
+        // When to look again for leases that expired unsettled: just after the ack wait of the
+        // earliest claim not yet checked.
+        let mut lease_check: Option<tokio::time::Instant> = None;
         loop {
             // Wait for room: at least one delivery may be outstanding. `biased`: once the
             // subscription is gone, never claim again (a claim nobody receives would stay leased
@@ -299,8 +314,8 @@ impl<B: QueueBackend> Pump<B> {
             if self.stopped() {
                 return;
             }
-            // While other deliveries are in flight, give them a moment (at most one poll
-            // interval) to free a quarter of the window, so a busy subscription claims in batches
+            // While other deliveries are in flight, give them a moment (at most `BATCH_WAIT`)
+            // to free a quarter of the window, so a busy subscription claims in batches
             // instead of once per ack. The permits are only counted here, not kept.
             let batch = (self.options.max_in_flight / 4).clamp(1, 1 << 16);
             if self.in_flight.available_permits() + 1 < batch {
@@ -309,7 +324,7 @@ impl<B: QueueBackend> Pump<B> {
                     biased;
                     () = self.stop.cancelled() => return,
                     () = self.tx.closed() => return,
-                    _ = tokio::time::timeout(self.backend.poll_interval(), room) => {}
+                    _ = tokio::time::timeout(BATCH_WAIT, room) => {}
                 }
             }
             let room = 1 + self.in_flight.available_permits();
@@ -325,7 +340,7 @@ impl<B: QueueBackend> Pump<B> {
                 }
                 Err(e) => {
                     failures += 1;
-                    let backoff = self.backend.poll_interval() * failures.min(40);
+                    let backoff = CLAIM_BACKOFF.saturating_mul(failures).min(MAX_CLAIM_BACKOFF);
                     tracing::warn!(topic = %self.options.topic, group = %self.options.group, error = %e, "claim failed; retrying");
                     drop(first);
                     tokio::select! {
@@ -338,12 +353,22 @@ impl<B: QueueBackend> Pump<B> {
 
             if claimed.is_empty() {
                 drop(first);
+                // Sleep until notified, until the earliest lease handed out may have expired
+                // (its holder may be gone), or for the fallback poll, whichever comes first.
+                let now = tokio::time::Instant::now();
+                let wake_at = match lease_check.take() {
+                    Some(at) if at > now => {
+                        lease_check = Some(at);
+                        at.min(now + self.backend.poll_interval())
+                    }
+                    _ => now + self.backend.poll_interval(),
+                };
                 let woken = tokio::select! {
                     biased;
                     () = self.stop.cancelled() => return,
                     () = self.tx.closed() => return,
                     () = &mut changed => true,
-                    () = tokio::time::sleep(self.backend.poll_interval()) => false,
+                    () = tokio::time::sleep_until(wake_at) => false,
                 };
                 let linger = self.backend.claim_linger();
                 let busy = self.in_flight.available_permits() < self.options.max_in_flight;
@@ -357,6 +382,8 @@ impl<B: QueueBackend> Pump<B> {
                 continue;
             }
 
+            let expiry = tokio::time::Instant::now() + self.policy.ack_wait + Duration::from_millis(1);
+            lease_check = Some(lease_check.map_or(expiry, |at| at.min(expiry)));
             let mut permits =
                 std::iter::once(first).chain(std::iter::from_fn(|| self.in_flight.clone().try_acquire_owned().ok()));
             let mut claimed = claimed.into_iter();
@@ -410,6 +437,7 @@ impl<B: QueueBackend> Pump<B> {
             attempt: claim.attempt,
             policy: self.policy.clone(),
             tasks: self.tasks.clone(),
+            stop: self.stop.clone(),
             settled: false,
             unseen: false,
             _permit: permit,
@@ -430,6 +458,8 @@ struct QueueSettle<B: QueueBackend> {
     policy: GroupPolicy,
     /// The broker's tracker, so the release on drop is a tracked task, not a detached one.
     tasks: TaskTracker,
+    /// The subscription's stop signal: ends the wake-up timer of a delayed nack.
+    stop: CancellationToken,
     settled: bool,
     /// Set by `return_unseen`: undo the attempt instead of counting it.
     unseen: bool,
@@ -468,11 +498,24 @@ impl<B: QueueBackend> Drop for QueueSettle<B> {
 impl<B: QueueBackend> Settle for QueueSettle<B> {
     async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
         self.settled = true;
-        let wake = !matches!(settlement, Settlement::Nack { delay, .. } if !delay.is_zero());
+        let delay = match &settlement {
+            Settlement::Nack { delay, .. } => *delay,
+            _ => Duration::ZERO,
+        };
         self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
-        if wake {
+        if delay.is_zero() {
             // Settling may unblock the next message of this key, for any consumer of the group.
             self.backend.changed().notify_waiters();
+        } else {
+            // Redelivered when the delay has passed: wake the group's subscriptions then,
+            // rather than at their next (slow) fallback poll.
+            let (backend, stop) = (self.backend.clone(), self.stop.clone());
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(delay) => backend.changed().notify_waiters(),
+                }
+            });
         }
         Ok(())
     }

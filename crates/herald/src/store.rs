@@ -381,9 +381,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Notified after every commit in this process, so readers and the relay wake at once.
     fn changes(&self) -> &Notify;
 
-    /// How often readers poll for commits no notification announced (other processes).
+    /// How often readers poll for commits no notification announced (other processes without
+    /// a cross-process signal). A fallback: keep it in seconds, so an idle process costs
+    /// nothing.
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(50)
+        Duration::from_secs(1)
     }
 
     /// Appends to one stream in its own transaction.

@@ -361,7 +361,8 @@ impl QueueBackend for PostgresQueue {
     }
 
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(25)
+        // Publishes in any process are announced by LISTEN/NOTIFY; the poll backs that up.
+        Duration::from_secs(1)
     }
 
     fn claim_linger(&self) -> Duration {

@@ -21,19 +21,31 @@
 //! polls with growing sleeps and can starve a waiter); other processes are still kept out by
 //! SQLite's own lock, waited for up to the busy timeout. Readers never take the turn: in WAL
 //! mode they read a consistent snapshot while a writer works.
+//!
+//! # Waking up without polling
+//!
+//! This process's commits, publishes and settlements notify its readers and subscriptions
+//! directly. SQLite has no signal between processes, so a small watcher task looks at the
+//! write-ahead log's size and modification time every [`WATCH_INTERVAL`] (one `stat`, no
+//! query) and, when it changed while this process wrote nothing, wakes everyone: another
+//! process sharing the file is noticed within that interval when this one is quiet, and within
+//! the readers' fallback poll (a second) otherwise.
 
 mod dead_letters;
 mod queue;
 mod sql;
 mod store;
 
+use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 pub use queue::{SqlBroker, SqliteQueue};
 pub use store::{SqliteStore, SqliteTransaction};
@@ -65,7 +77,21 @@ struct Shared {
     /// Notified when broker messages were appended or released in this process
     /// (`QueueBackend::changed`).
     queue_changed: Notify,
+    /// How many times this process took the writers' turn: the watcher tells its own writes
+    /// from other processes' by it.
+    local_writes: AtomicU64,
+    /// Stops the write-ahead log watcher.
+    stop: CancellationToken,
 }
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// How often the watcher looks at the write-ahead log for other processes' commits.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl SqliteDatabase {
     /// Opens (creating if needed) and migrates the database at `url_or_path`
@@ -83,6 +109,7 @@ impl SqliteDatabase {
         } else {
             SqliteConnectOptions::new().filename(url)
         };
+        let file = options.get_filename().to_owned();
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -96,15 +123,25 @@ impl SqliteDatabase {
             .await
             .map_err(open_error)?;
         migrate(&pool, url).await?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                pool,
-                write_turn: Arc::new(Semaphore::new(1)),
-                busy_timeout: config.busy_timeout(),
-                store_changes: Notify::new(),
-                queue_changed: Notify::new(),
-            }),
-        })
+        let shared = Arc::new(Shared {
+            pool,
+            write_turn: Arc::new(Semaphore::new(1)),
+            busy_timeout: config.busy_timeout(),
+            store_changes: Notify::new(),
+            queue_changed: Notify::new(),
+            local_writes: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        });
+        // An in-memory database has no file and no other process.
+        let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
+        if !in_memory {
+            let mut wal = file.into_os_string();
+            wal.push("-wal");
+            let stop = shared.stop.clone();
+            // Ends when the database is closed or its last handle dropped (`Shared::drop`).
+            tokio::spawn(watch_wal(PathBuf::from(wal), Arc::downgrade(&shared), stop));
+        }
+        Ok(Self { shared })
     }
 
     /// The event store, outbox, inbox, checkpoints and saga store on this database.
@@ -125,11 +162,13 @@ impl SqliteDatabase {
 
     /// Closes every connection (waiting for borrowed ones to come back). Later use fails.
     pub async fn close(&self) {
+        self.shared.stop.cancel();
         self.shared.pool.close().await;
     }
 
     /// Waits for this process's writers' turn (for a single autocommit write statement).
     pub(crate) async fn write_turn(&self) -> Result<OwnedSemaphorePermit, SqlError> {
+        self.shared.local_writes.fetch_add(1, Ordering::Relaxed);
         let wait = self.shared.busy_timeout;
         tokio::time::timeout(wait, self.shared.write_turn.clone().acquire_owned())
             .await
@@ -177,6 +216,34 @@ impl WriteTx {
     pub(crate) async fn commit(self) -> Result<(), SqlError> {
         self.tx.commit().await?;
         Ok(())
+    }
+}
+
+/// The write-ahead log's size and modification time, if it exists.
+fn wal_stamp(wal: &std::path::Path) -> Option<(u64, Option<SystemTime>)> {
+    std::fs::metadata(wal).ok().map(|m| (m.len(), m.modified().ok()))
+}
+
+/// Wakes this process's readers and subscriptions when the write-ahead log changed while this
+/// process wrote nothing (see the module docs), until `stop` or the database is gone.
+async fn watch_wal(wal: PathBuf, shared: Weak<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = wal_stamp(&wal);
+    let mut local = shared.upgrade().map_or(0, |s| s.local_writes.load(Ordering::Relaxed));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        let stamp = wal_stamp(&wal);
+        let writes = shared.local_writes.load(Ordering::Relaxed);
+        if stamp != last && writes == local {
+            shared.store_changes.notify_waiters();
+            shared.queue_changed.notify_waiters();
+        }
+        (last, local) = (stamp, writes);
     }
 }
 

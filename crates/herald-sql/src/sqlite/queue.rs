@@ -319,7 +319,9 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(25)
+        // This process's publishes and settlements notify; the poll finds another process's
+        // (SQLite has no cross-process signal) and costs one read of the group's head.
+        Duration::from_secs(1)
     }
 
     fn claim_linger(&self) -> Duration {

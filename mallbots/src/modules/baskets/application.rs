@@ -149,10 +149,8 @@ pub struct BasketView {
 
 /// One basket, rebuilt from its events (and snapshot).
 pub async fn get_basket(store: &dyn Store, id: &str) -> AppResult<BasketView> {
-    // Herald loads aggregates inside a transaction only; this one is dropped (rolled back).
-    let mut tx = store.begin().await?;
-    let basket = repository().load(tx.as_mut(), id).await?.state;
-    drop(tx);
+    // A read: no unit of work, so it never waits for a writer.
+    let basket = repository().load_from(store, id).await?.state;
     if basket.status == BasketStatus::Unknown {
         return Err(AppError::NotFound("basket".into()));
     }

@@ -217,10 +217,8 @@ pub struct OrderView {
 
 /// One order, rebuilt from its events (and snapshot).
 pub async fn get_order(store: &dyn Store, id: &str) -> AppResult<OrderView> {
-    // Herald loads aggregates inside a transaction only; this one is dropped (rolled back).
-    let mut tx = store.begin().await?;
-    let order = repository().load(tx.as_mut(), id).await?.state;
-    drop(tx);
+    // A read: no unit of work, so it never waits for a writer.
+    let order = repository().load_from(store, id).await?.state;
     if order.status == OrderStatus::Unknown {
         return Err(AppError::NotFound("order".into()));
     }
