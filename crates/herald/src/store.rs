@@ -13,7 +13,11 @@
 //!   expecting the same version exactly one commits.
 //! * **The global log.** Every committed event has a position; positions increase in commit
 //!   order, so a reader that has seen position `p` will never later find a committed event
-//!   below `p`. [`LogReader`] follows the log: catch up, then live.
+//!   below `p`. [`LogReader`] follows the log: catch up, then live. A store may assign positions
+//!   just after commit (PostgreSQL: a sequencer numbers committed events in batches, in
+//!   insertion order within a batch, so "commit order" holds between batches): its `read_all`
+//!   and `read_stream` still return every event committed before the call, with its position;
+//!   inside a transaction, an event without one yet reads as position 0.
 //! * **Atomicity.** Everything in one transaction, across streams and ports, commits or
 //!   nothing does.
 //! * **Outbox.** Enqueued messages become visible to the relay at commit, oldest first, and stay
@@ -147,7 +151,8 @@ pub struct RecordedEvent {
     pub stream: String,
     /// Its version in the stream (1-based).
     pub version: u64,
-    /// Its position in the global log (1-based).
+    /// Its position in the global log (1-based; 0 = not assigned yet, only ever read inside a
+    /// transaction: see the global log's contract above).
     pub position: u64,
     /// Event id.
     pub id: MessageId,

@@ -10,36 +10,40 @@
 //! whatever the schema. Several modules can share one database, each in its own schema, and the
 //! application's own tables (read models) can sit next to Herald's.
 //!
-//! # Why appends take an advisory lock
+//! # Positions are assigned after commit, by a sequencer
 //!
 //! A `bigserial` alone does not keep the global log gap-free for readers: a sequence value is
 //! taken at insert time, but transactions commit in any order, so a reader could see position 11
-//! committed while 10 is still in flight, and then never go back for 10. Every transaction that
-//! appends events first takes `pg_advisory_xact_lock(EVENTS, hash(schema))`, held until it
-//! commits or rolls back. Positions are therefore assigned in the order the appending
-//! transactions commit, and PostgreSQL makes a transaction visible before it releases its locks,
-//! so when the next appender gets the lock (and its positions), every lower position is already
-//! visible. A reader that sees position `p` has already been able to see every committed
-//! position below `p`. The cost is one appending transaction at a time, from its first append to
-//! its commit; see `docs/adr/0003-postgres-global-log.md` for the alternatives. The broker's
-//! message log uses a second lock of the same kind for the same reason (a group's
-//! `next_position` must never pass a position that commits later).
+//! committed while 10 is still in flight, and then never go back for 10. So appending
+//! transactions insert their events *without* a position and take no lock; each database runs a
+//! sequencer task that, in short transactions serialised by
+//! `pg_advisory_xact_lock(SEQUENCER, hash(schema))`, gives committed unsequenced events the next
+//! positions (`sequencer.rs` says why readers then never skip). A commit that appended wakes the
+//! sequencer at once; readers (`read_all`, `read_stream` outside a transaction) that find
+//! committed events without a position wait for a run, so a committed event is always readable
+//! with its position. See `docs/adr/0003-postgres-global-log.md`, which also records the
+//! advisory lock around appends this replaced. The broker's message log still takes a lock of
+//! that kind around publishes (a group's `next_position` must never pass a position that commits
+//! later).
 //!
 //! # Waking readers in other processes
 //!
 //! `Store::changes` and `QueueBackend::changed` are notified at once after this process's
-//! commits. Commits that append events, enqueue outbox messages or publish broker messages also
+//! commits (for events: after the sequencer gave them positions). Sequencer runs that assigned
+//! positions, commits that enqueue outbox messages and commits that publish broker messages also
 //! send `pg_notify('herald_changes', '<schema>:store' | '<schema>:queue')` (delivered at commit),
 //! and, unless [`PostgresConfig::listen`] is off, each database runs one listener task (one
 //! pooled connection) that forwards those notifications to the same signals, so readers in other
-//! processes wake without waiting for their poll. Polling stays as the safety net.
+//! processes wake without waiting for their poll. Polling stays as the safety net. Appends
+//! alone do not `pg_notify`: PostgreSQL serialises notifying commits (a database-wide lock held
+//! through the commit's WAL flush), which would serialise appenders again.
 //!
-//! Taking the lock first also makes the stream-version check and the insert atomic: once the
-//! lock is held, every earlier append is visible to the next statement (READ COMMITTED), so of
-//! two appends expecting the same version exactly one commits.
+//! Of two appends expecting the same version exactly one commits: the second one's insert waits
+//! on `UNIQUE (stream, version)` for the first to end, and reports a conflict if it committed.
 
 mod dead_letters;
 mod queue;
+mod sequencer;
 mod sql;
 mod store;
 
@@ -56,6 +60,7 @@ use tokio_util::task::TaskTracker;
 pub use queue::{PgBroker, PostgresQueue};
 pub use store::{PostgresStore, PostgresTransaction};
 
+use self::sequencer::Sequencer;
 use crate::config::PostgresConfig;
 use crate::error::SqlError;
 
@@ -63,8 +68,9 @@ use crate::error::SqlError;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The advisory lock classes (first key of `pg_advisory_xact_lock(int, int)`; the second is the
-/// schema's hash). "HRL" followed by a number, so they are recognisable in `pg_locks`.
-pub(crate) const EVENTS_LOCK: i32 = 0x4852_4c01;
+/// schema's hash). "HRL" followed by a number, so they are recognisable in `pg_locks`. The
+/// event log's sequencer (the class appenders took before the sequencer; see ADR 0003).
+pub(crate) const SEQUENCER_LOCK: i32 = 0x4852_4c01;
 /// The broker's message log.
 pub(crate) const BROKER_LOCK: i32 = 0x4852_4c02;
 
@@ -98,10 +104,12 @@ struct Shared {
     /// The `NOTIFY` payloads this schema's commits send.
     store_payload: String,
     queue_payload: String,
-    /// Stops the listener task; cancelled by [`PostgresDatabase::close`] or when the last
-    /// handle is dropped.
+    /// Gives committed events their positions (a task, woken after appending commits).
+    sequencer: Arc<Sequencer>,
+    /// Stops the listener and sequencer tasks; cancelled by [`PostgresDatabase::close`] or when
+    /// the last handle is dropped.
     stop: CancellationToken,
-    /// The listener task.
+    /// The listener and sequencer tasks.
     tasks: TaskTracker,
 }
 
@@ -138,10 +146,19 @@ impl PostgresDatabase {
             queue_changed: Arc::new(Notify::new()),
             store_payload: format!("{}:store", config.schema),
             queue_payload: format!("{}:queue", config.schema),
+            sequencer: Arc::new(Sequencer::new()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             pool,
         };
+        let sequencer = sequencer::Context {
+            pool: shared.pool.clone(),
+            lock_key: shared.lock_key,
+            store_changes: shared.store_changes.clone(),
+            store_payload: shared.store_payload.clone(),
+            sequencer: shared.sequencer.clone(),
+        };
+        shared.tasks.spawn(sequencer::run(sequencer, shared.stop.clone()));
         if config.listen {
             let listener = PgListener::connect_with(&shared.pool).await.map_err(open_error)?;
             let forward = Forward {
@@ -176,7 +193,7 @@ impl PostgresDatabase {
         &self.shared.schema
     }
 
-    /// Stops the listener and closes every connection (waiting for borrowed ones to come
+    /// Stops the listener and the sequencer and closes every connection (waiting for borrowed ones to come
     /// back). Later use fails.
     pub async fn close(&self) {
         self.shared.stop.cancel();
@@ -185,7 +202,8 @@ impl PostgresDatabase {
     }
 
     /// Starts a READ COMMITTED transaction (whatever the server's default), which the
-    /// advisory-lock reasoning relies on: each statement sees every commit before it.
+    /// advisory-lock and sequencer reasoning relies on: each statement sees every commit before
+    /// it.
     pub(crate) async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
         self.shared.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await
     }
@@ -206,6 +224,22 @@ impl PostgresDatabase {
     pub(crate) async fn announce_queue(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&self.shared.queue_payload).execute(conn).await?;
         Ok(())
+    }
+
+    /// Asks the sequencer for a run soon (after a commit that appended events).
+    pub(crate) fn wake_sequencer(&self) {
+        self.shared.sequencer.wake();
+    }
+
+    /// If committed events wait for a position, waits for a sequencer run that started after
+    /// this call (so they have one, unless the run failed) and returns `true`. One probe of an
+    /// index that is usually empty when nothing waits.
+    pub(crate) async fn sequence_committed(&self) -> Result<bool, sqlx::Error> {
+        if !sequencer::unsequenced(&self.shared.pool).await? {
+            return Ok(false);
+        }
+        self.shared.sequencer.run_and_wait(&self.shared.stop).await;
+        Ok(true)
     }
 
     pub(crate) fn store_changes(&self) -> &Notify {

@@ -3,8 +3,9 @@
 
 // --- the global-log locks (docs/adr/0003-postgres-global-log.md) ---
 
-/// Takes a transaction-scoped advisory lock `($1, $2)`: `$1` says which log (events or broker
-/// messages), `$2` is the schema's hash, so modules in other schemas never wait for it.
+/// Takes a transaction-scoped advisory lock `($1, $2)`: `$1` says which log (the event log's
+/// sequencer or the broker's messages), `$2` is the schema's hash, so modules in other schemas
+/// never wait for it.
 pub(super) const LOG_LOCK: &str = "SELECT pg_advisory_xact_lock($1, $2)";
 
 /// Announces a commit on channel `$1` with payload `$2` (delivered when the transaction
@@ -15,19 +16,44 @@ pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(version), 0)::BIGINT FROM herald_events WHERE stream = $1";
 
-/// All of an append's events in one statement, in order (`WITH ORDINALITY`), so positions
-/// follow versions.
+/// All of an append's events in one statement, in order (`WITH ORDINALITY`), so `seq` (and
+/// later the positions) follow versions. No position: the sequencer assigns it after commit.
+///
+/// A version that another transaction holds is not an error: the insert waits for that
+/// transaction, then skips the row if it committed (inserts it if it rolled back). The caller
+/// compares the returned `seq`s with the number of events: fewer means another append got there
+/// first, and the caller deletes the rows that were inserted ([`DELETE_EVENTS`]), so the append
+/// writes nothing and the transaction stays usable.
 pub(super) const INSERT_EVENTS: &str = "INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
      SELECT $1, t.version, t.id, t.name, t.payload, t.metadata, $7 \
      FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
           WITH ORDINALITY AS t(version, id, name, payload, metadata, n) \
-     ORDER BY t.n";
+     ORDER BY t.n \
+     ON CONFLICT (stream, version) DO NOTHING RETURNING seq";
 
-pub(super) const READ_STREAM: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
-     WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3";
+/// Undoes the part of an append that raced with another transaction (rows of this transaction).
+pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = ANY($1)";
 
+/// A stream's events; position 0 = not sequenced yet (see `PostgresStore::read_stream`).
+pub(super) const READ_STREAM: &str = "SELECT COALESCE(position, 0) AS position, stream, version, id, name, payload, metadata \
+     FROM herald_events WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3";
+
+/// The global log: only sequenced rows (`position > $1` excludes NULL).
 pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
      WHERE position > $1 ORDER BY position LIMIT $2";
+
+/// Whether a committed event waits for a position (the partial index, usually empty).
+pub(super) const UNSEQUENCED: &str = "SELECT EXISTS (SELECT 1 FROM herald_events WHERE position IS NULL)";
+
+/// The sequencer's batch: gives the (at most `$1`) oldest committed unsequenced rows the next
+/// positions, in `seq` order. Runs after the sequencer lock is taken (a separate, earlier
+/// statement), so this statement's snapshot sees every earlier batch, and `MAX(position)` is the
+/// head of the log.
+pub(super) const SEQUENCE_BATCH: &str = "UPDATE herald_events e SET position = b.head + u.rn \
+     FROM (SELECT COALESCE(MAX(position), 0) AS head FROM herald_events) b, \
+          (SELECT seq, row_number() OVER (ORDER BY seq) AS rn \
+           FROM (SELECT seq FROM herald_events WHERE position IS NULL ORDER BY seq LIMIT $1) q) u \
+     WHERE e.seq = u.seq";
 
 pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \

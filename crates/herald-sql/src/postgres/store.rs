@@ -14,12 +14,16 @@ use herald::{Message, MessageId};
 use sqlx::{PgConnection, Postgres};
 use tokio::sync::Notify;
 
-use super::{EVENTS_LOCK, PostgresDatabase, sql};
+use super::{PostgresDatabase, sql};
 use crate::error::SqlError;
 use crate::rows::{
     EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
     ttl_millis,
 };
+
+/// How many times an `ExpectedVersion::Any` append re-reads the stream's version after other
+/// transactions took the versions it was inserting.
+const MAX_ANY_RETRIES: u32 = 100;
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
     StoreError::backend(e.into())
@@ -43,8 +47,10 @@ fn statement_error(subject: &str, err: sqlx::Error) -> StoreError {
 /// Herald's storage ports on PostgreSQL. Cheap to clone; clones share the database.
 ///
 /// Reads outside a transaction run on any pooled connection. [`begin`](Store::begin) starts a
-/// [`PostgresTransaction`]; appends in it take the global log's advisory lock (see the
-/// [module docs](crate::postgres)).
+/// [`PostgresTransaction`]; its appends take no lock, and the database's sequencer gives them
+/// positions after commit (see the [module docs](crate::postgres)). `read_all` and
+/// `read_stream` wait for the sequencer when committed events have no position yet, so they
+/// always return committed events with their positions.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     db: PostgresDatabase,
@@ -67,7 +73,7 @@ impl PostgresStore {
             tx,
             db: self.db.clone(),
             hooks: Vec::new(),
-            log_locked: false,
+            appended: false,
             failed: false,
             announce: false,
         })
@@ -76,8 +82,12 @@ impl PostgresStore {
 
 /// A unit of work on a [`PostgresStore`]: one READ COMMITTED transaction. Dropping it rolls back.
 ///
-/// Its first append takes the global log's lock, held until the end: appending transactions
-/// commit one at a time, so append late in the unit of work and keep it short.
+/// Appends take no lock: appending transactions run and commit in parallel. Two appends to one
+/// stream at the same version meet on `UNIQUE (stream, version)`: the second waits for the
+/// first transaction to end. Events get their global-log positions from the sequencer after
+/// commit, so inside the transaction [`read_stream`](Transaction::read_stream) reports position
+/// 0 for events without one yet (this transaction's own appends, or events committed a moment
+/// ago).
 ///
 /// The handler's own tables join the same transaction through [`connection`](Self::connection);
 /// from a `&mut dyn Transaction`, downcast with
@@ -91,11 +101,12 @@ pub struct PostgresTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     db: PostgresDatabase,
     hooks: Vec<Box<dyn FnOnce() + Send>>,
-    /// Whether this transaction holds the global log's lock.
-    log_locked: bool,
+    /// Whether this transaction appended events (the commit wakes the sequencer).
+    appended: bool,
     /// Whether a statement failed (the transaction is aborted server-side).
     failed: bool,
-    /// Whether the commit should wake other processes' readers (events or outbox rows).
+    /// Whether the commit should wake other processes' outbox relays (outbox rows). Events are
+    /// announced by the sequencer once they have positions.
     announce: bool,
 }
 
@@ -103,7 +114,7 @@ impl std::fmt::Debug for PostgresTransaction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresTransaction")
             .field("hooks", &self.hooks.len())
-            .field("log_locked", &self.log_locked)
+            .field("appended", &self.appended)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -125,7 +136,9 @@ impl PostgresTransaction {
         result
     }
 
-    async fn insert_events(&mut self, stream: &str, current: u64, events: &[NewEvent]) -> Result<(), StoreError> {
+    /// Inserts `events` at versions `current + 1…`; `false` (and nothing written) if another
+    /// transaction committed one of those versions first.
+    async fn insert_events(&mut self, stream: &str, current: u64, events: &[NewEvent]) -> Result<bool, StoreError> {
         let mut versions = Vec::with_capacity(events.len());
         let mut metadata = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
@@ -135,7 +148,7 @@ impl PostgresTransaction {
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        let done = sqlx::query(sql::INSERT_EVENTS)
+        let inserted = sqlx::query_scalar(sql::INSERT_EVENTS)
             .bind(stream)
             .bind(versions)
             .bind(ids)
@@ -143,10 +156,18 @@ impl PostgresTransaction {
             .bind(payloads)
             .bind(metadata)
             .bind(now_millis())
-            .execute(&mut *self.tx)
+            .fetch_all(&mut *self.tx)
             .await;
-        self.track(done).map_err(|e| statement_error(stream, e))?;
-        Ok(())
+        let inserted: Vec<i64> = self.track(inserted).map_err(|e| statement_error(stream, e))?;
+        if inserted.len() == events.len() {
+            return Ok(true);
+        }
+        if !inserted.is_empty() {
+            // Versions past the other append's: take them back, the append is all or nothing.
+            let undone = sqlx::query(sql::DELETE_EVENTS).bind(inserted).execute(&mut *self.tx).await;
+            self.track(undone).map_err(|e| statement_error(stream, e))?;
+        }
+        Ok(false)
     }
 }
 
@@ -204,23 +225,31 @@ impl Transaction for PostgresTransaction {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
-        if !self.log_locked {
-            let locked = self.db.lock_log(&mut self.tx, EVENTS_LOCK).await;
-            self.track(locked).map_err(|e| statement_error(stream, e))?;
-            self.log_locked = true;
+        // No lock: a concurrent append to this stream shows up in `insert_events`, which waits
+        // for it and reports whether it took our versions.
+        let mut raced = 0;
+        loop {
+            let version: Result<i64, _> =
+                sqlx::query_scalar(sql::STREAM_VERSION).bind(stream).fetch_one(&mut *self.tx).await;
+            let current = to_u64("version", self.track(version).map_err(backend)?).map_err(backend)?;
+            if !expected.matches(current) {
+                // Nothing was written: the transaction stays usable.
+                return Err(StoreError::version_conflict(stream, expected, current));
+            }
+            if self.insert_events(stream, current, &events).await? {
+                self.appended = true;
+                return Ok(AppendResult { next_expected_version: current + events.len() as u64 });
+            }
+            // Another transaction committed versions after `current` while we inserted.
+            // `Any` appends after them; an exact expectation no longer holds.
+            raced += 1;
+            if expected != ExpectedVersion::Any || raced >= MAX_ANY_RETRIES {
+                return Err(StoreError::Conflict {
+                    subject: stream.to_owned(),
+                    detail: format!("expected {expected:?}; another transaction appended to the stream concurrently"),
+                });
+            }
         }
-        // We hold the lock: every earlier append is visible, and nobody appends until we end.
-        let version: Result<i64, _> =
-            sqlx::query_scalar(sql::STREAM_VERSION).bind(stream).fetch_one(&mut *self.tx).await;
-        let current = to_u64("version", self.track(version).map_err(backend)?).map_err(backend)?;
-        if !expected.matches(current) {
-            // Nothing was written: the transaction stays usable.
-            return Err(StoreError::version_conflict(stream, expected, current));
-        }
-        // One statement: atomic on its own.
-        self.insert_events(stream, current, &events).await?;
-        self.announce = true;
-        Ok(AppendResult { next_expected_version: current + events.len() as u64 })
     }
 
     async fn read_stream(
@@ -353,7 +382,7 @@ impl Transaction for PostgresTransaction {
             let announced = self.db.announce_store(&mut self.tx).await;
             self.track(announced).map_err(backend)?;
         }
-        let Self { tx, db, hooks, failed, .. } = *self;
+        let Self { tx, db, hooks, failed, appended, announce } = *self;
         if failed {
             tx.rollback().await.map_err(backend)?;
             return Err(StoreError::Invalid(
@@ -361,7 +390,14 @@ impl Transaction for PostgresTransaction {
             ));
         }
         tx.commit().await.map_err(|e| statement_error("commit", e))?;
-        db.store_changes().notify_waiters();
+        if appended {
+            // Its events' positions come from the sequencer, which wakes readers after
+            // assigning them; the commit does not wait for it.
+            db.wake_sequencer();
+        }
+        if announce || !appended {
+            db.store_changes().notify_waiters();
+        }
         for hook in hooks {
             hook();
         }
@@ -381,20 +417,35 @@ impl Store for PostgresStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = read_stream(self.db.pool(), stream, from_version, limit).await.map_err(backend)?;
+        if events.iter().all(|e| e.position > 0) {
+            return Ok(events);
+        }
+        // Committed events without a position yet: wait for the sequencer, read again.
+        self.db.sequence_committed().await.map_err(backend)?;
         read_stream(self.db.pool(), stream, from_version, limit).await.map_err(backend)
     }
 
     async fn read_all(&self, after: u64, n: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        // Positions are assigned in commit order under the advisory lock, and a transaction is
-        // visible before it releases the lock, so this never returns position p while a lower
-        // one is still to commit.
-        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
-            .bind(bound(after))
-            .bind(limit(n))
-            .fetch_all(self.db.pool())
-            .await
-            .map_err(backend)?;
-        rows.into_iter().map(|r| r.into_event().map_err(backend)).collect()
+        // Only sequenced rows are read. The sequencer numbers committed rows in batches above
+        // every earlier batch, and a batch becomes visible at once, so this never returns
+        // position p while a lower one is still to appear.
+        let read = || async {
+            let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
+                .bind(bound(after))
+                .bind(limit(n))
+                .fetch_all(self.db.pool())
+                .await
+                .map_err(backend)?;
+            rows.into_iter().map(|r| r.into_event().map_err(backend)).collect::<Result<Vec<_>, _>>()
+        };
+        let events = read().await?;
+        if events.len() >= n {
+            return Ok(events);
+        }
+        // At the head of the log: events committed before this call but not sequenced yet
+        // belong here too (read-your-writes), so wait for the sequencer if there are any.
+        if self.db.sequence_committed().await.map_err(backend)? { read().await } else { Ok(events) }
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
