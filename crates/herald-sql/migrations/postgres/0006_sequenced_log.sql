@@ -23,3 +23,36 @@ CREATE UNIQUE INDEX herald_events_position ON herald_events (position);
 -- The sequencer's queue: committed rows still waiting for a position, oldest first. Usually
 -- empty, so probing it is cheap.
 CREATE INDEX herald_events_unsequenced ON herald_events (seq) WHERE position IS NULL;
+
+-- One sequencer batch, in one call (one round trip): takes the sequencer's advisory lock
+-- (`lock_class`, `lock_key`), numbers the (at most `batch`) oldest committed unsequenced rows
+-- from the head of the log on, in `seq` order, announces them on `channel` if there were any,
+-- and returns how many. Called outside a transaction (the lock is released at its implicit
+-- commit) or inside a short one.
+--
+-- VOLATILE on purpose: a volatile function takes a fresh snapshot for each statement it runs
+-- (in READ COMMITTED), so the UPDATE sees every batch committed before the lock was granted;
+-- the snapshot of the calling SELECT, taken before the lock, is not used. Under REPEATABLE READ
+-- or SERIALIZABLE the whole transaction has one snapshot, taken before the lock: refused.
+CREATE FUNCTION herald_sequence_events(lock_class INT, lock_key INT, batch BIGINT, channel TEXT, payload TEXT)
+RETURNS BIGINT LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    numbered BIGINT;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'herald_sequence_events runs in READ COMMITTED only'
+            USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    PERFORM pg_advisory_xact_lock(lock_class, lock_key);
+    UPDATE herald_events e SET position = b.head + u.rn
+    FROM (SELECT COALESCE(MAX(position), 0) AS head FROM herald_events) b,
+         (SELECT seq, row_number() OVER (ORDER BY seq) AS rn
+          FROM (SELECT seq FROM herald_events WHERE position IS NULL ORDER BY seq LIMIT batch) q) u
+    WHERE e.seq = u.seq;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 THEN
+        PERFORM pg_notify(channel, payload);
+    END IF;
+    RETURN numbered;
+END
+$$;

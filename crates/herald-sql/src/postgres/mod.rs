@@ -157,6 +157,7 @@ impl PostgresDatabase {
             store_changes: shared.store_changes.clone(),
             store_payload: shared.store_payload.clone(),
             sequencer: shared.sequencer.clone(),
+            explicit: std::sync::atomic::AtomicBool::new(false),
         };
         shared.tasks.spawn(sequencer::run(sequencer, shared.stop.clone()));
         if config.listen {

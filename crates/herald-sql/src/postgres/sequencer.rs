@@ -15,7 +15,7 @@
 //! uncommitted when a batch runs is sequenced by a later batch, above everything visible before.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::PgPool;
@@ -75,6 +75,9 @@ pub(super) struct Context {
     pub store_changes: Arc<Notify>,
     pub store_payload: String,
     pub sequencer: Arc<Sequencer>,
+    /// Whether batches need an explicit READ COMMITTED transaction (the session's default
+    /// isolation is stricter); found out by the first batch.
+    pub explicit: AtomicBool,
 }
 
 /// The sequencer task: a run when asked (coalescing requests), when the poll finds committed
@@ -128,16 +131,33 @@ async fn sequence_all(cx: &Context) -> Result<(), sqlx::Error> {
     }
 }
 
-/// One sequencer transaction; returns how many rows got a position. Announces them to other
-/// processes' readers (`pg_notify`, delivered at commit) when there were any.
+/// One sequencer batch; returns how many rows got a position (announced to other processes'
+/// readers by `pg_notify`, delivered at commit, when there were any).
+///
+/// One autocommit call when the session's default isolation is READ COMMITTED (the lock is
+/// released by the statement's implicit commit); otherwise the function refuses, and from then
+/// on each batch runs in an explicit READ COMMITTED transaction (two more round trips).
 async fn batch(cx: &Context) -> Result<u64, sqlx::Error> {
-    let mut tx = cx.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
-    sqlx::query(sql::LOG_LOCK).bind(SEQUENCER_LOCK).bind(cx.lock_key).execute(&mut *tx).await?;
-    // A new statement, so a new snapshot: it sees every batch committed before the lock was ours.
-    let n = sqlx::query(sql::SEQUENCE_BATCH).bind(BATCH).execute(&mut *tx).await?.rows_affected();
-    if n > 0 {
-        sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&cx.store_payload).execute(&mut *tx).await?;
+    let call = || {
+        sqlx::query_scalar::<_, i64>(sql::SEQUENCE_BATCH)
+            .bind(SEQUENCER_LOCK)
+            .bind(cx.lock_key)
+            .bind(BATCH)
+            .bind(CHANNEL)
+            .bind(&cx.store_payload)
+    };
+    if !cx.explicit.load(Ordering::Relaxed) {
+        match call().fetch_one(&cx.pool).await {
+            Ok(n) => return Ok(u64::try_from(n).unwrap_or(0)),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25000") => {
+                tracing::debug!("the default isolation is not READ COMMITTED; sequencing in explicit transactions");
+                cx.explicit.store(true, Ordering::Relaxed);
+            }
+            Err(e) => return Err(e),
+        }
     }
+    let mut tx = cx.pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+    let n = call().fetch_one(&mut *tx).await?;
     tx.commit().await?;
-    Ok(n)
+    Ok(u64::try_from(n).unwrap_or(0))
 }

@@ -14,22 +14,24 @@ pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 // --- event store ---
 
-pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(version), 0)::BIGINT FROM herald_events WHERE stream = $1";
-
-/// All of an append's events in one statement, in order (`WITH ORDINALITY`), so `seq` (and
-/// later the positions) follow versions. No position: the sequencer assigns it after commit.
+/// An append in one statement: reads the stream's version, and if it is `$7` (NULL = any)
+/// inserts all the events after it, in order (`WITH ORDINALITY`, so `seq` and later the
+/// positions follow versions), without a position: the sequencer assigns it after commit.
+/// Returns the version read and the `seq`s inserted.
 ///
 /// A version that another transaction holds is not an error: the insert waits for that
-/// transaction, then skips the row if it committed (inserts it if it rolled back). The caller
-/// compares the returned `seq`s with the number of events: fewer means another append got there
-/// first, and the caller deletes the rows that were inserted ([`DELETE_EVENTS`]), so the append
-/// writes nothing and the transaction stays usable.
-pub(super) const INSERT_EVENTS: &str = "INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
-     SELECT $1, t.version, t.id, t.name, t.payload, t.metadata, $7 \
-     FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
-          WITH ORDINALITY AS t(version, id, name, payload, metadata, n) \
-     ORDER BY t.n \
-     ON CONFLICT (stream, version) DO NOTHING RETURNING seq";
+/// transaction, then skips the row if it committed (inserts it if it rolled back). Fewer `seq`s
+/// than events means another append got there first; the caller deletes the rows that were
+/// inserted ([`DELETE_EVENTS`]), so the append writes nothing and the transaction stays usable.
+pub(super) const APPEND: &str = "WITH cur AS (SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM herald_events WHERE stream = $1), \
+     ins AS (INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
+       SELECT $1, cur.v + t.n, t.id, t.name, t.payload, t.metadata, $6 \
+       FROM cur, UNNEST($2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::TEXT[]) \
+            WITH ORDINALITY AS t(id, name, payload, metadata, n) \
+       WHERE $7::BIGINT IS NULL OR cur.v = $7 \
+       ORDER BY t.n \
+       ON CONFLICT (stream, version) DO NOTHING RETURNING seq) \
+     SELECT cur.v, ARRAY(SELECT seq FROM ins) FROM cur";
 
 /// Undoes the part of an append that raced with another transaction (rows of this transaction).
 pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = ANY($1)";
@@ -45,15 +47,10 @@ pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, p
 /// Whether a committed event waits for a position (the partial index, usually empty).
 pub(super) const UNSEQUENCED: &str = "SELECT EXISTS (SELECT 1 FROM herald_events WHERE position IS NULL)";
 
-/// The sequencer's batch: gives the (at most `$1`) oldest committed unsequenced rows the next
-/// positions, in `seq` order. Runs after the sequencer lock is taken (a separate, earlier
-/// statement), so this statement's snapshot sees every earlier batch, and `MAX(position)` is the
-/// head of the log.
-pub(super) const SEQUENCE_BATCH: &str = "UPDATE herald_events e SET position = b.head + u.rn \
-     FROM (SELECT COALESCE(MAX(position), 0) AS head FROM herald_events) b, \
-          (SELECT seq, row_number() OVER (ORDER BY seq) AS rn \
-           FROM (SELECT seq FROM herald_events WHERE position IS NULL ORDER BY seq LIMIT $1) q) u \
-     WHERE e.seq = u.seq";
+/// One sequencer batch (`herald_sequence_events`, migration 0006): takes lock (`$1`, `$2`),
+/// numbers at most `$3` committed unsequenced rows, announces them on channel `$4` with payload
+/// `$5`; returns how many.
+pub(super) const SEQUENCE_BATCH: &str = "SELECT herald_sequence_events($1, $2, $3, $4, $5)";
 
 pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \

@@ -136,38 +136,46 @@ impl PostgresTransaction {
         result
     }
 
-    /// Inserts `events` at versions `current + 1…`; `false` (and nothing written) if another
-    /// transaction committed one of those versions first.
-    async fn insert_events(&mut self, stream: &str, current: u64, events: &[NewEvent]) -> Result<bool, StoreError> {
-        let mut versions = Vec::with_capacity(events.len());
-        let mut metadata = Vec::with_capacity(events.len());
-        for (i, e) in events.iter().enumerate() {
-            versions.push(to_i64("version", current + 1 + i as u64).map_err(backend)?);
-            metadata.push(metadata_json(&e.metadata).map_err(backend)?);
-        }
+    /// One attempt at an append (one statement, [`sql::APPEND`]): the stream's version, and
+    /// whether the events were inserted after it. `false` with a matching version means another
+    /// transaction committed one of those versions first; nothing is left written then.
+    async fn try_append(
+        &mut self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<(u64, bool), StoreError> {
+        let metadata: Vec<String> =
+            events.iter().map(|e| metadata_json(&e.metadata)).collect::<Result<_, _>>().map_err(backend)?;
         let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
         let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
         let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        let inserted = sqlx::query_scalar(sql::INSERT_EVENTS)
+        let required = match expected {
+            ExpectedVersion::Any => None,
+            ExpectedVersion::NoStream => Some(0),
+            ExpectedVersion::Exact(v) => Some(to_i64("version", v).map_err(backend)?),
+        };
+        let done = sqlx::query_as(sql::APPEND)
             .bind(stream)
-            .bind(versions)
             .bind(ids)
             .bind(names)
             .bind(payloads)
             .bind(metadata)
             .bind(now_millis())
-            .fetch_all(&mut *self.tx)
+            .bind(required)
+            .fetch_one(&mut *self.tx)
             .await;
-        let inserted: Vec<i64> = self.track(inserted).map_err(|e| statement_error(stream, e))?;
+        let (current, inserted): (i64, Vec<i64>) = self.track(done).map_err(|e| statement_error(stream, e))?;
+        let current = to_u64("version", current).map_err(backend)?;
         if inserted.len() == events.len() {
-            return Ok(true);
+            return Ok((current, true));
         }
         if !inserted.is_empty() {
             // Versions past the other append's: take them back, the append is all or nothing.
             let undone = sqlx::query(sql::DELETE_EVENTS).bind(inserted).execute(&mut *self.tx).await;
             self.track(undone).map_err(|e| statement_error(stream, e))?;
         }
-        Ok(false)
+        Ok((current, false))
     }
 }
 
@@ -225,18 +233,16 @@ impl Transaction for PostgresTransaction {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
-        // No lock: a concurrent append to this stream shows up in `insert_events`, which waits
+        // No lock: a concurrent append to this stream shows up in `try_append`, which waits
         // for it and reports whether it took our versions.
         let mut raced = 0;
         loop {
-            let version: Result<i64, _> =
-                sqlx::query_scalar(sql::STREAM_VERSION).bind(stream).fetch_one(&mut *self.tx).await;
-            let current = to_u64("version", self.track(version).map_err(backend)?).map_err(backend)?;
+            let (current, inserted) = self.try_append(stream, expected, &events).await?;
             if !expected.matches(current) {
                 // Nothing was written: the transaction stays usable.
                 return Err(StoreError::version_conflict(stream, expected, current));
             }
-            if self.insert_events(stream, current, &events).await? {
+            if inserted {
                 self.appended = true;
                 return Ok(AppendResult { next_expected_version: current + events.len() as u64 });
             }
