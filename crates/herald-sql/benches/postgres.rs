@@ -10,7 +10,8 @@
 //! Sizes: `HERALD_BENCH_MESSAGES` (or the first numeric argument; broker messages, default
 //! 5,000), `HERALD_BENCH_ROUNDS` (default 3), `HERALD_BENCH_TRANSACTIONS` (appends per figure,
 //! shared by the writers, default 800), `HERALD_BENCH_COMMITS` (outbox commits per latency
-//! figure, default 400). `HERALD_BENCH_ONLY=append` runs only the append rows.
+//! figure, default 400). `HERALD_BENCH_ONLY=append` runs only the append rows and the
+//! append → global log latency.
 //!
 //! The server comes from `HERALD_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); the binary says so and exits cleanly when nothing
@@ -347,6 +348,47 @@ async fn outbox_latency(to: RelayTo, n: usize, rate: usize) -> anyhow::Result<Sa
     Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency, publishing: None })
 }
 
+/// Append commit → read from the global log by a `LogReader` on a second handle (woken by the
+/// sequencer's `NOTIFY`): the sequencer's latency, as another process's projection sees it.
+async fn log_latency(n: usize, rate: usize) -> anyhow::Result<Sample> {
+    let schema = new_schema();
+    let writer = open(&schema).await?;
+    let reader_db = open(&schema).await?;
+    let times = Times::default();
+    let store = writer.store();
+    let write = async {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for i in 0..n {
+            tick.tick().await;
+            let event = NewEvent::new("bench.Placed.v1", vec![b'x'; 100]);
+            let id = event.id;
+            let mut tx = store.begin().await?;
+            tx.append(&format!("order-{i}"), ExpectedVersion::NoStream, vec![event]).await?;
+            let committing = Instant::now();
+            tx.commit().await?;
+            times.commit(id, committing);
+        }
+        anyhow::Ok(())
+    };
+    let read = async {
+        let mut reader = herald::store::LogReader::new(Arc::new(reader_db.store()), 0);
+        for _ in 0..n {
+            let e = tokio::time::timeout(herald_bench::STALL, reader.next()).await.context("stalled")??;
+            times.receive(e.id);
+        }
+        anyhow::Ok(())
+    };
+    let start = Instant::now();
+    let (w, r) = tokio::join!(write, read);
+    let elapsed = start.elapsed();
+    w?;
+    r?;
+    reader_db.close().await;
+    drop_schema(&writer).await?;
+    Ok(Sample { rate: herald_bench::per_sec(n, elapsed), latency: times.latencies()?, publishing: None })
+}
+
 /// The floor: a transaction inserting a row and calling `pg_notify`, received by a
 /// `PgListener` on another connection.
 async fn notify_latency(n: usize, rate: usize) -> anyhow::Result<Sample> {
@@ -420,6 +462,21 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    let commits = herald_bench::setting("HERALD_BENCH_COMMITS", 400);
+    let rate = 200;
+    let visible = log_latency(commits, rate).await?;
+    table.row([
+        format!("append commit → read from the global log on another handle, {rate} commits/s"),
+        format!("{:.0} events/s", visible.rate),
+        "—".to_owned(),
+        "—".to_owned(),
+        herald_bench::p50_p99(&visible.latency),
+        "—".to_owned(),
+        format!(
+            "{commits} commits of 1 event; a LogReader on a second handle, woken by the sequencer's NOTIFY; max {} ms",
+            herald_bench::ms(visible.latency.max())
+        ),
+    ]);
     if std::env::var("HERALD_BENCH_ONLY").is_ok_and(|only| only == "append") {
         table.print();
         return Ok(());
@@ -442,8 +499,6 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
 
-    let commits = herald_bench::setting("HERALD_BENCH_COMMITS", 400);
-    let rate = 200;
     eprintln!("broker paced, outbox latency:");
     let pace = Pace { rate, per_tick: 1, messages: commits, keys: 64, payload: 100 };
     let paced =
