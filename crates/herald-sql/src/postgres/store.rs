@@ -522,6 +522,8 @@ impl Store for PostgresStore {
     }
 
     fn poll_interval(&self) -> Duration {
-        Duration::from_millis(50)
+        // The sequencer wakes this process's readers, LISTEN/NOTIFY other processes' readers;
+        // the poll backs both up.
+        Duration::from_secs(1)
     }
 }

@@ -93,6 +93,10 @@ impl Drop for Shared {
 /// How often the watcher looks at the write-ahead log for other processes' commits.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often readers and subscriptions look for work no signal announced (the watcher misses
+/// another process's commit that lands while this process writes too).
+const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
 impl SqliteDatabase {
     /// Opens (creating if needed) and migrates the database at `url_or_path`
     /// (`sqlite://file.db` or `file.db`) with the default settings of [`SqliteConfig`].

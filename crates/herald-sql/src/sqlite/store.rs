@@ -416,7 +416,8 @@ impl Store for SqliteStore {
     }
 
     fn poll_interval(&self) -> Duration {
-        // This process's commits notify; the poll finds another process's.
-        Duration::from_secs(1)
+        // This process's commits notify, and the WAL watcher notices other processes'
+        // commits; the poll only backs both up.
+        super::FALLBACK_POLL
     }
 }
