@@ -144,9 +144,16 @@ async fn search_filters_orders_and_pages_with_a_cursor(app: RunningApp) {
             .map(|l| l.iter().filter_map(|o| o["id"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     };
-    eventually("search has every order's status", || async {
-        let page = search(json!({ "status": "approved" })).await.body;
-        ids(&page).len() == 2
+    // The search read model lags the orders: wait until it shows every order's final status
+    // and its customer's name (from the customers' events), then assert on a settled model.
+    eventually("search has every order's final status and customer", || async {
+        let approved = search(json!({ "status": "approved" })).await.body;
+        let rejected = search(json!({ "status": "rejected" })).await.body;
+        let all = search(json!({})).await.body;
+        let named = all["orders"].as_array().is_some_and(|l| {
+            l.len() == 3 && l.iter().all(|o| o["customerName"].as_str().is_some_and(|n| !n.is_empty()))
+        });
+        ids(&approved) == vec![first.clone(), third.clone()] && ids(&rejected) == vec![second.clone()] && named
     })
     .await;
     let by_customer = search(json!({ "customerId": ada })).await;
