@@ -11,6 +11,7 @@
 //!   idempotency, health, OpenAPI + Swagger UI).
 //! * [`metrics`]: Prometheus `/metrics` (Herald's metrics, HTTP requests, business gauges).
 //! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
+//! * [`simulate`]: the load generator behind `mallbots simulate` (kiosks, admins, a report).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -31,3 +32,4 @@ pub mod http;
 pub mod metrics;
 pub mod modules;
 pub mod money;
+pub mod simulate;

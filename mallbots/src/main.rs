@@ -1,4 +1,8 @@
-//! The `mallbots` binary: `mallbots serve` runs every module in one process.
+//! The `mallbots` binary: `mallbots serve` runs every module in one process; `mallbots
+//! simulate` loads a server with kiosks and admins and reports what it measured.
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -21,6 +25,74 @@ enum Command {
     /// server needed); PostgreSQL and NATS, Redis or RabbitMQ on request. Ctrl-C stops it
     /// cleanly.
     Serve(ServeArgs),
+    /// The load generator: N concurrent kiosks place orders (register, authorize the payment,
+    /// start a basket, add items, check out) and wait for the saga's decision; admin workers
+    /// complete the shopping lists and pay the invoices so orders reach `completed`. Shows a
+    /// live progress bar; at the end prints a report (orders/s, checkout → approved and →
+    /// completed percentiles, errors, orders by final status, the server's CPU and memory) and
+    /// writes it as JSON. By default it starts a server of its own in a temporary directory.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct SimulateArgs {
+    /// Kiosks placing orders concurrently, each one order at a time.
+    #[arg(long, default_value_t = 16)]
+    kiosks: usize,
+    /// Admin workers completing shopping lists and paying invoices (each drives many orders at
+    /// once; the kiosks hand their approved orders to them in turn).
+    #[arg(long, default_value_t = 2)]
+    admins: usize,
+    /// How long new orders are placed: seconds, or with a unit (`90s`, `5m`, `500ms`).
+    #[arg(long, default_value = "30", value_parser = parse_duration)]
+    duration: Duration,
+    /// Then, how long orders in flight may take to reach a final status (the run ends sooner
+    /// when none is left).
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    drain: Duration,
+    /// A running server to load (`http://HOST:PORT`; needs --admin-token). Unset = start an
+    /// embedded `mallbots serve` in a temporary directory, measured and stopped at the end.
+    #[arg(long)]
+    target: Option<String>,
+    /// The admin token of the --target server.
+    #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The embedded server's database (`postgres://USER@HOST:PORT/DB`); unset = a SQLite file
+    /// in the temporary directory. Not with --target.
+    #[arg(long, conflicts_with = "target")]
+    database: Option<String>,
+    /// The embedded server's broker (`nats://…`, `redis://…`, `amqp://…`); unset = the SQL
+    /// broker on the database. Not with --target.
+    #[arg(long, conflicts_with = "target")]
+    broker: Option<String>,
+    /// The embedded server's namespace; unset = `simulate_<unix time>_<pid>` on PostgreSQL or
+    /// a real broker (a fresh schema and fresh streams, left in place afterwards).
+    #[arg(long, conflicts_with = "target")]
+    namespace: Option<String>,
+    /// The timeout of every request: seconds, or with a unit.
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Where to write the report as JSON.
+    #[arg(long, default_value = "simulate-report.json")]
+    report: PathBuf,
+    /// No progress bar or progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// `30` (seconds), `30s`, `5m`, `500ms`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((text, ""), |i| text.split_at(i));
+    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (e.g. 30, 90s, 5m, 500ms)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        other => return Err(format!("unknown unit {other:?} (s, ms, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,7 +128,56 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Simulate(args) => simulate(args).await,
     }
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use mallbots::simulate::{self, Progress, Target, server::ServerConfig};
+    let target = match args.target {
+        Some(url) => Target::Url {
+            url,
+            admin_token: args.admin_token.context("--target needs the server's admin token (--admin-token)")?,
+        },
+        None => Target::Embedded(ServerConfig {
+            database: args.database,
+            broker: args.broker,
+            namespace: args.namespace,
+            ..ServerConfig::current_exe()?
+        }),
+    };
+    let config = simulate::Config {
+        kiosks: args.kiosks,
+        admins: args.admins,
+        duration: args.duration,
+        drain: args.drain,
+        target,
+        request_timeout: args.request_timeout,
+        progress: if args.quiet { Progress::Quiet } else { Progress::Show },
+    };
+    // The first Ctrl-C ends the load phase early (the report still comes); a second one quits.
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("Stopping: no new orders; draining (Ctrl-C again to quit at once)…");
+                stop.cancel();
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        }
+    });
+    let report = simulate::run(config, stop).await?;
+    println!("{report}");
+    if let Some(namespace) = &report.namespace {
+        println!("The server's data is left in namespace {namespace} (a PostgreSQL schema, broker streams).");
+    }
+    let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
+    std::fs::write(&args.report, json + "\n").with_context(|| format!("writing {}", args.report.display()))?;
+    println!("Report written to {}", args.report.display());
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -1,0 +1,194 @@
+//! The report of a run: written as JSON (`--report`) and printed as a table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Everything a run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// The server's URL.
+    pub target: String,
+    /// Whether the simulator started the server itself (then `server` is measured).
+    pub embedded_server: bool,
+    /// The embedded server's database, broker and namespace (unset: not known or defaults).
+    pub database: Option<String>,
+    pub broker: Option<String>,
+    pub namespace: Option<String>,
+    pub kiosks: usize,
+    pub admins: usize,
+    /// How long orders were placed, seconds.
+    pub load_seconds: f64,
+    /// How long in-flight orders were then given to finish, seconds.
+    pub drain_seconds: f64,
+    /// Orders approved during the load phase per second of it.
+    pub orders_per_second: f64,
+    pub orders: Orders,
+    /// Where each placed order ended the run.
+    pub final_status: FinalStatus,
+    pub checkout_to_approved_ms: Latency,
+    pub checkout_to_completed_ms: Latency,
+    pub errors: Errors,
+    /// HTTP requests sent (polls included).
+    pub requests: u64,
+    /// `requests` per placed order (set-up and polls included).
+    pub requests_per_order: f64,
+    /// The embedded server's CPU and memory over the load and drain phases.
+    pub server: Option<ServerUsage>,
+    /// The simulator's own CPU seconds over the same time (it shares the machine).
+    pub client_cpu_seconds: Option<f64>,
+}
+
+/// Order counts.
+#[derive(Clone, Debug, Serialize)]
+pub struct Orders {
+    /// Checked out.
+    pub placed: u64,
+    /// Approved by the saga (during load or drain).
+    pub approved: u64,
+    /// Approved during the load phase (the orders/s numerator).
+    pub approved_during_load: u64,
+    pub rejected: u64,
+    pub completed: u64,
+}
+
+/// Placed orders by where they ended; the five add up to `orders.placed`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FinalStatus {
+    pub completed: u64,
+    /// Approved, not completed when the run ended.
+    pub approved: u64,
+    pub rejected: u64,
+    /// Ready, canceled or another status the simulator does not drive.
+    pub other: u64,
+    /// No decision from the saga within 30 s or before the run ended.
+    pub timeout: u64,
+}
+
+/// A latency distribution, milliseconds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Latency {
+    /// From a histogram of microseconds.
+    pub fn of(micros: &Histogram<u64>) -> Self {
+        let ms = |us: f64| (us / 10.0).round() / 100.0;
+        let q = |q: f64| if micros.is_empty() { 0.0 } else { ms(micros.value_at_quantile(q) as f64) };
+        Self {
+            count: micros.len(),
+            p50: q(0.50),
+            p95: q(0.95),
+            p99: q(0.99),
+            max: if micros.is_empty() { 0.0 } else { ms(micros.max() as f64) },
+            mean: if micros.is_empty() { 0.0 } else { ms(micros.mean()) },
+        }
+    }
+}
+
+/// Failed requests.
+#[derive(Clone, Debug, Serialize)]
+pub struct Errors {
+    pub total: u64,
+    /// By `step: kind` (`checkout: HTTP 409`, `poll order: timeout`, …).
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// The server process's resources.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerUsage {
+    /// CPU seconds (user + system) over the load and drain phases.
+    pub cpu_seconds: f64,
+    /// `cpu_seconds` per placed order, milliseconds.
+    pub cpu_ms_per_order: f64,
+    /// Resident memory sampled every second, KiB.
+    pub rss_kib: Rss,
+    /// The samples, one a second from the start of the load phase.
+    pub rss_samples_kib: Vec<u64>,
+}
+
+/// A summary of the resident-memory samples, KiB.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rss {
+    pub first: u64,
+    pub last: u64,
+    pub min: u64,
+    pub max: u64,
+    /// The process's high-water mark since it started (`VmHWM`, setup included).
+    pub peak: u64,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let row = |f: &mut fmt::Formatter<'_>, name: &str, value: String| writeln!(f, "  {name:<28} {value}");
+        let latency = |l: &Latency| {
+            format!("p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  ({} orders)", l.p50, l.p95, l.p99, l.max, l.count)
+        };
+        writeln!(f, "MallBots simulation report")?;
+        let server = match (self.embedded_server, &self.database) {
+            (true, Some(db)) => format!(
+                "{} (embedded: {db}{})",
+                self.target,
+                self.broker.as_ref().map_or(String::new(), |b| format!(", {b}"))
+            ),
+            _ => self.target.clone(),
+        };
+        row(f, "server", server)?;
+        if let Some(namespace) = &self.namespace {
+            row(f, "namespace", namespace.clone())?;
+        }
+        row(f, "kiosks / admins", format!("{} / {}", self.kiosks, self.admins))?;
+        row(f, "load / drain", format!("{:.1} s / {:.1} s", self.load_seconds, self.drain_seconds))?;
+        row(f, "orders placed", self.orders.placed.to_string())?;
+        row(f, "orders/s (approved in load)", format!("{:.1}", self.orders_per_second))?;
+        row(f, "checkout → approved, ms", latency(&self.checkout_to_approved_ms))?;
+        row(f, "checkout → completed, ms", latency(&self.checkout_to_completed_ms))?;
+        let s = &self.final_status;
+        row(
+            f,
+            "final status",
+            format!(
+                "completed {}  approved {}  rejected {}  other {}  timeout {}",
+                s.completed, s.approved, s.rejected, s.other, s.timeout
+            ),
+        )?;
+        row(f, "errors", self.errors.total.to_string())?;
+        for (kind, count) in &self.errors.by_kind {
+            row(f, "", format!("{count} × {kind}"))?;
+        }
+        row(
+            f,
+            "HTTP requests",
+            format!("{} ({:.1} per order, polls included)", self.requests, self.requests_per_order),
+        )?;
+        if let Some(server) = &self.server {
+            row(f, "server CPU", format!("{:.1} s ({:.2} ms per order)", server.cpu_seconds, server.cpu_ms_per_order))?;
+            let r = &server.rss_kib;
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            row(
+                f,
+                "server RSS, MiB",
+                format!(
+                    "first {:.1}  last {:.1}  min {:.1}  max {:.1}  peak {:.1}",
+                    mib(r.first),
+                    mib(r.last),
+                    mib(r.min),
+                    mib(r.max),
+                    mib(r.peak)
+                ),
+            )?;
+        }
+        if let Some(cpu) = self.client_cpu_seconds {
+            row(f, "simulator CPU", format!("{cpu:.1} s"))?;
+        }
+        Ok(())
+    }
+}
