@@ -15,9 +15,10 @@
 //! Claiming increments its attempt count and leases it for `ack_wait`. A message whose lease
 //! expired after its last allowed delivery is dead-lettered instead of being claimed.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -65,6 +66,62 @@ impl From<&SubscribeOptions> for GroupPolicy {
             dead_letter_topic: o.effective_dead_letter_topic(),
         }
     }
+}
+
+/// One wake-up signal per topic and one per group, so a publish wakes only the subscriptions
+/// of its topic and a settlement only those of its group. (One signal for everything woke every subscription of the process, dozens in an
+/// application, each then asking the database whether there was work: a thundering herd that
+/// cost more than the work itself.) A backend keeps one `Doorbells` for every broker over the
+/// same storage, so a publish through one broker handle wakes the subscriptions of another.
+#[derive(Debug, Default)]
+pub struct Doorbells {
+    bells: Mutex<HashMap<String, Weak<Notify>>>,
+}
+
+impl Doorbells {
+    /// The signal of `topic`, shared by every subscription of it while any holds it.
+    pub fn topic_bell(&self, topic: &str) -> Arc<Notify> {
+        self.bell(topic.to_owned())
+    }
+
+    /// The signal of `group` on `topic`.
+    pub fn group_bell(&self, topic: &str, group: &str) -> Arc<Notify> {
+        self.bell(group_key(topic, group))
+    }
+
+    /// Wakes the waiting subscriptions of `topic` (new messages).
+    pub fn ring_topic(&self, topic: &str) {
+        self.ring(topic);
+    }
+
+    /// Wakes the waiting subscriptions of `group` on `topic` (a settlement may have unblocked
+    /// the next message of a key).
+    pub fn ring_group(&self, topic: &str, group: &str) {
+        self.ring(&group_key(topic, group));
+    }
+
+    fn bell(&self, key: String) -> Arc<Notify> {
+        let mut bells = self.bells.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(bell) = bells.get(&key).and_then(Weak::upgrade) {
+            return bell;
+        }
+        bells.retain(|_, b| b.strong_count() > 0);
+        let bell = Arc::new(Notify::new());
+        bells.insert(key, Arc::downgrade(&bell));
+        bell
+    }
+
+    fn ring(&self, key: &str) {
+        let bell = self.bells.lock().unwrap_or_else(PoisonError::into_inner).get(key).and_then(Weak::upgrade);
+        if let Some(bell) = bell {
+            bell.notify_waiters();
+        }
+    }
+}
+
+/// A group's key among the bells: topics and groups are names, which hold no NUL.
+fn group_key(topic: &str, group: &str) -> String {
+    format!("{topic}\0{group}")
 }
 
 /// A message leased to a consumer.
@@ -124,9 +181,14 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
         Ok(None)
     }
 
-    /// Notified when messages were appended, settled or released in this process, so idle
-    /// subscriptions wake at once instead of at their next poll.
+    /// Notified when anything may have become claimable on any topic: another process's
+    /// writes (where the backend can tell) or the backend's own dead letters. Publishes and
+    /// settlements through a [`QueueBroker`] ring the topic's bell in
+    /// [`doorbells`](Self::doorbells) instead.
     fn changed(&self) -> &Notify;
+
+    /// The per-topic wake-up signals, shared by every broker over this storage.
+    fn doorbells(&self) -> &Doorbells;
 
     /// How often an idle subscription looks for work that no notification announced: another
     /// process's writes where the backend has no cross-process signal, or a lease whose holder
@@ -232,7 +294,12 @@ impl<B: QueueBackend> Publisher for QueueBroker<B> {
         let span = observability::publish_span(messages);
         self.inner.backend.append(messages).instrument(span).await?;
         observability::record_published(messages);
-        self.inner.backend.changed().notify_waiters();
+        let doorbells = self.inner.backend.doorbells();
+        for (i, m) in messages.iter().enumerate() {
+            if messages[..i].iter().all(|earlier| earlier.topic != m.topic) {
+                doorbells.ring_topic(&m.topic);
+            }
+        }
         Ok(())
     }
 
@@ -298,6 +365,9 @@ impl<B: QueueBackend> Pump<B> {
         // When to look again for leases that expired unsettled: just after the ack wait of the
         // earliest claim not yet checked.
         let mut lease_check: Option<tokio::time::Instant> = None;
+        let doorbells = self.backend.doorbells();
+        let (topic_bell, group_bell) =
+            (doorbells.topic_bell(&self.options.topic), doorbells.group_bell(&self.options.topic, &self.options.group));
         loop {
             // Wait for room: at least one delivery may be outstanding. `biased`: once the
             // subscription is gone, never claim again (a claim nobody receives would stay leased
@@ -329,8 +399,11 @@ impl<B: QueueBackend> Pump<B> {
             }
             let room = 1 + self.in_flight.available_permits();
             let changed = self.backend.changed().notified();
-            tokio::pin!(changed);
+            let (published, settled) = (topic_bell.notified(), group_bell.notified());
+            tokio::pin!(changed, published, settled);
             changed.as_mut().enable();
+            published.as_mut().enable();
+            settled.as_mut().enable();
 
             self.record_lag(&mut lag_recorded).await;
             let claimed = match self.backend.claim(&self.options.topic, &self.options.group, room, &self.policy).await {
@@ -368,6 +441,8 @@ impl<B: QueueBackend> Pump<B> {
                     () = self.stop.cancelled() => return,
                     () = self.tx.closed() => return,
                     () = &mut changed => true,
+                    () = &mut published => true,
+                    () = &mut settled => true,
                     () = tokio::time::sleep_until(wake_at) => false,
                 };
                 let linger = self.backend.claim_linger();
@@ -486,7 +561,7 @@ impl<B: QueueBackend> Drop for QueueSettle<B> {
                     backend.settle(&topic, &group, position, attempt, settlement, &policy).await
                 };
                 if result.is_ok() {
-                    backend.changed().notify_waiters();
+                    backend.doorbells().ring_group(&topic, &group);
                 }
             },
             &runtime,
@@ -505,15 +580,16 @@ impl<B: QueueBackend> Settle for QueueSettle<B> {
         self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
         if delay.is_zero() {
             // Settling may unblock the next message of this key, for any consumer of the group.
-            self.backend.changed().notify_waiters();
+            self.backend.doorbells().ring_group(&self.topic, &self.group);
         } else {
             // Redelivered when the delay has passed: wake the group's subscriptions then,
             // rather than at their next (slow) fallback poll.
             let (backend, stop) = (self.backend.clone(), self.stop.clone());
+            let (topic, group) = (self.topic.clone(), self.group.clone());
             self.tasks.spawn(async move {
                 tokio::select! {
                     () = stop.cancelled() => {}
-                    () = tokio::time::sleep(delay) => backend.changed().notify_waiters(),
+                    () = tokio::time::sleep(delay) => backend.doorbells().ring_group(&topic, &group),
                 }
             });
         }

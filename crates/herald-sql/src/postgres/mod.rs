@@ -101,6 +101,9 @@ struct Shared {
     /// Notified when broker messages were appended or released in this process, and by the
     /// listener for other processes' publishes (`QueueBackend::changed`).
     queue_changed: Arc<Notify>,
+    /// Per-topic wake-ups of this process's subscriptions, shared by every broker on this
+    /// database.
+    queue_doorbells: herald::queue::Doorbells,
     /// The `NOTIFY` payloads this schema's commits send.
     store_payload: String,
     queue_payload: String,
@@ -144,6 +147,7 @@ impl PostgresDatabase {
             lock_key: schema_lock_key(&config.schema),
             store_changes: Arc::new(Notify::new()),
             queue_changed: Arc::new(Notify::new()),
+            queue_doorbells: herald::queue::Doorbells::default(),
             store_payload: format!("{}:store", config.schema),
             queue_payload: format!("{}:queue", config.schema),
             sequencer: Arc::new(Sequencer::new()),
@@ -249,6 +253,10 @@ impl PostgresDatabase {
 
     pub(crate) fn queue_changed(&self) -> &Notify {
         &self.shared.queue_changed
+    }
+
+    pub(crate) fn queue_doorbells(&self) -> &herald::queue::Doorbells {
+        &self.shared.queue_doorbells
     }
 }
 

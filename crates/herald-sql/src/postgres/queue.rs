@@ -360,6 +360,10 @@ impl QueueBackend for PostgresQueue {
         self.db.queue_changed()
     }
 
+    fn doorbells(&self) -> &herald::queue::Doorbells {
+        self.db.queue_doorbells()
+    }
+
     fn poll_interval(&self) -> Duration {
         // Publishes in any process are announced by LISTEN/NOTIFY; the poll backs that up.
         Duration::from_secs(1)

@@ -27,9 +27,9 @@
 //! This process's commits, publishes and settlements notify its readers and subscriptions
 //! directly. SQLite has no signal between processes, so a small watcher task looks at the
 //! write-ahead log's size and modification time every [`WATCH_INTERVAL`] (one `stat`, no
-//! query) and, when it changed while this process wrote nothing, wakes everyone: another
-//! process sharing the file is noticed within that interval when this one is quiet, and within
-//! the readers' fallback poll (a second) otherwise.
+//! query) and, when it changed, wakes everyone: at once if this process wrote nothing since the
+//! last look, else at most every [`BUSY_WAKE_INTERVAL`] (the change was most likely this
+//! process's own, already announced, and waking every subscription costs a query each).
 
 mod dead_letters;
 mod queue;
@@ -77,6 +77,9 @@ struct Shared {
     /// Notified when broker messages were appended or released in this process
     /// (`QueueBackend::changed`).
     queue_changed: Notify,
+    /// Per-topic wake-ups of this process's subscriptions, shared by every broker on this
+    /// database.
+    queue_doorbells: herald::queue::Doorbells,
     /// How many times this process took the writers' turn: the watcher tells its own writes
     /// from other processes' by it.
     local_writes: AtomicU64,
@@ -92,6 +95,9 @@ impl Drop for Shared {
 
 /// How often the watcher looks at the write-ahead log for other processes' commits.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the watcher wakes everyone at most while this process writes too.
+pub const BUSY_WAKE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often readers and subscriptions look for work no signal announced (the watcher misses
 /// another process's commit that lands while this process writes too).
@@ -133,6 +139,7 @@ impl SqliteDatabase {
             busy_timeout: config.busy_timeout(),
             store_changes: Notify::new(),
             queue_changed: Notify::new(),
+            queue_doorbells: herald::queue::Doorbells::default(),
             local_writes: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });
@@ -194,6 +201,10 @@ impl SqliteDatabase {
     pub(crate) fn queue_changed(&self) -> &Notify {
         &self.shared.queue_changed
     }
+
+    pub(crate) fn queue_doorbells(&self) -> &herald::queue::Doorbells {
+        &self.shared.queue_doorbells
+    }
 }
 
 /// A `BEGIN IMMEDIATE` transaction holding this process's writers' turn. Dropping it rolls back
@@ -235,6 +246,9 @@ async fn watch_wal(wal: PathBuf, shared: Weak<Shared>, stop: CancellationToken) 
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = wal_stamp(&wal);
     let mut local = shared.upgrade().map_or(0, |s| s.local_writes.load(Ordering::Relaxed));
+    let mut woke = tokio::time::Instant::now();
+    // A change seen but not announced yet (this process was writing too).
+    let mut pending = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -243,9 +257,11 @@ async fn watch_wal(wal: PathBuf, shared: Weak<Shared>, stop: CancellationToken) 
         let Some(shared) = shared.upgrade() else { return };
         let stamp = wal_stamp(&wal);
         let writes = shared.local_writes.load(Ordering::Relaxed);
-        if stamp != last && writes == local {
+        pending |= stamp != last;
+        if pending && (writes == local || woke.elapsed() >= BUSY_WAKE_INTERVAL) {
             shared.store_changes.notify_waiters();
             shared.queue_changed.notify_waiters();
+            (woke, pending) = (tokio::time::Instant::now(), false);
         }
         (last, local) = (stamp, writes);
     }

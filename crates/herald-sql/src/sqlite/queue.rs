@@ -318,6 +318,10 @@ impl QueueBackend for SqliteQueue {
         self.db.queue_changed()
     }
 
+    fn doorbells(&self) -> &herald::queue::Doorbells {
+        self.db.queue_doorbells()
+    }
+
     fn poll_interval(&self) -> Duration {
         // This process's publishes and settlements notify, and the WAL watcher notices other
         // processes' writes (module docs of `sqlite`); the poll only backs both up.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::message::Message;
 use crate::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use crate::queue::{Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use crate::queue::{Claimed, Doorbells, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
 
 /// The in-memory broker. Cheap to clone; clones share the same topics.
 pub type MemoryBroker = QueueBroker<MemoryQueue>;
@@ -29,6 +29,7 @@ impl MemoryBroker {
 pub struct MemoryQueue {
     state: Mutex<State>,
     changed: Notify,
+    doorbells: Doorbells,
 }
 
 #[derive(Debug, Default)]
@@ -221,6 +222,10 @@ impl QueueBackend for MemoryQueue {
 
     fn changed(&self) -> &Notify {
         &self.changed
+    }
+
+    fn doorbells(&self) -> &Doorbells {
+        &self.doorbells
     }
 
     fn poll_interval(&self) -> Duration {
