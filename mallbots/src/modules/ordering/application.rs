@@ -155,7 +155,9 @@ pub async fn on_invoice_paid(cx: &mut HandlerContext, event: payments::InvoicePa
 }
 
 /// Readies the order whose shopping list was completed. An order canceled meanwhile stays
-/// canceled (logged); a redelivery changes nothing.
+/// canceled (logged); a redelivery changes nothing. The saga makes the list available before it
+/// approves the order, so a quick depot can complete a list while its order is still pending:
+/// that is retried (the router backs off) until the saga has decided, never dropped.
 pub async fn on_shopping_list_completed(
     cx: &mut HandlerContext,
     event: depot::ShoppingListCompleted,
@@ -163,6 +165,9 @@ pub async fn on_shopping_list_completed(
     let cause = cx.message().clone();
     match execute(cx.tx()?, &event.order_id, OrderCommand::Ready, Some(&cause)).await {
         Ok(Ok(_)) => Ok(()),
+        Ok(Err(OrderError::WrongStatus { status: OrderStatus::Pending, .. })) => {
+            Err(HandlerError::transient("the order is not approved yet; retrying until the saga decides"))
+        }
         Ok(Err(refusal)) => {
             tracing::warn!(order = %event.order_id, reason = %refusal, "shopping list completed for an order that cannot be readied");
             Ok(())
