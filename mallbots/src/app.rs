@@ -20,7 +20,7 @@ use herald::outbox::OutboxRelay;
 use herald::pubsub::{Broker, Publisher, StartFrom};
 use herald::router::{Inbox, RetryPolicy, Router, Tracing};
 use herald_sql::any::Dialect;
-use herald_sql::{AnyDatabase, PostgresConfig, SqliteDatabase};
+use herald_sql::{AnyDatabase, PostgresConfig, SqliteConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -85,6 +85,9 @@ pub struct App {
     db: AnyDatabase,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    /// The store writes messages straight into the broker (SQLite's SQL broker): the outbox
+    /// relay only publishes what an earlier version left in the outbox, once, at start.
+    publishes_in_tx: bool,
     listener: TcpListener,
     state: AppState,
     token_source: TokenSource,
@@ -97,9 +100,16 @@ impl App {
         let namespace = config.namespace.trim();
         check_namespace(namespace)?;
         broker_scheme(config.broker.as_deref().map(str::trim).unwrap_or_default())?;
+        // On SQLite with its own SQL broker, messages go into the broker's table in the unit of
+        // work itself (no outbox relay hop); otherwise through the outbox.
+        let sql_broker =
+            matches!(broker_scheme(config.broker.as_deref().map(str::trim).unwrap_or_default())?, "" | "sql");
+        let publishes_in_tx = sql_broker && AnyDatabase::dialect_of(database) == Dialect::Sqlite;
         let db: AnyDatabase = match AnyDatabase::dialect_of(database) {
             Dialect::Postgres => PostgresConfig::new(database).with_schema(namespace).open().await.map(Into::into),
-            Dialect::Sqlite => SqliteDatabase::open(database).await.map(Into::into),
+            Dialect::Sqlite => {
+                SqliteConfig::new(database).publish_to_sql_broker(publishes_in_tx).open().await.map(Into::into)
+            }
         }
         .with_context(|| format!("opening the database {}", redacted(database)))?;
         crate::db::migrate(&db).await.context("creating MallBots' tables")?;
@@ -114,7 +124,7 @@ impl App {
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
         let analytics = analytics::AnalyticsControl::new(store.clone());
         let state = AppState { store: store.clone(), db: db.clone(), admin_token: admin_token.into(), analytics };
-        Ok(Self { db, store, broker, listener, state, token_source })
+        Ok(Self { db, store, broker, publishes_in_tx, listener, state, token_source })
     }
 
     /// The address the HTTP server listens on.
@@ -194,7 +204,15 @@ impl App {
         self.state.analytics.start(router_stop.clone(), shutdown.clone()).await;
         let upkeep_task = tokio::spawn(crate::metrics::upkeep(router_stop.clone()));
         let relay = OutboxRelay::new(self.store.clone(), self.broker.clone());
-        let relay_task = tokio::spawn(relay.run(relay_stop.clone()));
+        let relay_task = if self.publishes_in_tx {
+            tokio::spawn(async move {
+                if let Err(e) = relay.publish_pending().await {
+                    tracing::warn!(error = %e, "publishing what an earlier run left in the outbox failed");
+                }
+            })
+        } else {
+            tokio::spawn(relay.run(relay_stop.clone()))
+        };
 
         let app = self.http_router();
         tracing::info!(addr = %self.local_addr(), "MallBots is listening");

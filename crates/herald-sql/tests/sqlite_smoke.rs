@@ -226,6 +226,35 @@ async fn outbox_messages_come_back_whole_in_order_until_removed() -> Result<()> 
 }
 
 #[tokio::test]
+async fn a_store_publishing_to_the_sql_broker_publishes_at_commit_and_never_on_rollback() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("herald.db").display());
+    let db = SqliteConfig::new(url).publish_to_sql_broker(true).open().await?;
+    let store = db.store();
+    let broker = db.broker();
+    let mut sub = broker.subscribe(options("orders", "billing")).await?;
+    let dropped = Message::new("orders", "OrderPlaced.v1", br#"{"id":0}"#.to_vec()).with_key("o-0");
+    let mut tx = store.begin().await?;
+    tx.enqueue(vec![dropped]).await?;
+    drop(tx); // rolled back: never published
+    let first = Message::new("orders", "OrderPlaced.v1", br#"{"id":1}"#.to_vec()).with_key("o-1");
+    let second = Message::new("orders", "OrderPaid.v1", br#"{"id":1}"#.to_vec()).caused_by(&first);
+    let mut tx = store.begin().await?;
+    tx.enqueue(vec![first.clone(), second.clone()]).await?;
+    nothing_within(&mut sub, Duration::from_millis(200)).await.context("nothing is delivered before commit")?;
+    tx.commit().await?;
+
+    for expected in [first, second] {
+        let d = next(&mut sub).await?;
+        ensure!(d.message.id == expected.id && d.message.payload == expected.payload, "got {:?}", d.message);
+        d.ack().await?;
+    }
+    nothing_within(&mut sub, Duration::from_millis(200)).await.context("the rolled-back message")?;
+    ensure!(store.outbox_pending(10).await?.is_empty(), "the outbox is not used");
+    Ok(())
+}
+
+#[tokio::test]
 async fn the_inbox_reports_a_message_as_new_only_once() -> Result<()> {
     let (db, _dir) = database().await?;
     let store = db.store();

@@ -145,6 +145,12 @@ pub fn record_published(messages: &[Message]) {
     }
 }
 
+/// Counts `n` messages published to `topic` (for publishers that write many messages of one
+/// topic outside [`record_published`], e.g. straight into a broker's table at commit).
+pub fn record_published_to(topic: &str, n: u64) {
+    metrics::counter!(names::MESSAGES_PUBLISHED, names::TOPIC => topic.to_owned()).increment(n);
+}
+
 /// How one delivery ended, for [`record_handled`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandleOutcome {

@@ -85,6 +85,8 @@ struct Shared {
     local_writes: AtomicU64,
     /// Stops the write-ahead log watcher.
     stop: CancellationToken,
+    /// Stores enqueue straight into the SQL broker (`SqliteConfig::publish_to_sql_broker`).
+    publish_to_sql_broker: bool,
 }
 
 impl Drop for Shared {
@@ -142,6 +144,7 @@ impl SqliteDatabase {
             queue_doorbells: herald::queue::Doorbells::default(),
             local_writes: AtomicU64::new(0),
             stop: CancellationToken::new(),
+            publish_to_sql_broker: config.publish_to_sql_broker,
         });
         // An in-memory database has no file and no other process.
         let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
@@ -192,6 +195,11 @@ impl SqliteDatabase {
         let turn = self.write_turn().await?;
         let tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Whether stores enqueue straight into the SQL broker.
+    pub(crate) fn publishes_to_sql_broker(&self) -> bool {
+        self.shared.publish_to_sql_broker
     }
 
     pub(crate) fn store_changes(&self) -> &Notify {

@@ -32,11 +32,15 @@ fn backend(e: impl Into<SqlError>) -> StoreError {
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     db: SqliteDatabase,
+    /// Enqueued messages go straight into this database's SQL broker
+    /// ([`SqliteConfig::publish_to_sql_broker`](crate::SqliteConfig::publish_to_sql_broker)).
+    direct: bool,
 }
 
 impl SqliteStore {
     pub(crate) fn new(db: SqliteDatabase) -> Self {
-        Self { db }
+        let direct = db.publishes_to_sql_broker();
+        Self { db, direct }
     }
 
     /// The database this store writes to.
@@ -47,7 +51,7 @@ impl SqliteStore {
     /// Starts a unit of work, typed (no downcast needed).
     pub async fn begin_sqlite(&self) -> Result<SqliteTransaction, StoreError> {
         let write = self.db.begin_write().await.map_err(backend)?;
-        Ok(SqliteTransaction { write, db: self.db.clone(), hooks: Vec::new() })
+        Ok(SqliteTransaction { write, db: self.db.clone(), hooks: Vec::new(), direct: self.direct.then(Vec::new) })
     }
 }
 
@@ -61,6 +65,9 @@ pub struct SqliteTransaction {
     write: WriteTx,
     db: SqliteDatabase,
     hooks: Vec<Box<dyn FnOnce() + Send>>,
+    /// With `publish_to_sql_broker`: the topics published to so far (and how
+    /// many messages each), to wake their subscriptions and count them at commit.
+    direct: Option<Vec<(String, u64)>>,
 }
 
 impl std::fmt::Debug for SqliteTransaction {
@@ -222,6 +229,26 @@ impl Transaction for SqliteTransaction {
             messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
         let now = now_millis();
         let conn = self.write.conn();
+        if let Some(published) = &mut self.direct {
+            for c in columns {
+                sqlx::query(sql::PUBLISH)
+                    .bind(c.topic)
+                    .bind(c.id)
+                    .bind(c.name)
+                    .bind(c.key)
+                    .bind(c.payload)
+                    .bind(c.metadata)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+                match published.iter_mut().find(|(topic, _)| topic == c.topic) {
+                    Some((_, n)) => *n += 1,
+                    None => published.push((c.topic.to_owned(), 1)),
+                }
+            }
+            return Ok(());
+        }
         for c in columns {
             sqlx::query(sql::ENQUEUE)
                 .bind(c.id)
@@ -305,9 +332,13 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let Self { write, db, hooks } = *self;
+        let Self { write, db, hooks, direct } = *self;
         write.commit().await.map_err(backend)?;
         db.store_changes().notify_waiters();
+        for (topic, n) in direct.unwrap_or_default() {
+            herald::observability::record_published_to(&topic, n);
+            db.queue_doorbells().ring_topic(&topic);
+        }
         for hook in hooks {
             hook();
         }
