@@ -450,8 +450,11 @@ impl Store for PostgresStore {
             return Ok(events);
         }
         // At the head of the log: events committed before this call but not sequenced yet
-        // belong here too (read-your-writes), so wait for the sequencer if there are any.
-        if self.db.sequence_committed().await.map_err(backend)? { read().await } else { Ok(events) }
+        // belong here too (read-your-writes), so wait for the sequencer if there are any, and
+        // read again either way: the first read's snapshot may predate a sequencer batch that
+        // committed before the check (which then finds nothing left to wait for).
+        self.db.sequence_committed().await.map_err(backend)?;
+        read().await
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
