@@ -55,8 +55,9 @@ impl SqliteQueue {
     }
 }
 
-/// Appends one message to its topic (de-duplicated on `(topic, id)`).
-async fn publish_one(conn: &mut SqliteConnection, m: &Message, now: i64) -> Result<(), SqlError> {
+/// Appends one message to its topic (de-duplicated on `(topic, id)`). Also used by stores that
+/// publish inside the unit of work (`SqliteConfig::publish_to_sql_broker`).
+pub(super) async fn publish_one(conn: &mut SqliteConnection, m: &Message, now: i64) -> Result<(), SqlError> {
     let c = MessageColumns::new(m)?;
     sqlx::query(sql::PUBLISH)
         .bind(c.topic)

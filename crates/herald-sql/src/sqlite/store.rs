@@ -225,30 +225,20 @@ impl Transaction for SqliteTransaction {
         for m in &mut messages {
             herald::observability::fill_current(&mut m.metadata);
         }
-        let columns: Vec<MessageColumns<'_>> =
-            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
         let now = now_millis();
         let conn = self.write.conn();
         if let Some(published) = &mut self.direct {
-            for c in columns {
-                sqlx::query(sql::PUBLISH)
-                    .bind(c.topic)
-                    .bind(c.id)
-                    .bind(c.name)
-                    .bind(c.key)
-                    .bind(c.payload)
-                    .bind(c.metadata)
-                    .bind(now)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(backend)?;
-                match published.iter_mut().find(|(topic, _)| topic == c.topic) {
+            for m in &messages {
+                super::queue::publish_one(&mut *conn, m, now).await.map_err(backend)?;
+                match published.iter_mut().find(|(topic, _)| *topic == m.topic) {
                     Some((_, n)) => *n += 1,
-                    None => published.push((c.topic.to_owned(), 1)),
+                    None => published.push((m.topic.clone(), 1)),
                 }
             }
             return Ok(());
         }
+        let columns: Vec<MessageColumns<'_>> =
+            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
         for c in columns {
             sqlx::query(sql::ENQUEUE)
                 .bind(c.id)
