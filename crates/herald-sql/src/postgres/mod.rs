@@ -122,6 +122,9 @@ impl Drop for Shared {
     }
 }
 
+/// How long a pooled connection may sit idle before it is pinged on its way out.
+const IDLE_BEFORE_PING: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl PostgresDatabase {
     /// Opens the database at `url` (`postgres://user@host/db`) with the default settings of
     /// [`PostgresConfig`] (schema `herald`), creating and migrating the schema if needed.
@@ -138,6 +141,18 @@ impl PostgresDatabase {
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout())
+            // sqlx pings every connection it hands out: one more round trip per unit of work.
+            // A connection in use a moment ago is alive; only one idle for a while is checked
+            // (a server restart shows up there, and a failed ping just opens a new one).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await
             .map_err(open_error)?;

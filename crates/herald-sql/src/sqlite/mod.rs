@@ -131,6 +131,9 @@ impl SqliteDatabase {
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.busy_timeout())
+            // sqlx pings every connection it hands out, a round trip to the connection's
+            // worker thread each time; a local file cannot hang up.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(open_error)?;
