@@ -52,11 +52,11 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl From<sqlx::Error> for AppError {
-    fn from(e: sqlx::Error) -> Self {
+impl From<herald_sql::SqlError> for AppError {
+    fn from(e: herald_sql::SqlError) -> Self {
         // Two requests racing to create the same row (e.g. repeats with one Idempotency-Key on
         // PostgreSQL, where writers are not serialised as on SQLite): the loser retries.
-        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+        if e.is_unique_violation() {
             return Self::Conflict("a concurrent request changed the same resource; retry".into());
         }
         Self::internal(e)

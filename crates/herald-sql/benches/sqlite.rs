@@ -12,13 +12,14 @@
 //! Every figure uses a fresh database file with the settings Herald uses (WAL,
 //! synchronous=NORMAL) for both sides, so the ratio to raw SQLite is the cost of Herald itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use herald::{ExpectedVersion, NewEvent, Store};
 use herald_bench::{Burst, Consume, Outgoing, Pace, Queue, Sample, Seen, Table, Work, compare};
 use herald_sql::SqliteDatabase;
+use herald_sql::rusqlite::{Connection, params};
 
 const IN_FLIGHT: usize = 256;
 
@@ -26,26 +27,29 @@ async fn fresh(dir: &tempfile::TempDir, name: &str) -> anyhow::Result<SqliteData
     Ok(SqliteDatabase::open(&dir.path().join(name).display().to_string()).await?)
 }
 
+/// A raw SQLite connection (rusqlite, the client Herald itself uses) on the same file, with
+/// the same settings.
+fn raw_connection(db: &SqliteDatabase) -> anyhow::Result<Connection> {
+    let conn = Connection::open(db.path())?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 30000;")?;
+    Ok(conn)
+}
+
 /// Raw inserts of `per_tx` rows per transaction into a plain table: the baseline.
 async fn raw_inserts(db: &SqliteDatabase, transactions: usize, per_tx: usize) -> anyhow::Result<Sample> {
-    sqlx::query("CREATE TABLE raw_events (stream TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL, metadata TEXT NOT NULL)")
-        .execute(db.pool())
-        .await?;
+    let conn = raw_connection(db)?;
+    conn.execute_batch("CREATE TABLE raw_events (stream TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL, metadata TEXT NOT NULL)")?;
     let payload = vec![b'x'; 200];
     let start = Instant::now();
     for t in 0..transactions {
-        let mut tx = db.pool().begin().await?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
         for v in 0..per_tx {
-            sqlx::query("INSERT INTO raw_events (stream, version, name, payload, metadata) VALUES (?, ?, ?, ?, ?)")
-                .bind(format!("s-{t}"))
-                .bind(v as i64 + 1)
-                .bind("bench.Event.v1")
-                .bind(&payload)
-                .bind("{}")
-                .execute(&mut *tx)
-                .await?;
+            conn.prepare_cached("INSERT INTO raw_events (stream, version, name, payload, metadata) VALUES (?, ?, ?, ?, ?)")?
+                .execute(params![format!("s-{t}"), v as i64 + 1, "bench.Event.v1", payload, "{}"])?;
         }
-        tx.commit().await?;
+        conn.execute_batch("COMMIT")?;
+        // Let the runtime's other tasks run, as an async client would between transactions.
+        tokio::task::yield_now().await;
     }
     Sample::rate(herald_bench::per_sec(transactions * per_tx, start.elapsed()))
 }
@@ -64,21 +68,21 @@ async fn herald_appends(db: &SqliteDatabase, transactions: usize, per_tx: usize)
 
 /// The raw queue: a batch is one transaction of `INSERT`s.
 struct RawQueue {
-    db: SqliteDatabase,
+    conn: Mutex<Connection>,
 }
 
 #[async_trait]
 impl Queue for RawQueue {
     async fn publish(&self, batch: Vec<Outgoing>) -> anyhow::Result<()> {
-        let mut tx = self.db.pool().begin().await?;
-        for o in batch {
-            sqlx::query("INSERT INTO raw_queue (key, payload) VALUES (?, ?)")
-                .bind(o.key)
-                .bind(o.payload)
-                .execute(&mut *tx)
-                .await?;
+        {
+            let conn = self.conn.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            for o in batch {
+                conn.prepare_cached("INSERT INTO raw_queue (key, payload) VALUES (?, ?)")?.execute(params![o.key, o.payload])?;
+            }
+            conn.execute_batch("COMMIT")?;
         }
-        tx.commit().await?;
+        tokio::task::yield_now().await;
         Ok(())
     }
 }
@@ -86,18 +90,18 @@ impl Queue for RawQueue {
 /// The raw consumer: `SELECT … ORDER BY position LIMIT 256` (polled every millisecond while
 /// empty), then one autocommit `DELETE` per message (the "ack").
 struct RawConsumer {
-    db: SqliteDatabase,
+    conn: Connection,
 }
 
 #[async_trait]
 impl Consume for RawConsumer {
     async fn next(&mut self, seen: &mut Seen<'_>) -> anyhow::Result<usize> {
         loop {
-            let batch: Vec<(i64, Vec<u8>)> =
-                sqlx::query_as("SELECT position, payload FROM raw_queue ORDER BY position LIMIT ?")
-                    .bind(IN_FLIGHT as i64)
-                    .fetch_all(self.db.pool())
-                    .await?;
+            let batch: Vec<(i64, Vec<u8>)> = self
+                .conn
+                .prepare_cached("SELECT position, payload FROM raw_queue ORDER BY position LIMIT ?")?
+                .query_map([IN_FLIGHT as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
             if batch.is_empty() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
@@ -106,7 +110,7 @@ impl Consume for RawConsumer {
                 seen(payload);
             }
             for (position, _) in &batch {
-                sqlx::query("DELETE FROM raw_queue WHERE position = ?").bind(position).execute(self.db.pool()).await?;
+                self.conn.prepare_cached("DELETE FROM raw_queue WHERE position = ?")?.execute([position])?;
             }
             return Ok(batch.len());
         }
@@ -114,13 +118,12 @@ impl Consume for RawConsumer {
 }
 
 async fn raw_queue(db: SqliteDatabase, burst: Burst) -> anyhow::Result<Sample> {
-    sqlx::query(
+    let conn = raw_connection(&db)?;
+    conn.execute_batch(
         "CREATE TABLE raw_queue (position INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, payload BLOB NOT NULL)",
-    )
-    .execute(db.pool())
-    .await?;
-    let mut consumer = RawConsumer { db: db.clone() };
-    herald_bench::throughput(Arc::new(RawQueue { db }), &mut consumer, burst).await
+    )?;
+    let mut consumer = RawConsumer { conn: raw_connection(&db)? };
+    herald_bench::throughput(Arc::new(RawQueue { conn: Mutex::new(conn) }), &mut consumer, burst).await
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,8 @@ use herald::outbox::OutboxRelay;
 use herald::pubsub::DLQ_REASON;
 use herald::router::{HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, Tracing, handler_fn};
 use herald::{Event, Message, Publisher, StartFrom, Store, SubscribeOptions, Subscriber, event_set};
-use herald_sql::{SqliteDatabase, SqliteTransaction};
+use herald_sql::SqliteDatabase;
+use herald_sql::any::{Conn, query};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -132,9 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let db = SqliteDatabase::open(&path).await?;
     let store: Arc<dyn Store> = Arc::new(db.store());
     let broker = db.broker();
-    sqlx::query("CREATE TABLE IF NOT EXISTS sms_sent (customer TEXT NOT NULL, text TEXT NOT NULL)")
-        .execute(db.pool())
-        .await?;
+    query("CREATE TABLE IF NOT EXISTS sms_sent (customer TEXT NOT NULL, text TEXT NOT NULL)").execute(&db).await?;
 
     // --- 1 & 2: the producer writes events and outbox rows in one transaction ---------------
     println!("1. Placing three orders (event store + outbox, one transaction each)");
@@ -164,15 +163,10 @@ async fn main() -> anyhow::Result<()> {
             let text =
                 format!("Thanks {}, your order of ${:.2} is in!", placed.customer, placed.total_cents as f64 / 100.0);
             // The consumer's own state, in the same transaction as its inbox record.
-            let tx = cx
-                .tx()?
-                .as_any_mut()
-                .downcast_mut::<SqliteTransaction>()
-                .ok_or_else(|| HandlerError::permanent("sqlite"))?;
-            sqlx::query("INSERT INTO sms_sent (customer, text) VALUES (?, ?)")
+            query("INSERT INTO sms_sent (customer, text) VALUES (?, ?)")
                 .bind(&placed.customer)
                 .bind(&text)
-                .execute(tx.connection())
+                .execute(Conn::of(cx.tx()?).map_err(HandlerError::permanent)?)
                 .await
                 .map_err(HandlerError::transient)?;
             println!("   [notifications] {text}");
@@ -223,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     println!("   notifications sent: {} (unchanged)", sent.load(Ordering::SeqCst));
     broker.publish(&[Message { id: herald::MessageId::new(), ..first }]).await?; // a genuinely new message
     wait_until(|| sent.load(Ordering::SeqCst) == 4).await?;
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sms_sent").fetch_one(db.pool()).await?;
+    let (rows,): (i64,) = query("SELECT COUNT(*) FROM sms_sent").fetch_one(&db).await?;
     println!("   after a genuinely new message (new id): SMS rows = {rows}");
 
     // --- An event stream keeps history: a group that joins late replays it ----------------

@@ -10,12 +10,12 @@
 //! * [`AnyDatabase`]: a SQLite or PostgreSQL database, opened from a URL; Herald's store and
 //!   SQL broker on it.
 //! * [`Conn`]: where a [`Query`] runs: the connection of a Herald transaction
-//!   ([`Conn::of`]), or the pool ([`From<&AnyDatabase>`](Conn#impl-From<%26AnyDatabase>-for-Conn<'a>))
+//!   ([`Conn::of`]), or the database ([`From<&AnyDatabase>`](Conn#impl-From<%26AnyDatabase>-for-Conn<'a>))
 //!   for reads outside a unit of work.
 //! * [`query`]: the statement, written with `?` placeholders (renumbered to `$1, $2…` for
 //!   PostgreSQL; `?` inside quotes is left alone), with [`Value`]s bound in order, and rows
-//!   decoded into any type that both drivers can decode ([`AnyRow`]: tuples of `String`,
-//!   `i64`, `f64`, `bool`, `Option<…>`, or a `#[derive(sqlx::FromRow)]` struct of those).
+//!   decoded into any [`FromRow`] type: tuples of `String`, `i64`, `i32`, `f64`, `bool` and
+//!   `Option`s of those, or a struct that reads its fields by name ([`Row::get`]).
 //! * [`migrate`]: versioned migrations for the application's tables, with a text per dialect
 //!   where they differ, recorded in `herald_app_migrations`.
 //!
@@ -52,8 +52,7 @@ use herald::Transaction;
 use herald::pubsub::Broker;
 use herald::{Store, StoreError};
 use sqlx::postgres::{PgArguments, PgRow};
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, AssertSqlSafe, FromRow, PgConnection, PgPool, SqliteConnection, SqlitePool};
+use sqlx::{Arguments, AssertSqlSafe, Column as _, PgConnection, PgPool, Row as _, TypeInfo as _};
 
 use crate::{
     PostgresConfig, PostgresDatabase, PostgresTransaction, SqlError, SqliteConfig, SqliteDatabase, SqliteTransaction,
@@ -139,8 +138,8 @@ impl AnyDatabase {
     }
 
     /// Checks that the database answers (for readiness probes).
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        query("SELECT 1").fetch_one::<(i32,)>(self).await.map(drop)
+    pub async fn ping(&self) -> Result<(), SqlError> {
+        query("SELECT 1").fetch_one::<(i64,)>(self).await.map(drop)
     }
 
     /// Closes the pool (waits for checked-out connections to come back).
@@ -164,13 +163,13 @@ impl From<PostgresDatabase> for AnyDatabase {
     }
 }
 
-/// Where a [`Query`] runs: a Herald transaction's connection or a pool.
+/// Where a [`Query`] runs: a Herald transaction's connection or the database.
 #[derive(Debug)]
 pub enum Conn<'a> {
-    /// The connection of a [`SqliteTransaction`].
-    Sqlite(&'a mut SqliteConnection),
-    /// A SQLite pool (each statement on its own connection; no transaction).
-    SqlitePool(&'a SqlitePool),
+    /// A [`SqliteTransaction`] (its statements run on its connection).
+    Sqlite(&'a mut SqliteTransaction),
+    /// A SQLite database (each statement on a reader connection; no transaction).
+    SqliteDatabase(&'a SqliteDatabase),
     /// The connection of a [`PostgresTransaction`].
     Postgres(&'a mut PgConnection),
     /// A PostgreSQL pool.
@@ -186,7 +185,7 @@ impl<'a> Conn<'a> {
     pub fn of(tx: &'a mut dyn Transaction) -> Result<Self, SqlError> {
         if tx.as_any_mut().is::<SqliteTransaction>() {
             return match tx.as_any_mut().downcast_mut::<SqliteTransaction>() {
-                Some(tx) => Ok(Self::Sqlite(tx.connection())),
+                Some(tx) => Ok(Self::Sqlite(tx)),
                 None => Err(not_sql()),
             };
         }
@@ -199,7 +198,7 @@ impl<'a> Conn<'a> {
     /// The dialect of this connection.
     pub fn dialect(&self) -> Dialect {
         match self {
-            Self::Sqlite(_) | Self::SqlitePool(_) => Dialect::Sqlite,
+            Self::Sqlite(_) | Self::SqliteDatabase(_) => Dialect::Sqlite,
             Self::Postgres(_) | Self::PostgresPool(_) => Dialect::Postgres,
         }
     }
@@ -214,7 +213,7 @@ impl<'b> From<&'b mut Conn<'_>> for Conn<'b> {
     fn from(conn: &'b mut Conn<'_>) -> Self {
         match conn {
             Conn::Sqlite(c) => Conn::Sqlite(c),
-            Conn::SqlitePool(p) => Conn::SqlitePool(p),
+            Conn::SqliteDatabase(d) => Conn::SqliteDatabase(d),
             Conn::Postgres(c) => Conn::Postgres(c),
             Conn::PostgresPool(p) => Conn::PostgresPool(p),
         }
@@ -224,21 +223,33 @@ impl<'b> From<&'b mut Conn<'_>> for Conn<'b> {
 impl<'a> From<&'a AnyDatabase> for Conn<'a> {
     fn from(db: &'a AnyDatabase) -> Self {
         match db {
-            AnyDatabase::Sqlite(db) => Self::SqlitePool(db.pool()),
+            AnyDatabase::Sqlite(db) => Self::SqliteDatabase(db),
             AnyDatabase::Postgres(db) => Self::PostgresPool(db.pool()),
         }
     }
 }
 
-impl<'a> From<&'a mut SqliteConnection> for Conn<'a> {
-    fn from(conn: &'a mut SqliteConnection) -> Self {
-        Self::Sqlite(conn)
+impl<'a> From<&'a SqliteDatabase> for Conn<'a> {
+    fn from(db: &'a SqliteDatabase) -> Self {
+        Self::SqliteDatabase(db)
+    }
+}
+
+impl<'a> From<&'a mut SqliteTransaction> for Conn<'a> {
+    fn from(tx: &'a mut SqliteTransaction) -> Self {
+        Self::Sqlite(tx)
     }
 }
 
 impl<'a> From<&'a mut PgConnection> for Conn<'a> {
     fn from(conn: &'a mut PgConnection) -> Self {
         Self::Postgres(conn)
+    }
+}
+
+impl<'a> From<&'a PostgresDatabase> for Conn<'a> {
+    fn from(db: &'a PostgresDatabase) -> Self {
+        Self::PostgresPool(db.pool())
     }
 }
 
@@ -284,11 +295,238 @@ impl From<&Option<String>> for Value {
     }
 }
 
-/// A row type both drivers decode: tuples and `#[derive(sqlx::FromRow)]` structs of `String`,
-/// `i64`, `f64`, `bool` and their `Option`s.
-pub trait AnyRow: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl Value {
+    /// Whether the value is SQL `NULL`.
+    pub fn is_null(&self) -> bool {
+        match self {
+            Self::Text(v) => v.is_none(),
+            Self::Int(v) => v.is_none(),
+            Self::Float(v) => v.is_none(),
+            Self::Bool(v) => v.is_none(),
+        }
+    }
+}
 
-impl<T> AnyRow for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(v) => v.to_sql(),
+            Self::Int(v) => v.to_sql(),
+            Self::Float(v) => v.to_sql(),
+            Self::Bool(v) => v.to_sql(),
+        }
+    }
+}
+
+/// A row of a query's result: its values by column name or position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    columns: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+impl Row {
+    /// The value of column `name`, decoded.
+    ///
+    /// # Errors
+    /// [`SqlError::Decode`] if there is no such column or its value is not a `T`.
+    pub fn get<T: FromValue>(&self, name: &str) -> Result<T, SqlError> {
+        let i = self
+            .columns
+            .iter()
+            .position(|c| c == name)
+            .ok_or_else(|| SqlError::Decode(format!("no column `{name}` (columns: {})", self.columns.join(", "))))?;
+        T::from_value(&self.values[i]).map_err(|e| SqlError::Decode(format!("column `{name}`: {e}")))
+    }
+
+    /// The value of the `i`-th column (from 0), decoded.
+    ///
+    /// # Errors
+    /// [`SqlError::Decode`] if there is no such column or its value is not a `T`.
+    pub fn get_at<T: FromValue>(&self, i: usize) -> Result<T, SqlError> {
+        let value = self.values.get(i).ok_or_else(|| SqlError::Decode(format!("no column {i}")))?;
+        T::from_value(value).map_err(|e| SqlError::Decode(format!("column {i}: {e}")))
+    }
+
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the row has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// A Rust value a column decodes into, on either dialect.
+pub trait FromValue: Sized {
+    /// The value, or why it is not one of these.
+    ///
+    /// # Errors
+    /// A description of the mismatch.
+    fn from_value(value: &Value) -> Result<Self, String>;
+}
+
+fn mismatch(want: &str, got: &Value) -> String {
+    format!("expected {want}, found {got:?}")
+}
+
+impl FromValue for String {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Text(Some(s)) => Ok(s.clone()),
+            other => Err(mismatch("text", other)),
+        }
+    }
+}
+
+impl FromValue for i64 {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Int(Some(n)) => Ok(*n),
+            other => Err(mismatch("an integer", other)),
+        }
+    }
+}
+
+impl FromValue for i32 {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        let n = i64::from_value(value)?;
+        i32::try_from(n).map_err(|_| format!("{n} does not fit an i32"))
+    }
+}
+
+impl FromValue for f64 {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Float(Some(x)) => Ok(*x),
+            #[allow(clippy::cast_precision_loss)] // SQLite keeps whole REALs as integers
+            Value::Int(Some(n)) => Ok(*n as f64),
+            other => Err(mismatch("a number", other)),
+        }
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        match value {
+            Value::Bool(Some(b)) => Ok(*b),
+            // SQLite keeps booleans as 0/1.
+            Value::Int(Some(n @ (0 | 1))) => Ok(*n == 1),
+            other => Err(mismatch("a boolean", other)),
+        }
+    }
+}
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(value: &Value) -> Result<Self, String> {
+        if value.is_null() { Ok(None) } else { T::from_value(value).map(Some) }
+    }
+}
+
+/// A type a [`Row`] decodes into: tuples of [`FromValue`]s (by position), or a struct of the
+/// application's that reads its fields by name:
+///
+/// ```
+/// use herald_sql::any::{FromRow, Row};
+/// use herald_sql::SqlError;
+///
+/// struct Store { id: String, name: String, participating: bool }
+///
+/// impl FromRow for Store {
+///     fn from_row(row: &Row) -> Result<Self, SqlError> {
+///         Ok(Self { id: row.get("id")?, name: row.get("name")?, participating: row.get("participating")? })
+///     }
+/// }
+/// ```
+pub trait FromRow: Sized + Send {
+    /// Decodes one row.
+    ///
+    /// # Errors
+    /// [`SqlError::Decode`] when the row does not have the expected shape.
+    fn from_row(row: &Row) -> Result<Self, SqlError>;
+}
+
+impl FromRow for Row {
+    fn from_row(row: &Row) -> Result<Self, SqlError> {
+        Ok(row.clone())
+    }
+}
+
+macro_rules! tuple_from_row {
+    ($($t:ident $i:tt),+) => {
+        impl<$($t: FromValue + Send),+> FromRow for ($($t,)+) {
+            fn from_row(row: &Row) -> Result<Self, SqlError> {
+                Ok(($(row.get_at::<$t>($i)?,)+))
+            }
+        }
+    };
+}
+
+tuple_from_row!(A 0);
+tuple_from_row!(A 0, B 1);
+tuple_from_row!(A 0, B 1, C 2);
+tuple_from_row!(A 0, B 1, C 2, D 3);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
+
+/// The rows of a SQLite statement, as [`Row`]s.
+fn sqlite_rows(conn: &rusqlite::Connection, sql: &str, values: &[Value]) -> Result<Vec<Row>, SqlError> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    let columns: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut values = Vec::with_capacity(columns.len());
+        for i in 0..columns.len() {
+            use rusqlite::types::ValueRef;
+            values.push(match r.get_ref(i)? {
+                ValueRef::Null => Value::Text(None),
+                ValueRef::Integer(n) => Value::Int(Some(n)),
+                ValueRef::Real(x) => Value::Float(Some(x)),
+                ValueRef::Text(t) => Value::Text(Some(String::from_utf8_lossy(t).into_owned())),
+                ValueRef::Blob(_) => {
+                    return Err(SqlError::Decode(format!("column `{}` is a BLOB; select it as text", columns[i])));
+                }
+            });
+        }
+        out.push(Row { columns: columns.clone(), values });
+    }
+    Ok(out)
+}
+
+/// A PostgreSQL row as a [`Row`].
+fn pg_row(row: &PgRow, columns: &Arc<[String]>) -> Result<Row, SqlError> {
+    let mut values = Vec::with_capacity(columns.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_info().name();
+        values.push(match ty {
+            "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => Value::Text(row.try_get(i)?),
+            "INT8" => Value::Int(row.try_get(i)?),
+            "INT4" => Value::Int(row.try_get::<Option<i32>, _>(i)?.map(i64::from)),
+            "INT2" => Value::Int(row.try_get::<Option<i16>, _>(i)?.map(i64::from)),
+            "FLOAT8" => Value::Float(row.try_get(i)?),
+            "FLOAT4" => Value::Float(row.try_get::<Option<f32>, _>(i)?.map(f64::from)),
+            "BOOL" => Value::Bool(row.try_get(i)?),
+            other => {
+                return Err(SqlError::Decode(format!(
+                    "column `{}` is {other}; cast it to TEXT, BIGINT, DOUBLE PRECISION or BOOLEAN",
+                    column.name()
+                )));
+            }
+        });
+    }
+    Ok(Row { columns: columns.clone(), values })
+}
+
+fn pg_rows(rows: &[PgRow]) -> Result<Vec<Row>, SqlError> {
+    let Some(first) = rows.first() else { return Ok(Vec::new()) };
+    let columns: Arc<[String]> = first.columns().iter().map(|c| c.name().to_owned()).collect();
+    rows.iter().map(|r| pg_row(r, &columns)).collect()
+}
 
 /// A statement with `?` placeholders and its bound values. Build with [`query`], extend with
 /// [`push`](Self::push) (dynamic filters), run with one of the `fetch_*`/`execute` methods.
@@ -302,32 +540,6 @@ pub struct Query {
 /// A statement to run on either dialect; see the [module docs](self).
 pub fn query(sql: impl Into<String>) -> Query {
     Query { sql: sql.into(), values: Vec::new() }
-}
-
-/// Runs `$body` with `$args` (the values as the dialect's arguments), `$sql` (the statement
-/// in the dialect's placeholders) and `$e` (the executor) for whichever [`Conn`] it is.
-macro_rules! dispatch {
-    ($query:expr, $conn:expr, |$sql:ident, $args:ident, $e:ident| $body:expr) => {{
-        let Query { sql, values } = $query;
-        match $conn {
-            Conn::Sqlite($e) => {
-                let ($sql, $args) = (AssertSqlSafe(sql), arguments::<SqliteArguments>(values)?);
-                $body
-            }
-            Conn::SqlitePool($e) => {
-                let ($sql, $args) = (AssertSqlSafe(sql), arguments::<SqliteArguments>(values)?);
-                $body
-            }
-            Conn::Postgres($e) => {
-                let ($sql, $args) = (AssertSqlSafe(numbered(&sql)), arguments::<PgArguments>(values)?);
-                $body
-            }
-            Conn::PostgresPool($e) => {
-                let ($sql, $args) = (AssertSqlSafe(numbered(&sql)), arguments::<PgArguments>(values)?);
-                $body
-            }
-        }
-    }};
 }
 
 impl Query {
@@ -349,38 +561,61 @@ impl Query {
     }
 
     /// Runs the statement; returns the number of rows it changed.
-    pub async fn execute<'c>(self, conn: impl Into<Conn<'c>>) -> Result<u64, sqlx::Error> {
-        dispatch!(self, conn.into(), |sql, args, e| {
-            Ok(sqlx::query_with(sql, args).execute(e).await?.rows_affected())
-        })
+    ///
+    /// # Errors
+    /// What the database said (see [`SqlError::is_unique_violation`]).
+    pub async fn execute<'c>(self, conn: impl Into<Conn<'c>>) -> Result<u64, SqlError> {
+        let Query { sql, values } = self;
+        let sqlite = |c: &rusqlite::Connection| -> Result<u64, SqlError> {
+            let n = c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(&values))?;
+            Ok(n as u64)
+        };
+        match conn.into() {
+            Conn::Sqlite(tx) => sqlite(tx.connection()),
+            Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite(c)))?,
+            Conn::Postgres(c) => Ok(pg_query(&sql, values)?.execute(c).await?.rows_affected()),
+            Conn::PostgresPool(p) => Ok(pg_query(&sql, values)?.execute(p).await?.rows_affected()),
+        }
     }
 
     /// Every row.
-    pub async fn fetch_all<'c, T: AnyRow>(self, conn: impl Into<Conn<'c>>) -> Result<Vec<T>, sqlx::Error> {
-        dispatch!(self, conn.into(), |sql, args, e| sqlx::query_as_with(sql, args).fetch_all(e).await)
+    ///
+    /// # Errors
+    /// What the database said, or [`SqlError::Decode`] for a row that is not a `T`.
+    pub async fn fetch_all<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<Vec<T>, SqlError> {
+        let Query { sql, values } = self;
+        let rows = match conn.into() {
+            Conn::Sqlite(tx) => sqlite_rows(tx.connection(), &sql, &values)?,
+            Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite_rows(c, &sql, &values)))??,
+            Conn::Postgres(c) => pg_rows(&pg_query(&sql, values)?.fetch_all(c).await?)?,
+            Conn::PostgresPool(p) => pg_rows(&pg_query(&sql, values)?.fetch_all(p).await?)?,
+        };
+        rows.iter().map(T::from_row).collect()
     }
 
     /// The first row, if any.
-    pub async fn fetch_optional<'c, T: AnyRow>(self, conn: impl Into<Conn<'c>>) -> Result<Option<T>, sqlx::Error> {
-        dispatch!(self, conn.into(), |sql, args, e| sqlx::query_as_with(sql, args).fetch_optional(e).await)
+    ///
+    /// # Errors
+    /// As [`fetch_all`](Self::fetch_all).
+    pub async fn fetch_optional<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<Option<T>, SqlError> {
+        Ok(self.fetch_all(conn).await?.into_iter().next())
     }
 
-    /// The first row; [`sqlx::Error::RowNotFound`] if there is none.
-    pub async fn fetch_one<'c, T: AnyRow>(self, conn: impl Into<Conn<'c>>) -> Result<T, sqlx::Error> {
-        dispatch!(self, conn.into(), |sql, args, e| sqlx::query_as_with(sql, args).fetch_one(e).await)
+    /// The first row.
+    ///
+    /// # Errors
+    /// [`SqlError::RowNotFound`] if there is none; else as [`fetch_all`](Self::fetch_all).
+    pub async fn fetch_one<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<T, SqlError> {
+        self.fetch_optional(conn).await?.ok_or(SqlError::RowNotFound)
     }
 }
 
-/// The values as one dialect's arguments.
-fn arguments<A>(values: Vec<Value>) -> Result<A, sqlx::Error>
-where
-    A: Arguments,
-    for<'t> Option<String>: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
-    for<'t> Option<i64>: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
-    for<'t> Option<f64>: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
-    for<'t> Option<bool>: sqlx::Encode<'t, A::Database> + sqlx::Type<A::Database>,
-{
-    let mut args = A::default();
+/// The statement for PostgreSQL: `$n` placeholders, the values as its arguments.
+fn pg_query(
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<sqlx::query::Query<'static, sqlx::Postgres, PgArguments>, SqlError> {
+    let mut args = PgArguments::default();
     for value in values {
         match value {
             Value::Text(v) => args.add(v),
@@ -388,9 +623,9 @@ where
             Value::Float(v) => args.add(v),
             Value::Bool(v) => args.add(v),
         }
-        .map_err(sqlx::Error::Encode)?;
+        .map_err(|e| SqlError::Database(sqlx::Error::Encode(e)))?;
     }
-    Ok(args)
+    Ok(sqlx::query_with(AssertSqlSafe(numbered(sql)), args))
 }
 
 /// `?` placeholders renumbered `$1, $2…` for PostgreSQL, skipping quoted text, quoted
@@ -512,13 +747,13 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
 }
 
 /// Runs several `;`-separated statements without parameters (a migration's text).
-async fn run_script(conn: &mut Conn<'_>, text: &'static str) -> Result<(), sqlx::Error> {
+async fn run_script(conn: &mut Conn<'_>, text: &'static str) -> Result<(), SqlError> {
     let script = sqlx::raw_sql(AssertSqlSafe(text));
     match conn {
-        Conn::Sqlite(c) => script.execute(&mut **c).await.map(drop),
-        Conn::SqlitePool(p) => script.execute(*p).await.map(drop),
-        Conn::Postgres(c) => script.execute(&mut **c).await.map(drop),
-        Conn::PostgresPool(p) => script.execute(*p).await.map(drop),
+        Conn::Sqlite(tx) => Ok(tx.connection().execute_batch(text)?),
+        Conn::SqliteDatabase(db) => db.read(|c| c.execute_batch(text)),
+        Conn::Postgres(c) => Ok(script.execute(&mut **c).await.map(drop)?),
+        Conn::PostgresPool(p) => Ok(script.execute(*p).await.map(drop)?),
     }
 }
 
@@ -530,7 +765,7 @@ struct MigrationFailed {
     version: u32,
     description: &'static str,
     #[source]
-    source: sqlx::Error,
+    source: SqlError,
 }
 
 #[cfg(test)]

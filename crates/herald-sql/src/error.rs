@@ -19,6 +19,15 @@ pub enum SqlError {
         #[source]
         source: sqlx::Error,
     },
+    /// The SQLite database could not be opened, configured or read at start-up.
+    #[error("cannot open SQLite database `{url}`")]
+    Sqlite {
+        /// The URL or path that was given.
+        url: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The schema could not be brought up to date.
     #[error("cannot migrate database `{url}`")]
     Migrate {
@@ -27,6 +36,19 @@ pub enum SqlError {
         /// What the migrator said.
         #[source]
         source: sqlx::migrate::MigrateError,
+    },
+    /// One of Herald's SQLite schema scripts failed.
+    #[error("cannot migrate SQLite database `{url}`: script {version} ({description}) failed")]
+    SqliteMigrate {
+        /// The URL or path that was given.
+        url: String,
+        /// The script's version.
+        version: i64,
+        /// The script's name.
+        description: &'static str,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
     },
     /// A row holds something Herald cannot have written (bad UUID, bad metadata JSON…).
     #[error("corrupt row in `{table}`: {detail}")]
@@ -47,8 +69,36 @@ pub enum SqlError {
     /// A statement failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// A SQLite statement failed.
+    #[error("SQLite error")]
+    Statement(#[from] rusqlite::Error),
+    /// A query that must return a row returned none.
+    #[error("no row returned")]
+    RowNotFound,
+    /// The database was closed.
+    #[error("the database is closed")]
+    Closed,
+    /// A row did not have the shape the caller asked for (an application query's
+    /// [`FromRow`](crate::any::FromRow)).
+    #[error("unexpected row: {0}")]
+    Decode(String),
     /// Waited longer than the busy timeout for this process's turn to write; usually a
     /// transaction held open while starting another one on the same task.
     #[error("timed out after {0:?} waiting for the write lock")]
     WriteLockTimeout(Duration),
+}
+
+impl SqlError {
+    /// Whether a statement broke a unique or primary-key constraint (another writer inserted
+    /// the same key first), on either dialect.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            Self::Database(e) => e.as_database_error().is_some_and(|d| d.is_unique_violation()),
+            Self::Statement(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            _ => false,
+        }
+    }
 }

@@ -69,6 +69,9 @@ mod rows;
 pub mod sqlite;
 
 pub use any::AnyDatabase;
+/// The SQLite client Herald runs on, for [`SqliteTransaction::connection`] and
+/// [`SqliteDatabase::read`] (same version, so no second copy to match).
+pub use rusqlite;
 pub use config::{PostgresConfig, SqliteConfig};
 pub use error::SqlError;
 pub use postgres::{PgBroker, PostgresDatabase, PostgresQueue, PostgresStore, PostgresTransaction};

@@ -218,6 +218,61 @@ impl PendingRow {
     }
 }
 
+/// Rows read by SQLite statements (rusqlite), by column name: the same structs as PostgreSQL's.
+pub(crate) mod sqlite {
+    use rusqlite::Row;
+
+    use super::{EventRow, MessageRow, OutboxRow, PendingRow, SagaRow, SnapshotRow};
+
+    pub(crate) fn event(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+        Ok(EventRow {
+            position: r.get("position")?,
+            stream: r.get("stream")?,
+            version: r.get("version")?,
+            id: r.get("id")?,
+            name: r.get("name")?,
+            payload: r.get("payload")?,
+            metadata: r.get("metadata")?,
+        })
+    }
+
+    pub(crate) fn message(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
+        Ok(MessageRow {
+            id: r.get("id")?,
+            name: r.get("name")?,
+            topic: r.get("topic")?,
+            key: r.get("key")?,
+            payload: r.get("payload")?,
+            metadata: r.get("metadata")?,
+        })
+    }
+
+    pub(crate) fn outbox(r: &Row<'_>) -> rusqlite::Result<OutboxRow> {
+        Ok(OutboxRow { sequence: r.get("sequence")?, message: message(r)? })
+    }
+
+    pub(crate) fn pending(r: &Row<'_>) -> rusqlite::Result<PendingRow> {
+        Ok(PendingRow { position: r.get("position")?, attempts: r.get("attempts")?, message: message(r)? })
+    }
+
+    pub(crate) fn snapshot(r: &Row<'_>) -> rusqlite::Result<SnapshotRow> {
+        Ok(SnapshotRow { stream: r.get("stream")?, version: r.get("version")?, payload: r.get("payload")? })
+    }
+
+    pub(crate) fn saga(r: &Row<'_>) -> rusqlite::Result<SagaRow> {
+        Ok(SagaRow {
+            name: r.get("name")?,
+            id: r.get("id")?,
+            version: r.get("version")?,
+            step: r.get("step")?,
+            compensating: r.get("compensating")?,
+            done: r.get("done")?,
+            data: r.get("data")?,
+            deadline: r.get("deadline")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router};
 use herald::{Message, Publisher, StartFrom, SubscribeOptions};
+use herald_sql::any::query;
 use herald_sql::{SqliteDatabase, SqliteTransaction};
 use tokio_util::sync::CancellationToken;
 
@@ -39,12 +40,12 @@ impl Handler for RecordHandled {
             .as_any_mut()
             .downcast_mut::<SqliteTransaction>()
             .ok_or_else(|| HandlerError::permanent("not a SQLite transaction"))?;
-        sqlx::query("INSERT INTO handled (message_id, msg_key, seq, pid) VALUES (?, ?, ?, ?)")
+        query("INSERT INTO handled (message_id, msg_key, seq, pid) VALUES (?, ?, ?, ?)")
             .bind(id)
             .bind(key)
             .bind(seq)
             .bind(i64::from(std::process::id()))
-            .execute(sqlite.connection())
+            .execute(sqlite)
             .await
             .map_err(HandlerError::transient)?;
         Ok(())
@@ -86,8 +87,8 @@ fn spawn_child(db: &Path) -> Child {
 }
 
 async fn handled_counts(db: &SqliteDatabase) -> (i64, i64) {
-    sqlx::query_as("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM handled")
-        .fetch_one(db.pool())
+    query("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM handled")
+        .fetch_one(db)
         .await
         .expect("count handled")
 }
@@ -115,11 +116,11 @@ fn a_consumer_killed_with_sigkill_mid_stream_loses_nothing_and_handles_nothing_t
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("crash.db");
         let db = SqliteDatabase::open(path.to_str().expect("utf-8 path")).await.expect("open database");
-        sqlx::query(
+        query(
             "CREATE TABLE handled (message_id TEXT NOT NULL, msg_key TEXT NOT NULL, seq INTEGER NOT NULL, \
              pid INTEGER NOT NULL, row INTEGER PRIMARY KEY AUTOINCREMENT)",
         )
-        .execute(db.pool())
+        .execute(&db)
         .await
         .expect("create table");
 
@@ -155,10 +156,10 @@ fn a_consumer_killed_with_sigkill_mid_stream_loses_nothing_and_handles_nothing_t
         assert_eq!((rows, rows_after), (MESSAGES as i64, MESSAGES as i64), "no message handled twice");
 
         // Per-key order held across the crashes: each key's sequence numbers were handled ascending.
-        let out_of_order: i64 = sqlx::query_scalar(
+        let (out_of_order,): (i64,) = query(
             "SELECT COUNT(*) FROM handled a JOIN handled b ON a.msg_key = b.msg_key AND a.row < b.row AND a.seq > b.seq",
         )
-        .fetch_one(db.pool())
+        .fetch_one(&db)
         .await
         .expect("order check");
         assert_eq!(out_of_order, 0, "per-key order was broken");

@@ -102,7 +102,7 @@ impl Db {
         for table in [Table::A, Table::B] {
             match self {
                 Self::Sqlite(db) => {
-                    sqlx::query(table.create()).execute(db.pool()).await.expect("create table");
+                    db.read(|c| c.execute_batch(table.create())).expect("create table");
                 }
                 Self::Postgres(db) => {
                     sqlx::query(table.create()).execute(db.pool()).await.expect("create table");
@@ -113,8 +113,8 @@ impl Db {
 
     async fn totals(&self, table: Table) -> Totals {
         let rows: Vec<(String, i64, i64)> = match self {
-            Self::Sqlite(db) => sqlx::query_as(table.select()).fetch_all(db.pool()).await,
-            Self::Postgres(db) => sqlx::query_as(table.select()).fetch_all(db.pool()).await,
+            Self::Sqlite(db) => herald_sql::any::query(table.select()).fetch_all(db).await,
+            Self::Postgres(db) => herald_sql::any::query(table.select()).fetch_all(db).await,
         }
         .expect("read the read model");
         rows.into_iter().map(|(s, c, t)| (s, (c, t))).collect()
@@ -236,11 +236,7 @@ impl Projection for StreamTotals {
         let amount = event.decode::<Deposited>(&self.registry)?.amount;
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
-            sqlx::query(self.table.upsert_sqlite())
-                .bind(&event.stream)
-                .bind(amount)
-                .execute(conn)
-                .await
+            conn.execute(self.table.upsert_sqlite(), herald_sql::rusqlite::params![event.stream, amount])
                 .map_err(ProjectionError::transient)?;
         } else {
             let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
@@ -273,11 +269,7 @@ impl Projection for StreamTotals {
             let json: Vec<(&str, i64, i64)> = rows.iter().map(|(s, (n, t))| (*s, *n, *t)).collect();
             let json = serde_json::to_string(&json).map_err(ProjectionError::permanent)?;
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
-            sqlx::query(self.table.upsert_many_sqlite())
-                .bind(json)
-                .execute(conn)
-                .await
-                .map_err(ProjectionError::transient)?;
+            conn.execute(self.table.upsert_many_sqlite(), [json]).map_err(ProjectionError::transient)?;
         } else {
             let streams: Vec<String> = rows.keys().map(|s| (*s).to_owned()).collect();
             let counts: Vec<i64> = rows.values().map(|(n, _)| *n).collect();
@@ -298,7 +290,7 @@ impl Projection for StreamTotals {
     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
-            sqlx::query(self.table.delete()).execute(conn).await.map_err(ProjectionError::transient)?;
+            conn.execute(self.table.delete(), []).map_err(ProjectionError::transient)?;
         } else {
             let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
             sqlx::query(self.table.delete()).execute(conn).await.map_err(ProjectionError::transient)?;

@@ -175,13 +175,13 @@ async fn a_dropped_transaction_leaves_nothing_behind() -> Result<()> {
 #[tokio::test]
 async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit() -> Result<()> {
     let (db, _dir) = database().await?;
-    sqlx::query("CREATE TABLE basket (id TEXT PRIMARY KEY, items INTEGER NOT NULL)").execute(db.pool()).await?;
+    db.read(|c| c.execute_batch("CREATE TABLE basket (id TEXT PRIMARY KEY, items INTEGER NOT NULL)"))?;
     let store = db.store();
     let committed = Arc::new(AtomicBool::new(false));
 
     let mut tx = store.begin().await?;
     let sqlite = tx.as_any_mut().downcast_mut::<SqliteTransaction>().context("not a SqliteTransaction")?;
-    sqlx::query("INSERT INTO basket (id, items) VALUES ('b-1', 3)").execute(sqlite.connection()).await?;
+    sqlite.connection().execute("INSERT INTO basket (id, items) VALUES ('b-1', 3)", [])?;
     tx.append("basket-b-1", ExpectedVersion::NoStream, vec![event("ItemAdded")]).await?;
     let flag = committed.clone();
     tx.on_commit(Box::new(move || flag.store(true, Ordering::SeqCst)));
@@ -189,14 +189,14 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
     tx.commit().await?;
     assert!(committed.load(Ordering::SeqCst));
 
-    let items: i64 = sqlx::query_scalar("SELECT items FROM basket WHERE id = 'b-1'").fetch_one(db.pool()).await?;
+    let items: i64 = db.read(|c| c.query_row("SELECT items FROM basket WHERE id = 'b-1'", [], |r| r.get(0)))?;
     assert_eq!(items, 3);
 
     // And a rolled-back unit of work takes the handler's rows with it.
-    let mut tx = store.begin_sqlite().await?;
-    sqlx::query("INSERT INTO basket (id, items) VALUES ('b-2', 1)").execute(tx.connection()).await?;
+    let tx = store.begin_sqlite().await?;
+    tx.connection().execute("INSERT INTO basket (id, items) VALUES ('b-2', 1)", [])?;
     drop(tx);
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM basket").fetch_one(db.pool()).await?;
+    let rows: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM basket", [], |r| r.get(0)))?;
     assert_eq!(rows, 1);
     Ok(())
 }

@@ -8,12 +8,12 @@ use herald::dead_letters::{
     DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, Resolution, check_resolution,
 };
 use herald::store::{StoreError, Transaction};
-use sqlx::SqliteConnection;
+use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, SqliteTransaction};
 use crate::dead_letters::{DeadLetterRow, FilterValues, LetterColumns};
 use crate::error::SqlError;
-use crate::rows::{limit, now_millis};
+use crate::rows::{self, limit, now_millis};
 
 /// Every query returns these columns, the original message's under the names `MessageRow` reads.
 macro_rules! select {
@@ -51,14 +51,26 @@ fn backend(e: impl Into<SqlError>) -> StoreError {
     StoreError::backend(e.into())
 }
 
-/// The connection of `tx`, which must be a transaction of a SQLite store.
-fn connection(tx: &mut dyn Transaction) -> Result<&mut SqliteConnection, StoreError> {
-    match tx.as_any_mut().downcast_mut::<SqliteTransaction>() {
-        Some(tx) => Ok(tx.connection()),
-        None => {
-            Err(StoreError::Invalid("the SQLite dead-letter archive joins only transactions of a SQLite store".into()))
-        }
-    }
+/// The transaction `tx`, which must be a transaction of a SQLite store.
+fn sqlite(tx: &mut dyn Transaction) -> Result<&mut SqliteTransaction, StoreError> {
+    tx.as_any_mut().downcast_mut::<SqliteTransaction>().ok_or_else(|| {
+        StoreError::Invalid("the SQLite dead-letter archive joins only transactions of a SQLite store".into())
+    })
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterRow> {
+    Ok(DeadLetterRow {
+        letter_id: r.get("letter_id")?,
+        dead_letter_topic: r.get("dead_letter_topic")?,
+        grp: r.get("grp")?,
+        reason: r.get("reason")?,
+        attempts: r.get("attempts")?,
+        dead_lettered_at: r.get("dead_lettered_at")?,
+        status: r.get("status")?,
+        resolved_at: r.get("resolved_at")?,
+        replay_id: r.get("replay_id")?,
+        message: rows::sqlite::message(r)?,
+    })
 }
 
 fn letter(row: DeadLetterRow) -> Result<DeadLetter, StoreError> {
@@ -69,54 +81,57 @@ fn letter(row: DeadLetterRow) -> Result<DeadLetter, StoreError> {
 impl DeadLetterArchive for SqliteStore {
     async fn archive(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<bool, StoreError> {
         let c = LetterColumns::new(letter).map_err(backend)?;
-        let done = sqlx::query(INSERT)
-            .bind(&c.id)
-            .bind(&letter.dead_letter_topic)
-            .bind(&letter.group)
-            .bind(&letter.reason)
-            .bind(i64::from(letter.attempts))
-            .bind(c.dead_lettered_at)
-            .bind(&c.message.id)
-            .bind(c.message.name)
-            .bind(c.message.topic)
-            .bind(c.message.key)
-            .bind(c.message.payload)
-            .bind(&c.message.metadata)
-            .bind(now_millis())
-            .execute(connection(tx)?)
-            .await
+        let done = sqlite(tx)?
+            .connection()
+            .prepare_cached(INSERT)
+            .and_then(|mut s| {
+                s.execute(params![
+                    c.id,
+                    letter.dead_letter_topic,
+                    letter.group,
+                    letter.reason,
+                    i64::from(letter.attempts),
+                    c.dead_lettered_at,
+                    c.message.id,
+                    c.message.name,
+                    c.message.topic,
+                    c.message.key,
+                    c.message.payload,
+                    c.message.metadata,
+                    now_millis()
+                ])
+            })
             .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<DeadLetter>, StoreError> {
-        let row: Option<DeadLetterRow> =
-            sqlx::query_as(GET).bind(id.to_string()).fetch_optional(self.database().pool()).await.map_err(backend)?;
-        row.map(letter).transpose()
+        let found = self
+            .database()
+            .read(|c| c.prepare_cached(GET)?.query_row([id.to_string()], row).optional())
+            .map_err(backend)?;
+        found.map(letter).transpose()
     }
 
     async fn list(&self, filter: &DeadLetterFilter, page: &Page) -> Result<Vec<DeadLetter>, StoreError> {
         let f = FilterValues::new(filter);
-        let rows: Vec<DeadLetterRow> = sqlx::query_as(LIST)
-            .bind(f.topic)
-            .bind(f.group)
-            .bind(f.status)
-            .bind(page.after.map(|a| a.to_string()))
-            .bind(limit(page.limit))
-            .fetch_all(self.database().pool())
-            .await
+        let after = page.after.map(|a| a.to_string());
+        let rows = self
+            .database()
+            .read(|c| {
+                c.prepare_cached(LIST)?
+                    .query_map(params![f.topic, f.group, f.status, after, limit(page.limit)], row)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(backend)?;
         rows.into_iter().map(letter).collect()
     }
 
     async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
         let f = FilterValues::new(filter);
-        let n: i64 = sqlx::query_scalar(COUNT)
-            .bind(f.topic)
-            .bind(f.group)
-            .bind(f.status)
-            .fetch_one(self.database().pool())
-            .await
+        let n: i64 = self
+            .database()
+            .read(|c| c.prepare_cached(COUNT)?.query_row(params![f.topic, f.group, f.status], |r| r.get(0)))
             .map_err(backend)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -129,21 +144,25 @@ impl DeadLetterArchive for SqliteStore {
         replay_id: Option<MessageId>,
     ) -> Result<Resolution, StoreError> {
         check_resolution(status)?;
-        let conn = connection(tx)?;
+        let conn = sqlite(tx)?.connection();
         // The transaction holds the write lock (BEGIN IMMEDIATE): nobody resolves it meanwhile.
-        let row: Option<DeadLetterRow> = sqlx::query_as(RESOLVE)
-            .bind(id.to_string())
-            .bind(status.as_str())
-            .bind(now_millis())
-            .bind(replay_id.map(|r| r.to_string()))
-            .fetch_optional(&mut *conn)
-            .await
+        let resolved = conn
+            .prepare_cached(RESOLVE)
+            .and_then(|mut s| {
+                s.query_row(
+                    params![id.to_string(), status.as_str(), now_millis(), replay_id.map(|r| r.to_string())],
+                    row,
+                )
+                .optional()
+            })
             .map_err(backend)?;
-        if let Some(row) = row {
-            return Ok(Resolution::Resolved(Box::new(letter(row)?)));
+        if let Some(resolved) = resolved {
+            return Ok(Resolution::Resolved(Box::new(letter(resolved)?)));
         }
-        let current: Option<String> =
-            sqlx::query_scalar(STATUS).bind(id.to_string()).fetch_optional(conn).await.map_err(backend)?;
+        let current: Option<String> = conn
+            .prepare_cached(STATUS)
+            .and_then(|mut s| s.query_row([id.to_string()], |r| r.get(0)).optional())
+            .map_err(backend)?;
         match current {
             None => Ok(Resolution::NotFound),
             Some(s) => Ok(Resolution::NotPending(s.parse().map_err(|e: String| StoreError::Invalid(e))?)),

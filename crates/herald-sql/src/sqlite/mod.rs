@@ -16,11 +16,21 @@
 //!   below `p` (the global log never shows a gap that later fills);
 //! * the broker's claim (copy new messages, dead-letter, lease) is one consistent step.
 //!
-//! Within one process the writers also queue on a fair async semaphore before asking SQLite,
-//! so a burst of writers is served in order instead of sleeping in SQLite's busy handler (which
-//! polls with growing sleeps and can starve a waiter); other processes are still kept out by
-//! SQLite's own lock, waited for up to the busy timeout. Readers never take the turn: in WAL
-//! mode they read a consistent snapshot while a writer works.
+//! Within one process the writers queue, in order, for the one writer connection (a fair async
+//! mutex) before asking SQLite, so a burst of writers is served in order instead of sleeping in
+//! SQLite's busy handler; another process's lock is waited for without blocking a thread (the
+//! `BEGIN IMMEDIATE` is retried with growing pauses, up to the busy timeout). Readers never
+//! wait for the writer: in WAL mode they read a consistent snapshot while it works.
+//!
+//! # Why statements run in place (ADR 0011)
+//!
+//! A SQLite statement is a few microseconds of CPU. A driver that runs each connection on a
+//! thread of its own (sqlx) pays two thread switches per statement, ten times the statement,
+//! and a write transaction holds the write lock across every one of them. So Herald talks to
+//! SQLite through rusqlite and runs each statement on the task's own thread: the writer
+//! connection is borrowed for the length of the transaction, a reader connection for the length
+//! of one read. No statement waits on anything but SQLite itself (the database is local;
+//! `synchronous = NORMAL` in WAL mode syncs only at checkpoints).
 //!
 //! # Waking up without polling
 //!
@@ -32,19 +42,18 @@
 //! process's own, already announced, and waking every subscription costs a query each).
 
 mod dead_letters;
+mod migrate;
 mod queue;
 mod sql;
 mod store;
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio_util::sync::CancellationToken;
 
 pub use queue::{SqlBroker, SqliteQueue};
@@ -53,12 +62,9 @@ pub use store::{SqliteStore, SqliteTransaction};
 use crate::config::SqliteConfig;
 use crate::error::SqlError;
 
-/// The schema, embedded at compile time from `migrations/sqlite`.
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-/// An open SQLite database holding every Herald port. Cheap to clone: clones share one
-/// connection pool, one writers' turn and the wake-up signals, so a store and a broker made
-/// from the same database wake each other's readers at once.
+/// An open SQLite database holding every Herald port. Cheap to clone: clones share the
+/// connections, the writers' turn and the wake-up signals, so a store and a broker made from
+/// the same database wake each other's readers at once.
 #[derive(Clone, Debug)]
 pub struct SqliteDatabase {
     shared: Arc<Shared>,
@@ -66,11 +72,14 @@ pub struct SqliteDatabase {
 
 #[derive(Debug)]
 struct Shared {
-    /// Readers and writers both borrow connections from here.
-    pool: SqlitePool,
-    /// One permit: the writer whose turn it is in this process (see the module docs).
-    write_turn: Arc<Semaphore>,
-    /// How long a writer waits for its turn, here and in SQLite's busy handler.
+    /// How connections are opened (readers are opened on demand).
+    target: Target,
+    /// The one writer connection; holding its guard is this process's turn to write.
+    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// Idle reader connections (at most `max_readers` kept).
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+    /// How long a writer waits for its turn, here and behind other processes' locks.
     busy_timeout: Duration,
     /// Notified after every store commit in this process (`Store::changes`).
     store_changes: Notify,
@@ -83,7 +92,7 @@ struct Shared {
     /// How many times this process took the writers' turn: the watcher tells its own writes
     /// from other processes' by it.
     local_writes: AtomicU64,
-    /// Stops the write-ahead log watcher.
+    /// Stops the write-ahead log watcher; set by `close`, after which nothing runs.
     stop: CancellationToken,
     /// Stores enqueue straight into the SQL broker (`SqliteConfig::publish_to_sql_broker`).
     publish_to_sql_broker: bool,
@@ -94,6 +103,50 @@ impl Drop for Shared {
         self.stop.cancel();
     }
 }
+
+/// Where the database is and how to open a connection to it.
+#[derive(Clone, Debug)]
+struct Target {
+    /// A plain path, or a `file:` URI when the URL carried options (`?mode=ro`…).
+    name: String,
+    flags: OpenFlags,
+    /// The file itself (its `-wal` is watched).
+    file: PathBuf,
+}
+
+impl Target {
+    /// `sqlite://path`, `sqlite:path` or `path`; a query (`?mode=rwc`) is passed to SQLite as a
+    /// URI filename, which is where SQLite reads those options.
+    fn parse(url: &str) -> Self {
+        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+        let base = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        match path.split_once('?') {
+            Some((file, query)) => Self {
+                name: format!("file:{file}?{query}"),
+                flags: base | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
+                file: PathBuf::from(file),
+            },
+            None => Self { name: path.to_owned(), flags: base | OpenFlags::SQLITE_OPEN_CREATE, file: PathBuf::from(path) },
+        }
+    }
+
+    /// A new connection with Herald's settings. `busy` is how long a statement waits for
+    /// another process's lock inside SQLite (readers: rarely at all in WAL mode).
+    fn open(&self, busy: Duration) -> Result<Connection, rusqlite::Error> {
+        let conn = Connection::open_with_flags(&self.name, self.flags)?;
+        conn.busy_timeout(busy)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
+        Ok(conn)
+    }
+}
+
+/// Prepared statements kept per connection (Herald's own need ~50).
+const STATEMENT_CACHE: usize = 128;
+
+/// How long a writer's statement waits inside SQLite for a lock it cannot get (the write lock
+/// itself is waited for outside, see `begin_write`).
+const WRITER_STATEMENT_BUSY: Duration = Duration::from_millis(200);
 
 /// How often the watcher looks at the write-ahead log for other processes' commits.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(50);
@@ -115,32 +168,16 @@ impl SqliteDatabase {
     /// Opens the database described by a validated `config`.
     pub(crate) async fn connect(config: &SqliteConfig) -> Result<Self, SqlError> {
         let url = config.url.trim();
-        let open_error = |source| SqlError::Open { url: url.to_owned(), source };
-        let options = if url.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(url).map_err(open_error)?
-        } else {
-            SqliteConnectOptions::new().filename(url)
-        };
-        let file = options.get_filename().to_owned();
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(config.busy_timeout());
-        let pool = SqlitePoolOptions::new()
-            .max_connections(config.max_connections)
-            .acquire_timeout(config.busy_timeout())
-            // sqlx pings every connection it hands out, a round trip to the connection's
-            // worker thread each time; a local file cannot hang up.
-            .test_before_acquire(false)
-            .connect_with(options)
-            .await
-            .map_err(open_error)?;
-        migrate(&pool, url).await?;
+        let open_error = |source| SqlError::Sqlite { url: url.to_owned(), source };
+        let target = Target::parse(url);
+        let writer = target.open(WRITER_STATEMENT_BUSY).map_err(open_error)?;
+        // WAL: readers and the writer do not block each other. Persistent in the file.
+        writer.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).map_err(open_error)?;
         let shared = Arc::new(Shared {
-            pool,
-            write_turn: Arc::new(Semaphore::new(1)),
+            target,
+            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            readers: Mutex::new(Vec::new()),
+            max_readers: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
             busy_timeout: config.busy_timeout(),
             store_changes: Notify::new(),
             queue_changed: Notify::new(),
@@ -149,16 +186,14 @@ impl SqliteDatabase {
             stop: CancellationToken::new(),
             publish_to_sql_broker: config.publish_to_sql_broker,
         });
-        // An in-memory database has no file and no other process.
-        let in_memory = file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:");
-        if !in_memory {
-            let mut wal = file.into_os_string();
-            wal.push("-wal");
-            let stop = shared.stop.clone();
-            // Ends when the database is closed or its last handle dropped (`Shared::drop`).
-            tokio::spawn(watch_wal(PathBuf::from(wal), Arc::downgrade(&shared), stop));
-        }
-        Ok(Self { shared })
+        let db = Self { shared };
+        migrate::run(&db, url).await?;
+        let mut wal = db.shared.target.file.clone().into_os_string();
+        wal.push("-wal");
+        let stop = db.shared.stop.clone();
+        // Ends when the database is closed or its last handle dropped (`Shared::drop`).
+        tokio::spawn(watch_wal(PathBuf::from(wal), Arc::downgrade(&db.shared), stop));
+        Ok(db)
     }
 
     /// The event store, outbox, inbox, checkpoints and saga store on this database.
@@ -172,32 +207,73 @@ impl SqliteDatabase {
         SqlBroker::new(SqliteQueue::new(self.clone()))
     }
 
-    /// The connection pool, for the application's own queries.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.shared.pool
+    /// The database file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.shared.target.file
     }
 
-    /// Closes every connection (waiting for borrowed ones to come back). Later use fails.
+    /// Runs `f` on a reader connection (a consistent snapshot of the last commit; in parallel
+    /// with the writer), for the application's own queries outside a unit of work.
+    ///
+    /// `f` runs in place on the calling task's thread: keep it to a few statements.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, rusqlite::Error>) -> Result<T, SqlError> {
+        if self.shared.stop.is_cancelled() {
+            return Err(SqlError::Closed);
+        }
+        let idle = self.shared.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.shared.target.open(self.shared.busy_timeout)?,
+        };
+        let result = f(&conn);
+        let mut readers = self.shared.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if readers.len() < self.shared.max_readers {
+            readers.push(conn);
+        }
+        Ok(result?)
+    }
+
+    /// Closes the database: later use fails with [`SqlError::Closed`]; connections close as
+    /// their last user lets go.
     pub async fn close(&self) {
         self.shared.stop.cancel();
-        self.shared.pool.close().await;
+        self.shared.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
-    /// Waits for this process's writers' turn (for a single autocommit write statement).
-    pub(crate) async fn write_turn(&self) -> Result<OwnedSemaphorePermit, SqlError> {
-        self.shared.local_writes.fetch_add(1, Ordering::Relaxed);
-        let wait = self.shared.busy_timeout;
-        tokio::time::timeout(wait, self.shared.write_turn.clone().acquire_owned())
-            .await
-            .map_err(|_| SqlError::WriteLockTimeout(wait))?
-            .map_err(|_| SqlError::WriteLockTimeout(wait))
-    }
-
-    /// Starts a write transaction: waits for this process's turn, then `BEGIN IMMEDIATE`.
+    /// Starts a write transaction: waits for this process's turn (the writer connection), then
+    /// `BEGIN IMMEDIATE`, retried while another process holds SQLite's write lock.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, SqlError> {
-        let turn = self.write_turn().await?;
-        let tx = self.shared.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok(WriteTx { tx, _turn: turn })
+        if self.shared.stop.is_cancelled() {
+            return Err(SqlError::Closed);
+        }
+        let wait = self.shared.busy_timeout;
+        let deadline = tokio::time::Instant::now() + wait;
+        let conn = tokio::time::timeout_at(deadline, self.shared.writer.clone().lock_owned())
+            .await
+            .map_err(|_| SqlError::WriteLockTimeout(wait))?;
+        self.shared.local_writes.fetch_add(1, Ordering::Relaxed);
+        let mut pause = Duration::from_millis(1);
+        // Another process's lock: fail at once inside SQLite, wait here without a thread.
+        conn.busy_timeout(Duration::ZERO)?;
+        loop {
+            match conn.execute_batch("BEGIN IMMEDIATE") {
+                Ok(()) => break,
+                Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(e) if is_busy(&e) => {
+                    conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
+                    return Err(SqlError::WriteLockTimeout(wait));
+                }
+                Err(e) => {
+                    conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
+                    return Err(e.into());
+                }
+            }
+        }
+        conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
+        Ok(WriteTx { conn, open: true })
     }
 
     /// Whether stores enqueue straight into the SQL broker.
@@ -218,30 +294,49 @@ impl SqliteDatabase {
     }
 }
 
-/// A `BEGIN IMMEDIATE` transaction holding this process's writers' turn. Dropping it rolls back
-/// and gives the turn to the next writer.
+/// Whether SQLite refused for a lock another connection holds.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// A `BEGIN IMMEDIATE` transaction on the writer connection, holding this process's writers'
+/// turn. Dropping it rolls back and gives the turn to the next writer.
 pub(crate) struct WriteTx {
-    // Declared before `_turn` so the rollback is queued before the next writer is let in.
-    tx: sqlx::Transaction<'static, Sqlite>,
-    _turn: OwnedSemaphorePermit,
+    conn: OwnedMutexGuard<Connection>,
+    /// Not committed or rolled back yet.
+    open: bool,
 }
 
 impl std::fmt::Debug for WriteTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteTx").finish_non_exhaustive()
+        f.debug_struct("WriteTx").field("open", &self.open).finish_non_exhaustive()
     }
 }
 
 impl WriteTx {
     /// The connection, for statements inside the transaction.
-    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
-        &mut self.tx
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
     }
 
-    /// Commits, then gives the turn to the next writer.
-    pub(crate) async fn commit(self) -> Result<(), SqlError> {
-        self.tx.commit().await?;
+    /// Commits, then gives the turn to the next writer (on failure, `Drop` rolls back).
+    pub(crate) fn commit(mut self) -> Result<(), SqlError> {
+        self.conn.execute_batch("COMMIT")?;
+        self.open = false;
         Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback failed");
+            }
+        }
     }
 }
 
@@ -275,23 +370,5 @@ async fn watch_wal(wal: PathBuf, shared: Weak<Shared>, stop: CancellationToken) 
             (woke, pending) = (tokio::time::Instant::now(), false);
         }
         (last, local) = (stamp, writes);
-    }
-}
-
-/// Runs the embedded migrations. Two processes opening a new file at the same moment can race
-/// (SQLite migrations take no lock), so a failure is retried after a pause: by then the other
-/// process has finished and there is nothing left to do.
-async fn migrate(pool: &SqlitePool, url: &str) -> Result<(), SqlError> {
-    let mut attempt = 0;
-    loop {
-        match MIGRATOR.run(pool).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < 3 => {
-                attempt += 1;
-                tracing::debug!(url, error = %e, attempt, "migration failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-            }
-            Err(source) => return Err(SqlError::Migrate { url: url.to_owned(), source }),
-        }
     }
 }

@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use herald::Message;
 use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
 use herald::queue::{Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
-use sqlx::SqliteConnection;
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{SqliteDatabase, sql};
 use crate::error::SqlError;
-use crate::rows::{MessageColumns, MessageRow, PendingRow, after, limit, now_millis, to_i64};
+use crate::rows::{self, MessageColumns, after, limit, now_millis, to_i64};
 
 /// The SQL broker on SQLite: a [`QueueBroker`] over [`SqliteQueue`]. Get one from
 /// [`SqliteDatabase::broker`].
@@ -57,37 +57,23 @@ impl SqliteQueue {
 
 /// Appends one message to its topic (de-duplicated on `(topic, id)`). Also used by stores that
 /// publish inside the unit of work (`SqliteConfig::publish_to_sql_broker`).
-pub(super) async fn publish_one(conn: &mut SqliteConnection, m: &Message, now: i64) -> Result<(), SqlError> {
+pub(super) fn publish_one(conn: &Connection, m: &Message, now: i64) -> Result<(), SqlError> {
     let c = MessageColumns::new(m)?;
-    sqlx::query(sql::PUBLISH)
-        .bind(c.topic)
-        .bind(c.id)
-        .bind(c.name)
-        .bind(c.key)
-        .bind(c.payload)
-        .bind(c.metadata)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    conn.prepare_cached(sql::PUBLISH)?.execute(params![c.topic, c.id, c.name, c.key, c.payload, c.metadata, now])?;
     Ok(())
 }
 
-async fn group_exists(db: &SqliteDatabase, topic: &str, group: &str) -> Result<bool, SqlError> {
-    let next: Option<i64> =
-        sqlx::query_scalar(sql::GROUP_NEXT).bind(topic).bind(group).fetch_optional(db.pool()).await?;
-    Ok(next.is_some())
+fn group_next(conn: &Connection, topic: &str, group: &str) -> Result<Option<i64>, rusqlite::Error> {
+    conn.prepare_cached(sql::GROUP_NEXT)?.query_row([topic, group], |r| r.get(0)).optional()
 }
 
 impl SqliteQueue {
     /// Whether a claim could find anything, without taking the write lock: idle subscriptions
     /// poll often, and most polls find nothing. `None` when the group does not exist.
-    async fn worth_claiming(&self, topic: &str, group: &str, now: i64) -> Result<Option<bool>, SqlError> {
-        let found: Option<i64> = sqlx::query_scalar(sql::CLAIM_PROBE)
-            .bind(topic)
-            .bind(group)
-            .bind(now)
-            .fetch_optional(self.db.pool())
-            .await?;
+    fn worth_claiming(&self, topic: &str, group: &str, now: i64) -> Result<Option<bool>, SqlError> {
+        let found: Option<i64> = self.db.read(|c| {
+            c.prepare_cached(sql::CLAIM_PROBE)?.query_row(params![topic, group, now], |r| r.get(0)).optional()
+        })?;
         Ok(found.map(|f| f != 0))
     }
 
@@ -100,36 +86,28 @@ impl SqliteQueue {
         max: usize,
         policy: &GroupPolicy,
     ) -> Result<Result<(Vec<Claimed>, bool), PubSubError>, SqlError> {
-        let mut write = self.db.begin_write().await?;
+        let write = self.db.begin_write().await?;
         let now = now_millis();
         let conn = write.conn();
 
         // (a) Take new messages of the topic into the group's pending set.
-        let next: Option<i64> =
-            sqlx::query_scalar(sql::GROUP_NEXT).bind(topic).bind(group).fetch_optional(&mut *conn).await?;
-        let Some(next) = next else {
+        let Some(next) = group_next(conn, topic, group)? else {
             return Ok(Err(unknown_group(topic, group)));
         };
-        let last: Option<i64> = sqlx::query_scalar(sql::LAST_NEW_POSITION)
-            .bind(topic)
-            .bind(next)
-            .bind(TAKE_PER_CLAIM)
-            .fetch_one(&mut *conn)
-            .await?;
+        let last: Option<i64> = conn
+            .prepare_cached(sql::LAST_NEW_POSITION)?
+            .query_row(params![topic, next, TAKE_PER_CLAIM], |r| r.get(0))?;
         if let Some(last) = last {
-            sqlx::query(sql::TAKE_NEW).bind(topic).bind(group).bind(next).bind(last).execute(&mut *conn).await?;
-            sqlx::query(sql::ADVANCE_GROUP).bind(topic).bind(group).bind(last + 1).execute(&mut *conn).await?;
+            conn.prepare_cached(sql::TAKE_NEW)?.execute(params![topic, group, next, last])?;
+            conn.prepare_cached(sql::ADVANCE_GROUP)?.execute(params![topic, group, last + 1])?;
         }
 
         // (b) The keys' oldest visible messages: lease those with deliveries left, dead-letter
         // those whose last allowed delivery expired.
-        let rows: Vec<PendingRow> = sqlx::query_as(sql::CLAIMABLE)
-            .bind(topic)
-            .bind(group)
-            .bind(now)
-            .bind(limit(max))
-            .fetch_all(&mut *conn)
-            .await?;
+        let rows = conn
+            .prepare_cached(sql::CLAIMABLE)?
+            .query_map(params![topic, group, now, limit(max)], rows::sqlite::pending)?
+            .collect::<Result<Vec<_>, _>>()?;
         let until = after(now, policy.ack_wait);
         let mut claimed = Vec::with_capacity(rows.len());
         let mut any_dead = false;
@@ -139,15 +117,15 @@ impl SqliteQueue {
             if attempts >= policy.max_deliveries {
                 let reason = expired_reason(attempts);
                 let dead = dead_letter_for(&message, group, attempts, &reason, &policy.dead_letter_topic);
-                sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
-                publish_one(&mut *conn, &dead, now).await?;
+                conn.prepare_cached(sql::SETTLE_DELETE)?.execute(params![topic, group, position_i])?;
+                publish_one(conn, &dead, now)?;
                 any_dead = true;
                 continue;
             }
-            sqlx::query(sql::LEASE).bind(topic).bind(group).bind(position_i).bind(until).execute(&mut *conn).await?;
+            conn.prepare_cached(sql::LEASE)?.execute(params![topic, group, position_i, until])?;
             claimed.push(Claimed { message, position, attempt: attempts + 1 });
         }
-        write.commit().await?;
+        write.commit()?;
         Ok(Ok((claimed, any_dead)))
     }
 
@@ -158,23 +136,22 @@ impl SqliteQueue {
         (topic, group, position, attempt): (&str, &str, i64, i64),
         visible_at: Option<i64>,
     ) -> Result<Result<(), PubSubError>, SqlError> {
-        let mut query = sqlx::query(statement).bind(topic).bind(group).bind(position).bind(attempt);
-        if let Some(at) = visible_at {
-            query = query.bind(at);
-        }
-        let turn = self.db.write_turn().await?;
-        let done = query.execute(self.db.pool()).await?.rows_affected();
-        drop(turn);
-        if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group).await }
+        let write = self.db.begin_write().await?;
+        let done = {
+            let mut stmt = write.conn().prepare_cached(statement)?;
+            match visible_at {
+                Some(at) => stmt.execute(params![topic, group, position, attempt, at])?,
+                None => stmt.execute(params![topic, group, position, attempt])?,
+            }
+        };
+        write.commit()?;
+        if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group) }
     }
 
     /// The error for a settlement of a delivery that is no longer current.
-    async fn not_current(&self, topic: &str, group: &str) -> Result<Result<(), PubSubError>, SqlError> {
-        Ok(Err(if group_exists(&self.db, topic, group).await? {
-            PubSubError::LeaseLost
-        } else {
-            unknown_group(topic, group)
-        }))
+    fn not_current(&self, topic: &str, group: &str) -> Result<Result<(), PubSubError>, SqlError> {
+        let exists = self.db.read(|c| group_next(c, topic, group))?.is_some();
+        Ok(Err(if exists { PubSubError::LeaseLost } else { unknown_group(topic, group) }))
     }
 
     async fn settle_in_tx(
@@ -189,7 +166,7 @@ impl SqliteQueue {
         let position_i = to_i64("position", position)?;
         let current = (topic, group, position_i, i64::from(attempt));
         let reason = match settlement {
-            // The common settlements are one guarded statement each, no transaction needed.
+            // The common settlements are one guarded statement each.
             Settlement::Ack => return self.settle_if_current(sql::ACK_IF_CURRENT, current, None).await,
             Settlement::Nack { delay, .. } if attempt < policy.max_deliveries => {
                 let at = after(now_millis(), delay);
@@ -199,24 +176,22 @@ impl SqliteQueue {
             Settlement::DeadLetter { reason } => reason,
         };
         // To the dead-letter topic, atomically with leaving the group.
-        let mut write = self.db.begin_write().await?;
+        let write = self.db.begin_write().await?;
         let conn = write.conn();
-        let attempts: Option<i64> = sqlx::query_scalar(sql::PENDING_ATTEMPTS)
-            .bind(topic)
-            .bind(group)
-            .bind(position_i)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let attempts: Option<i64> = conn
+            .prepare_cached(sql::PENDING_ATTEMPTS)?
+            .query_row(params![topic, group, position_i], |r| r.get(0))
+            .optional()?;
         if attempts != Some(i64::from(attempt)) {
             drop(write);
-            return self.not_current(topic, group).await;
+            return self.not_current(topic, group);
         }
-        let original: MessageRow = sqlx::query_as(sql::MESSAGE_AT).bind(position_i).fetch_one(&mut *conn).await?;
+        let original = conn.prepare_cached(sql::MESSAGE_AT)?.query_row([position_i], rows::sqlite::message)?;
         let original = original.into_message("herald_broker_messages")?;
         let dead = dead_letter_for(&original, group, attempt, &reason, &policy.dead_letter_topic);
-        sqlx::query(sql::SETTLE_DELETE).bind(topic).bind(group).bind(position_i).execute(&mut *conn).await?;
-        publish_one(conn, &dead, now_millis()).await?;
-        write.commit().await?;
+        conn.prepare_cached(sql::SETTLE_DELETE)?.execute(params![topic, group, position_i])?;
+        publish_one(conn, &dead, now_millis())?;
+        write.commit()?;
         Ok(Ok(()))
     }
 }
@@ -228,41 +203,34 @@ impl QueueBackend for SqliteQueue {
     }
 
     async fn append(&self, messages: &[Message]) -> Result<(), PubSubError> {
-        let mut write = self.db.begin_write().await.map_err(backend)?;
+        let write = self.db.begin_write().await.map_err(backend)?;
         let now = now_millis();
         for m in messages {
-            publish_one(write.conn(), m, now).await.map_err(backend)?;
+            publish_one(write.conn(), m, now).map_err(backend)?;
         }
-        write.commit().await.map_err(backend)
+        write.commit().map_err(backend)
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
-        let lag: Option<i64> = sqlx::query_scalar(sql::GROUP_LAG)
-            .bind(topic)
-            .bind(group)
-            .fetch_optional(self.db.pool())
-            .await
+        let lag: Option<i64> = self
+            .db
+            .read(|c| c.prepare_cached(sql::GROUP_LAG)?.query_row([topic, group], |r| r.get(0)).optional())
             .map_err(backend)?;
         Ok(lag.map(|n| u64::try_from(n).unwrap_or(0)))
     }
 
     async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
-        let mut write = self.db.begin_write().await.map_err(backend)?;
+        let write = self.db.begin_write().await.map_err(backend)?;
         let conn = write.conn();
         let next: i64 = match start {
             StartFrom::Beginning => 1,
-            StartFrom::Latest => sqlx::query_scalar(sql::END_POSITION).fetch_one(&mut *conn).await.map_err(backend)?,
+            StartFrom::Latest => conn.query_row(sql::END_POSITION, [], |r| r.get(0)).map_err(backend)?,
             StartFrom::Position(p) => to_i64("position", p.max(1)).map_err(backend)?,
         };
-        sqlx::query(sql::CREATE_GROUP)
-            .bind(topic)
-            .bind(group)
-            .bind(next)
-            .bind(now_millis())
-            .execute(&mut *conn)
-            .await
+        conn.prepare_cached(sql::CREATE_GROUP)
+            .and_then(|mut s| s.execute(params![topic, group, next, now_millis()]))
             .map_err(backend)?;
-        write.commit().await.map_err(backend)
+        write.commit().map_err(backend)
     }
 
     async fn claim(
@@ -275,7 +243,7 @@ impl QueueBackend for SqliteQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let probe = self.worth_claiming(topic, group, now_millis()).await.map_err(backend)?;
+        let probe = self.worth_claiming(topic, group, now_millis()).map_err(backend)?;
         match probe {
             None => return Err(unknown_group(topic, group)),
             Some(false) => return Ok(Vec::new()),
@@ -302,17 +270,13 @@ impl QueueBackend for SqliteQueue {
 
     async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError> {
         let position = to_i64("position", position).map_err(backend)?;
-        let turn = self.db.write_turn().await.map_err(backend)?;
-        sqlx::query(sql::RELEASE_IF_CURRENT)
-            .bind(topic)
-            .bind(group)
-            .bind(position)
-            .bind(i64::from(attempt))
-            .execute(self.db.pool())
-            .await
+        let write = self.db.begin_write().await.map_err(backend)?;
+        write
+            .conn()
+            .prepare_cached(sql::RELEASE_IF_CURRENT)
+            .and_then(|mut s| s.execute(params![topic, group, position, i64::from(attempt)]))
             .map_err(backend)?;
-        drop(turn);
-        Ok(())
+        write.commit().map_err(backend)
     }
 
     fn changed(&self) -> &Notify {

@@ -10,14 +10,13 @@ use herald::store::{
     StoreError, Transaction,
 };
 use herald::{Message, MessageId};
-use sqlx::{Acquire, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
 use super::{SqliteDatabase, WriteTx, sql};
 use crate::error::SqlError;
 use crate::rows::{
-    EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
-    ttl_millis,
+    self, MessageColumns, bound, limit, metadata_json, now_millis, to_i64, to_u64, ttl_millis,
 };
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
@@ -26,7 +25,7 @@ fn backend(e: impl Into<SqlError>) -> StoreError {
 
 /// Herald's storage ports on SQLite. Cheap to clone; clones share the database.
 ///
-/// Reads outside a transaction run on any pooled connection, in parallel with a writer (WAL).
+/// Reads outside a transaction run on a reader connection, in parallel with the writer (WAL).
 /// [`begin`](Store::begin) starts a [`SqliteTransaction`] with `BEGIN IMMEDIATE`; see the
 /// [module docs](crate::sqlite) for why that makes positions follow commit order.
 #[derive(Clone, Debug)]
@@ -58,9 +57,9 @@ impl SqliteStore {
 /// A unit of work on a [`SqliteStore`]: one `BEGIN IMMEDIATE` transaction. It holds the write
 /// lock from start to commit, so keep it short; dropping it rolls back.
 ///
-/// The handler's own tables join the same transaction through [`connection`](Self::connection);
-/// from a `&mut dyn Transaction`, downcast with
-/// `tx.as_any_mut().downcast_mut::<SqliteTransaction>()`.
+/// The handler's own tables join the same transaction through [`connection`](Self::connection)
+/// (or, dialect-neutral, [`any::Conn::of`](crate::any::Conn::of)); from a
+/// `&mut dyn Transaction`, downcast with `tx.as_any_mut().downcast_mut::<SqliteTransaction>()`.
 pub struct SqliteTransaction {
     write: WriteTx,
     db: SqliteDatabase,
@@ -78,32 +77,22 @@ impl std::fmt::Debug for SqliteTransaction {
 
 impl SqliteTransaction {
     /// The transaction's connection, for the application's own statements in the same unit
-    /// of work. Do not `COMMIT` or `ROLLBACK` through it.
-    pub fn connection(&mut self) -> &mut SqliteConnection {
+    /// of work. Do not `COMMIT` or `ROLLBACK` through it. Statements run in place on the
+    /// calling thread (microseconds each); do not hold the reference across an `.await`.
+    pub fn connection(&self) -> &Connection {
         self.write.conn()
     }
 
-    async fn insert_events(
-        conn: &mut SqliteConnection,
-        stream: &str,
-        current: u64,
-        events: &[NewEvent],
-    ) -> Result<(), StoreError> {
+    fn insert_events(conn: &Connection, stream: &str, current: u64, events: &[NewEvent]) -> Result<(), StoreError> {
         let metadata: Vec<String> =
             events.iter().map(|e| metadata_json(&e.metadata)).collect::<Result<_, _>>().map_err(backend)?;
         let now = now_millis();
+        let mut insert = conn.prepare_cached(sql::INSERT_EVENT).map_err(backend)?;
         for (i, (e, metadata)) in events.iter().zip(metadata).enumerate() {
             let version = current + 1 + i as u64;
-            sqlx::query(sql::INSERT_EVENT)
-                .bind(stream)
-                .bind(to_i64("version", version).map_err(backend)?)
-                .bind(e.id.to_string())
-                .bind(&e.name)
-                .bind(&e.payload)
-                .bind(metadata)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
+            let v = to_i64("version", version).map_err(backend)?;
+            insert
+                .execute(params![stream, v, e.id.to_string(), e.name, e.payload, metadata, now])
                 .map_err(|err| insert_error(stream, version, err))?;
         }
         Ok(())
@@ -112,60 +101,41 @@ impl SqliteTransaction {
 
 /// A unique violation on `(stream, version)` means another writer got there first (which
 /// `BEGIN IMMEDIATE` should make impossible, but the constraint is the last line of defence).
-fn insert_error(stream: &str, version: u64, err: sqlx::Error) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+fn insert_error(stream: &str, version: u64, err: rusqlite::Error) -> StoreError {
+    if err.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+        return StoreError::Conflict {
             subject: stream.to_owned(),
             detail: format!("version {version} was written by another transaction"),
-        },
-        _ => backend(err),
+        };
     }
+    backend(err)
 }
 
-async fn stream_version(conn: &mut SqliteConnection, stream: &str) -> Result<u64, StoreError> {
-    let v: i64 = sqlx::query_scalar(sql::STREAM_VERSION).bind(stream).fetch_one(conn).await.map_err(backend)?;
+fn stream_version(conn: &Connection, stream: &str) -> Result<u64, StoreError> {
+    let v: i64 =
+        conn.prepare_cached(sql::STREAM_VERSION).and_then(|mut s| s.query_row([stream], |r| r.get(0))).map_err(backend)?;
     to_u64("version", v).map_err(backend)
 }
 
-async fn read_stream<'c, E>(
-    conn: E,
-    stream: &str,
-    from_version: u64,
-    n: usize,
-) -> Result<Vec<RecordedEvent>, StoreError>
-where
-    E: sqlx::SqliteExecutor<'c>,
-{
-    let rows: Vec<EventRow> = sqlx::query_as(sql::READ_STREAM)
-        .bind(stream)
-        .bind(bound(from_version))
-        .bind(limit(n))
-        .fetch_all(conn)
-        .await
-        .map_err(backend)?;
-    rows.into_iter().map(|r| r.into_event().map_err(backend)).collect()
+fn read_stream(conn: &Connection, stream: &str, from_version: u64, n: usize) -> Result<Vec<RecordedEvent>, SqlError> {
+    let mut stmt = conn.prepare_cached(sql::READ_STREAM)?;
+    let rows = stmt.query_map(params![stream, bound(from_version), limit(n)], rows::sqlite::event)?;
+    rows.map(|r| r?.into_event()).collect()
 }
 
-async fn load_snapshot<'c, E: sqlx::SqliteExecutor<'c>>(conn: E, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-    let row: Option<SnapshotRow> =
-        sqlx::query_as(sql::LOAD_SNAPSHOT).bind(stream).fetch_optional(conn).await.map_err(backend)?;
-    row.map(|r| r.into_snapshot().map_err(backend)).transpose()
+fn load_snapshot(conn: &Connection, stream: &str) -> Result<Option<Snapshot>, SqlError> {
+    let row = conn.prepare_cached(sql::LOAD_SNAPSHOT)?.query_row([stream], rows::sqlite::snapshot).optional()?;
+    row.map(rows::SnapshotRow::into_snapshot).transpose()
 }
 
-async fn load_checkpoint<'c, E: sqlx::SqliteExecutor<'c>>(conn: E, name: &str) -> Result<Option<u64>, StoreError> {
-    let p: Option<i64> =
-        sqlx::query_scalar(sql::LOAD_CHECKPOINT).bind(name).fetch_optional(conn).await.map_err(backend)?;
-    p.map(|p| to_u64("position", p).map_err(backend)).transpose()
+fn load_checkpoint(conn: &Connection, name: &str) -> Result<Option<u64>, SqlError> {
+    let p: Option<i64> = conn.prepare_cached(sql::LOAD_CHECKPOINT)?.query_row([name], |r| r.get(0)).optional()?;
+    p.map(|p| to_u64("position", p)).transpose()
 }
 
-async fn load_saga<'c, E: sqlx::SqliteExecutor<'c>>(
-    conn: E,
-    name: &str,
-    id: &str,
-) -> Result<Option<SagaRecord>, StoreError> {
-    let row: Option<SagaRow> =
-        sqlx::query_as(sql::LOAD_SAGA).bind(name).bind(id).fetch_optional(conn).await.map_err(backend)?;
-    row.map(|r| r.into_record().map_err(backend)).transpose()
+fn load_saga(conn: &Connection, name: &str, id: &str) -> Result<Option<SagaRecord>, SqlError> {
+    let row = conn.prepare_cached(sql::LOAD_SAGA)?.query_row([name, id], rows::sqlite::saga).optional()?;
+    row.map(rows::SagaRow::into_record).transpose()
 }
 
 #[async_trait]
@@ -179,19 +149,24 @@ impl Transaction for SqliteTransaction {
         validate_append(stream, &events)?;
         let conn = self.write.conn();
         // We hold the write lock: nobody can append between this read and our inserts.
-        let current = stream_version(&mut *conn, stream).await?;
+        let current = stream_version(conn, stream)?;
         if !expected.matches(current) {
             return Err(StoreError::version_conflict(stream, expected, current));
         }
         if events.len() == 1 {
             // One statement is atomic on its own.
-            Self::insert_events(conn, stream, current, &events).await?;
+            Self::insert_events(conn, stream, current, &events)?;
         } else {
             // A savepoint, so a failed append leaves nothing behind even if the caller goes on
             // to commit the rest of the unit of work.
-            let mut savepoint = conn.begin().await.map_err(backend)?;
-            Self::insert_events(&mut savepoint, stream, current, &events).await?;
-            savepoint.commit().await.map_err(backend)?;
+            conn.execute_batch("SAVEPOINT herald_append").map_err(backend)?;
+            match Self::insert_events(conn, stream, current, &events) {
+                Ok(()) => conn.execute_batch("RELEASE herald_append").map_err(backend)?,
+                Err(e) => {
+                    conn.execute_batch("ROLLBACK TO herald_append; RELEASE herald_append").map_err(backend)?;
+                    return Err(e);
+                }
+            }
         }
         Ok(AppendResult { next_expected_version: current + events.len() as u64 })
     }
@@ -202,23 +177,21 @@ impl Transaction for SqliteTransaction {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_stream(self.write.conn(), stream, from_version, limit).await
+        read_stream(self.write.conn(), stream, from_version, limit).map_err(backend)
     }
 
     async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
-        sqlx::query(sql::SAVE_SNAPSHOT)
-            .bind(&snapshot.stream)
-            .bind(to_i64("version", snapshot.version).map_err(backend)?)
-            .bind(&snapshot.payload)
-            .bind(now_millis())
-            .execute(self.write.conn())
-            .await
+        let version = to_i64("version", snapshot.version).map_err(backend)?;
+        self.write
+            .conn()
+            .prepare_cached(sql::SAVE_SNAPSHOT)
+            .and_then(|mut s| s.execute(params![snapshot.stream, version, snapshot.payload, now_millis()]))
             .map_err(backend)?;
         Ok(())
     }
 
     async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        load_snapshot(self.write.conn(), stream).await
+        load_snapshot(self.write.conn(), stream).map_err(backend)
     }
 
     async fn enqueue(&mut self, mut messages: Vec<Message>) -> Result<(), StoreError> {
@@ -229,7 +202,7 @@ impl Transaction for SqliteTransaction {
         let conn = self.write.conn();
         if let Some(published) = &mut self.direct {
             for m in &messages {
-                super::queue::publish_one(&mut *conn, m, now).await.map_err(backend)?;
+                super::queue::publish_one(conn, m, now).map_err(backend)?;
                 match published.iter_mut().find(|(topic, _)| *topic == m.topic) {
                     Some((_, n)) => *n += 1,
                     None => published.push((m.topic.clone(), 1)),
@@ -239,18 +212,9 @@ impl Transaction for SqliteTransaction {
         }
         let columns: Vec<MessageColumns<'_>> =
             messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
+        let mut insert = conn.prepare_cached(sql::ENQUEUE).map_err(backend)?;
         for c in columns {
-            sqlx::query(sql::ENQUEUE)
-                .bind(c.id)
-                .bind(c.name)
-                .bind(c.topic)
-                .bind(c.key)
-                .bind(c.payload)
-                .bind(c.metadata)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+            insert.execute(params![c.id, c.name, c.topic, c.key, c.payload, c.metadata, now]).map_err(backend)?;
         }
         Ok(())
     }
@@ -258,59 +222,59 @@ impl Transaction for SqliteTransaction {
     async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError> {
         // We hold the write lock, so "inserted" here means no committed transaction recorded
         // the pair and no concurrent one can until we end.
-        let done = sqlx::query(sql::RECORD_HANDLED)
-            .bind(handler)
-            .bind(message_id.to_string())
-            .bind(now_millis())
-            .execute(self.write.conn())
-            .await
+        let done = self
+            .write
+            .conn()
+            .prepare_cached(sql::RECORD_HANDLED)
+            .and_then(|mut s| s.execute(params![handler, message_id.to_string(), now_millis()]))
             .map_err(backend)?;
-        Ok(done.rows_affected() == 1)
+        Ok(done == 1)
     }
 
     async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError> {
-        sqlx::query(sql::SAVE_CHECKPOINT)
-            .bind(name)
-            .bind(to_i64("position", position).map_err(backend)?)
-            .bind(now_millis())
-            .execute(self.write.conn())
-            .await
+        let position = to_i64("position", position).map_err(backend)?;
+        self.write
+            .conn()
+            .prepare_cached(sql::SAVE_CHECKPOINT)
+            .and_then(|mut s| s.execute(params![name, position, now_millis()]))
             .map_err(backend)?;
         Ok(())
     }
 
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
-        load_checkpoint(self.write.conn(), name).await
+        load_checkpoint(self.write.conn(), name).map_err(backend)
     }
 
     async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError> {
         let conn = self.write.conn();
-        let current: Option<i64> = sqlx::query_scalar(sql::SAGA_VERSION)
-            .bind(&record.name)
-            .bind(&record.id)
-            .fetch_optional(&mut *conn)
-            .await
+        let current: Option<i64> = conn
+            .prepare_cached(sql::SAGA_VERSION)
+            .and_then(|mut s| s.query_row([&record.name, &record.id], |r| r.get(0)).optional())
             .map_err(backend)?;
         let current = current.map(|v| to_u64("version", v)).transpose().map_err(backend)?.unwrap_or(0);
         check_saga_version(record, current)?;
-        sqlx::query(sql::SAVE_SAGA)
-            .bind(&record.name)
-            .bind(&record.id)
-            .bind(to_i64("version", record.version).map_err(backend)?)
-            .bind(record.step)
-            .bind(record.compensating)
-            .bind(record.done)
-            .bind(&record.data)
-            .bind(now_millis())
-            .bind(record.deadline.map(|d| to_i64("deadline", d)).transpose().map_err(backend)?)
-            .execute(conn)
-            .await
+        let version = to_i64("version", record.version).map_err(backend)?;
+        let deadline = record.deadline.map(|d| to_i64("deadline", d)).transpose().map_err(backend)?;
+        conn.prepare_cached(sql::SAVE_SAGA)
+            .and_then(|mut s| {
+                s.execute(params![
+                    record.name,
+                    record.id,
+                    version,
+                    record.step,
+                    record.compensating,
+                    record.done,
+                    record.data,
+                    now_millis(),
+                    deadline
+                ])
+            })
             .map_err(backend)?;
         Ok(())
     }
 
     async fn load_saga(&mut self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
-        load_saga(self.write.conn(), name, id).await
+        load_saga(self.write.conn(), name, id).map_err(backend)
     }
 
     fn on_commit(&mut self, f: Box<dyn FnOnce() + Send>) {
@@ -323,7 +287,7 @@ impl Transaction for SqliteTransaction {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let Self { write, db, hooks, direct } = *self;
-        write.commit().await.map_err(backend)?;
+        write.commit().map_err(backend)?;
         db.store_changes().notify_waiters();
         for (topic, n) in direct.unwrap_or_default() {
             herald::observability::record_published_to(&topic, n);
@@ -348,53 +312,62 @@ impl Store for SqliteStore {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_stream(self.db.pool(), stream, from_version, limit).await
+        self.db.read(|c| Ok(read_stream(c, stream, from_version, limit))).map_err(backend)?.map_err(backend)
     }
 
     async fn read_all(&self, after: u64, n: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         // One statement reads one snapshot, and positions follow commit order (BEGIN
         // IMMEDIATE), so this never returns position p while a lower one is still to commit.
-        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
-            .bind(bound(after))
-            .bind(limit(n))
-            .fetch_all(self.db.pool())
-            .await
+        let rows = self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(sql::READ_ALL)?;
+                stmt.query_map(params![bound(after), limit(n)], rows::sqlite::event)?.collect::<Result<Vec<_>, _>>()
+            })
             .map_err(backend)?;
         rows.into_iter().map(|r| r.into_event().map_err(backend)).collect()
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        load_snapshot(self.db.pool(), stream).await
+        self.db.read(|c| Ok(load_snapshot(c, stream))).map_err(backend)?.map_err(backend)
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        load_checkpoint(self.db.pool(), name).await
+        self.db.read(|c| Ok(load_checkpoint(c, name))).map_err(backend)?.map_err(backend)
     }
 
     async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
-        load_saga(self.db.pool(), name, id).await
+        self.db.read(|c| Ok(load_saga(c, name, id))).map_err(backend)?.map_err(backend)
     }
 
     async fn due_sagas(&self, name: &str, now_millis: u64, n: usize) -> Result<Vec<SagaRecord>, StoreError> {
-        let rows: Vec<SagaRow> = sqlx::query_as(sql::DUE_SAGAS)
-            .bind(name)
-            .bind(bound(now_millis))
-            .bind(limit(n))
-            .fetch_all(self.db.pool())
-            .await
+        let rows = self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(sql::DUE_SAGAS)?;
+                stmt.query_map(params![name, bound(now_millis), limit(n)], rows::sqlite::saga)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .map_err(backend)?;
         rows.into_iter().map(|r| r.into_record().map_err(backend)).collect()
     }
 
     async fn outbox_pending(&self, n: usize) -> Result<Vec<OutboxRecord>, StoreError> {
-        let rows: Vec<OutboxRow> =
-            sqlx::query_as(sql::OUTBOX_PENDING).bind(limit(n)).fetch_all(self.db.pool()).await.map_err(backend)?;
+        let rows = self
+            .db
+            .read(|c| {
+                let mut stmt = c.prepare_cached(sql::OUTBOX_PENDING)?;
+                stmt.query_map([limit(n)], rows::sqlite::outbox)?.collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
         rows.into_iter().map(|r| r.into_record().map_err(backend)).collect()
     }
 
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        let (count, oldest): (i64, Option<i64>) =
-            sqlx::query_as(sql::OUTBOX_STATS).fetch_one(self.db.pool()).await.map_err(backend)?;
+        let (count, oldest): (i64, Option<i64>) = self
+            .db
+            .read(|c| c.prepare_cached(sql::OUTBOX_STATS)?.query_row([], |r| Ok((r.get(0)?, r.get(1)?))))
+            .map_err(backend)?;
         Ok(OutboxStats {
             backlog: to_u64("outbox count", count).map_err(backend)?,
             oldest: oldest.and_then(chrono::DateTime::from_timestamp_millis),
@@ -406,30 +379,27 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let list = serde_json::to_string(sequences).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let mut write = self.db.begin_write().await.map_err(backend)?;
-        sqlx::query(sql::OUTBOX_REMOVE).bind(list).execute(write.conn()).await.map_err(backend)?;
-        write.commit().await.map_err(backend)?;
-        Ok(())
+        let write = self.db.begin_write().await.map_err(backend)?;
+        write.conn().prepare_cached(sql::OUTBOX_REMOVE).and_then(|mut s| s.execute([list])).map_err(backend)?;
+        write.commit().map_err(backend)
     }
 
     async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let mut write = self.db.begin_write().await.map_err(backend)?;
-        let held = sqlx::query(sql::OUTBOX_LEASE)
-            .bind(holder)
-            .bind(ttl_millis(ttl))
-            .fetch_optional(write.conn())
-            .await
+        let write = self.db.begin_write().await.map_err(backend)?;
+        let held = write
+            .conn()
+            .prepare_cached(sql::OUTBOX_LEASE)
+            .and_then(|mut s| s.query_row(params![holder, ttl_millis(ttl)], |_| Ok(())).optional())
             .map_err(backend)?
             .is_some();
-        write.commit().await.map_err(backend)?;
+        write.commit().map_err(backend)?;
         Ok(held)
     }
 
     async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
-        let mut write = self.db.begin_write().await.map_err(backend)?;
-        sqlx::query(sql::OUTBOX_LEASE_RELEASE).bind(holder).execute(write.conn()).await.map_err(backend)?;
-        write.commit().await.map_err(backend)?;
-        Ok(())
+        let write = self.db.begin_write().await.map_err(backend)?;
+        write.conn().prepare_cached(sql::OUTBOX_LEASE_RELEASE).and_then(|mut s| s.execute([holder])).map_err(backend)?;
+        write.commit().map_err(backend)
     }
 
     fn changes(&self) -> &Notify {

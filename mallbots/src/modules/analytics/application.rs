@@ -23,7 +23,7 @@ pub struct AnalyticsProjection {
     registry: Registry,
 }
 
-fn db(e: sqlx::Error) -> ProjectionError {
+fn db(e: herald_sql::SqlError) -> ProjectionError {
     ProjectionError::transient(e)
 }
 

@@ -6,7 +6,8 @@ use herald::command::Reply;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
 use herald_sql::AnyDatabase;
-use herald_sql::any::query;
+use herald_sql::SqlError;
+use herald_sql::any::{FromRow, Row, query};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -131,13 +132,24 @@ pub async fn handle_authorize(cx: &mut HandlerContext, command: api::AuthorizeCu
 }
 
 /// A customer as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerView {
     pub id: String,
     pub name: String,
     pub sms_number: String,
     pub enabled: bool,
+}
+
+impl FromRow for CustomerView {
+    fn from_row(row: &Row) -> Result<Self, SqlError> {
+        Ok(Self {
+            id: row.get("id")?,
+            name: row.get("name")?,
+            sms_number: row.get("sms_number")?,
+            enabled: row.get("enabled")?,
+        })
+    }
 }
 
 /// One customer.

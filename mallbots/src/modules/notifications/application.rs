@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Transaction};
 use herald_sql::AnyDatabase;
-use herald_sql::any::query;
+use herald_sql::SqlError;
+use herald_sql::any::{FromRow, Row, query};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -132,7 +133,7 @@ pub async fn on_order_event(
 }
 
 /// A notification as the API shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationView {
     pub customer_id: String,
@@ -143,6 +144,19 @@ pub struct NotificationView {
     pub text: String,
     /// RFC 3339.
     pub sent_at: String,
+}
+
+impl FromRow for NotificationView {
+    fn from_row(row: &Row) -> Result<Self, SqlError> {
+        Ok(Self {
+            customer_id: row.get("customer_id")?,
+            order_id: row.get("order_id")?,
+            kind: row.get("kind")?,
+            sms_number: row.get("sms_number")?,
+            text: row.get("text")?,
+            sent_at: row.get("sent_at")?,
+        })
+    }
 }
 
 /// The notifications sent to a customer, oldest first.

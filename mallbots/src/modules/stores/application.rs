@@ -5,7 +5,8 @@
 use herald::aggregate::{Aggregate, Repository};
 use herald::{Message, Transaction};
 use herald_sql::AnyDatabase;
-use herald_sql::any::{Conn, query};
+use herald_sql::SqlError;
+use herald_sql::any::{Conn, FromRow, Row, query};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -245,13 +246,24 @@ async fn set_price(conn: Conn<'_>, id: &str, price_cents: i64) -> AppResult<()> 
 // Queries
 
 /// A store, as the mall read model has it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreView {
     pub id: String,
     pub name: String,
     pub location: String,
     pub participating: bool,
+}
+
+impl FromRow for StoreView {
+    fn from_row(row: &Row) -> Result<Self, SqlError> {
+        Ok(Self {
+            id: row.get("id")?,
+            name: row.get("name")?,
+            location: row.get("location")?,
+            participating: row.get("participating")?,
+        })
+    }
 }
 
 /// A product, as the catalog read model has it.
@@ -268,7 +280,6 @@ pub struct ProductView {
     pub price: Money,
 }
 
-#[derive(sqlx::FromRow)]
 struct ProductRow {
     id: String,
     store_id: String,
@@ -276,6 +287,19 @@ struct ProductRow {
     description: String,
     sku: String,
     price_cents: i64,
+}
+
+impl FromRow for ProductRow {
+    fn from_row(row: &Row) -> Result<Self, SqlError> {
+        Ok(Self {
+            id: row.get("id")?,
+            store_id: row.get("store_id")?,
+            name: row.get("name")?,
+            description: row.get("description")?,
+            sku: row.get("sku")?,
+            price_cents: row.get("price_cents")?,
+        })
+    }
 }
 
 impl ProductRow {
