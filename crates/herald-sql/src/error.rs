@@ -75,6 +75,10 @@ pub enum SqlError {
     /// A query that must return a row returned none.
     #[error("no row returned")]
     RowNotFound,
+    /// The group commit this unit of work was part of failed (its statements were rolled
+    /// back with the group's).
+    #[error("the group commit failed: {0}")]
+    GroupCommit(String),
     /// The database was closed.
     #[error("the database is closed")]
     Closed,

@@ -77,7 +77,7 @@ pub(super) async fn run(db: &SqliteDatabase, url: &str) -> Result<(), SqlError> 
         .map_err(failed)?;
         tracing::debug!(url, version = script.version, "applied SQLite migration");
     }
-    write.commit().map_err(|e| match e {
+    write.commit().await.map_err(|e| match e {
         SqlError::Statement(source) => failed(source),
         other => other,
     })?;

@@ -46,6 +46,7 @@ mod migrate;
 mod queue;
 mod sql;
 mod store;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,11 +54,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use queue::{SqlBroker, SqliteQueue};
 pub use store::{SqliteStore, SqliteTransaction};
+pub(crate) use writer::WriteTx;
+use writer::{Writer, WriterSlot};
 
 use crate::config::SqliteConfig;
 use crate::error::SqlError;
@@ -74,8 +77,9 @@ pub struct SqliteDatabase {
 struct Shared {
     /// How connections are opened (readers are opened on demand).
     target: Target,
-    /// The one writer connection; holding its guard is this process's turn to write.
-    writer: Arc<tokio::sync::Mutex<Connection>>,
+    /// The one writer connection; holding it is this process's turn to write (and group
+    /// commit, see `writer`).
+    writer: Arc<WriterSlot>,
     /// Idle reader connections (at most `max_readers` kept).
     readers: Mutex<Vec<Connection>>,
     max_readers: usize,
@@ -175,7 +179,7 @@ impl SqliteDatabase {
         writer.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).map_err(open_error)?;
         let shared = Arc::new(Shared {
             target,
-            writer: Arc::new(tokio::sync::Mutex::new(writer)),
+            writer: Arc::new(WriterSlot::new(Writer::new(writer))),
             readers: Mutex::new(Vec::new()),
             max_readers: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
             busy_timeout: config.busy_timeout(),
@@ -240,40 +244,19 @@ impl SqliteDatabase {
         self.shared.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 
-    /// Starts a write transaction: waits for this process's turn (the writer connection), then
-    /// `BEGIN IMMEDIATE`, retried while another process holds SQLite's write lock.
+    /// Starts a unit of work on the writer: waits for this process's turn, then joins the
+    /// open group commit or starts one with `BEGIN IMMEDIATE` (see `writer`).
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, SqlError> {
         if self.shared.stop.is_cancelled() {
             return Err(SqlError::Closed);
         }
         let wait = self.shared.busy_timeout;
         let deadline = tokio::time::Instant::now() + wait;
-        let conn = tokio::time::timeout_at(deadline, self.shared.writer.clone().lock_owned())
-            .await
-            .map_err(|_| SqlError::WriteLockTimeout(wait))?;
         self.shared.local_writes.fetch_add(1, Ordering::Relaxed);
-        let mut pause = Duration::from_millis(1);
-        // Another process's lock: fail at once inside SQLite, wait here without a thread.
-        conn.busy_timeout(Duration::ZERO)?;
-        loop {
-            match conn.execute_batch("BEGIN IMMEDIATE") {
-                Ok(()) => break,
-                Err(e) if is_busy(&e) && tokio::time::Instant::now() + pause < deadline => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
-                Err(e) if is_busy(&e) => {
-                    conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
-                    return Err(SqlError::WriteLockTimeout(wait));
-                }
-                Err(e) => {
-                    conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
-                    return Err(e.into());
-                }
-            }
-        }
-        conn.busy_timeout(WRITER_STATEMENT_BUSY)?;
-        Ok(WriteTx { conn, open: true })
+        writer::begin(&self.shared.writer, deadline, WRITER_STATEMENT_BUSY).await.map_err(|e| match e {
+            SqlError::WriteLockTimeout(_) => SqlError::WriteLockTimeout(wait),
+            other => other,
+        })
     }
 
     /// Whether stores enqueue straight into the SQL broker.
@@ -291,52 +274,6 @@ impl SqliteDatabase {
 
     pub(crate) fn queue_doorbells(&self) -> &herald::queue::Doorbells {
         &self.shared.queue_doorbells
-    }
-}
-
-/// Whether SQLite refused for a lock another connection holds.
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
-}
-
-/// A `BEGIN IMMEDIATE` transaction on the writer connection, holding this process's writers'
-/// turn. Dropping it rolls back and gives the turn to the next writer.
-pub(crate) struct WriteTx {
-    conn: OwnedMutexGuard<Connection>,
-    /// Not committed or rolled back yet.
-    open: bool,
-}
-
-impl std::fmt::Debug for WriteTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteTx").field("open", &self.open).finish_non_exhaustive()
-    }
-}
-
-impl WriteTx {
-    /// The connection, for statements inside the transaction.
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    /// Commits, then gives the turn to the next writer (on failure, `Drop` rolls back).
-    pub(crate) fn commit(mut self) -> Result<(), SqlError> {
-        self.conn.execute_batch("COMMIT")?;
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl Drop for WriteTx {
-    fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
-            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
-                tracing::warn!(error = %e, "rollback failed");
-            }
-        }
     }
 }
 

@@ -125,7 +125,7 @@ impl SqliteQueue {
             conn.prepare_cached(sql::LEASE)?.execute(params![topic, group, position_i, until])?;
             claimed.push(Claimed { message, position, attempt: attempts + 1 });
         }
-        write.commit()?;
+        write.commit().await?;
         Ok(Ok((claimed, any_dead)))
     }
 
@@ -144,7 +144,7 @@ impl SqliteQueue {
                 None => stmt.execute(params![topic, group, position, attempt])?,
             }
         };
-        write.commit()?;
+        write.commit().await?;
         if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group) }
     }
 
@@ -191,7 +191,7 @@ impl SqliteQueue {
         let dead = dead_letter_for(&original, group, attempt, &reason, &policy.dead_letter_topic);
         conn.prepare_cached(sql::SETTLE_DELETE)?.execute(params![topic, group, position_i])?;
         publish_one(conn, &dead, now_millis())?;
-        write.commit()?;
+        write.commit().await?;
         Ok(Ok(()))
     }
 }
@@ -208,7 +208,7 @@ impl QueueBackend for SqliteQueue {
         for m in messages {
             publish_one(write.conn(), m, now).map_err(backend)?;
         }
-        write.commit().map_err(backend)
+        write.commit().await.map_err(backend)
     }
 
     async fn lag(&self, topic: &str, group: &str) -> Result<Option<u64>, PubSubError> {
@@ -230,7 +230,7 @@ impl QueueBackend for SqliteQueue {
         conn.prepare_cached(sql::CREATE_GROUP)
             .and_then(|mut s| s.execute(params![topic, group, next, now_millis()]))
             .map_err(backend)?;
-        write.commit().map_err(backend)
+        write.commit().await.map_err(backend)
     }
 
     async fn claim(
@@ -276,7 +276,7 @@ impl QueueBackend for SqliteQueue {
             .prepare_cached(sql::RELEASE_IF_CURRENT)
             .and_then(|mut s| s.execute(params![topic, group, position, i64::from(attempt)]))
             .map_err(backend)?;
-        write.commit().map_err(backend)
+        write.commit().await.map_err(backend)
     }
 
     fn changed(&self) -> &Notify {

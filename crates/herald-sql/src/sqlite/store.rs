@@ -287,7 +287,7 @@ impl Transaction for SqliteTransaction {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let Self { write, db, hooks, direct } = *self;
-        write.commit().map_err(backend)?;
+        write.commit().await.map_err(backend)?;
         db.store_changes().notify_waiters();
         for (topic, n) in direct.unwrap_or_default() {
             herald::observability::record_published_to(&topic, n);
@@ -381,7 +381,7 @@ impl Store for SqliteStore {
         let list = serde_json::to_string(sequences).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let write = self.db.begin_write().await.map_err(backend)?;
         write.conn().prepare_cached(sql::OUTBOX_REMOVE).and_then(|mut s| s.execute([list])).map_err(backend)?;
-        write.commit().map_err(backend)
+        write.commit().await.map_err(backend)
     }
 
     async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
@@ -392,14 +392,14 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.query_row(params![holder, ttl_millis(ttl)], |_| Ok(())).optional())
             .map_err(backend)?
             .is_some();
-        write.commit().map_err(backend)?;
+        write.commit().await.map_err(backend)?;
         Ok(held)
     }
 
     async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
         let write = self.db.begin_write().await.map_err(backend)?;
         write.conn().prepare_cached(sql::OUTBOX_LEASE_RELEASE).and_then(|mut s| s.execute([holder])).map_err(backend)?;
-        write.commit().map_err(backend)
+        write.commit().await.map_err(backend)
     }
 
     fn changes(&self) -> &Notify {
