@@ -540,3 +540,41 @@ async fn the_broker_knows_each_groups_consumer_lag() -> Result<()> {
     ensure!(settled, "the acked message no longer counts");
     Ok(())
 }
+
+/// The SQL broker on the store's own database writes a consumer's ack into its unit of work:
+/// settled if and only if that transaction commits.
+#[tokio::test]
+async fn an_ack_in_the_unit_of_work_settles_only_if_it_commits() -> Result<()> {
+    let (db, _dir) = database().await?;
+    let (store, broker) = (db.store(), db.broker());
+    let mut sub = broker.subscribe(SubscribeOptions::new("uow", "g").start(StartFrom::Beginning)).await?;
+    broker.publish(&[Message::new("uow", "Test.v1", b"{}".to_vec()).with_key("k")]).await?;
+
+    // Rolled back: the ack goes with it, and the nack that follows redelivers.
+    let mut first = next(&mut sub).await?;
+    let mut tx = store.begin().await?;
+    ensure!(first.ack_in(tx.as_mut()).await?, "the SQL broker on the same database acks in the unit of work");
+    drop(tx);
+    first.nack(Duration::ZERO).await?;
+    let mut second = next(&mut sub).await?;
+    ensure!(second.attempt == 2, "redelivered after the rollback (attempt {})", second.attempt);
+
+    // Committed: settled with the transaction; the ack afterwards only wakes the group.
+    let mut tx = store.begin().await?;
+    ensure!(second.ack_in(tx.as_mut()).await?);
+    tx.commit().await?;
+    second.ack().await?;
+    let lag = herald::queue::QueueBackend::lag(&herald_sql::SqliteQueue::new(db.clone()), "uow", "g").await?;
+    ensure!(lag == Some(0), "nothing left for the group: {lag:?}");
+    ensure!(tokio::time::timeout(Duration::from_millis(300), sub.next()).await.is_err(), "not delivered again");
+
+    // A store on another database cannot carry the broker's ack.
+    let (other, _other_dir) = database().await?;
+    broker.publish(&[Message::new("uow", "Test.v1", b"{}".to_vec()).with_key("k")]).await?;
+    let mut third = next(&mut sub).await?;
+    let mut tx = other.store().begin().await?;
+    ensure!(!third.ack_in(tx.as_mut()).await?, "another database's transaction is refused");
+    drop(tx);
+    third.ack().await?;
+    Ok(())
+}
