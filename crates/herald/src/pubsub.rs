@@ -247,16 +247,6 @@ pub trait Settle: Send + Sync {
     /// buffered): hand it back without counting the attempt. By default it is just dropped, and
     /// the broker redelivers it when its ack wait expires.
     fn return_unseen(self: Box<Self>) {}
-
-    /// Writes the ack into `tx`, the consumer's unit of work, if the broker keeps its state in
-    /// that transaction's database (the SQL broker on the store's own database): then the
-    /// message is settled exactly when, and only if, `tx` commits. Returns whether it did; by
-    /// default it does not. Either way the consumer still calls [`settle`](Self::settle) after
-    /// the commit (with `Ack`, or a nack if the commit failed); after an ack in the unit of work
-    /// that only wakes whoever waits for the group.
-    async fn ack_in(&mut self, _tx: &mut dyn crate::store::Transaction) -> Result<bool, PubSubError> {
-        Ok(false)
-    }
 }
 
 /// A message handed to a consumer, to be settled with [`ack`](Self::ack), [`nack`](Self::nack)
@@ -291,14 +281,6 @@ impl Delivery {
     /// Settles the delivery.
     pub async fn settle(self, settlement: Settlement) -> Result<(), PubSubError> {
         self.settle.settle(settlement).await
-    }
-
-    /// Writes the ack into `tx`, the consumer's unit of work, where the broker can (the SQL
-    /// broker on the store's own database; see [`Settle::ack_in`]): the message is then settled
-    /// atomically with the handler's effects. Returns whether it did. Call [`ack`](Self::ack)
-    /// after the commit in any case (or a nack if it failed).
-    pub async fn ack_in(&mut self, tx: &mut dyn crate::store::Transaction) -> Result<bool, PubSubError> {
-        self.settle.ack_in(tx).await
     }
 
     /// Handled: do not deliver again.

@@ -157,21 +157,6 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
         policy: &GroupPolicy,
     ) -> Result<Vec<Claimed>, PubSubError>;
 
-    /// Acks delivery `attempt` of the message at `position` inside `tx`, a unit of work of a
-    /// store, if this backend keeps its tables in that transaction's database; returns whether
-    /// it did (`false` also when the delivery is no longer the current one: the ack after the
-    /// commit then reports it). By default it cannot.
-    async fn ack_in(
-        &self,
-        _tx: &mut dyn crate::store::Transaction,
-        _topic: &str,
-        _group: &str,
-        _position: u64,
-        _attempt: u32,
-    ) -> Result<bool, PubSubError> {
-        Ok(false)
-    }
-
     /// Settles delivery `attempt` of the message at `position`; [`PubSubError::LeaseLost`] when
     /// that delivery is no longer the current one.
     async fn settle(
@@ -530,7 +515,6 @@ impl<B: QueueBackend> Pump<B> {
             stop: self.stop.clone(),
             settled: false,
             unseen: false,
-            acked_in_tx: false,
             _permit: permit,
         };
         Delivery::new(claim.message, claim.attempt, Some(claim.position), Box::new(settle))
@@ -554,8 +538,6 @@ struct QueueSettle<B: QueueBackend> {
     settled: bool,
     /// Set by `return_unseen`: undo the attempt instead of counting it.
     unseen: bool,
-    /// The ack was written into the consumer's unit of work (`ack_in`).
-    acked_in_tx: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -595,11 +577,7 @@ impl<B: QueueBackend> Settle for QueueSettle<B> {
             Settlement::Nack { delay, .. } => *delay,
             _ => Duration::ZERO,
         };
-        // After an ack in the committed unit of work only the wake-up is left. (A nack after
-        // it means the unit of work rolled back, ack and all: settle as usual.)
-        if !(self.acked_in_tx && matches!(settlement, Settlement::Ack)) {
-            self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
-        }
+        self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
         if delay.is_zero() {
             // Settling may unblock the next message of this key, for any consumer of the group.
             self.backend.doorbells().ring_group(&self.topic, &self.group);
@@ -620,10 +598,5 @@ impl<B: QueueBackend> Settle for QueueSettle<B> {
 
     fn return_unseen(mut self: Box<Self>) {
         self.unseen = true; // `Drop` releases it
-    }
-
-    async fn ack_in(&mut self, tx: &mut dyn crate::store::Transaction) -> Result<bool, PubSubError> {
-        self.acked_in_tx = self.backend.ack_in(tx, &self.topic, &self.group, self.position, self.attempt).await?;
-        Ok(self.acked_in_tx)
     }
 }

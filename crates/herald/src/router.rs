@@ -715,15 +715,9 @@ impl Dispatcher {
         };
         let chain = Next { middleware: &self.middleware, handler: handler.as_ref() };
         let mut result = chain.run(&mut cx).await;
-        let mut delivery = delivery;
         if result.is_ok()
-            && let Some(mut tx) = cx.tx.take()
+            && let Some(tx) = cx.tx.take()
         {
-            // Where the broker lives in the store's database, the ack commits with the effects
-            // (one transaction less per message); elsewhere it follows the commit.
-            if let Err(e) = delivery.ack_in(tx.as_mut()).await {
-                tracing::debug!(error = %e, "ack in the unit of work failed; acking after the commit");
-            }
             result = tx.commit().await.map_err(HandlerError::from);
         }
         drop(cx); // rolls back an uncommitted transaction before settling

@@ -211,11 +211,6 @@ impl SqliteDatabase {
         SqlBroker::new(SqliteQueue::new(self.clone()))
     }
 
-    /// Whether `other` is this same opened database (a clone of this handle).
-    pub fn same_as(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
-    }
-
     /// The database file.
     pub fn path(&self) -> &std::path::Path {
         &self.shared.target.file

@@ -256,27 +256,6 @@ impl QueueBackend for SqliteQueue {
         Ok(claimed)
     }
 
-    async fn ack_in(
-        &self,
-        tx: &mut dyn herald::store::Transaction,
-        topic: &str,
-        group: &str,
-        position: u64,
-        attempt: u32,
-    ) -> Result<bool, PubSubError> {
-        let Some(tx) = tx.as_any_mut().downcast_mut::<super::SqliteTransaction>() else { return Ok(false) };
-        if !tx.database().same_as(&self.db) {
-            return Ok(false);
-        }
-        let position = to_i64("position", position).map_err(backend)?;
-        let done = tx
-            .connection()
-            .prepare_cached(sql::ACK_IF_CURRENT)
-            .and_then(|mut s| s.execute(params![topic, group, position, i64::from(attempt)]))
-            .map_err(backend)?;
-        Ok(done == 1)
-    }
-
     async fn settle(
         &self,
         topic: &str,

@@ -76,11 +76,6 @@ impl std::fmt::Debug for SqliteTransaction {
 }
 
 impl SqliteTransaction {
-    /// The database this unit of work writes to.
-    pub fn database(&self) -> &SqliteDatabase {
-        &self.db
-    }
-
     /// The transaction's connection, for the application's own statements in the same unit
     /// of work. Do not `COMMIT` or `ROLLBACK` through it. Statements run in place on the
     /// calling thread (microseconds each); do not hold the reference across an `.await`.
