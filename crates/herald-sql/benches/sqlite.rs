@@ -44,8 +44,10 @@ async fn raw_inserts(db: &SqliteDatabase, transactions: usize, per_tx: usize) ->
     for t in 0..transactions {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for v in 0..per_tx {
-            conn.prepare_cached("INSERT INTO raw_events (stream, version, name, payload, metadata) VALUES (?, ?, ?, ?, ?)")?
-                .execute(params![format!("s-{t}"), v as i64 + 1, "bench.Event.v1", payload, "{}"])?;
+            conn.prepare_cached(
+                "INSERT INTO raw_events (stream, version, name, payload, metadata) VALUES (?, ?, ?, ?, ?)",
+            )?
+            .execute(params![format!("s-{t}"), v as i64 + 1, "bench.Event.v1", payload, "{}"])?;
         }
         conn.execute_batch("COMMIT")?;
         // Let the runtime's other tasks run, as an async client would between transactions.
@@ -78,7 +80,8 @@ impl Queue for RawQueue {
             let conn = self.conn.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             conn.execute_batch("BEGIN IMMEDIATE")?;
             for o in batch {
-                conn.prepare_cached("INSERT INTO raw_queue (key, payload) VALUES (?, ?)")?.execute(params![o.key, o.payload])?;
+                conn.prepare_cached("INSERT INTO raw_queue (key, payload) VALUES (?, ?)")?
+                    .execute(params![o.key, o.payload])?;
             }
             conn.execute_batch("COMMIT")?;
         }

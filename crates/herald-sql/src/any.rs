@@ -331,11 +331,10 @@ impl Row {
     /// # Errors
     /// [`SqlError::Decode`] if there is no such column or its value is not a `T`.
     pub fn get<T: FromValue>(&self, name: &str) -> Result<T, SqlError> {
-        let i = self
-            .columns
-            .iter()
-            .position(|c| c == name)
-            .ok_or_else(|| SqlError::Decode(format!("no column `{name}` (columns: {})", self.columns.join(", "))))?;
+        let i =
+            self.columns.iter().position(|c| c == name).ok_or_else(|| {
+                SqlError::Decode(format!("no column `{name}` (columns: {})", self.columns.join(", ")))
+            })?;
         T::from_value(&self.values[i]).map_err(|e| SqlError::Decode(format!("column `{name}`: {e}")))
     }
 

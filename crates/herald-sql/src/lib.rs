@@ -10,7 +10,8 @@
 //!
 //! Herald's core defines the ports ([`herald::Store`], [`herald::Transaction`],
 //! [`herald::queue::QueueBackend`]) and checks them with `herald-conformance`. This crate
-//! implements them on [`sqlx`]:
+//! implements them on SQLite through [`rusqlite`] (statements run in place, writers commit in
+//! groups: ADR 0011) and on PostgreSQL through [`sqlx`]:
 //!
 //! * [`SqliteStore`] / [`SqliteTransaction`]: every storage port. A transaction is the unit of
 //!   work: events, the handler's own tables ([`SqliteTransaction::connection`]), outbox rows and
@@ -69,10 +70,10 @@ mod rows;
 pub mod sqlite;
 
 pub use any::AnyDatabase;
-/// The SQLite client Herald runs on, for [`SqliteTransaction::connection`] and
-/// [`SqliteDatabase::read`] (same version, so no second copy to match).
-pub use rusqlite;
 pub use config::{PostgresConfig, SqliteConfig};
 pub use error::SqlError;
 pub use postgres::{PgBroker, PostgresDatabase, PostgresQueue, PostgresStore, PostgresTransaction};
+/// The SQLite client Herald runs on, for [`SqliteTransaction::connection`] and
+/// [`SqliteDatabase::read`] (same version, so no second copy to match).
+pub use rusqlite;
 pub use sqlite::{SqlBroker, SqliteDatabase, SqliteQueue, SqliteStore, SqliteTransaction};

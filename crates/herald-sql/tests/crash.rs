@@ -87,10 +87,7 @@ fn spawn_child(db: &Path) -> Child {
 }
 
 async fn handled_counts(db: &SqliteDatabase) -> (i64, i64) {
-    query("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM handled")
-        .fetch_one(db)
-        .await
-        .expect("count handled")
+    query("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM handled").fetch_one(db).await.expect("count handled")
 }
 
 async fn wait_for_handled(db: &SqliteDatabase, at_least: i64, timeout: Duration) -> (i64, i64) {

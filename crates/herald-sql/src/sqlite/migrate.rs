@@ -5,7 +5,6 @@
 //! Herald (which migrated through sqlx) have their applied versions in `_sqlx_migrations`;
 //! those count as applied too.
 
-
 use rusqlite::OptionalExtension;
 
 use super::SqliteDatabase;
@@ -54,7 +53,9 @@ pub(super) async fn run(db: &SqliteDatabase, url: &str) -> Result<(), SqlError> 
         stmt.query_map([], |r| r.get(0)).map_err(failed)?.collect::<Result<_, _>>().map_err(failed)?
     };
     let legacy: Option<String> = conn
-        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'", [], |r| r.get(0))
+        .query_row("SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'", [], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(failed)?;
     if legacy.is_some() {

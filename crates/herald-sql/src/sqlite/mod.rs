@@ -130,7 +130,9 @@ impl Target {
                 flags: base | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_URI,
                 file: PathBuf::from(file),
             },
-            None => Self { name: path.to_owned(), flags: base | OpenFlags::SQLITE_OPEN_CREATE, file: PathBuf::from(path) },
+            None => {
+                Self { name: path.to_owned(), flags: base | OpenFlags::SQLITE_OPEN_CREATE, file: PathBuf::from(path) }
+            }
         }
     }
 

@@ -15,9 +15,7 @@ use tokio::sync::Notify;
 
 use super::{SqliteDatabase, WriteTx, sql};
 use crate::error::SqlError;
-use crate::rows::{
-    self, MessageColumns, bound, limit, metadata_json, now_millis, to_i64, to_u64, ttl_millis,
-};
+use crate::rows::{self, MessageColumns, bound, limit, metadata_json, now_millis, to_i64, to_u64, ttl_millis};
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
     StoreError::backend(e.into())
@@ -112,8 +110,10 @@ fn insert_error(stream: &str, version: u64, err: rusqlite::Error) -> StoreError 
 }
 
 fn stream_version(conn: &Connection, stream: &str) -> Result<u64, StoreError> {
-    let v: i64 =
-        conn.prepare_cached(sql::STREAM_VERSION).and_then(|mut s| s.query_row([stream], |r| r.get(0))).map_err(backend)?;
+    let v: i64 = conn
+        .prepare_cached(sql::STREAM_VERSION)
+        .and_then(|mut s| s.query_row([stream], |r| r.get(0)))
+        .map_err(backend)?;
     to_u64("version", v).map_err(backend)
 }
 
@@ -398,7 +398,11 @@ impl Store for SqliteStore {
 
     async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
         let write = self.db.begin_write().await.map_err(backend)?;
-        write.conn().prepare_cached(sql::OUTBOX_LEASE_RELEASE).and_then(|mut s| s.execute([holder])).map_err(backend)?;
+        write
+            .conn()
+            .prepare_cached(sql::OUTBOX_LEASE_RELEASE)
+            .and_then(|mut s| s.execute([holder]))
+            .map_err(backend)?;
         write.commit().await.map_err(backend)
     }
 

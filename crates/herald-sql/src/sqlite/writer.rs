@@ -216,7 +216,8 @@ impl Drop for WriteTx {
         let Some(guard) = self.guard.as_ref() else { return };
         if self.open {
             self.open = false;
-            if let Err(e) = run(&guard.conn, "ROLLBACK TO herald_unit").and_then(|()| run(&guard.conn, "RELEASE herald_unit"))
+            if let Err(e) =
+                run(&guard.conn, "ROLLBACK TO herald_unit").and_then(|()| run(&guard.conn, "RELEASE herald_unit"))
             {
                 // The savepoint is unusable: give up the whole group (its units are told).
                 tracing::warn!(error = %e, "rollback of a unit of work failed; rolling back its group");
