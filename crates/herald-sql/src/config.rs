@@ -26,8 +26,9 @@ pub struct SqliteConfig {
     /// refused: every pooled connection would get its own, empty one.
     /// Default: [`SqliteConfig::DEFAULT_URL`].
     pub url: String,
-    /// Connections in the pool. Readers run in parallel (WAL); writers take turns whatever
-    /// the pool size, so a few connections are enough. Default:
+    /// Reader connections kept open (readers run in parallel with the one writer connection,
+    /// WAL; each read borrows one for its own duration, and one is opened when none is idle).
+    /// Writers take turns on their own connection whatever this is. Default:
     /// [`SqliteConfig::DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: u32,
     /// How long a writer waits for its turn (behind this process's other writers and other
