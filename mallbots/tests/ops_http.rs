@@ -48,13 +48,15 @@ async fn metrics_text(t: &TestApp) -> String {
 /// gauges are process-wide and set from the scraping app's database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_herald_handlers_http_routes_and_business_gauges() {
-    metrics_scenario(spawn_running_app().await).await;
+    // On SQLite with its own SQL broker, messages go straight into the broker's table in the
+    // unit of work (no relay); on PostgreSQL the outbox relay publishes them.
+    metrics_scenario(spawn_running_app().await, false).await;
     if let Some(app) = spawn_running_app_on(Backend::Postgres).await {
-        metrics_scenario(app).await;
+        metrics_scenario(app, true).await;
     }
 }
 
-async fn metrics_scenario(app: RunningApp) {
+async fn metrics_scenario(app: RunningApp, relayed: bool) {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Ada").await;
@@ -80,7 +82,10 @@ async fn metrics_scenario(app: RunningApp) {
     assert!(timed.is_some_and(|n| n >= 1.0), "handler durations: {timed:?}\n{text}");
     let published = sample(&text, "herald_messages_published_total", &[("topic", "ordering.events.Order")]);
     assert!(published.is_some_and(|n| n >= 4.0), "created, approved, readied, completed: {published:?}\n{text}");
-    assert!(sample(&text, "herald_outbox_relayed_total", &[]).is_some_and(|n| n >= 1.0), "{text}");
+    if relayed {
+        assert!(sample(&text, "herald_outbox_relayed_total", &[]).is_some_and(|n| n >= 1.0), "{text}");
+    }
+    assert_eq!(sample(&text, "mallbots_outbox_pending", &[]), Some(0.0), "nothing left unpublished\n{text}");
     assert!(sample(&text, "herald_projection_lag", &[("projection", "analytics-v1")]).is_some(), "{text}");
 
     // HTTP: counted per route template (not per basket id) and status.
@@ -161,12 +166,17 @@ async fn rebuild_scenario(app: RunningApp) {
     let broken = admin_get(t, "/api/analytics/summary").await;
     assert_ne!(broken, before);
 
-    // Two at once: one rebuilds, the other is refused.
+    // Two at once: one rebuilds; the other is refused if it arrives while the first runs (a
+    // rebuild of this small log can also finish first: then both run, one after the other).
+    // The refusal itself is tested deterministically in `analytics::control`.
     let (a, b) = tokio::join!(rebuild(), rebuild());
-    let (done, refused) = if a.status == StatusCode::OK { (a, b) } else { (b, a) };
+    let (done, other) = if a.status == StatusCode::OK { (a, b) } else { (b, a) };
     assert_eq!(done.status, StatusCode::OK, "{done:?}");
-    assert_eq!(refused.status, StatusCode::CONFLICT, "{refused:?}");
-    assert_eq!(refused.message(), "an analytics rebuild is already running");
+    if other.status == StatusCode::CONFLICT {
+        assert_eq!(other.message(), "an analytics rebuild is already running");
+    } else {
+        assert_eq!(other.status, StatusCode::OK, "{other:?}");
+    }
     assert_eq!(done.body["completed"], true, "{done:?}");
     assert!(done.body["events"].as_u64().is_some_and(|n| n > 0), "{done:?}");
     assert!(done.body["elapsedMs"].is_u64(), "{done:?}");
