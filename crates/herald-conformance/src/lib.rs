@@ -277,6 +277,7 @@ macro_rules! store_suite {
             store::a_live_reader_sees_the_whole_global_log_in_order_under_concurrent_writers,
             store::a_multi_stream_append_is_all_or_nothing,
             store::snapshots_round_trip_and_the_newest_replaces_the_older,
+            store::load_stream_returns_the_snapshot_and_the_events_after_it,
             store::a_reader_catches_up_then_follows_live_commits,
             store::the_inbox_records_a_message_once_per_handler,
             store::a_rolled_back_inbox_record_does_not_count,

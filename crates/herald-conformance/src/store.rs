@@ -563,6 +563,52 @@ pub async fn snapshots_round_trip_and_the_newest_replaces_the_older<F: Future<Ou
     assert_eq!(store.load_snapshot(&unique("other")).await.expect("load"), None, "snapshots are per stream");
 }
 
+/// `load_stream` (what an aggregate load reads) returns the latest snapshot and the events after
+/// it, with a limit, the same inside a unit of work (own appends included) and outside one.
+pub async fn load_stream_returns_the_snapshot_and_the_events_after_it<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let stream = unique("loaded");
+    let (snapshot, events) = store.load_stream(&stream, 100).await.expect("load empty");
+    assert_eq!((snapshot, events.len()), (None, 0), "a stream that does not exist");
+
+    let new = |i: u64| NewEvent::new("Loaded.v1", format!("{{\"i\":{i}}}").into_bytes());
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&stream, ExpectedVersion::NoStream, (1..=5).map(new).collect()).await.expect("append");
+    tx.commit().await.expect("commit");
+    let (snapshot, events) = store.load_stream(&stream, 100).await.expect("load without snapshot");
+    assert_eq!(snapshot, None);
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "from version 1");
+    assert!(events.iter().all(|e| e.position > 0 && e.stream == stream), "committed events have positions: {events:?}");
+
+    let snap = Snapshot { stream: stream.clone(), version: 3, payload: b"{\"at\":3}".to_vec() };
+    let mut tx = store.begin().await.expect("begin");
+    tx.save_snapshot(snap.clone()).await.expect("save snapshot");
+    tx.commit().await.expect("commit");
+    let (snapshot, events) = store.load_stream(&stream, 100).await.expect("load with snapshot");
+    assert_eq!(snapshot.as_ref(), Some(&snap));
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 5], "only the events after the snapshot");
+    assert_eq!(events[0].payload, b"{\"i\":4}".to_vec());
+    let (_, events) = store.load_stream(&stream, 1).await.expect("load with a limit");
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4], "the limit holds");
+
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&stream, ExpectedVersion::Exact(5), vec![new(6)]).await.expect("append in tx");
+    let (snapshot, events) = tx.load_stream(&stream, 100).await.expect("load in tx");
+    assert_eq!(snapshot, Some(snap.clone()));
+    assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![4, 5, 6], "its own append included");
+    drop(tx);
+
+    let snap = Snapshot { stream: stream.clone(), version: 5, payload: b"{\"at\":5}".to_vec() };
+    let mut tx = store.begin().await.expect("begin");
+    tx.save_snapshot(snap.clone()).await.expect("save snapshot at the head");
+    tx.commit().await.expect("commit");
+    let (snapshot, events) = store.load_stream(&stream, 100).await.expect("load at the head");
+    assert_eq!((snapshot, events.len()), (Some(snap), 0), "a snapshot with nothing after it");
+}
+
 /// A reader started after some commits first catches up on them, then follows new commits live,
 /// in order.
 pub async fn a_reader_catches_up_then_follows_live_commits<F: Future<Output = StoreFixture>>(

@@ -117,6 +117,87 @@ impl EventRow {
     }
 }
 
+/// An event's columns that a `LEFT JOIN` may leave NULL (no event on the row).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OptionalEventColumns {
+    pub position: Option<i64>,
+    pub version: Option<i64>,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub metadata: Option<String>,
+}
+
+impl OptionalEventColumns {
+    /// The event of `stream` on this row, if there is one.
+    pub(crate) fn into_event(self, stream: impl FnOnce() -> String) -> Result<Option<RecordedEvent>, SqlError> {
+        const T: &str = "herald_events";
+        let (Some(position), Some(version), Some(id), Some(name), Some(payload), Some(metadata)) =
+            (self.position, self.version, self.id, self.name, self.payload, self.metadata)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(RecordedEvent {
+            id: parse_id(T, &id)?,
+            metadata: parse_metadata(T, &metadata)?,
+            stream: stream(),
+            version: to_u64("version", version)?,
+            position: to_u64("position", position)?,
+            name,
+            payload,
+        }))
+    }
+}
+
+/// A row of PostgreSQL's `LOAD_STREAM`: the stream's snapshot (its payload on the first row
+/// only; NULL without a snapshot) beside one of the events after it (NULL when none follow).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LoadStreamRow {
+    pub snapshot_version: Option<i64>,
+    pub snapshot_payload: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    pub event: OptionalEventColumns,
+}
+
+impl LoadStreamRow {
+    /// The snapshot and the events of `stream` from `LOAD_STREAM`'s rows.
+    pub(crate) fn decode(stream: &str, rows: Vec<Self>) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), SqlError> {
+        let mut snapshot = None;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let (Some(version), Some(payload)) = (row.snapshot_version, row.snapshot_payload) {
+                snapshot = Some(Snapshot { stream: stream.to_owned(), version: to_u64("version", version)?, payload });
+            }
+            events.extend(row.event.into_event(|| stream.to_owned())?);
+        }
+        Ok((snapshot, events))
+    }
+}
+
+/// A row of PostgreSQL's `READ_ALL_AT_HEAD`: whether committed events wait for a position,
+/// beside one event of the global log (NULL when there is none).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ReadAllRow {
+    pub pending: bool,
+    pub stream: Option<String>,
+    #[sqlx(flatten)]
+    pub event: OptionalEventColumns,
+}
+
+impl ReadAllRow {
+    /// Whether events wait for a position, and the events read.
+    pub(crate) fn decode(rows: Vec<Self>) -> Result<(bool, Vec<RecordedEvent>), SqlError> {
+        let mut pending = false;
+        let mut events = Vec::with_capacity(rows.len());
+        for row in rows {
+            pending |= row.pending;
+            let stream = row.stream;
+            events.extend(row.event.into_event(|| stream.unwrap_or_default())?);
+        }
+        Ok((pending, events))
+    }
+}
+
 /// The message columns of `herald_outbox` and `herald_broker_messages`.
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct MessageRow {

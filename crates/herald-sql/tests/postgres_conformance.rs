@@ -222,6 +222,34 @@ fn another_processs_commit_wakes_this_processs_readers() {
     });
 }
 
+/// Another process's outbox enqueue wakes this process's relay signal (`outbox_changes`) through
+/// LISTEN/NOTIFY (the notification travels with the enqueueing statement).
+#[test]
+fn another_processs_enqueue_wakes_this_processs_relay() {
+    if !herald_conformance::support::server_available(SERVER) {
+        return;
+    }
+    herald_conformance::run(async {
+        let here = fresh().await;
+        let there = open(here.schema()).await;
+        let (relay_side, writer) = (here.store(), there.store());
+        for round in 0..3 {
+            let woken = relay_side.outbox_changes().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let mut tx = writer.begin().await.expect("begin");
+            tx.enqueue(vec![Message::new("t", format!("M{round}"), b"{}".to_vec())]).await.expect("enqueue");
+            tx.commit().await.expect("commit");
+            tokio::time::timeout(Duration::from_secs(5), woken)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: no wake-up from the other process's enqueue"));
+        }
+        assert_eq!(relay_side.outbox_pending(10).await.expect("pending").len(), 3, "three rows, in one statement each");
+        here.close().await;
+        there.close().await;
+    });
+}
+
 /// The consumer lag the subscription reports as `herald_consumer_lag`.
 #[test]
 fn the_broker_knows_each_groups_consumer_lag() {

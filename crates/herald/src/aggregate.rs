@@ -140,14 +140,15 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn load_via(&self, mut source: StreamSource<'_>, id: &str) -> Result<Loaded<A>, StoreError> {
+        const BATCH: usize = 1000;
         let stream = stream_name::<A>(id);
-        let (mut state, mut version) = match source.load_snapshot(&stream).await? {
+        // The snapshot and the first batch of events after it in one read.
+        let (snapshot, mut events) = source.load_stream(&stream, BATCH).await?;
+        let (mut state, mut version) = match snapshot {
             Some(s) => (decode_json::<A>(A::TYPE, &s.payload)?, s.version),
             None => (A::default(), 0),
         };
-        const BATCH: usize = 1000;
         loop {
-            let events = source.read_stream(&stream, version + 1, BATCH).await?;
             let n = events.len();
             for e in events {
                 let event: A::Event = self.registry.decode(&e.name, &e.payload)?;
@@ -157,6 +158,7 @@ impl<A: Aggregate> Repository<A> {
             if n < BATCH {
                 return Ok(Loaded { id: id.to_owned(), state, version });
             }
+            events = source.read_stream(&stream, version + 1, BATCH).await?;
         }
     }
 
@@ -249,10 +251,14 @@ enum StreamSource<'a> {
 }
 
 impl StreamSource<'_> {
-    async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+    async fn load_stream(
+        &mut self,
+        stream: &str,
+        limit: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
         match self {
-            Self::Transaction(tx) => tx.load_snapshot(stream).await,
-            Self::Store(store) => store.load_snapshot(stream).await,
+            Self::Transaction(tx) => tx.load_stream(stream, limit).await,
+            Self::Store(store) => store.load_stream(stream, limit).await,
         }
     }
 

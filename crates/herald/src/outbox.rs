@@ -136,6 +136,9 @@ impl OutboxRelay {
             if records.is_empty() {
                 return Ok(Pass { published, active: true });
             }
+            // A short batch was everything committed when it was read: no need to ask again
+            // (a commit since then has notified `changes`, which `run` waits on).
+            let last = records.len() < self.batch;
             let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
             let messages: Vec<_> = records.into_iter().map(|r| r.message).collect();
             // The batch mixes messages of many traces: its span is a root, linked to each.
@@ -158,6 +161,9 @@ impl OutboxRelay {
             self.store.outbox_remove(&sequences).await?;
             observability::record_relayed(messages.len());
             published += messages.len();
+            if last {
+                return Ok(Pass { published, active: true });
+            }
         }
     }
 
@@ -186,7 +192,7 @@ impl OutboxRelay {
         let mut failures = 0u32;
         let idle = self.store.poll_interval().min(self.lease_ttl / 3);
         loop {
-            let changed = self.store.changes().notified();
+            let changed = self.store.outbox_changes().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let mut standby = false;

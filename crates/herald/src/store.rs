@@ -284,6 +284,21 @@ pub trait Transaction: Send {
     /// The stream's latest snapshot.
     async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 
+    /// What loading an aggregate reads: the stream's latest snapshot and up to `limit` events
+    /// after it (from version 1 without a snapshot), including this transaction's own appends.
+    /// The default makes the two calls; a backend may read both at once (PostgreSQL: one round
+    /// trip instead of two).
+    async fn load_stream(
+        &mut self,
+        stream: &str,
+        limit: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let snapshot = self.load_snapshot(stream).await?;
+        let from = snapshot.as_ref().map_or(0, |s| s.version) + 1;
+        let events = self.read_stream(stream, from, limit).await?;
+        Ok((snapshot, events))
+    }
+
     // --- outbox ---
 
     /// Queues messages for publication after commit.
@@ -345,6 +360,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// The latest snapshot of a stream.
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 
+    /// The stream's latest snapshot and up to `limit` committed events after it (from version
+    /// 1 without a snapshot), as [`Transaction::load_stream`] outside a unit of work.
+    async fn load_stream(
+        &self,
+        stream: &str,
+        limit: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let snapshot = self.load_snapshot(stream).await?;
+        let from = snapshot.as_ref().map_or(0, |s| s.version) + 1;
+        let events = self.read_stream(stream, from, limit).await?;
+        Ok((snapshot, events))
+    }
+
     /// A saved checkpoint.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError>;
 
@@ -383,8 +411,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// once rather than after the time to live.
     async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError>;
 
-    /// Notified after every commit in this process, so readers and the relay wake at once.
+    /// Notified when events become readable in the global log (after commits in this process,
+    /// and where the backend can tell, in others), so log readers wake at once. A backend may
+    /// notify more often (every commit); never less.
     fn changes(&self) -> &Notify;
+
+    /// Notified after commits that enqueued outbox messages, so the relay wakes at once. The
+    /// default is [`changes`](Self::changes) (for backends that notify it on every commit); a
+    /// backend that notifies `changes` only for events must override this.
+    fn outbox_changes(&self) -> &Notify {
+        self.changes()
+    }
 
     /// How often readers poll for commits no notification announced (other processes without
     /// a cross-process signal). A fallback: keep it in seconds, so an idle process costs

@@ -28,10 +28,12 @@
 //!
 //! # Waking readers in other processes
 //!
-//! `Store::changes` and `QueueBackend::changed` are notified at once after this process's
-//! commits (for events: after the sequencer gave them positions). Sequencer runs that assigned
-//! positions, commits that enqueue outbox messages and commits that publish broker messages also
-//! send `pg_notify('herald_changes', '<schema>:store' | '<schema>:queue')` (delivered at commit),
+//! `Store::changes` (events readable in the global log), `Store::outbox_changes` and
+//! `QueueBackend::changed` are notified at once after this process's commits (for events: after
+//! the sequencer gave them positions). Sequencer runs that assigned positions, commits that
+//! enqueue outbox messages and commits that publish broker messages also send
+//! `pg_notify('herald_changes', '<schema>:store' | '<schema>:outbox' | '<schema>:queue')`
+//! (delivered at commit; the outbox's with the enqueueing statement itself, no extra round trip),
 //! and, unless [`PostgresConfig::listen`] is off, each database runs one listener task (one
 //! pooled connection) that forwards those notifications to the same signals, so readers in other
 //! processes wake without waiting for their poll. Polling stays as the safety net. Appends
@@ -98,6 +100,9 @@ struct Shared {
     /// Notified after every store commit in this process, and by the listener for other
     /// processes' commits (`Store::changes`).
     store_changes: Arc<Notify>,
+    /// Notified after this process's commits that enqueued outbox messages, and by the
+    /// listener for other processes' (`Store::outbox_changes`): wakes the relay only.
+    outbox_changes: Arc<Notify>,
     /// Notified when broker messages were appended or released in this process, and by the
     /// listener for other processes' publishes (`QueueBackend::changed`).
     queue_changed: Arc<Notify>,
@@ -106,6 +111,7 @@ struct Shared {
     queue_doorbells: herald::queue::Doorbells,
     /// The `NOTIFY` payloads this schema's commits send.
     store_payload: String,
+    outbox_payload: String,
     queue_payload: String,
     /// Gives committed events their positions (a task, woken after appending commits).
     sequencer: Arc<Sequencer>,
@@ -161,9 +167,11 @@ impl PostgresDatabase {
             schema: config.schema.clone(),
             lock_key: schema_lock_key(&config.schema),
             store_changes: Arc::new(Notify::new()),
+            outbox_changes: Arc::new(Notify::new()),
             queue_changed: Arc::new(Notify::new()),
             queue_doorbells: herald::queue::Doorbells::default(),
             store_payload: format!("{}:store", config.schema),
+            outbox_payload: format!("{}:outbox", config.schema),
             queue_payload: format!("{}:queue", config.schema),
             sequencer: Arc::new(Sequencer::new()),
             stop: CancellationToken::new(),
@@ -183,6 +191,7 @@ impl PostgresDatabase {
             let listener = PgListener::connect_with(&shared.pool).await.map_err(open_error)?;
             let forward = Forward {
                 store: (shared.store_payload.clone(), shared.store_changes.clone()),
+                outbox: (shared.outbox_payload.clone(), shared.outbox_changes.clone()),
                 queue: (shared.queue_payload.clone(), shared.queue_changed.clone()),
             };
             shared.tasks.spawn(listen(listener, forward, shared.stop.clone()));
@@ -234,10 +243,9 @@ impl PostgresDatabase {
         Ok(())
     }
 
-    /// Announces this transaction's store writes to other processes at commit.
-    pub(crate) async fn announce_store(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
-        sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&self.shared.store_payload).execute(conn).await?;
-        Ok(())
+    /// The `NOTIFY` payload announcing this schema's new outbox rows to other processes.
+    pub(crate) fn outbox_payload(&self) -> &str {
+        &self.shared.outbox_payload
     }
 
     /// Announces this transaction's broker publishes to other processes at commit.
@@ -262,8 +270,18 @@ impl PostgresDatabase {
         Ok(true)
     }
 
+    /// Waits for a sequencer run that started after this call (the caller saw committed
+    /// events without a position).
+    pub(crate) async fn await_sequencer_run(&self) {
+        self.shared.sequencer.run_and_wait(&self.shared.stop).await;
+    }
+
     pub(crate) fn store_changes(&self) -> &Notify {
         &self.shared.store_changes
+    }
+
+    pub(crate) fn outbox_changes(&self) -> &Notify {
+        &self.shared.outbox_changes
     }
 
     pub(crate) fn queue_changed(&self) -> &Notify {
@@ -275,9 +293,11 @@ impl PostgresDatabase {
     }
 }
 
-/// Where the listener forwards notifications: (payload, signal) for the store and the queue.
+/// Where the listener forwards notifications: (payload, signal) for sequenced events, outbox
+/// rows and the queue.
 struct Forward {
     store: (String, Arc<Notify>),
+    outbox: (String, Arc<Notify>),
     queue: (String, Arc<Notify>),
 }
 
@@ -301,6 +321,8 @@ async fn listen(mut listener: PgListener, forward: Forward, stop: CancellationTo
                 failures = 0;
                 if n.payload() == forward.store.0 {
                     forward.store.1.notify_waiters();
+                } else if n.payload() == forward.outbox.0 {
+                    forward.outbox.1.notify_waiters();
                 } else if n.payload() == forward.queue.0 {
                     forward.queue.1.notify_waiters();
                 }

@@ -44,6 +44,16 @@ pub(super) const READ_STREAM: &str = "SELECT COALESCE(position, 0) AS position, 
 pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
      WHERE position > $1 ORDER BY position LIMIT $2";
 
+/// [`READ_ALL`] and, in the same snapshot, whether committed events wait for a position (then
+/// the reader at the head of the log waits for the sequencer and reads again). Always at least
+/// one row: `pending` beside NULL event columns when nothing follows `$1`.
+pub(super) const READ_ALL_AT_HEAD: &str = "SELECT EXISTS (SELECT 1 FROM herald_events WHERE position IS NULL) AS pending, \
+            e.position, e.stream, e.version, e.id, e.name, e.payload, e.metadata \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN LATERAL (SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
+                        WHERE position > $1 ORDER BY position LIMIT $2) AS e ON TRUE \
+     ORDER BY e.position";
+
 /// Whether a committed event waits for a position (the partial index, usually empty).
 pub(super) const UNSEQUENCED: &str = "SELECT EXISTS (SELECT 1 FROM herald_events WHERE position IS NULL)";
 
@@ -58,10 +68,31 @@ pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, ve
 
 pub(super) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = $1";
 
+/// What loading an aggregate reads, in one round trip: the snapshot of stream `$1` (version and
+/// payload on the first row only; NULL without one) beside up to `$2` events after it (NULL
+/// columns when none follow). Always at least one row. Position 0 = not sequenced yet.
+pub(super) const LOAD_STREAM: &str = "WITH s AS (SELECT version, payload FROM herald_snapshots WHERE stream = $1) \
+     SELECT s.version AS snapshot_version, \
+            CASE WHEN ROW_NUMBER() OVER (ORDER BY e.version) = 1 THEN s.payload END AS snapshot_payload, \
+            e.position, e.version, e.id, e.name, e.payload, e.metadata \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN s ON TRUE \
+     LEFT JOIN LATERAL (SELECT COALESCE(position, 0) AS position, version, id, name, payload, metadata \
+                        FROM herald_events WHERE stream = $1 AND version > COALESCE(s.version, 0) \
+                        ORDER BY version LIMIT $2) AS e ON TRUE \
+     ORDER BY e.version";
+
 // --- outbox ---
 
-pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, key, payload, metadata, enqueued_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+/// Enqueues a batch of messages in one statement (in array order: `sequence` follows
+/// `ORDINALITY`) and announces the outbox on channel `$8` with payload `$9` at commit: one round
+/// trip per unit of work, whatever the number of messages.
+pub(super) const ENQUEUE: &str = "WITH ins AS (INSERT INTO herald_outbox (id, name, topic, key, payload, metadata, enqueued_at) \
+       SELECT t.id, t.name, t.topic, t.key, t.payload, t.metadata, $7 \
+       FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[], $6::TEXT[]) \
+            WITH ORDINALITY AS t(id, name, topic, key, payload, metadata, n) \
+       ORDER BY t.n) \
+     SELECT pg_notify($8, $9)";
 
 /// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
 pub(super) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";

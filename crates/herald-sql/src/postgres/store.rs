@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use super::{PostgresDatabase, sql};
 use crate::error::SqlError;
 use crate::rows::{
-    EventRow, MessageColumns, OutboxRow, SagaRow, SnapshotRow, bound, limit, metadata_json, now_millis, to_i64, to_u64,
-    ttl_millis,
+    EventRow, LoadStreamRow, MessageColumns, OutboxRow, ReadAllRow, SagaRow, SnapshotRow, bound, limit, metadata_json,
+    now_millis, to_i64, to_u64, ttl_millis,
 };
 
 /// How many times an `ExpectedVersion::Any` append re-reads the stream's version after other
@@ -75,7 +75,7 @@ impl PostgresStore {
             hooks: Vec::new(),
             appended: false,
             failed: false,
-            announce: false,
+            enqueued: false,
         })
     }
 }
@@ -105,9 +105,10 @@ pub struct PostgresTransaction {
     appended: bool,
     /// Whether a statement failed (the transaction is aborted server-side).
     failed: bool,
-    /// Whether the commit should wake other processes' outbox relays (outbox rows). Events are
-    /// announced by the sequencer once they have positions.
-    announce: bool,
+    /// Whether this transaction enqueued outbox messages: the commit wakes this process's relay
+    /// (other processes' relays by the `pg_notify` sent with the rows). Events are announced by
+    /// the sequencer once they have positions.
+    enqueued: bool,
 }
 
 impl std::fmt::Debug for PostgresTransaction {
@@ -177,6 +178,16 @@ impl PostgresTransaction {
         }
         Ok((current, false))
     }
+}
+
+/// The stream's snapshot and up to `n` events after it, in one statement.
+async fn load_stream<'c, E: sqlx::PgExecutor<'c>>(
+    conn: E,
+    stream: &str,
+    n: usize,
+) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), sqlx::Error> {
+    let rows: Vec<LoadStreamRow> = sqlx::query_as(sql::LOAD_STREAM).bind(stream).bind(limit(n)).fetch_all(conn).await?;
+    LoadStreamRow::decode(stream, rows).map_err(decode_error)
 }
 
 async fn read_stream<'c, E: sqlx::PgExecutor<'c>>(
@@ -285,27 +296,49 @@ impl Transaction for PostgresTransaction {
         self.track(read).map_err(backend)
     }
 
+    async fn load_stream(
+        &mut self,
+        stream: &str,
+        n: usize,
+    ) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let read = load_stream(&mut *self.tx, stream, n).await;
+        self.track(read).map_err(backend)
+    }
+
     async fn enqueue(&mut self, mut messages: Vec<Message>) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
         for m in &mut messages {
             herald::observability::fill_current(&mut m.metadata);
         }
         let columns: Vec<MessageColumns<'_>> =
             messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
-        let now = now_millis();
+        let (mut ids, mut names, mut topics, mut keys, mut payloads, mut metadata) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for c in columns {
-            let done = sqlx::query(sql::ENQUEUE)
-                .bind(c.id)
-                .bind(c.name)
-                .bind(c.topic)
-                .bind(c.key)
-                .bind(c.payload)
-                .bind(c.metadata)
-                .bind(now)
-                .execute(&mut *self.tx)
-                .await;
-            self.track(done).map_err(backend)?;
+            ids.push(c.id);
+            names.push(c.name);
+            topics.push(c.topic);
+            keys.push(c.key);
+            payloads.push(c.payload);
+            metadata.push(c.metadata);
         }
-        self.announce |= !messages.is_empty();
+        let done = sqlx::query(sql::ENQUEUE)
+            .bind(ids)
+            .bind(names)
+            .bind(topics)
+            .bind(keys)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(now_millis())
+            .bind(super::CHANNEL)
+            .bind(self.db.outbox_payload())
+            .execute(&mut *self.tx)
+            .await;
+        self.track(done).map_err(backend)?;
+        // Announced to other processes by the statement; this process's relay at commit.
+        self.enqueued = true;
         Ok(())
     }
 
@@ -384,11 +417,7 @@ impl Transaction for PostgresTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        if self.announce && !self.failed {
-            let announced = self.db.announce_store(&mut self.tx).await;
-            self.track(announced).map_err(backend)?;
-        }
-        let Self { tx, db, hooks, failed, appended, announce } = *self;
+        let Self { tx, db, hooks, failed, appended, enqueued } = *self;
         if failed {
             tx.rollback().await.map_err(backend)?;
             return Err(StoreError::Invalid(
@@ -401,8 +430,8 @@ impl Transaction for PostgresTransaction {
             // assigning them; the commit does not wait for it.
             db.wake_sequencer();
         }
-        if announce || !appended {
-            db.store_changes().notify_waiters();
+        if enqueued {
+            db.outbox_changes().notify_waiters();
         }
         for hook in hooks {
             hook();
@@ -436,29 +465,43 @@ impl Store for PostgresStore {
         // Only sequenced rows are read. The sequencer numbers committed rows in batches above
         // every earlier batch, and a batch becomes visible at once, so this never returns
         // position p while a lower one is still to appear.
-        let read = || async {
-            let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
-                .bind(bound(after))
-                .bind(limit(n))
-                .fetch_all(self.db.pool())
-                .await
-                .map_err(backend)?;
-            rows.into_iter().map(|r| r.into_event().map_err(backend)).collect::<Result<Vec<_>, _>>()
-        };
-        let events = read().await?;
-        if events.len() >= n {
+        //
+        // At the head of the log, events committed before this call but not sequenced yet
+        // belong here too (read-your-writes). The first read says, in the same snapshot,
+        // whether any wait for a position: if none do, every event committed before it is
+        // in it with its position; if some do, wait for a sequencer run and read again.
+        let rows: Vec<ReadAllRow> = sqlx::query_as(sql::READ_ALL_AT_HEAD)
+            .bind(bound(after))
+            .bind(limit(n))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(backend)?;
+        let (pending, events) = ReadAllRow::decode(rows).map_err(backend)?;
+        if events.len() >= n || !pending {
             return Ok(events);
         }
-        // At the head of the log: events committed before this call but not sequenced yet
-        // belong here too (read-your-writes), so wait for the sequencer if there are any, and
-        // read again either way: the first read's snapshot may predate a sequencer batch that
-        // committed before the check (which then finds nothing left to wait for).
-        self.db.sequence_committed().await.map_err(backend)?;
-        read().await
+        self.db.await_sequencer_run().await;
+        let rows: Vec<EventRow> = sqlx::query_as(sql::READ_ALL)
+            .bind(bound(after))
+            .bind(limit(n))
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(backend)?;
+        rows.into_iter().map(|r| r.into_event().map_err(backend)).collect()
     }
 
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
         load_snapshot(self.db.pool(), stream).await.map_err(backend)
+    }
+
+    async fn load_stream(&self, stream: &str, n: usize) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
+        let loaded = load_stream(self.db.pool(), stream, n).await.map_err(backend)?;
+        if loaded.1.iter().all(|e| e.position > 0) {
+            return Ok(loaded);
+        }
+        // Committed events without a position yet: wait for the sequencer, read again.
+        self.db.sequence_committed().await.map_err(backend)?;
+        load_stream(self.db.pool(), stream, n).await.map_err(backend)
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
@@ -522,6 +565,10 @@ impl Store for PostgresStore {
 
     fn changes(&self) -> &Notify {
         self.db.store_changes()
+    }
+
+    fn outbox_changes(&self) -> &Notify {
+        self.db.outbox_changes()
     }
 
     fn poll_interval(&self) -> Duration {
