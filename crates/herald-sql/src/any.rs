@@ -25,6 +25,7 @@
 //! its own text, branch on [`Conn::dialect`] / [`AnyDatabase::dialect`].
 //!
 //! ```
+//! # #[cfg(feature = "sqlite")] // (the example opens a SQLite file)
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use herald_sql::any::{AnyDatabase, Conn, Migration, migrate, query};
 //!
@@ -43,6 +44,7 @@
 //! let price: Option<(i64,)> = query("SELECT price FROM items WHERE id = ?").bind("a").fetch_optional(&db).await?;
 //! assert_eq!(price, Some((250,)));
 //! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))] fn main() {}
 //! ```
 
 use std::fmt;
@@ -54,9 +56,9 @@ use herald::{Store, StoreError};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::{Arguments, AssertSqlSafe, Column as _, PgConnection, PgPool, Row as _, TypeInfo as _};
 
-use crate::{
-    PostgresConfig, PostgresDatabase, PostgresTransaction, SqlError, SqliteConfig, SqliteDatabase, SqliteTransaction,
-};
+use crate::{PostgresConfig, PostgresDatabase, PostgresTransaction, SqlError};
+#[cfg(feature = "sqlite")]
+use crate::{SqliteConfig, SqliteDatabase, SqliteTransaction};
 
 /// Which SQL dialect a database speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl fmt::Display for Dialect {
 #[derive(Clone, Debug)]
 pub enum AnyDatabase {
     /// A SQLite file (or in-memory database).
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteDatabase),
     /// A PostgreSQL schema.
     Postgres(PostgresDatabase),
@@ -89,12 +92,17 @@ pub enum AnyDatabase {
 impl AnyDatabase {
     /// Opens (and migrates) the database at `url`: `postgres://…` / `postgresql://…` is
     /// PostgreSQL in the default schema (see [`PostgresConfig`]); anything else is SQLite
-    /// (`sqlite://path` or a plain path). For other settings open the dialect's
-    /// config and convert with `into()`.
+    /// (`sqlite://path` or a plain path; [`SqlError::Config`] without the `sqlite` feature).
+    /// For other settings open the dialect's config and convert with `into()`.
     pub async fn open(url: &str) -> Result<Self, SqlError> {
         match Self::dialect_of(url) {
             Dialect::Postgres => Ok(PostgresConfig::new(url).open().await?.into()),
+            #[cfg(feature = "sqlite")]
             Dialect::Sqlite => Ok(SqliteConfig::new(url).open().await?.into()),
+            #[cfg(not(feature = "sqlite"))]
+            Dialect::Sqlite => Err(SqlError::Config(format!(
+                "`{url}` is a SQLite database, and herald-sql was built without its `sqlite` feature"
+            ))),
         }
     }
 
@@ -107,6 +115,7 @@ impl AnyDatabase {
     /// The dialect.
     pub fn dialect(&self) -> Dialect {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => Dialect::Sqlite,
             Self::Postgres(_) => Dialect::Postgres,
         }
@@ -115,6 +124,7 @@ impl AnyDatabase {
     /// Herald's store on this database.
     pub fn store(&self) -> Arc<dyn Store> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => Arc::new(db.store()),
             Self::Postgres(db) => Arc::new(db.store()),
         }
@@ -123,6 +133,7 @@ impl AnyDatabase {
     /// Herald's SQL broker on this database (the same tables whichever process opens them).
     pub fn broker(&self) -> Arc<dyn Broker> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => Arc::new(db.broker()),
             Self::Postgres(db) => Arc::new(db.broker()),
         }
@@ -132,6 +143,7 @@ impl AnyDatabase {
     /// replays commit with the rest of a unit of work).
     pub fn dead_letters(&self) -> herald::dead_letters::DeadLetters {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => herald::dead_letters::DeadLetters::on(Arc::new(db.store())),
             Self::Postgres(db) => herald::dead_letters::DeadLetters::on(Arc::new(db.store())),
         }
@@ -145,12 +157,14 @@ impl AnyDatabase {
     /// Closes the pool (waits for checked-out connections to come back).
     pub async fn close(&self) {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => db.close().await,
             Self::Postgres(db) => db.close().await,
         }
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<SqliteDatabase> for AnyDatabase {
     fn from(db: SqliteDatabase) -> Self {
         Self::Sqlite(db)
@@ -167,8 +181,10 @@ impl From<PostgresDatabase> for AnyDatabase {
 #[derive(Debug)]
 pub enum Conn<'a> {
     /// A [`SqliteTransaction`] (its statements run on its connection).
+    #[cfg(feature = "sqlite")]
     Sqlite(&'a mut SqliteTransaction),
     /// A SQLite database (each statement on a reader connection; no transaction).
+    #[cfg(feature = "sqlite")]
     SqliteDatabase(&'a SqliteDatabase),
     /// The connection of a [`PostgresTransaction`].
     Postgres(&'a mut PgConnection),
@@ -183,6 +199,7 @@ impl<'a> Conn<'a> {
     /// # Errors
     /// [`SqlError::Config`] if the transaction comes from another store (the in-memory one…).
     pub fn of(tx: &'a mut dyn Transaction) -> Result<Self, SqlError> {
+        #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
             return match tx.as_any_mut().downcast_mut::<SqliteTransaction>() {
                 Some(tx) => Ok(Self::Sqlite(tx)),
@@ -198,6 +215,7 @@ impl<'a> Conn<'a> {
     /// The dialect of this connection.
     pub fn dialect(&self) -> Dialect {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(_) | Self::SqliteDatabase(_) => Dialect::Sqlite,
             Self::Postgres(_) | Self::PostgresPool(_) => Dialect::Postgres,
         }
@@ -212,7 +230,9 @@ fn not_sql() -> SqlError {
 impl<'b> From<&'b mut Conn<'_>> for Conn<'b> {
     fn from(conn: &'b mut Conn<'_>) -> Self {
         match conn {
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(c) => Conn::Sqlite(c),
+            #[cfg(feature = "sqlite")]
             Conn::SqliteDatabase(d) => Conn::SqliteDatabase(d),
             Conn::Postgres(c) => Conn::Postgres(c),
             Conn::PostgresPool(p) => Conn::PostgresPool(p),
@@ -223,18 +243,21 @@ impl<'b> From<&'b mut Conn<'_>> for Conn<'b> {
 impl<'a> From<&'a AnyDatabase> for Conn<'a> {
     fn from(db: &'a AnyDatabase) -> Self {
         match db {
+            #[cfg(feature = "sqlite")]
             AnyDatabase::Sqlite(db) => Self::SqliteDatabase(db),
             AnyDatabase::Postgres(db) => Self::PostgresPool(db.pool()),
         }
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl<'a> From<&'a SqliteDatabase> for Conn<'a> {
     fn from(db: &'a SqliteDatabase) -> Self {
         Self::SqliteDatabase(db)
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl<'a> From<&'a mut SqliteTransaction> for Conn<'a> {
     fn from(tx: &'a mut SqliteTransaction) -> Self {
         Self::Sqlite(tx)
@@ -307,6 +330,7 @@ impl Value {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl rusqlite::ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
         match self {
@@ -473,6 +497,7 @@ tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 tuple_from_row!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 
 /// The rows of a SQLite statement, as [`Row`]s.
+#[cfg(feature = "sqlite")]
 fn sqlite_rows(conn: &rusqlite::Connection, sql: &str, values: &[Value]) -> Result<Vec<Row>, SqlError> {
     let mut stmt = conn.prepare_cached(sql)?;
     let columns: Arc<[String]> = stmt.column_names().into_iter().map(str::to_owned).collect();
@@ -565,12 +590,15 @@ impl Query {
     /// What the database said (see [`SqlError::is_unique_violation`]).
     pub async fn execute<'c>(self, conn: impl Into<Conn<'c>>) -> Result<u64, SqlError> {
         let Query { sql, values } = self;
+        #[cfg(feature = "sqlite")]
         let sqlite = |c: &rusqlite::Connection| -> Result<u64, SqlError> {
             let n = c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(&values))?;
             Ok(n as u64)
         };
         match conn.into() {
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(tx) => sqlite(tx.connection()),
+            #[cfg(feature = "sqlite")]
             Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite(c)))?,
             Conn::Postgres(c) => Ok(pg_query(&sql, values)?.execute(c).await?.rows_affected()),
             Conn::PostgresPool(p) => Ok(pg_query(&sql, values)?.execute(p).await?.rows_affected()),
@@ -584,7 +612,9 @@ impl Query {
     pub async fn fetch_all<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<Vec<T>, SqlError> {
         let Query { sql, values } = self;
         let rows = match conn.into() {
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(tx) => sqlite_rows(tx.connection(), &sql, &values)?,
+            #[cfg(feature = "sqlite")]
             Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite_rows(c, &sql, &values)))??,
             Conn::Postgres(c) => pg_rows(&pg_query(&sql, values)?.fetch_all(c).await?)?,
             Conn::PostgresPool(p) => pg_rows(&pg_query(&sql, values)?.fetch_all(p).await?)?,
@@ -749,7 +779,9 @@ pub async fn migrate(db: &AnyDatabase, app: &str, migrations: &[Migration]) -> R
 async fn run_script(conn: &mut Conn<'_>, text: &'static str) -> Result<(), SqlError> {
     let script = sqlx::raw_sql(AssertSqlSafe(text));
     match conn {
+        #[cfg(feature = "sqlite")]
         Conn::Sqlite(tx) => Ok(tx.connection().execute_batch(text)?),
+        #[cfg(feature = "sqlite")]
         Conn::SqliteDatabase(db) => db.read(|c| c.execute_batch(text)),
         Conn::Postgres(c) => Ok(script.execute(&mut **c).await.map(drop)?),
         Conn::PostgresPool(p) => Ok(script.execute(*p).await.map(drop)?),

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::error::SqlError;
 use crate::postgres::PostgresDatabase;
+#[cfg(feature = "sqlite")]
 use crate::sqlite::SqliteDatabase;
 
 /// How to open a SQLite database. Deserialise it from the application's configuration, then
@@ -18,6 +19,7 @@ use crate::sqlite::SqliteDatabase;
 /// max_connections = 8
 /// busy_timeout_ms = 30000
 /// ```
+#[cfg(feature = "sqlite")]
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqliteConfig {
@@ -44,6 +46,7 @@ pub struct SqliteConfig {
     pub publish_to_sql_broker: bool,
 }
 
+#[cfg(feature = "sqlite")]
 impl SqliteConfig {
     /// The default database file.
     pub const DEFAULT_URL: &str = "sqlite://herald.db";
@@ -96,6 +99,7 @@ impl SqliteConfig {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl Default for SqliteConfig {
     fn default() -> Self {
         Self {
@@ -218,6 +222,7 @@ impl Default for PostgresConfig {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn missing_fields_take_their_defaults() -> Result<(), serde_json::Error> {
         let c: SqliteConfig = serde_json::from_str(r#"{"url": "sqlite://x.db"}"#)?;
@@ -226,6 +231,7 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn nonsense_settings_are_refused_with_the_reason() {
         let err = |c: SqliteConfig| c.validate().map_err(|e| e.to_string()).err().unwrap_or_default();

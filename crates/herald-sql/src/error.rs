@@ -20,6 +20,7 @@ pub enum SqlError {
         source: sqlx::Error,
     },
     /// The SQLite database could not be opened, configured or read at start-up.
+    #[cfg(feature = "sqlite")]
     #[error("cannot open SQLite database `{url}`")]
     Sqlite {
         /// The URL or path that was given.
@@ -38,6 +39,7 @@ pub enum SqlError {
         source: sqlx::migrate::MigrateError,
     },
     /// One of Herald's SQLite schema scripts failed.
+    #[cfg(feature = "sqlite")]
     #[error("cannot migrate SQLite database `{url}`: script {version} ({description}) failed")]
     SqliteMigrate {
         /// The URL or path that was given.
@@ -70,6 +72,7 @@ pub enum SqlError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
     /// A SQLite statement failed.
+    #[cfg(feature = "sqlite")]
     #[error("SQLite error")]
     Statement(#[from] rusqlite::Error),
     /// A query that must return a row returned none.
@@ -98,6 +101,7 @@ impl SqlError {
     pub fn is_unique_violation(&self) -> bool {
         match self {
             Self::Database(e) => e.as_database_error().is_some_and(|d| d.is_unique_violation()),
+            #[cfg(feature = "sqlite")]
             Self::Statement(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.extended_code,
                 rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY

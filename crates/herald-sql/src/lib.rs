@@ -32,9 +32,16 @@
 //! builds in a schema of its own (one schema per module). Appends take a transaction-scoped
 //! advisory lock so positions commit in order; see [`postgres`].
 //!
+//! ## Features
+//!
+//! `sqlite` (on by default) builds the SQLite dialect, on rusqlite with SQLite's C source
+//! bundled. An application on PostgreSQL only can turn it off (`default-features = false`):
+//! the SQLite types are then left out, and rusqlite is not a dependency.
+//!
 //! ## Example
 //!
 //! ```
+//! # #[cfg(feature = "sqlite")] // (the example opens a SQLite file)
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 //! use herald::{ExpectedVersion, Message, NewEvent, Store};
@@ -57,6 +64,7 @@
 //! delivery.ack().await?;
 //! Publisher::close(&broker).await?;
 //! # Ok(()) }
+//! # #[cfg(not(feature = "sqlite"))] fn main() {}
 //! ```
 
 #![forbid(unsafe_code)]
@@ -67,13 +75,18 @@ mod dead_letters;
 mod error;
 pub mod postgres;
 mod rows;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use any::AnyDatabase;
-pub use config::{PostgresConfig, SqliteConfig};
+pub use config::PostgresConfig;
+#[cfg(feature = "sqlite")]
+pub use config::SqliteConfig;
 pub use error::SqlError;
 pub use postgres::{PgBroker, PostgresDatabase, PostgresQueue, PostgresStore, PostgresTransaction};
 /// The SQLite client Herald runs on, for [`SqliteTransaction::connection`] and
 /// [`SqliteDatabase::read`] (same version, so no second copy to match).
+#[cfg(feature = "sqlite")]
 pub use rusqlite;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqlBroker, SqliteDatabase, SqliteQueue, SqliteStore, SqliteTransaction};

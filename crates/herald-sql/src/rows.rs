@@ -300,6 +300,7 @@ impl PendingRow {
 }
 
 /// Rows read by SQLite statements (rusqlite), by column name: the same structs as PostgreSQL's.
+#[cfg(feature = "sqlite")]
 pub(crate) mod sqlite {
     use rusqlite::Row;
 

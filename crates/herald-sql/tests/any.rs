@@ -6,8 +6,10 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use herald::{ExpectedVersion, NewEvent, Store};
+use herald_sql::PostgresConfig;
+#[cfg(feature = "sqlite")]
+use herald_sql::SqliteConfig;
 use herald_sql::any::{AnyDatabase, Conn, Dialect, Migration, migrate, query};
-use herald_sql::{PostgresConfig, SqliteConfig};
 
 const SCHEMA: &[Migration] = &[
     Migration::portable(
@@ -24,6 +26,7 @@ const SCHEMA: &[Migration] = &[
     ),
 ];
 
+#[cfg(feature = "sqlite")]
 async fn sqlite() -> (AnyDatabase, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("app.db").display());
@@ -115,6 +118,7 @@ async fn the_same_code_runs_on(db: AnyDatabase) {
     db.close().await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn on_sqlite() {
     let (db, _dir) = sqlite().await;

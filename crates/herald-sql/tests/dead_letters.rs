@@ -19,7 +19,9 @@ use herald::outbox::OutboxRelay;
 use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router};
 use herald::{Message, MessageId, Store};
-use herald_sql::{PostgresConfig, SqliteDatabase};
+use herald_sql::PostgresConfig;
+#[cfg(feature = "sqlite")]
+use herald_sql::SqliteDatabase;
 use tokio_util::sync::CancellationToken;
 
 const TOPIC: &str = "orders";
@@ -91,6 +93,7 @@ struct App {
 
 impl App {
     /// On a fresh SQLite file.
+    #[cfg(feature = "sqlite")]
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDatabase::open(dir.path().join("app.db").to_str().unwrap()).await.unwrap();
@@ -197,6 +200,7 @@ fn order(payload: &[u8]) -> Message {
     m
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dead_letter_api_replays_a_dead_letter_and_it_is_then_handled() {
     replays_a_dead_letter_to_the_failed_group_only(App::sqlite().await).await;
@@ -266,6 +270,7 @@ async fn replays_a_dead_letter_to_the_failed_group_only(app: App) {
     app.stop().await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_discarded_dead_letter_leaves_the_pending_list_and_is_never_handled() {
     let app = App::sqlite().await;
@@ -294,6 +299,7 @@ async fn a_discarded_dead_letter_leaves_the_pending_list_and_is_never_handled() 
     app.stop().await;
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_that_fails_again_is_archived_again_and_can_be_replayed_again() {
     let app = App::sqlite().await;

@@ -13,6 +13,7 @@
 //! skip otherwise, a failure when `CI` is set).
 
 use std::collections::BTreeMap;
+#[cfg(feature = "sqlite")]
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -23,7 +24,9 @@ use async_trait::async_trait;
 use herald::projection::{Progress, Projection, ProjectionError, ProjectionRunner, RunnerConfig, downcast_tx};
 use herald::store::{RecordedEvent, StreamAppend};
 use herald::{Event, ExpectedVersion, NewEvent, Registry, Store, Transaction};
-use herald_sql::{PostgresConfig, PostgresDatabase, PostgresTransaction, SqliteDatabase, SqliteTransaction};
+use herald_sql::{PostgresConfig, PostgresDatabase, PostgresTransaction};
+#[cfg(feature = "sqlite")]
+use herald_sql::{SqliteDatabase, SqliteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -48,13 +51,18 @@ impl Event for Deposited {
 /// Where the events and read models live; passed to the child in [`CHILD_ENV`].
 #[derive(Clone, Debug)]
 enum Target {
+    #[cfg(feature = "sqlite")]
     Sqlite(PathBuf),
-    Postgres { url: String, schema: String },
+    Postgres {
+        url: String,
+        schema: String,
+    },
 }
 
 impl Target {
     fn to_env(&self) -> String {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(path) => format!("sqlite|{}", path.display()),
             Self::Postgres { url, schema } => format!("postgres|{url}|{schema}"),
         }
@@ -63,6 +71,7 @@ impl Target {
     fn from_env(text: &str) -> Self {
         let parts: Vec<&str> = text.split('|').collect();
         match parts.as_slice() {
+            #[cfg(feature = "sqlite")]
             ["sqlite", path] => Self::Sqlite(PathBuf::from(path)),
             ["postgres", url, schema] => Self::Postgres { url: (*url).to_owned(), schema: (*schema).to_owned() },
             _ => panic!("bad {CHILD_ENV}: {text}"),
@@ -71,6 +80,7 @@ impl Target {
 
     async fn open(&self) -> Db {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(path) => {
                 Db::Sqlite(SqliteDatabase::open(path.to_str().expect("utf-8 path")).await.expect("open"))
             }
@@ -83,6 +93,7 @@ impl Target {
 
 #[derive(Clone, Debug)]
 enum Db {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteDatabase),
     Postgres(PostgresDatabase),
 }
@@ -93,6 +104,7 @@ type Totals = BTreeMap<String, (i64, i64)>;
 impl Db {
     fn store(&self) -> Arc<dyn Store> {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => Arc::new(db.store()),
             Self::Postgres(db) => Arc::new(db.store()),
         }
@@ -101,6 +113,7 @@ impl Db {
     async fn create_tables(&self) {
         for table in [Table::A, Table::B] {
             match self {
+                #[cfg(feature = "sqlite")]
                 Self::Sqlite(db) => {
                     db.read(|c| c.execute_batch(table.create())).expect("create table");
                 }
@@ -113,6 +126,7 @@ impl Db {
 
     async fn totals(&self, table: Table) -> Totals {
         let rows: Vec<(String, i64, i64)> = match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => herald_sql::any::query(table.select()).fetch_all(db).await,
             Self::Postgres(db) => herald_sql::any::query(table.select()).fetch_all(db).await,
         }
@@ -122,6 +136,7 @@ impl Db {
 
     async fn close(&self) {
         match self {
+            #[cfg(feature = "sqlite")]
             Self::Sqlite(db) => db.close().await,
             Self::Postgres(db) => db.close().await,
         }
@@ -147,6 +162,7 @@ impl Table {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     fn upsert_sqlite(self) -> &'static str {
         match self {
             Self::A => {
@@ -170,6 +186,7 @@ impl Table {
     }
 
     /// One statement for a whole batch: rows come as a JSON array of `[stream, n, total]`.
+    #[cfg(feature = "sqlite")]
     fn upsert_many_sqlite(self) -> &'static str {
         match self {
             Self::A => {
@@ -234,19 +251,21 @@ impl Projection for StreamTotals {
 
     async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
         let amount = event.decode::<Deposited>(&self.registry)?.amount;
+        #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
             conn.execute(self.table.upsert_sqlite(), herald_sql::rusqlite::params![event.stream, amount])
                 .map_err(ProjectionError::transient)?;
-        } else {
-            let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
-            sqlx::query(self.table.upsert_postgres())
-                .bind(&event.stream)
-                .bind(amount)
-                .execute(conn)
-                .await
-                .map_err(ProjectionError::transient)?;
+            self.handled.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
         }
+        let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
+        sqlx::query(self.table.upsert_postgres())
+            .bind(&event.stream)
+            .bind(amount)
+            .execute(conn)
+            .await
+            .map_err(ProjectionError::transient)?;
         self.handled.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -265,36 +284,39 @@ impl Projection for StreamTotals {
             row.0 += 1;
             row.1 += amount;
         }
+        #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let json: Vec<(&str, i64, i64)> = rows.iter().map(|(s, (n, t))| (*s, *n, *t)).collect();
             let json = serde_json::to_string(&json).map_err(ProjectionError::permanent)?;
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
             conn.execute(self.table.upsert_many_sqlite(), [json]).map_err(ProjectionError::transient)?;
-        } else {
-            let streams: Vec<String> = rows.keys().map(|s| (*s).to_owned()).collect();
-            let counts: Vec<i64> = rows.values().map(|(n, _)| *n).collect();
-            let totals: Vec<i64> = rows.values().map(|(_, t)| *t).collect();
-            let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
-            sqlx::query(self.table.upsert_many_postgres())
-                .bind(streams)
-                .bind(counts)
-                .bind(totals)
-                .execute(conn)
-                .await
-                .map_err(ProjectionError::transient)?;
+            self.handled.fetch_add(events.len() as u64, Ordering::Relaxed);
+            return Ok(());
         }
+        let streams: Vec<String> = rows.keys().map(|s| (*s).to_owned()).collect();
+        let counts: Vec<i64> = rows.values().map(|(n, _)| *n).collect();
+        let totals: Vec<i64> = rows.values().map(|(_, t)| *t).collect();
+        let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
+        sqlx::query(self.table.upsert_many_postgres())
+            .bind(streams)
+            .bind(counts)
+            .bind(totals)
+            .execute(conn)
+            .await
+            .map_err(ProjectionError::transient)?;
         self.handled.fetch_add(events.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
+        #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
             conn.execute(self.table.delete(), []).map_err(ProjectionError::transient)?;
-        } else {
-            let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
-            sqlx::query(self.table.delete()).execute(conn).await.map_err(ProjectionError::transient)?;
+            return Ok(());
         }
+        let conn = downcast_tx::<PostgresTransaction>(tx)?.connection();
+        sqlx::query(self.table.delete()).execute(conn).await.map_err(ProjectionError::transient)?;
         Ok(())
     }
 }
@@ -381,6 +403,7 @@ fn sigkill(mut child: Child) {
 /// The whole scenario on one database.
 async fn kill_restart_rebuild(target: Target) {
     let label = match &target {
+        #[cfg(feature = "sqlite")]
         Target::Sqlite(_) => "SQLite",
         Target::Postgres { .. } => "PostgreSQL",
     };
@@ -498,6 +521,7 @@ async fn kill_restart_rebuild(target: Target) {
         report_a.elapsed,
         started.elapsed(),
     );
+    #[cfg_attr(not(feature = "sqlite"), allow(irrefutable_let_patterns))] // PostgreSQL is then the only target
     if let (Db::Postgres(pg), Target::Postgres { schema, .. }) = (&db, &target) {
         // Tidy up (a failed run leaves its schema to the sweep of `postgres_conformance`).
         let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
@@ -506,6 +530,7 @@ async fn kill_restart_rebuild(target: Target) {
     db.close().await;
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn sqlite_projection_killed_midway_resumes_and_a_rebuild_ends_equal() {
     let dir = tempfile::tempdir().expect("temp dir");
