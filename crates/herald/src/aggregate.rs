@@ -176,9 +176,31 @@ impl<A: Aggregate> Repository<A> {
         if events.is_empty() {
             return Ok(());
         }
-        let stream = stream_name::<A>(&loaded.id);
+        let (stream, new_events, span) = self.encode(loaded, events, cause)?;
         let before = loaded.version;
-        let span = tracing::info_span!("append", stream = %stream, events = events.len(), expected_version = before);
+        let result = tx.append(&stream, ExpectedVersion::Exact(before), new_events).instrument(span).await?;
+        for e in events {
+            loaded.state.apply(e);
+        }
+        loaded.version = result.next_expected_version;
+        if self.snapshot_due(before, loaded.version) {
+            let payload = encode_json(A::TYPE, &loaded.state)?;
+            tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
+        }
+        Ok(())
+    }
+
+    /// The stream, the events to append (with this `append` span's trace context and `cause`)
+    /// and the span to append them in.
+    fn encode(
+        &self,
+        loaded: &Loaded<A>,
+        events: &[A::Event],
+        cause: Option<&Message>,
+    ) -> Result<(String, Vec<NewEvent>, tracing::Span), StoreError> {
+        let stream = stream_name::<A>(&loaded.id);
+        let span =
+            tracing::info_span!("append", stream = %stream, events = events.len(), expected_version = loaded.version);
         let mut new_events = Vec::with_capacity(events.len());
         for e in events {
             let mut n = NewEvent::encode(e)?;
@@ -188,22 +210,19 @@ impl<A: Aggregate> Repository<A> {
             }
             new_events.push(n);
         }
-        let result = tx.append(&stream, ExpectedVersion::Exact(before), new_events).instrument(span).await?;
-        for e in events {
-            loaded.state.apply(e);
-        }
-        loaded.version = result.next_expected_version;
-        if let Some(every) = self.snapshot_every
-            && before / every != loaded.version / every
-        {
-            let payload = encode_json(A::TYPE, &loaded.state)?;
-            tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
-        }
-        Ok(())
+        Ok((stream, new_events, span))
     }
 
-    /// Loads, handles `command`, saves and commits in one transaction, retrying from the load
-    /// when another writer got there first. Returns the recorded events.
+    /// Whether going from version `before` to `after` passes a multiple of the snapshot
+    /// interval.
+    fn snapshot_due(&self, before: u64, after: u64) -> bool {
+        self.snapshot_every.is_some_and(|every| before / every != after / every)
+    }
+
+    /// Loads (outside any transaction), handles `command` and appends its events expecting the
+    /// version loaded, retrying from the load when another writer got there first. The append
+    /// is [`Store::append`] (one statement on PostgreSQL), or a transaction with the snapshot
+    /// when one is due. Returns the recorded events.
     pub async fn execute(
         &self,
         store: &dyn Store,
@@ -220,14 +239,26 @@ impl<A: Aggregate> Repository<A> {
             otel.status_code = tracing::field::Empty,
         );
         let result = retry_on_conflict(self.conflict_retries, || async {
-            let mut tx = store.begin().await?;
-            let mut loaded = self.load(tx.as_mut(), id).await?;
+            // Read without a transaction: the append below expects the version read, so a
+            // decision on a state that moved on conflicts and is retried from here.
+            let mut loaded = self.load_from(store, id).await?;
             let events = match loaded.state.handle(command.clone()) {
                 Ok(events) => events,
                 Err(e) => return Ok(Err(e)),
             };
-            self.save(tx.as_mut(), &mut loaded, &events, None).await?;
-            tx.commit().await?;
+            if events.is_empty() {
+                return Ok(Ok(events));
+            }
+            let after = loaded.version + events.len() as u64;
+            if self.snapshot_due(loaded.version, after) {
+                let mut tx = store.begin().await?;
+                self.save(tx.as_mut(), &mut loaded, &events, None).await?;
+                tx.commit().await?;
+            } else {
+                let (stream, new_events, append_span) = self.encode(&loaded, &events, None)?;
+                let expected = ExpectedVersion::Exact(loaded.version);
+                store.append(&stream, expected, new_events).instrument(append_span).await?;
+            }
             Ok(Ok(events))
         })
         .instrument(span.clone())

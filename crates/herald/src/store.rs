@@ -361,7 +361,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn load_snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
 
     /// The stream's latest snapshot and up to `limit` committed events after it (from version
-    /// 1 without a snapshot), as [`Transaction::load_stream`] outside a unit of work.
+    /// 1 without a snapshot), as [`Transaction::load_stream`] outside a unit of work. Loading
+    /// an aggregate needs versions, not positions, so this read never waits for positions: a
+    /// backend that assigns them after commit (PostgreSQL) may report 0 for events it has not
+    /// numbered yet.
     async fn load_stream(
         &self,
         stream: &str,

@@ -33,6 +33,20 @@ pub(super) const APPEND: &str = "WITH cur AS (SELECT COALESCE(MAX(version), 0)::
        ON CONFLICT (stream, version) DO NOTHING RETURNING seq) \
      SELECT cur.v, ARRAY(SELECT seq FROM ins) FROM cur";
 
+/// [`APPEND`] on its own, as one autocommit statement (`Store::append` outside a unit of
+/// work): no `ON CONFLICT`, so a version another transaction committed first fails the whole
+/// statement with a unique violation and nothing is written. Returns the version read and how
+/// many events were inserted (0 when the expectation `$7` did not hold).
+pub(super) const APPEND_ALONE: &str = "WITH cur AS (SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM herald_events WHERE stream = $1), \
+     ins AS (INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
+       SELECT $1, cur.v + t.n, t.id, t.name, t.payload, t.metadata, $6 \
+       FROM cur, UNNEST($2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::TEXT[]) \
+            WITH ORDINALITY AS t(id, name, payload, metadata, n) \
+       WHERE $7::BIGINT IS NULL OR cur.v = $7 \
+       ORDER BY t.n \
+       RETURNING seq) \
+     SELECT cur.v, (SELECT count(*) FROM ins) FROM cur";
+
 /// Undoes the part of an append that raced with another transaction (rows of this transaction).
 pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = ANY($1)";
 

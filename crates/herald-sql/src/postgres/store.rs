@@ -146,16 +146,8 @@ impl PostgresTransaction {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<(u64, bool), StoreError> {
-        let metadata: Vec<String> =
-            events.iter().map(|e| metadata_json(&e.metadata)).collect::<Result<_, _>>().map_err(backend)?;
-        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
-        let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
-        let required = match expected {
-            ExpectedVersion::Any => None,
-            ExpectedVersion::NoStream => Some(0),
-            ExpectedVersion::Exact(v) => Some(to_i64("version", v).map_err(backend)?),
-        };
+        let (ids, names, payloads, metadata) = event_columns(events)?;
+        let required = required_version(expected)?;
         let done = sqlx::query_as(sql::APPEND)
             .bind(stream)
             .bind(ids)
@@ -178,6 +170,26 @@ impl PostgresTransaction {
         }
         Ok((current, false))
     }
+}
+
+/// The events' columns as arrays, for `UNNEST`: ids, names, payloads, metadata.
+#[allow(clippy::type_complexity)]
+fn event_columns(events: &[NewEvent]) -> Result<(Vec<String>, Vec<&str>, Vec<&[u8]>, Vec<String>), StoreError> {
+    let metadata: Vec<String> =
+        events.iter().map(|e| metadata_json(&e.metadata)).collect::<Result<_, _>>().map_err(backend)?;
+    let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.name.as_str()).collect();
+    let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_slice()).collect();
+    Ok((ids, names, payloads, metadata))
+}
+
+/// The version an append requires (`NULL`: any).
+fn required_version(expected: ExpectedVersion) -> Result<Option<i64>, StoreError> {
+    Ok(match expected {
+        ExpectedVersion::Any => None,
+        ExpectedVersion::NoStream => Some(0),
+        ExpectedVersion::Exact(v) => Some(to_i64("version", v).map_err(backend)?),
+    })
 }
 
 /// The stream's snapshot and up to `n` events after it, in one statement.
@@ -495,13 +507,53 @@ impl Store for PostgresStore {
     }
 
     async fn load_stream(&self, stream: &str, n: usize) -> Result<(Option<Snapshot>, Vec<RecordedEvent>), StoreError> {
-        let loaded = load_stream(self.db.pool(), stream, n).await.map_err(backend)?;
-        if loaded.1.iter().all(|e| e.position > 0) {
-            return Ok(loaded);
-        }
-        // Committed events without a position yet: wait for the sequencer, read again.
-        self.db.sequence_committed().await.map_err(backend)?;
+        // No wait for the sequencer: an aggregate needs versions (position 0 = not numbered yet).
         load_stream(self.db.pool(), stream, n).await.map_err(backend)
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(stream, &events)?;
+        // One autocommit statement, all or nothing: a version another transaction committed
+        // first fails it with a unique violation (a conflict), so nothing is ever half written.
+        let (ids, names, payloads, metadata) = event_columns(&events)?;
+        let required = required_version(expected)?;
+        let mut raced = 0;
+        loop {
+            let done = sqlx::query_as(sql::APPEND_ALONE)
+                .bind(stream)
+                .bind(&ids)
+                .bind(&names)
+                .bind(&payloads)
+                .bind(&metadata)
+                .bind(now_millis())
+                .bind(required)
+                .fetch_one(self.db.pool())
+                .await;
+            match done {
+                Ok((current, inserted)) => {
+                    let (current, inserted): (i64, i64) = (current, inserted);
+                    let current = to_u64("version", current).map_err(backend)?;
+                    if !expected.matches(current) {
+                        return Err(StoreError::version_conflict(stream, expected, current));
+                    }
+                    debug_assert_eq!(inserted, events.len() as i64);
+                    self.db.wake_sequencer();
+                    return Ok(AppendResult { next_expected_version: current + events.len() as u64 });
+                }
+                Err(e) => match statement_error(stream, e) {
+                    // Another append took a version first; `Any` appends after it.
+                    StoreError::Conflict { .. } if expected == ExpectedVersion::Any && raced < MAX_ANY_RETRIES => {
+                        raced += 1;
+                    }
+                    e => return Err(e),
+                },
+            }
+        }
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
