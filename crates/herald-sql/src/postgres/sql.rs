@@ -14,6 +14,20 @@ pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 // --- event store ---
 
+/// The part [`APPEND`] and [`APPEND_ALONE`] share: the version read, and the insert of the
+/// events after it when the expectation `$7` holds (up to its `ORDER BY`).
+macro_rules! append_insert {
+    () => {
+        "WITH cur AS (SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM herald_events WHERE stream = $1), \
+         ins AS (INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
+           SELECT $1, cur.v + t.n, t.id, t.name, t.payload, t.metadata, $6 \
+           FROM cur, UNNEST($2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::TEXT[]) \
+                WITH ORDINALITY AS t(id, name, payload, metadata, n) \
+           WHERE $7::BIGINT IS NULL OR cur.v = $7 \
+           ORDER BY t.n "
+    };
+}
+
 /// An append in one statement: reads the stream's version, and if it is `$7` (NULL = any)
 /// inserts all the events after it, in order (`WITH ORDINALITY`, so `seq` and later the
 /// positions follow versions), without a position: the sequencer assigns it after commit.
@@ -23,29 +37,17 @@ pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 /// transaction, then skips the row if it committed (inserts it if it rolled back). Fewer `seq`s
 /// than events means another append got there first; the caller deletes the rows that were
 /// inserted ([`DELETE_EVENTS`]), so the append writes nothing and the transaction stays usable.
-pub(super) const APPEND: &str = "WITH cur AS (SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM herald_events WHERE stream = $1), \
-     ins AS (INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
-       SELECT $1, cur.v + t.n, t.id, t.name, t.payload, t.metadata, $6 \
-       FROM cur, UNNEST($2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::TEXT[]) \
-            WITH ORDINALITY AS t(id, name, payload, metadata, n) \
-       WHERE $7::BIGINT IS NULL OR cur.v = $7 \
-       ORDER BY t.n \
-       ON CONFLICT (stream, version) DO NOTHING RETURNING seq) \
-     SELECT cur.v, ARRAY(SELECT seq FROM ins) FROM cur";
+pub(super) const APPEND: &str = concat!(
+    append_insert!(),
+    "ON CONFLICT (stream, version) DO NOTHING RETURNING seq) SELECT cur.v, ARRAY(SELECT seq FROM ins) FROM cur"
+);
 
 /// [`APPEND`] on its own, as one autocommit statement (`Store::append` outside a unit of
 /// work): no `ON CONFLICT`, so a version another transaction committed first fails the whole
 /// statement with a unique violation and nothing is written. Returns the version read and how
 /// many events were inserted (0 when the expectation `$7` did not hold).
-pub(super) const APPEND_ALONE: &str = "WITH cur AS (SELECT COALESCE(MAX(version), 0)::BIGINT AS v FROM herald_events WHERE stream = $1), \
-     ins AS (INSERT INTO herald_events (stream, version, id, name, payload, metadata, recorded_at) \
-       SELECT $1, cur.v + t.n, t.id, t.name, t.payload, t.metadata, $6 \
-       FROM cur, UNNEST($2::TEXT[], $3::TEXT[], $4::BYTEA[], $5::TEXT[]) \
-            WITH ORDINALITY AS t(id, name, payload, metadata, n) \
-       WHERE $7::BIGINT IS NULL OR cur.v = $7 \
-       ORDER BY t.n \
-       RETURNING seq) \
-     SELECT cur.v, (SELECT count(*) FROM ins) FROM cur";
+pub(super) const APPEND_ALONE: &str =
+    concat!(append_insert!(), "RETURNING seq) SELECT cur.v, (SELECT count(*) FROM ins) FROM cur");
 
 /// Undoes the part of an append that raced with another transaction (rows of this transaction).
 pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = ANY($1)";
