@@ -44,10 +44,10 @@ pub(super) const APPEND: &str = concat!(
 
 /// [`APPEND`] on its own, as one autocommit statement (`Store::append` outside a unit of
 /// work): no `ON CONFLICT`, so a version another transaction committed first fails the whole
-/// statement with a unique violation and nothing is written. Returns the version read and how
-/// many events were inserted (0 when the expectation `$7` did not hold).
-pub(super) const APPEND_ALONE: &str =
-    concat!(append_insert!(), "RETURNING seq) SELECT cur.v, (SELECT count(*) FROM ins) FROM cur");
+/// statement with a unique violation and nothing is written. Returns the version read (the
+/// insert ran if and only if it matches the expectation `$7`; a data-modifying `WITH` runs
+/// whether or not the `SELECT` reads it).
+pub(super) const APPEND_ALONE: &str = concat!(append_insert!(), "RETURNING seq) SELECT cur.v FROM cur");
 
 /// Undoes the part of an append that raced with another transaction (rows of this transaction).
 pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = ANY($1)";

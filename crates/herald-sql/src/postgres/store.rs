@@ -524,7 +524,7 @@ impl Store for PostgresStore {
         let required = required_version(expected)?;
         let mut raced = 0;
         loop {
-            let done = sqlx::query_as(sql::APPEND_ALONE)
+            let done = sqlx::query_scalar::<_, i64>(sql::APPEND_ALONE)
                 .bind(stream)
                 .bind(&ids)
                 .bind(&names)
@@ -535,13 +535,11 @@ impl Store for PostgresStore {
                 .fetch_one(self.db.pool())
                 .await;
             match done {
-                Ok((current, inserted)) => {
-                    let (current, inserted): (i64, i64) = (current, inserted);
+                Ok(current) => {
                     let current = to_u64("version", current).map_err(backend)?;
                     if !expected.matches(current) {
                         return Err(StoreError::version_conflict(stream, expected, current));
                     }
-                    debug_assert_eq!(inserted, events.len() as i64);
                     self.db.wake_sequencer();
                     return Ok(AppendResult { next_expected_version: current + events.len() as u64 });
                 }
