@@ -302,6 +302,11 @@ impl StreamSource<'_> {
 }
 
 /// Runs `op` again (up to `retries` more times) while it fails with a conflict.
+///
+/// The first retry is immediate (the usual conflict: one other writer got in first, a fresh read
+/// wins). Later ones wait a random time up to an exponentially growing cap (full jitter), so
+/// writers that keep colliding on one hot stream spread out instead of one of them losing every
+/// round while the others proceed.
 pub async fn retry_on_conflict<T, F, Fut>(retries: u32, mut op: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
@@ -313,10 +318,21 @@ where
             Err(e) if e.is_conflict() && attempt < retries => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "conflict; retrying");
+                if let Some(cap) = conflict_backoff_cap(attempt) {
+                    tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
+                }
             }
             other => return other,
         }
     }
+}
+
+/// The longest wait before conflict retry `attempt` (1-based): none for the first, then 200 µs
+/// doubling up to 50 ms.
+fn conflict_backoff_cap(attempt: u32) -> Option<std::time::Duration> {
+    const FIRST: std::time::Duration = std::time::Duration::from_micros(200);
+    const MAX: std::time::Duration = std::time::Duration::from_millis(50);
+    (attempt > 1).then(|| FIRST.saturating_mul(1 << (attempt - 2).min(16)).min(MAX))
 }
 
 /// Given/when/then tests for aggregates.
@@ -387,5 +403,21 @@ pub mod testing {
         pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
             self.result
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::conflict_backoff_cap;
+
+    #[test]
+    fn conflict_backoff_starts_immediate_then_doubles_up_to_its_ceiling() {
+        assert_eq!(conflict_backoff_cap(1), None);
+        assert_eq!(conflict_backoff_cap(2), Some(Duration::from_micros(200)));
+        assert_eq!(conflict_backoff_cap(3), Some(Duration::from_micros(400)));
+        assert_eq!(conflict_backoff_cap(10), Some(Duration::from_millis(50)));
+        assert_eq!(conflict_backoff_cap(u32::MAX), Some(Duration::from_millis(50)));
     }
 }
