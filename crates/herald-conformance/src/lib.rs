@@ -231,6 +231,7 @@ macro_rules! pubsub_suite {
             pubsub::a_nacked_message_is_redelivered_after_its_delay,
             pubsub::a_message_not_acked_within_ack_wait_is_redelivered,
             pubsub::a_settlement_after_the_lease_was_lost_is_refused,
+            pubsub::concurrent_acks_each_get_their_own_outcome,
             pubsub::a_dropped_consumers_messages_are_redelivered_to_another,
             pubsub::a_message_that_keeps_failing_becomes_a_dead_letter_with_the_reason,
             pubsub::a_message_never_settled_becomes_a_dead_letter_after_max_deliveries,

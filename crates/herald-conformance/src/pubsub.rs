@@ -286,6 +286,51 @@ pub async fn a_settlement_after_the_lease_was_lost_is_refused<F: Future<Output =
     expect_nothing(&mut sub, Duration::from_millis(600), "the current delivery was acked").await;
 }
 
+/// Acks settled at the same time, of two groups and mixed with acks of deliveries whose lease
+/// was lost, each get their own outcome (brokers may write concurrent acks together).
+pub async fn concurrent_acks_each_get_their_own_outcome<F: Future<Output = PubSubFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let caps = fx.subscriber.capabilities();
+    if !supports(caps, "groups", caps.groups) || !supports(caps, "ack_wait_redelivery", caps.ack_wait_redelivery) {
+        return;
+    }
+    let topic = unique("concurrent-acks");
+    let lapsing = SubscribeOptions::new(&topic, unique("lapsing")).ack_wait(Duration::from_secs(1));
+    let steady = SubscribeOptions::new(&topic, unique("steady")).ack_wait(Duration::from_secs(30));
+    let (mut lapsing, mut steady) =
+        (subscribe(&*fx.subscriber, lapsing).await, subscribe(&*fx.other_subscriber, steady).await);
+    let sent: Vec<_> = (0..20).map(|i| numbered(&topic, &format!("k{i}"), i)).collect();
+    publish(&*fx.publisher, &sent).await;
+
+    let stale = collect(&mut lapsing, sent.len(), WAIT).await;
+    let current = collect(&mut lapsing, sent.len(), WAIT).await; // after the 1 s ack wait
+    assert!(current.iter().all(|d| d.attempt == 2), "the second round is the redelivery");
+    let fresh = collect(&mut steady, sent.len(), WAIT).await;
+    assert_eq!(delivered_ids(&fresh), ids(&sent));
+
+    let mut acks = JoinSet::new();
+    for (kind, deliveries) in [("stale", stale), ("current", current), ("fresh", fresh)] {
+        for d in deliveries {
+            acks.spawn(async move { (kind, d.message.id, d.ack().await) });
+        }
+    }
+    let mut acked = HashMap::<&str, usize>::new();
+    while let Some(joined) = acks.join_next().await {
+        let Some((kind, id, outcome)) = crate::support::reraise(joined) else { continue };
+        match (kind, outcome) {
+            ("stale", Err(PubSubError::LeaseLost)) | ("current" | "fresh", Ok(())) => {
+                *acked.entry(kind).or_default() += 1;
+            }
+            (kind, outcome) => panic!("ack of {kind} delivery of {id}: unexpected {outcome:?}"),
+        }
+    }
+    assert_eq!(acked, HashMap::from([("stale", 20), ("current", 20), ("fresh", 20)]));
+    expect_nothing(&mut lapsing, Duration::from_millis(1500), "every current delivery was acked").await;
+    expect_nothing(&mut steady, QUIET, "every delivery was acked").await;
+}
+
 /// A consumer that goes away holding unacked deliveries does not lose them: another
 /// subscription of the group (on another subscriber) receives them.
 pub async fn a_dropped_consumers_messages_are_redelivered_to_another<F: Future<Output = PubSubFixture>>(

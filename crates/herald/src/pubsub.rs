@@ -68,6 +68,26 @@ impl PubSubError {
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(e))
     }
+
+    /// This error again, for each of several operations that failed together (a backend
+    /// error's source chain becomes its text).
+    pub fn for_each_of_many(&self) -> Self {
+        match self {
+            Self::Closed => Self::Closed,
+            Self::LeaseLost => Self::LeaseLost,
+            Self::InvalidOptions(s) => Self::InvalidOptions(s.clone()),
+            Self::Unsupported(s) => Self::Unsupported(s),
+            Self::Backend(e) => {
+                let mut text = e.to_string();
+                let mut source = e.source();
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                Self::Backend(text.into())
+            }
+        }
+    }
 }
 
 /// What an implementation supports, so a suite can check exactly what is declared.

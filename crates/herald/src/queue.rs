@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -135,6 +135,21 @@ pub struct Claimed {
     pub attempt: u32,
 }
 
+/// One delivery to ack, for [`QueueBackend::ack_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct Ack<'a> {
+    /// The message's topic.
+    pub topic: &'a str,
+    /// The consumer group that received it.
+    pub group: &'a str,
+    /// Its position in the topic.
+    pub position: u64,
+    /// The delivery being acked (1-based).
+    pub attempt: u32,
+    /// The group's settings.
+    pub policy: &'a GroupPolicy,
+}
+
 /// Storage for a [`QueueBroker`]. See the module docs for what `claim` must guarantee.
 #[async_trait]
 pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
@@ -168,6 +183,21 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
         settlement: Settlement,
         policy: &GroupPolicy,
     ) -> Result<(), PubSubError>;
+
+    /// Acks several deliveries, each exactly as `settle(…, Settlement::Ack, …)` would (guarded
+    /// by its attempt; [`PubSubError::LeaseLost`] where that delivery is no longer current):
+    /// one outcome per ack, in order. An `Err` means none of them was acked.
+    ///
+    /// A [`QueueBroker`] gathers the acks that arrive while its previous batch is being written
+    /// into one call, so where each write is a transaction, implement this as one. The default
+    /// settles them one by one.
+    async fn ack_many(&self, acks: &[Ack<'_>]) -> Result<Vec<Result<(), PubSubError>>, PubSubError> {
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for a in acks {
+            outcomes.push(self.settle(a.topic, a.group, a.position, a.attempt, Settlement::Ack, a.policy).await);
+        }
+        Ok(outcomes)
+    }
 
     /// Undoes delivery `attempt` of the message at `position`, which never reached a consumer:
     /// the attempt count goes back down and the message is claimable again at once. Does
@@ -245,6 +275,7 @@ impl<B> Clone for QueueBroker<B> {
 
 struct Inner<B> {
     backend: Arc<B>,
+    acks: Arc<AckQueue>,
     closed: AtomicBool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -262,6 +293,7 @@ impl<B: QueueBackend> QueueBroker<B> {
         Self {
             inner: Arc::new(Inner {
                 backend: Arc::new(backend),
+                acks: Arc::default(),
                 closed: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -326,6 +358,7 @@ impl<B: QueueBackend> Subscriber for QueueBroker<B> {
         let stop = self.inner.shutdown.child_token();
         let pump = Pump {
             backend: self.inner.backend.clone(),
+            acks: self.inner.acks.clone(),
             policy: GroupPolicy::from(&options),
             in_flight: Arc::new(Semaphore::new(options.max_in_flight)),
             options,
@@ -346,6 +379,7 @@ impl<B: QueueBackend> Subscriber for QueueBroker<B> {
 /// over, sleeps until notified or the poll interval passes.
 struct Pump<B> {
     backend: Arc<B>,
+    acks: Arc<AckQueue>,
     options: SubscribeOptions,
     policy: GroupPolicy,
     in_flight: Arc<Semaphore>,
@@ -506,6 +540,7 @@ impl<B: QueueBackend> Pump<B> {
     fn delivery(&self, claim: Claimed, permit: OwnedSemaphorePermit) -> Delivery {
         let settle = QueueSettle {
             backend: self.backend.clone(),
+            acks: self.acks.clone(),
             topic: self.options.topic.clone(),
             group: self.options.group.clone(),
             position: claim.position,
@@ -521,11 +556,113 @@ impl<B: QueueBackend> Pump<B> {
     }
 }
 
+/// Acks waiting to be written, and whether a task is writing a batch now. Acks that arrive
+/// while a batch is being written wait and go together in the next one, so under load a batch
+/// of acks costs one backend write ([`QueueBackend::ack_many`]) instead of one each, while an
+/// ack alone is written at once. One queue per broker: a batch spans its groups and topics.
+#[derive(Debug, Default)]
+struct AckQueue {
+    state: Mutex<AckQueueState>,
+}
+
+#[derive(Debug, Default)]
+struct AckQueueState {
+    queued: Vec<QueuedAck>,
+    /// A [`write_acks`] task is running; it takes everything queued before it ends.
+    writing: bool,
+}
+
+#[derive(Debug)]
+struct QueuedAck {
+    topic: String,
+    group: String,
+    position: u64,
+    attempt: u32,
+    policy: GroupPolicy,
+    done: oneshot::Sender<Result<(), PubSubError>>,
+}
+
+impl AckQueue {
+    fn state(&self) -> std::sync::MutexGuard<'_, AckQueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an ack; true when no task is writing, so the caller must start one.
+    fn push(&self, ack: QueuedAck) -> bool {
+        let mut state = self.state();
+        state.queued.push(ack);
+        !std::mem::replace(&mut state.writing, true)
+    }
+
+    /// Everything queued, or `None` (the writing task ends) when nothing is.
+    fn next_batch(&self) -> Option<Vec<QueuedAck>> {
+        let mut state = self.state();
+        if state.queued.is_empty() {
+            state.writing = false;
+            None
+        } else {
+            Some(std::mem::take(&mut state.queued))
+        }
+    }
+}
+
+/// Writes the queued acks, batch after batch, until none are left.
+async fn write_acks<B: QueueBackend>(backend: Arc<B>, queue: Arc<AckQueue>) {
+    // If this task dies (a panicking backend, a runtime shutting down), the next ack must still
+    // start a writer, and those queued must not wait forever.
+    struct Stopped(Arc<AckQueue>, bool);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            if self.1 {
+                return;
+            }
+            let orphans = {
+                let mut state = self.0.state();
+                state.writing = false;
+                std::mem::take(&mut state.queued)
+            };
+            for ack in orphans {
+                let _ = ack.done.send(Err(PubSubError::Backend("the ack writer stopped".into())));
+            }
+        }
+    }
+    let mut stopped = Stopped(queue.clone(), false);
+    while let Some(batch) = queue.next_batch() {
+        let acks: Vec<Ack<'_>> = batch
+            .iter()
+            .map(|a| Ack { topic: &a.topic, group: &a.group, position: a.position, attempt: a.attempt, policy: &a.policy })
+            .collect();
+        let outcome = backend.ack_many(&acks).await;
+        drop(acks);
+        match outcome {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                for (ack, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = ack.done.send(outcome);
+                }
+            }
+            Ok(outcomes) => {
+                let e = format!("ack_many answered {} acks with {} outcomes", batch.len(), outcomes.len());
+                tracing::error!("{e}");
+                for ack in batch {
+                    let _ = ack.done.send(Err(PubSubError::Backend(e.clone().into())));
+                }
+            }
+            Err(e) => {
+                for ack in batch {
+                    let _ = ack.done.send(Err(e.for_each_of_many()));
+                }
+            }
+        }
+    }
+    stopped.1 = true;
+}
+
 /// Settles one claimed delivery; holds its in-flight permit until settled or dropped. Dropped
 /// unsettled (a consumer that went away, a subscription dropped with deliveries buffered), it
 /// hands the message back at once instead of leaving it leased until the ack wait expires.
 struct QueueSettle<B: QueueBackend> {
     backend: Arc<B>,
+    acks: Arc<AckQueue>,
     topic: String,
     group: String,
     position: u64,
@@ -569,6 +706,25 @@ impl<B: QueueBackend> Drop for QueueSettle<B> {
     }
 }
 
+impl<B: QueueBackend> QueueSettle<B> {
+    /// Acks through the broker's [`AckQueue`].
+    async fn ack(&self) -> Result<(), PubSubError> {
+        let (done, outcome) = oneshot::channel();
+        let ack = QueuedAck {
+            topic: self.topic.clone(),
+            group: self.group.clone(),
+            position: self.position,
+            attempt: self.attempt,
+            policy: self.policy.clone(),
+            done,
+        };
+        if self.acks.push(ack) {
+            self.tasks.spawn(write_acks(self.backend.clone(), self.acks.clone()));
+        }
+        outcome.await.unwrap_or_else(|_| Err(PubSubError::Backend("the ack writer stopped".into())))
+    }
+}
+
 #[async_trait]
 impl<B: QueueBackend> Settle for QueueSettle<B> {
     async fn settle(mut self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
@@ -577,7 +733,11 @@ impl<B: QueueBackend> Settle for QueueSettle<B> {
             Settlement::Nack { delay, .. } => *delay,
             _ => Duration::ZERO,
         };
-        self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
+        if matches!(settlement, Settlement::Ack) {
+            self.ack().await?;
+        } else {
+            self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
+        }
         if delay.is_zero() {
             // Settling may unblock the next message of this key, for any consumer of the group.
             self.backend.doorbells().ring_group(&self.topic, &self.group);

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::Message;
 use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use herald::queue::{Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use herald::queue::{Ack, Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
@@ -178,6 +178,32 @@ impl PostgresQueue {
         if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group).await }
     }
 
+    /// Acks in one statement; an ack that was not current is told why like `settle` would.
+    async fn ack_many_at_once(&self, acks: &[Ack<'_>]) -> Result<Vec<Result<(), PubSubError>>, SqlError> {
+        let topics: Vec<&str> = acks.iter().map(|a| a.topic).collect();
+        let groups: Vec<&str> = acks.iter().map(|a| a.group).collect();
+        let positions: Vec<i64> = acks.iter().map(|a| to_i64("position", a.position)).collect::<Result<_, _>>()?;
+        let attempts: Vec<i64> = acks.iter().map(|a| i64::from(a.attempt)).collect();
+        let done: Vec<i64> = sqlx::query_scalar(sql::ACK_MANY_IF_CURRENT)
+            .bind(&topics)
+            .bind(&groups)
+            .bind(&positions)
+            .bind(&attempts)
+            .fetch_all(self.db.pool())
+            .await?;
+        let mut acked = vec![false; acks.len()];
+        for i in done {
+            if let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| acked.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for (a, acked) in acks.iter().zip(acked) {
+            outcomes.push(if acked { Ok(()) } else { self.not_current(a.topic, a.group).await? });
+        }
+        Ok(outcomes)
+    }
+
     /// The error for a settlement of a delivery that is no longer current.
     async fn not_current(&self, topic: &str, group: &str) -> Result<Result<(), PubSubError>, SqlError> {
         Ok(Err(if self.group_exists(topic, group).await? {
@@ -340,6 +366,10 @@ impl QueueBackend for PostgresQueue {
         policy: &GroupPolicy,
     ) -> Result<(), PubSubError> {
         self.settle_in_tx(topic, group, position, attempt, settlement, policy).await.map_err(backend)?
+    }
+
+    async fn ack_many(&self, acks: &[Ack<'_>]) -> Result<Vec<Result<(), PubSubError>>, PubSubError> {
+        self.ack_many_at_once(acks).await.map_err(backend)
     }
 
     async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError> {

@@ -259,6 +259,13 @@ pub(super) const MESSAGE_AT: &str =
 pub(super) const ACK_IF_CURRENT: &str =
     "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
 
+/// Several acks in one statement, each guarded like [`ACK_IF_CURRENT`] (arrays of topics,
+/// groups, positions and attempts); returns the index (1-based) of each ack that was current.
+pub(super) const ACK_MANY_IF_CURRENT: &str = "DELETE FROM herald_broker_pending p \
+     USING UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) WITH ORDINALITY AS a(topic, grp, position, attempts, i) \
+     WHERE p.topic = a.topic AND p.grp = a.grp AND p.position = a.position AND p.attempts = a.attempts \
+     RETURNING a.i";
+
 /// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `$5` = when.
 pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = $5 \
      WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";

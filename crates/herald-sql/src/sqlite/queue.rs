@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::Message;
 use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use herald::queue::{Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use herald::queue::{Ack, Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -148,6 +148,31 @@ impl SqliteQueue {
         if done == 1 { Ok(Ok(())) } else { self.not_current(topic, group) }
     }
 
+    /// Acks in one unit of work: one guarded statement each.
+    async fn ack_many_in_tx(&self, acks: &[Ack<'_>]) -> Result<Vec<Result<(), PubSubError>>, SqlError> {
+        let write = self.db.begin_write().await?;
+        let conn = write.conn();
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for a in acks {
+            let position = to_i64("position", a.position)?;
+            let done = conn.prepare_cached(sql::ACK_IF_CURRENT)?.execute(params![
+                a.topic,
+                a.group,
+                position,
+                i64::from(a.attempt)
+            ])?;
+            outcomes.push(if done == 1 {
+                Ok(())
+            } else if group_next(conn, a.topic, a.group)?.is_some() {
+                Err(PubSubError::LeaseLost)
+            } else {
+                Err(unknown_group(a.topic, a.group))
+            });
+        }
+        write.commit().await?;
+        Ok(outcomes)
+    }
+
     /// The error for a settlement of a delivery that is no longer current.
     fn not_current(&self, topic: &str, group: &str) -> Result<Result<(), PubSubError>, SqlError> {
         let exists = self.db.read(|c| group_next(c, topic, group))?.is_some();
@@ -266,6 +291,10 @@ impl QueueBackend for SqliteQueue {
         policy: &GroupPolicy,
     ) -> Result<(), PubSubError> {
         self.settle_in_tx(topic, group, position, attempt, settlement, policy).await.map_err(backend)?
+    }
+
+    async fn ack_many(&self, acks: &[Ack<'_>]) -> Result<Vec<Result<(), PubSubError>>, PubSubError> {
+        self.ack_many_in_tx(acks).await.map_err(backend)
     }
 
     async fn release(&self, topic: &str, group: &str, position: u64, attempt: u32) -> Result<(), PubSubError> {
