@@ -202,6 +202,28 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
 }
 
 #[tokio::test]
+async fn a_cached_statement_is_not_prepared_again_when_its_parameters_change() -> Result<()> {
+    // SQLite with STAT4 re-prepares a statement whose plan looked at a bound value (any
+    // `LIMIT ?`) each time that parameter is bound, unless the connection asks for stable plans.
+    let (db, _dir) = database().await?;
+    let store = db.store();
+    store.append("s", ExpectedVersion::NoStream, vec![event("A"), event("B"), event("C")]).await?;
+    let sql = "SELECT version FROM herald_events WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3";
+    let check = |c: &rusqlite::Connection| -> Result<i32, rusqlite::Error> {
+        let mut stmt = c.prepare_cached(sql)?;
+        for limit in 1..=3_i64 {
+            let n = stmt.query_map(rusqlite::params!["s", 1, limit], |r| r.get::<_, i64>(0))?.count();
+            assert_eq!(i64::try_from(n).unwrap(), limit);
+        }
+        Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+    };
+    ensure!(db.read(check)? == 0, "a reader connection re-prepared the statement");
+    let tx = store.begin_sqlite().await?;
+    ensure!(check(tx.connection())? == 0, "the writer connection re-prepared the statement");
+    Ok(())
+}
+
+#[tokio::test]
 async fn outbox_messages_come_back_whole_in_order_until_removed() -> Result<()> {
     let (db, _dir) = database().await?;
     let store = db.store();
