@@ -224,6 +224,27 @@ async fn a_cached_statement_is_not_prepared_again_when_its_parameters_change() -
 }
 
 #[tokio::test]
+async fn committed_pages_reach_the_database_file_while_writers_keep_committing() -> Result<()> {
+    // Checkpoints copy the write-ahead log into the file; a log that only grows is a leak.
+    let (db, _dir) = database().await?;
+    let store = db.store();
+    let file_size = || std::fs::metadata(db.path()).map(|m| m.len()).unwrap_or(0);
+    let before = file_size();
+    let payload = vec![b'x'; 4096];
+    for i in 0..400 {
+        let events = (0..4).map(|_| NewEvent::new("Filler", payload.clone())).collect();
+        store.append(&format!("filler-{i}"), ExpectedVersion::NoStream, events).await?;
+    }
+    // ~6.5 MB committed: well past a checkpoint's worth of log.
+    herald_conformance::support::eventually_that(Duration::from_secs(10), "the database file to grow", || {
+        let grown = file_size() > before + 4_000_000;
+        async move { grown }
+    })
+    .await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn outbox_messages_come_back_whole_in_order_until_removed() -> Result<()> {
     let (db, _dir) = database().await?;
     let store = db.store();
