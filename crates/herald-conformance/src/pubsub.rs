@@ -288,9 +288,7 @@ pub async fn a_settlement_after_the_lease_was_lost_is_refused<F: Future<Output =
 
 /// Acks settled at the same time, of two groups and mixed with acks of deliveries whose lease
 /// was lost, each get their own outcome (brokers may write concurrent acks together).
-pub async fn concurrent_acks_each_get_their_own_outcome<F: Future<Output = PubSubFixture>>(
-    setup: impl FnOnce() -> F,
-) {
+pub async fn concurrent_acks_each_get_their_own_outcome<F: Future<Output = PubSubFixture>>(setup: impl FnOnce() -> F) {
     let fx = setup().await;
     let caps = fx.subscriber.capabilities();
     if !supports(caps, "groups", caps.groups) || !supports(caps, "ack_wait_redelivery", caps.ack_wait_redelivery) {

@@ -630,7 +630,13 @@ async fn write_acks<B: QueueBackend>(backend: Arc<B>, queue: Arc<AckQueue>) {
     while let Some(batch) = queue.next_batch() {
         let acks: Vec<Ack<'_>> = batch
             .iter()
-            .map(|a| Ack { topic: &a.topic, group: &a.group, position: a.position, attempt: a.attempt, policy: &a.policy })
+            .map(|a| Ack {
+                topic: &a.topic,
+                group: &a.group,
+                position: a.position,
+                attempt: a.attempt,
+                policy: &a.policy,
+            })
             .collect();
         let outcome = backend.ack_many(&acks).await;
         drop(acks);
@@ -736,7 +742,9 @@ impl<B: QueueBackend> Settle for QueueSettle<B> {
         if matches!(settlement, Settlement::Ack) {
             self.ack().await?;
         } else {
-            self.backend.settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy).await?;
+            self.backend
+                .settle(&self.topic, &self.group, self.position, self.attempt, settlement, &self.policy)
+                .await?;
         }
         if delay.is_zero() {
             // Settling may unblock the next message of this key, for any consumer of the group.
