@@ -75,6 +75,7 @@ mod dead_letters;
 mod error;
 pub mod postgres;
 mod rows;
+mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

@@ -1,6 +1,12 @@
 //! The SQL text of the PostgreSQL dialect: the same constants as `sqlite/sql.rs` with
 //! PostgreSQL's syntax (`$1` placeholders, `= ANY($1)`, `UNNEST`, `FOR UPDATE`).
 
+pub(super) use crate::sql::{
+    ACK_IF_CURRENT, CREATE_GROUP, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT,
+    MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH, READ_ALL, RECORD_HANDLED,
+    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
+};
+
 // --- the global-log locks (docs/adr/0003-postgres-global-log.md) ---
 
 /// Takes a transaction-scoped advisory lock `($1, $2)`: `$1` says which log (the event log's
@@ -56,10 +62,6 @@ pub(super) const DELETE_EVENTS: &str = "DELETE FROM herald_events WHERE seq = AN
 pub(super) const READ_STREAM: &str = "SELECT COALESCE(position, 0) AS position, stream, version, id, name, payload, metadata \
      FROM herald_events WHERE stream = $1 AND version >= $2 ORDER BY version LIMIT $3";
 
-/// The global log: only sequenced rows (`position > $1` excludes NULL).
-pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
-     WHERE position > $1 ORDER BY position LIMIT $2";
-
 /// [`READ_ALL`] and, in the same snapshot, whether committed events wait for a position (then
 /// the reader at the head of the log waits for the sequencer and reads again). Always at least
 /// one row: `pending` beside NULL event columns when nothing follows `$1`.
@@ -77,12 +79,6 @@ pub(super) const UNSEQUENCED: &str = "SELECT EXISTS (SELECT 1 FROM herald_events
 /// numbers at most `$3` committed unsequenced rows, announces them on channel `$4` with payload
 /// `$5`; returns how many.
 pub(super) const SEQUENCE_BATCH: &str = "SELECT herald_sequence_events($1, $2, $3, $4, $5)";
-
-pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES ($1, $2, $3, $4) \
-     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \
-     saved_at = excluded.saved_at";
-
-pub(super) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = $1";
 
 /// What loading an aggregate reads, in one round trip: the snapshot of stream `$1` (version and
 /// payload on the first row only; NULL without one) beside up to `$2` events after it (NULL
@@ -110,12 +106,6 @@ pub(super) const ENQUEUE: &str = "WITH ins AS (INSERT INTO herald_outbox (id, na
        ORDER BY t.n) \
      SELECT pg_notify($8, $9)";
 
-/// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
-pub(super) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";
-
-pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
-     ORDER BY sequence LIMIT $1";
-
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence = ANY($1)";
 
 /// Takes or renews the relay lease: `$1` holder, `$2` time to live in ms. Returns a row only if
@@ -127,25 +117,11 @@ pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, ho
      WHERE herald_outbox_lease.holder = excluded.holder OR herald_outbox_lease.expires_at <= clock_timestamp() \
      RETURNING holder";
 
-pub(super) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = $1";
-
 // --- inbox ---
-
-/// A concurrent uncommitted insert of the same pair makes this wait for that transaction: if it
-/// commits, this inserts nothing (`false`); if it rolls back, this inserts.
-pub(super) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES ($1, $2, $3) \
-     ON CONFLICT (handler, message_id) DO NOTHING";
 
 // --- checkpoints ---
 
-pub(super) const SAVE_CHECKPOINT: &str = "INSERT INTO herald_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
-     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
-
-pub(super) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoints WHERE name = $1";
-
 // --- sagas ---
-
-pub(super) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = $1 AND id = $2";
 
 /// A new instance (version 1): inserts nothing if the instance exists (a conflict).
 pub(super) const INSERT_SAGA: &str = "INSERT INTO herald_sagas \
@@ -158,26 +134,14 @@ pub(super) const INSERT_SAGA: &str = "INSERT INTO herald_sagas \
 pub(super) const UPDATE_SAGA: &str = "UPDATE herald_sagas SET version = $3, step = $4, compensating = $5, done = $6, \
      data = $7, updated_at = $8, deadline = $9 WHERE name = $1 AND id = $2 AND version = $3 - 1";
 
-pub(super) const LOAD_SAGA: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
-     FROM herald_sagas WHERE name = $1 AND id = $2";
-
 pub(super) const DUE_SAGAS: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
      FROM herald_sagas WHERE name = $1 AND deadline IS NOT NULL AND NOT done AND deadline <= $2 \
      ORDER BY deadline LIMIT $3";
 
 // --- broker ---
 
-/// Publishing an id twice to one topic stores it once.
-pub(super) const PUBLISH: &str = "INSERT INTO herald_broker_messages (topic, id, name, key, payload, metadata, published_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (topic, id) DO NOTHING";
-
 /// The position after the last message of any topic (positions are global).
 pub(super) const END_POSITION: &str = "SELECT (COALESCE(MAX(position), 0) + 1)::BIGINT FROM herald_broker_messages";
-
-pub(super) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, grp, next_position, created_at) \
-     VALUES ($1, $2, $3, $4) ON CONFLICT (topic, grp) DO NOTHING";
-
-pub(super) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = $1 AND grp = $2";
 
 /// The claim's first statement: locks the group's row, so claims of one group (in any process)
 /// run one at a time while other groups' claims run in parallel.
@@ -210,10 +174,6 @@ pub(super) const CLAIM_PROBE: &str = concat!(
                             AND p.visible_at <= $3 LIMIT 1) v) \
      FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2"
 );
-
-/// The last of the next (at most `$3`) positions of the topic from `$2` on.
-pub(super) const LAST_NEW_POSITION: &str = "SELECT MAX(position) FROM (SELECT position FROM herald_broker_messages \
-     WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3) AS n";
 
 /// Takes positions `$3..=$4` of topic `$1` into group `$2`'s pending set.
 pub(super) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp, position, key, attempts, visible_at) \
@@ -249,16 +209,6 @@ pub(super) const LEASE: &str = "UPDATE herald_broker_pending SET attempts = atte
 pub(super) const PENDING_ATTEMPTS: &str =
     "SELECT attempts FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 FOR UPDATE";
 
-pub(super) const SETTLE_DELETE: &str =
-    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3";
-
-pub(super) const MESSAGE_AT: &str =
-    "SELECT id, name, topic, key, payload, metadata FROM herald_broker_messages WHERE position = $1";
-
-/// Ack in one statement: deletes the row only if delivery `$4` is still the current one.
-pub(super) const ACK_IF_CURRENT: &str =
-    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
-
 /// Several acks in one statement, each guarded like [`ACK_IF_CURRENT`] (arrays of topics,
 /// groups, positions and attempts); returns the index (1-based) of each ack that was current.
 pub(super) const ACK_MANY_IF_CURRENT: &str = "DELETE FROM herald_broker_pending p \
@@ -269,14 +219,3 @@ pub(super) const ACK_MANY_IF_CURRENT: &str = "DELETE FROM herald_broker_pending 
 /// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `$5` = when.
 pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = $5 \
      WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
-
-/// Undoes a claim that never reached a consumer, if delivery `$4` is still the current one.
-pub(super) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
-     WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
-
-/// A group's consumer lag: messages of the topic not yet taken into its pending set, plus its
-/// pending (unsettled) ones. No row when the group does not exist.
-pub(super) const GROUP_LAG: &str = "SELECT \
-     (SELECT count(*) FROM herald_broker_messages m WHERE m.topic = $1 AND m.position >= g.next_position) \
-     + (SELECT count(*) FROM herald_broker_pending p WHERE p.topic = $1 AND p.grp = $2) \
-     FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2";

@@ -2,6 +2,12 @@
 //! own syntax (`$1` placeholders, `= ANY($1)` instead of `json_each`); the Rust around them is
 //! the same.
 
+pub(super) use crate::sql::{
+    ACK_IF_CURRENT, CREATE_GROUP, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT,
+    MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH, READ_ALL, RECORD_HANDLED,
+    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
+};
+
 // --- event store ---
 
 pub(super) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(version), 0) FROM herald_events WHERE stream = ?1";
@@ -12,25 +18,10 @@ pub(super) const INSERT_EVENT: &str = "INSERT INTO herald_events (stream, versio
 pub(super) const READ_STREAM: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
      WHERE stream = ?1 AND version >= ?2 ORDER BY version LIMIT ?3";
 
-pub(super) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
-     WHERE position > ?1 ORDER BY position LIMIT ?2";
-
-pub(super) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES (?1, ?2, ?3, ?4) \
-     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \
-     saved_at = excluded.saved_at";
-
-pub(super) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = ?1";
-
 // --- outbox ---
 
 pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, key, payload, metadata, enqueued_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
-/// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
-pub(super) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";
-
-pub(super) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
-     ORDER BY sequence LIMIT ?1";
 
 /// `?1` is a JSON array of sequences.
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence IN (SELECT value FROM json_each(?1))";
@@ -44,23 +35,11 @@ pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, ho
         OR herald_outbox_lease.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER) \
      RETURNING holder";
 
-pub(super) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = ?1";
-
 // --- inbox ---
-
-pub(super) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (handler, message_id) DO NOTHING";
 
 // --- checkpoints ---
 
-pub(super) const SAVE_CHECKPOINT: &str = "INSERT INTO herald_checkpoints (name, position, updated_at) VALUES (?1, ?2, ?3) \
-     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
-
-pub(super) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoints WHERE name = ?1";
-
 // --- sagas ---
-
-pub(super) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = ?1 AND id = ?2";
 
 pub(super) const SAVE_SAGA: &str = "INSERT INTO herald_sagas \
      (name, id, version, step, compensating, done, data, updated_at, deadline) \
@@ -69,26 +48,14 @@ pub(super) const SAVE_SAGA: &str = "INSERT INTO herald_sagas \
      compensating = excluded.compensating, done = excluded.done, data = excluded.data, \
      updated_at = excluded.updated_at, deadline = excluded.deadline";
 
-pub(super) const LOAD_SAGA: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
-     FROM herald_sagas WHERE name = ?1 AND id = ?2";
-
 pub(super) const DUE_SAGAS: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
      FROM herald_sagas WHERE name = ?1 AND deadline IS NOT NULL AND done = 0 AND deadline <= ?2 \
      ORDER BY deadline LIMIT ?3";
 
 // --- broker ---
 
-/// Publishing an id twice to one topic stores it once.
-pub(super) const PUBLISH: &str = "INSERT INTO herald_broker_messages (topic, id, name, key, payload, metadata, published_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (topic, id) DO NOTHING";
-
 /// The position after the last message of any topic (positions are global).
 pub(super) const END_POSITION: &str = "SELECT COALESCE(MAX(position), 0) + 1 FROM herald_broker_messages";
-
-pub(super) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, grp, next_position, created_at) \
-     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (topic, grp) DO NOTHING";
-
-pub(super) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = ?1 AND grp = ?2";
 
 /// Without a write lock: whether a claim could find anything (`NULL` row = no such group):
 /// new messages, or a key's oldest pending message that is visible (`?3` = now), whether to
@@ -104,10 +71,6 @@ pub(super) const CLAIM_PROBE: &str = "SELECT \
                                     SELECT position FROM herald_broker_pending \
                                     WHERE topic = ?1 AND grp = ?2 AND key = '')) \
      FROM herald_broker_groups g WHERE g.topic = ?1 AND g.grp = ?2";
-
-/// The last of the next (at most `?3`) positions of the topic from `?2` on.
-pub(super) const LAST_NEW_POSITION: &str = "SELECT MAX(position) FROM (SELECT position FROM herald_broker_messages \
-     WHERE topic = ?1 AND position >= ?2 ORDER BY position LIMIT ?3)";
 
 /// Takes positions `?3..=?4` of topic `?1` into group `?2`'s pending set.
 pub(super) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp, position, key, attempts, visible_at) \
@@ -145,27 +108,6 @@ pub(super) const LEASE: &str = "UPDATE herald_broker_pending SET attempts = atte
 pub(super) const PENDING_ATTEMPTS: &str =
     "SELECT attempts FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND position = ?3";
 
-pub(super) const SETTLE_DELETE: &str =
-    "DELETE FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND position = ?3";
-
-pub(super) const MESSAGE_AT: &str =
-    "SELECT id, name, topic, key, payload, metadata FROM herald_broker_messages WHERE position = ?1";
-
-/// Ack in one statement: deletes the row only if delivery `?4` is still the current one.
-pub(super) const ACK_IF_CURRENT: &str =
-    "DELETE FROM herald_broker_pending WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
-
 /// Nack (not the last delivery) in one statement, guarded like [`ACK_IF_CURRENT`]; `?5` = when.
 pub(super) const DELAY_IF_CURRENT: &str = "UPDATE herald_broker_pending SET visible_at = ?5 \
      WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
-
-/// Undoes a claim that never reached a consumer, if delivery `?4` is still the current one.
-pub(super) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
-     WHERE topic = ?1 AND grp = ?2 AND position = ?3 AND attempts = ?4";
-
-/// A group's consumer lag: messages of the topic not yet taken into its pending set, plus its
-/// pending (unsettled) ones. No row when the group does not exist.
-pub(super) const GROUP_LAG: &str = "SELECT \
-     (SELECT count(*) FROM herald_broker_messages m WHERE m.topic = ?1 AND m.position >= g.next_position) \
-     + (SELECT count(*) FROM herald_broker_pending p WHERE p.topic = ?1 AND p.grp = ?2) \
-     FROM herald_broker_groups g WHERE g.topic = ?1 AND g.grp = ?2";

@@ -1,0 +1,118 @@
+//! The statements both dialects run as written here, in PostgreSQL's placeholder style. SQLite
+//! reads `$1`, `$2`… as named parameters numbered in order of first appearance, which is their
+//! number when each first appears in ascending order (checked below), so the same text binds
+//! the same way on both. Statements whose text differs live in `sqlite/sql.rs` and
+//! `postgres/sql.rs`, which re-export these.
+
+/// The global log: only sequenced rows (`position > $1` excludes NULL).
+pub(crate) const READ_ALL: &str = "SELECT position, stream, version, id, name, payload, metadata FROM herald_events \
+     WHERE position > $1 ORDER BY position LIMIT $2";
+
+pub(crate) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, version, payload, saved_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (stream) DO UPDATE SET version = excluded.version, payload = excluded.payload, \
+     saved_at = excluded.saved_at";
+
+pub(crate) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = $1";
+
+/// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
+pub(crate) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";
+
+pub(crate) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
+     ORDER BY sequence LIMIT $1";
+
+pub(crate) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = $1";
+
+/// On PostgreSQL a concurrent uncommitted insert of the same pair makes this wait for that
+/// transaction: if it commits, this inserts nothing (`false`); if it rolls back, this inserts.
+pub(crate) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (handler, message_id) DO NOTHING";
+
+pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO herald_checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+     ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
+
+pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoints WHERE name = $1";
+
+pub(crate) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = $1 AND id = $2";
+
+pub(crate) const LOAD_SAGA: &str = "SELECT name, id, version, step, compensating, done, data, deadline \
+     FROM herald_sagas WHERE name = $1 AND id = $2";
+
+/// Publishing an id twice to one topic stores it once.
+pub(crate) const PUBLISH: &str = "INSERT INTO herald_broker_messages (topic, id, name, key, payload, metadata, published_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (topic, id) DO NOTHING";
+
+pub(crate) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, grp, next_position, created_at) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT (topic, grp) DO NOTHING";
+
+pub(crate) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = $1 AND grp = $2";
+
+pub(crate) const SETTLE_DELETE: &str =
+    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3";
+
+pub(crate) const MESSAGE_AT: &str =
+    "SELECT id, name, topic, key, payload, metadata FROM herald_broker_messages WHERE position = $1";
+
+/// Ack in one statement: deletes the row only if delivery `$4` is still the current one.
+pub(crate) const ACK_IF_CURRENT: &str =
+    "DELETE FROM herald_broker_pending WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
+
+/// Undoes a claim that never reached a consumer, if delivery `$4` is still the current one.
+pub(crate) const RELEASE_IF_CURRENT: &str = "UPDATE herald_broker_pending SET attempts = attempts - 1, visible_at = 0 \
+     WHERE topic = $1 AND grp = $2 AND position = $3 AND attempts = $4";
+
+/// A group's consumer lag: messages of the topic not yet taken into its pending set, plus its
+/// pending (unsettled) ones. No row when the group does not exist.
+pub(crate) const GROUP_LAG: &str = "SELECT \
+     (SELECT count(*) FROM herald_broker_messages m WHERE m.topic = $1 AND m.position >= g.next_position) \
+     + (SELECT count(*) FROM herald_broker_pending p WHERE p.topic = $1 AND p.grp = $2) \
+     FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2";
+
+/// The last of the next (at most `$3`) positions of the topic from `$2` on.
+pub(crate) const LAST_NEW_POSITION: &str = "SELECT MAX(position) FROM (SELECT position FROM herald_broker_messages \
+     WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3) AS n";
+
+/// Every shared statement, for the check below.
+#[cfg(test)]
+const ALL: &[&str] = &[
+    READ_ALL,
+    SAVE_SNAPSHOT,
+    LOAD_SNAPSHOT,
+    OUTBOX_STATS,
+    OUTBOX_PENDING,
+    OUTBOX_LEASE_RELEASE,
+    RECORD_HANDLED,
+    SAVE_CHECKPOINT,
+    LOAD_CHECKPOINT,
+    SAGA_VERSION,
+    LOAD_SAGA,
+    PUBLISH,
+    CREATE_GROUP,
+    GROUP_NEXT,
+    SETTLE_DELETE,
+    MESSAGE_AT,
+    ACK_IF_CURRENT,
+    RELEASE_IF_CURRENT,
+    GROUP_LAG,
+    LAST_NEW_POSITION,
+];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_first_appear_in_ascending_order() {
+        for statement in super::ALL {
+            let mut seen: Vec<u32> = Vec::new();
+            let mut rest = *statement;
+            while let Some(at) = rest.find('$') {
+                rest = &rest[at + 1..];
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                let n: u32 = digits.parse().unwrap_or_else(|_| panic!("a `$` without a number in {statement}"));
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+            let expected: Vec<u32> = (1..=u32::try_from(seen.len()).unwrap()).collect();
+            assert_eq!(seen, expected, "placeholders out of order in {statement}");
+        }
+    }
+}
