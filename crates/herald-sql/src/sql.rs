@@ -71,9 +71,20 @@ pub(crate) const GROUP_LAG: &str = "SELECT \
 pub(crate) const LAST_NEW_POSITION: &str = "SELECT MAX(position) FROM (SELECT position FROM herald_broker_messages \
      WHERE topic = $1 AND position >= $2 ORDER BY position LIMIT $3) AS n";
 
+/// Takes positions `$3..=$4` of topic `$2` into group `$1`'s pending set.
+pub(crate) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp, position, key, attempts, visible_at) \
+     SELECT topic, $1, position, key, 0, 0 FROM herald_broker_messages \
+     WHERE topic = $2 AND position >= $3 AND position <= $4";
+
+/// Group `$3` of topic `$2` takes new messages from position `$1` on.
+pub(crate) const ADVANCE_GROUP: &str =
+    "UPDATE herald_broker_groups SET next_position = $1 WHERE topic = $2 AND grp = $3";
+
 /// Every shared statement, for the check below.
 #[cfg(test)]
 const ALL: &[&str] = &[
+    TAKE_NEW,
+    ADVANCE_GROUP,
     READ_ALL,
     SAVE_SNAPSHOT,
     LOAD_SNAPSHOT,

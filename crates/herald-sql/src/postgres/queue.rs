@@ -118,8 +118,8 @@ impl PostgresQueue {
             .fetch_one(&mut *tx)
             .await?;
         if let Some(last) = last {
-            sqlx::query(sql::TAKE_NEW).bind(topic).bind(group).bind(next).bind(last).execute(&mut *tx).await?;
-            sqlx::query(sql::ADVANCE_GROUP).bind(topic).bind(group).bind(last + 1).execute(&mut *tx).await?;
+            sqlx::query(sql::TAKE_NEW).bind(group).bind(topic).bind(next).bind(last).execute(&mut *tx).await?;
+            sqlx::query(sql::ADVANCE_GROUP).bind(last + 1).bind(topic).bind(group).execute(&mut *tx).await?;
         }
 
         // (b) The keys' oldest visible messages: lease those with deliveries left, dead-letter

@@ -2,9 +2,9 @@
 //! PostgreSQL's syntax (`$1` placeholders, `= ANY($1)`, `UNNEST`, `FOR UPDATE`).
 
 pub(super) use crate::sql::{
-    ACK_IF_CURRENT, CREATE_GROUP, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT,
-    MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH, READ_ALL, RECORD_HANDLED,
-    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
+    ACK_IF_CURRENT, ADVANCE_GROUP, CREATE_GROUP, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA,
+    LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH, READ_ALL, RECORD_HANDLED,
+    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE, TAKE_NEW,
 };
 
 // --- the global-log locks (docs/adr/0003-postgres-global-log.md) ---
@@ -174,14 +174,6 @@ pub(super) const CLAIM_PROBE: &str = concat!(
                             AND p.visible_at <= $3 LIMIT 1) v) \
      FROM herald_broker_groups g WHERE g.topic = $1 AND g.grp = $2"
 );
-
-/// Takes positions `$3..=$4` of topic `$1` into group `$2`'s pending set.
-pub(super) const TAKE_NEW: &str = "INSERT INTO herald_broker_pending (topic, grp, position, key, attempts, visible_at) \
-     SELECT topic, $2, position, key, 0, 0 FROM herald_broker_messages \
-     WHERE topic = $1 AND position >= $3 AND position <= $4";
-
-pub(super) const ADVANCE_GROUP: &str =
-    "UPDATE herald_broker_groups SET next_position = $3 WHERE topic = $1 AND grp = $2";
 
 /// The per-key rule, as in the SQLite dialect: each key's oldest pending row plus every row
 /// without a key, visible (`$3` = now), at most `$4`, in position order.

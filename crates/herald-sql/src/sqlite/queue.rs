@@ -98,8 +98,8 @@ impl SqliteQueue {
             .prepare_cached(sql::LAST_NEW_POSITION)?
             .query_row(params![topic, next, TAKE_PER_CLAIM], |r| r.get(0))?;
         if let Some(last) = last {
-            conn.prepare_cached(sql::TAKE_NEW)?.execute(params![topic, group, next, last])?;
-            conn.prepare_cached(sql::ADVANCE_GROUP)?.execute(params![topic, group, last + 1])?;
+            conn.prepare_cached(sql::TAKE_NEW)?.execute(params![group, topic, next, last])?;
+            conn.prepare_cached(sql::ADVANCE_GROUP)?.execute(params![last + 1, topic, group])?;
         }
 
         // (b) The keys' oldest visible messages: lease those with deliveries left, dead-letter
