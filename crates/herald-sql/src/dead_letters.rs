@@ -1,5 +1,5 @@
-//! Rows of `herald_dead_letters` ↔ [`DeadLetter`], shared by both dialects (whose SQL lives in
-//! `sqlite/dead_letters.rs` and `postgres/dead_letters.rs`). See ADR 0006.
+//! Rows of `herald_dead_letters` ↔ [`DeadLetter`] and the statements on them, shared by both
+//! dialects (`sqlite/dead_letters.rs` and `postgres/dead_letters.rs` run them). See ADR 0006.
 
 use chrono::{DateTime, Utc};
 use herald::MessageId;
@@ -9,6 +9,44 @@ use crate::error::SqlError;
 use crate::rows::{MessageColumns, MessageRow};
 
 const TABLE: &str = "herald_dead_letters";
+
+// --- the statements (both dialects; `$n` placeholders, see `crate::sql`) ---
+
+/// Every query returns these columns, the original message's under the names `MessageRow` reads.
+macro_rules! select {
+    ($($rest:literal)*) => {
+        concat!(
+            "SELECT id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
+             replay_id, message_id AS id, name, topic, key, payload, metadata FROM herald_dead_letters ",
+            $($rest),*
+        )
+    };
+}
+
+pub(crate) const INSERT: &str = "INSERT INTO herald_dead_letters (id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, \
+     message_id, name, topic, key, payload, metadata, status, archived_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', $13) ON CONFLICT (id) DO NOTHING";
+
+pub(crate) const GET: &str = select!("WHERE id = $1");
+
+/// Filters `$1` topic, `$2` group, `$3` status (each NULL = any), after id `$4`, at most `$5`.
+/// (`CAST`, not `::`, so that SQLite reads it too; PostgreSQL needs the type of a bare NULL.)
+pub(crate) const LIST: &str = select!(
+    "WHERE (CAST($1 AS TEXT) IS NULL OR topic = $1) AND (CAST($2 AS TEXT) IS NULL OR grp = $2) "
+    "AND (CAST($3 AS TEXT) IS NULL OR status = $3) AND (CAST($4 AS TEXT) IS NULL OR id > $4) ORDER BY id LIMIT $5"
+);
+
+pub(crate) const COUNT: &str = "SELECT CAST(COUNT(*) AS BIGINT) FROM herald_dead_letters \
+     WHERE (CAST($1 AS TEXT) IS NULL OR topic = $1) AND (CAST($2 AS TEXT) IS NULL OR grp = $2) \
+     AND (CAST($3 AS TEXT) IS NULL OR status = $3)";
+
+/// Sets status `$1`, resolved at `$2`, replay id `$3` on letter `$4` if it is still pending.
+pub(crate) const RESOLVE: &str = "UPDATE herald_dead_letters SET status = $1, resolved_at = $2, replay_id = $3 \
+     WHERE id = $4 AND status = 'pending' \
+     RETURNING id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
+     replay_id, message_id AS id, name, topic, key, payload, metadata";
+
+pub(crate) const STATUS: &str = "SELECT status FROM herald_dead_letters WHERE id = $1";
 
 /// A row of `herald_dead_letters`.
 #[derive(Debug, sqlx::FromRow)]

@@ -83,6 +83,12 @@ pub(crate) const ADVANCE_GROUP: &str =
 /// Every shared statement, for the check below.
 #[cfg(test)]
 const ALL: &[&str] = &[
+    crate::dead_letters::INSERT,
+    crate::dead_letters::GET,
+    crate::dead_letters::LIST,
+    crate::dead_letters::COUNT,
+    crate::dead_letters::RESOLVE,
+    crate::dead_letters::STATUS,
     TAKE_NEW,
     ADVANCE_GROUP,
     READ_ALL,

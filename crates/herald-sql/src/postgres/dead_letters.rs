@@ -11,41 +11,9 @@ use herald::store::{StoreError, Transaction};
 use sqlx::PgConnection;
 
 use super::{PostgresStore, PostgresTransaction};
-use crate::dead_letters::{DeadLetterRow, FilterValues, LetterColumns};
+use crate::dead_letters::{COUNT, DeadLetterRow, FilterValues, GET, INSERT, LIST, LetterColumns, RESOLVE, STATUS};
 use crate::error::SqlError;
 use crate::rows::{limit, now_millis};
-
-/// Every query returns these columns, the original message's under the names `MessageRow` reads.
-macro_rules! select {
-    ($($rest:literal)*) => {
-        concat!(
-            "SELECT id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
-             replay_id, message_id AS id, name, topic, key, payload, metadata FROM herald_dead_letters ",
-            $($rest),*
-        )
-    };
-}
-
-const INSERT: &str = "INSERT INTO herald_dead_letters (id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, \
-     message_id, name, topic, key, payload, metadata, status, archived_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'pending', $13) ON CONFLICT (id) DO NOTHING";
-
-const GET: &str = select!("WHERE id = $1");
-
-const LIST: &str = select!(
-    "WHERE ($1::TEXT IS NULL OR topic = $1) AND ($2::TEXT IS NULL OR grp = $2) AND ($3::TEXT IS NULL OR status = $3) "
-    "AND ($4::TEXT IS NULL OR id > $4) ORDER BY id LIMIT $5"
-);
-
-const COUNT: &str = "SELECT COUNT(*)::BIGINT FROM herald_dead_letters \
-     WHERE ($1::TEXT IS NULL OR topic = $1) AND ($2::TEXT IS NULL OR grp = $2) AND ($3::TEXT IS NULL OR status = $3)";
-
-const RESOLVE: &str = "UPDATE herald_dead_letters SET status = $2, resolved_at = $3, replay_id = $4 \
-     WHERE id = $1 AND status = 'pending' \
-     RETURNING id AS letter_id, dead_letter_topic, grp, reason, attempts, dead_lettered_at, status, resolved_at, \
-     replay_id, message_id AS id, name, topic, key, payload, metadata";
-
-const STATUS: &str = "SELECT status FROM herald_dead_letters WHERE id = $1";
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
     StoreError::backend(e.into())
@@ -133,10 +101,10 @@ impl DeadLetterArchive for PostgresStore {
         // A concurrent resolution holds the row lock; this waits for it and then re-checks
         // `status = 'pending'` against the committed row (READ COMMITTED), so at most one wins.
         let row: Option<DeadLetterRow> = sqlx::query_as(RESOLVE)
-            .bind(id.to_string())
             .bind(status.as_str())
             .bind(now_millis())
             .bind(replay_id.map(|r| r.to_string()))
+            .bind(id.to_string())
             .fetch_optional(&mut *conn)
             .await
             .map_err(backend)?;
