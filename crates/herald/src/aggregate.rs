@@ -42,6 +42,14 @@ pub fn stream_name<A: Aggregate>(id: &str) -> String {
     format!("{}-{id}", A::TYPE)
 }
 
+/// The id of aggregate `A` in one of its streams, the inverse of [`stream_name`]: `None` for a
+/// stream that is not `A`'s. (A stream name is `"{TYPE}-{id}"`, so with types `order` and
+/// `order-line`, `"order-line-7"` reads as order `line-7` too: keep types from prefixing one
+/// another.)
+pub fn aggregate_id<A: Aggregate>(stream: &str) -> Option<&str> {
+    stream.strip_prefix(A::TYPE)?.strip_prefix('-')
+}
+
 /// An aggregate as loaded, with the version to expect when saving.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Loaded<A> {

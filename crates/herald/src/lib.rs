@@ -39,7 +39,12 @@ pub mod saga;
 pub mod store;
 pub mod transient;
 
+/// Re-exported so that implementing Herald's async traits (`Handler`, `Middleware`, the ports)
+/// needs no dependency of its own.
+pub use async_trait::async_trait;
 pub use codec::{CodecError, Event, EventSet, Registry};
 pub use message::{Message, MessageId, Metadata};
 pub use pubsub::{Capabilities, Delivery, Publisher, StartFrom, SubscribeOptions, Subscriber, Subscription};
 pub use store::{ExpectedVersion, NewEvent, RecordedEvent, Store, StoreError, Transaction};
+/// Re-exported: the shutdown signal that routers, relays and projections take.
+pub use tokio_util::sync::CancellationToken;

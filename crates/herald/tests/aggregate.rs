@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use herald::aggregate::testing::AggregateTest;
-use herald::aggregate::{Aggregate, Repository, RepositoryError, stream_name};
+use herald::aggregate::{Aggregate, Repository, RepositoryError, aggregate_id, stream_name};
 use herald::memory::MemoryStore;
 use herald::{Event, ExpectedVersion, NewEvent, Registry, Store, event_set};
 use serde::{Deserialize, Serialize};
@@ -169,4 +169,12 @@ async fn concurrent_commands_on_one_aggregate_are_retried_after_a_conflict() {
     let mut tx = store.begin().await.unwrap();
     let loaded = repo.load(tx.as_mut(), "hot").await.unwrap();
     assert_eq!((loaded.version, loaded.state.balance), (81, 80));
+}
+
+#[test]
+fn an_aggregate_id_is_read_back_from_its_stream_name() {
+    assert_eq!(aggregate_id::<Account>(&stream_name::<Account>("a-1")), Some("a-1"));
+    assert_eq!(aggregate_id::<Account>(&format!("{}-", Account::TYPE)), Some(""));
+    assert_eq!(aggregate_id::<Account>(&format!("{}s-1", Account::TYPE)), None);
+    assert_eq!(aggregate_id::<Account>("order-1"), None);
 }
