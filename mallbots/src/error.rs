@@ -52,6 +52,19 @@ impl From<StoreError> for AppError {
     }
 }
 
+/// A refused command becomes what its domain error maps to; a store failure as above.
+impl<E: std::error::Error + 'static> From<herald::aggregate::RepositoryError<E>> for AppError
+where
+    AppError: From<E>,
+{
+    fn from(e: herald::aggregate::RepositoryError<E>) -> Self {
+        match e {
+            herald::aggregate::RepositoryError::Rejected(e) => e.into(),
+            herald::aggregate::RepositoryError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<herald_sql::SqlError> for AppError {
     fn from(e: herald_sql::SqlError) -> Self {
         // Two requests racing to create the same row (e.g. repeats with one Idempotency-Key on

@@ -61,6 +61,16 @@ pub struct Loaded<A> {
     pub version: u64,
 }
 
+/// What a command did ([`Repository::execute_in`]): the events it recorded (none when it
+/// changed nothing) and the aggregate after them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed<A: Aggregate> {
+    /// The events recorded, in order.
+    pub events: Vec<A::Event>,
+    /// The aggregate after them; `version` is its stream's.
+    pub aggregate: Loaded<A>,
+}
+
 /// Failure of a repository operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError<E: std::error::Error + 'static> {
@@ -126,7 +136,8 @@ impl<A: Aggregate> Repository<A> {
         self
     }
 
-    /// How often [`execute`](Self::execute) retries after a conflict.
+    /// How often [`execute`](Self::execute) and [`execute_in`](Self::execute_in) retry after a
+    /// conflict.
     #[must_use]
     pub fn conflict_retries(mut self, n: u32) -> Self {
         self.conflict_retries = n;
@@ -225,6 +236,68 @@ impl<A: Aggregate> Repository<A> {
     /// interval.
     fn snapshot_due(&self, before: u64, after: u64) -> bool {
         self.snapshot_every.is_some_and(|every| before / every != after / every)
+    }
+
+    /// Handles `command` in the caller's unit of work: loads the aggregate (seeing the unit's
+    /// own writes), decides, and [`save`](Self::save)s the events with `cause`, if given, as
+    /// their causation. Returns the events and the aggregate after them, so the caller can
+    /// enqueue the integration messages they imply in the same unit of work: they commit with
+    /// the events, or not at all (the outbox).
+    ///
+    /// A version conflict at the append (another writer appended in between, possible on
+    /// PostgreSQL) is retried from the load inside the same unit of work, up to
+    /// [`conflict_retries`](Self::conflict_retries) times. A store that finds conflicts only at
+    /// commit (the in-memory one) reports them from `commit`: retry the unit of work then. A
+    /// refused command is [`RepositoryError::Rejected`] and writes nothing.
+    ///
+    /// ```
+    /// # use herald::aggregate::Repository;
+    /// # async fn example<A: herald::aggregate::Aggregate>(store: &dyn herald::Store, command: A::Command)
+    /// # -> Result<(), Box<dyn std::error::Error>> where A::Command: Clone {
+    /// let mut tx = store.begin().await?;
+    /// let done = Repository::<A>::new().execute_in(tx.as_mut(), "42", command, None).await?;
+    /// // … tx.enqueue(messages made from done.events) …
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_in(
+        &self,
+        tx: &mut dyn Transaction,
+        id: &str,
+        command: A::Command,
+        cause: Option<&Message>,
+    ) -> Result<Executed<A>, RepositoryError<A::Error>>
+    where
+        A::Command: Clone,
+    {
+        let span = tracing::info_span!(
+            "command",
+            aggregate = A::TYPE,
+            aggregate.id = %id,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = async {
+            let mut attempt = 0;
+            loop {
+                let mut aggregate = self.load(tx, id).await?;
+                let events = aggregate.state.handle(command.clone()).map_err(RepositoryError::Rejected)?;
+                match self.save(tx, &mut aggregate, &events, cause).await {
+                    Ok(()) => return Ok(Executed { events, aggregate }),
+                    Err(e) if e.is_conflict() && attempt < self.conflict_retries => {
+                        attempt += 1;
+                        tracing::debug!(attempt, error = %e, "conflict; retrying");
+                        wait_before_conflict_retry(attempt).await;
+                    }
+                    Err(e) => return Err(RepositoryError::Store(e)),
+                }
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        if matches!(result, Err(RepositoryError::Store(_))) {
+            observability::mark_error(&span);
+        }
+        result
     }
 
     /// Loads (outside any transaction), handles `command` and appends its events expecting the
@@ -326,12 +399,16 @@ where
             Err(e) if e.is_conflict() && attempt < retries => {
                 attempt += 1;
                 tracing::debug!(attempt, error = %e, "conflict; retrying");
-                if let Some(cap) = conflict_backoff_cap(attempt) {
-                    tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
-                }
+                wait_before_conflict_retry(attempt).await;
             }
             other => return other,
         }
+    }
+}
+
+async fn wait_before_conflict_retry(attempt: u32) {
+    if let Some(cap) = conflict_backoff_cap(attempt) {
+        tokio::time::sleep(cap.mul_f64(fastrand::f64())).await;
     }
 }
 

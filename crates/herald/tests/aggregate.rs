@@ -178,3 +178,66 @@ fn an_aggregate_id_is_read_back_from_its_stream_name() {
     assert_eq!(aggregate_id::<Account>(&format!("{}s-1", Account::TYPE)), None);
     assert_eq!(aggregate_id::<Account>("order-1"), None);
 }
+
+#[tokio::test]
+async fn a_command_in_the_callers_unit_of_work_commits_with_its_outbox_messages_or_not_at_all() {
+    let store = MemoryStore::new();
+    let repo = Repository::<Account>::new();
+
+    let mut tx = store.begin().await.unwrap();
+    let opened = repo.execute_in(tx.as_mut(), "acc", Command::Open { limit: 100 }, None).await.unwrap();
+    let done = repo.execute_in(tx.as_mut(), "acc", Command::Deposit { cents: 30 }, None).await.unwrap();
+    assert_eq!(opened.events, vec![Opened { limit: 100 }.into()]);
+    assert_eq!(done.events, vec![Deposited { cents: 30 }.into()]);
+    assert_eq!((done.aggregate.version, done.aggregate.state.balance), (2, 30), "the unit's own events are seen");
+    tx.enqueue(vec![herald::Message::new("accounts", "Deposited", b"30".to_vec())]).await.unwrap();
+    drop(tx); // rolled back: neither the events nor the message
+    assert_eq!(repo.load_from(&store, "acc").await.unwrap().version, 0);
+    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+
+    let mut tx = store.begin().await.unwrap();
+    repo.execute_in(tx.as_mut(), "acc", Command::Open { limit: 100 }, None).await.unwrap();
+    let refused = repo.execute_in(tx.as_mut(), "acc", Command::Deposit { cents: 500 }, None).await;
+    assert!(matches!(refused, Err(RepositoryError::Rejected(AccountError::OverLimit(100)))), "{refused:?}");
+    tx.enqueue(vec![herald::Message::new("accounts", "Opened", b"{}".to_vec())]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(repo.load_from(&store, "acc").await.unwrap().version, 1, "the refused command wrote nothing");
+    assert_eq!(store.outbox_pending(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_units_of_work_running_commands_on_one_aggregate_all_count() {
+    let store = Arc::new(MemoryStore::new());
+    let repo = Repository::<Account>::new();
+    let mut tx = store.begin().await.unwrap();
+    repo.execute_in(tx.as_mut(), "hot", Command::Open { limit: 1_000_000 }, None).await.unwrap();
+    tx.commit().await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, repo) = (store.clone(), repo.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                // A conflict that outlasts the retries, or one found at commit (the in-memory
+                // store checks there too), is the caller's: it runs the unit of work again.
+                loop {
+                    let mut tx = store.begin().await.unwrap();
+                    match repo.execute_in(tx.as_mut(), "hot", Command::Deposit { cents: 1 }, None).await {
+                        Ok(_) => {}
+                        Err(RepositoryError::Store(e)) if e.is_conflict() => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                    match tx.commit().await {
+                        Ok(()) => break,
+                        Err(e) if e.is_conflict() => tokio::task::yield_now().await,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let loaded = repo.load_from(store.as_ref(), "hot").await.unwrap();
+    assert_eq!((loaded.version, loaded.state.balance), (81, 80));
+}

@@ -1,7 +1,7 @@
 //! The baskets application: basket commands in Herald transactions, the basket query, and the
 //! handlers keeping the local catalog copy up to date from the stores events.
 
-use herald::aggregate::{Aggregate, Repository};
+use herald::aggregate::Repository;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Store, Transaction};
 use herald_sql::any::query;
@@ -38,13 +38,10 @@ fn repository() -> Repository<Basket> {
 }
 
 async fn run(tx: &mut dyn Transaction, id: &str, command: BasketCommand) -> AppResult<()> {
-    let repository = repository();
-    let mut basket = repository.load(tx, id).await?;
-    let events = basket.state.handle(command)?;
-    repository.save(tx, &mut basket, &events, None).await?;
-    let state = &basket.state;
+    let done = repository().execute_in(tx, id, command, None).await?;
+    let state = &done.aggregate.state;
     let mut messages = Vec::new();
-    for event in &events {
+    for event in &done.events {
         let integration: api::BasketIntegrationEvent = match event {
             BasketEvent::Started(e) => {
                 api::BasketStarted { id: id.to_owned(), customer_id: e.customer_id.clone() }.into()

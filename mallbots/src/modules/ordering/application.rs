@@ -1,7 +1,7 @@
 //! The ordering application: order commands in Herald transactions, the handlers of
 //! BasketCheckedOut and of the saga's commands, and the order query.
 
-use herald::aggregate::{Aggregate, Repository};
+use herald::aggregate::{Repository, RepositoryError};
 use herald::command::Reply;
 use herald::router::{HandlerContext, HandlerError};
 use herald::{Message, Store, Transaction};
@@ -41,16 +41,14 @@ pub async fn execute(
     command: OrderCommand,
     cause: Option<&Message>,
 ) -> AppResult<Result<Order, OrderError>> {
-    let repository = repository();
-    let mut order = repository.load(tx, id).await?;
-    let events = match order.state.handle(command) {
-        Ok(events) => events,
-        Err(e) => return Ok(Err(e)),
+    let done = match repository().execute_in(tx, id, command, cause).await {
+        Ok(done) => done,
+        Err(RepositoryError::Rejected(e)) => return Ok(Err(e)),
+        Err(RepositoryError::Store(e)) => return Err(e.into()),
     };
-    repository.save(tx, &mut order, &events, cause).await?;
-    let state = &order.state;
+    let state = &done.aggregate.state;
     let mut messages = Vec::new();
-    for event in &events {
+    for event in &done.events {
         let (customer_id, payment_id) = (state.customer_id.clone(), state.payment_id.clone());
         let integration: api::OrderIntegrationEvent = match event {
             OrderEvent::Created(e) => api::OrderCreated {
@@ -88,7 +86,7 @@ pub async fn execute(
         messages.push(message);
     }
     tx.enqueue(messages).await?;
-    Ok(Ok(order.state))
+    Ok(Ok(done.aggregate.state))
 }
 
 /// Cancels an order (pending or approved only).

@@ -49,12 +49,10 @@ async fn execute<A>(tx: &mut dyn Transaction, id: &str, command: A::Command) -> 
 where
     AppError: From<A::Error>,
     A: Aggregate + Clone,
+    A::Command: Clone,
 {
-    let repository = Repository::<A>::new().snapshot_every(SNAPSHOT_EVERY);
-    let mut loaded = repository.load(tx, id).await?;
-    let events = loaded.state.handle(command)?;
-    repository.save(tx, &mut loaded, &events, None).await?;
-    Ok((loaded.state, events))
+    let done = Repository::<A>::new().snapshot_every(SNAPSHOT_EVERY).execute_in(tx, id, command, None).await?;
+    Ok((done.aggregate.state, done.events))
 }
 
 // ---------------------------------------------------------------------------------------------
