@@ -270,12 +270,7 @@ impl<A: Aggregate> Repository<A> {
     where
         A::Command: Clone,
     {
-        let span = tracing::info_span!(
-            "command",
-            aggregate = A::TYPE,
-            aggregate.id = %id,
-            otel.status_code = tracing::field::Empty,
-        );
+        let span = command_span::<A>(id);
         let result = async {
             let mut attempt = 0;
             loop {
@@ -313,12 +308,7 @@ impl<A: Aggregate> Repository<A> {
     where
         A::Command: Clone,
     {
-        let span = tracing::info_span!(
-            "command",
-            aggregate = A::TYPE,
-            aggregate.id = %id,
-            otel.status_code = tracing::field::Empty,
-        );
+        let span = command_span::<A>(id);
         let result = retry_on_conflict(self.conflict_retries, || async {
             // Read without a transaction: the append below expects the version read, so a
             // decision on a state that moved on conflicts and is retried from here.
@@ -404,6 +394,11 @@ where
             other => return other,
         }
     }
+}
+
+/// The span a command runs in (marked as an error when the store fails, not on a refusal).
+fn command_span<A: Aggregate>(id: &str) -> tracing::Span {
+    tracing::info_span!("command", aggregate = A::TYPE, aggregate.id = %id, otel.status_code = tracing::field::Empty)
 }
 
 async fn wait_before_conflict_retry(attempt: u32) {
