@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use herald::Store;
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{Broker, Publisher, StartFrom};
-use herald::router::{Inbox, RetryPolicy, Router, Tracing};
+use herald::router::{Inbox, RetryPolicy, Router};
 use herald_sql::any::Dialect;
 use herald_sql::{AnyDatabase, PostgresConfig, SqliteConfig};
 use tokio::net::TcpListener;
@@ -169,7 +169,6 @@ impl App {
         let mut router = Router::new(self.broker.clone())
             .store(self.store.clone())
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
-            .middleware(Tracing)
             .middleware(Inbox);
         let routes: Vec<_> = customers::routes()
             .into_iter()

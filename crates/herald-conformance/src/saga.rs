@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use herald::codec::Event;
-use herald::command::{Reply, command_handler};
+use herald::command::Reply;
 use herald::message::Message;
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{StartFrom, SubscribeOptions};
@@ -115,38 +115,32 @@ impl Rig {
         let orchestrator = Orchestrator::new(saga, store.clone());
         let log = Arc::new(Mutex::new(Vec::new()));
 
-        let (on_do, on_undo) = (log.clone(), log.clone());
+        type Log = Arc<Mutex<Vec<String>>>;
         let participants = Route::new(SubscribeOptions::new(&commands, "participants").start(StartFrom::Beginning))
-            .on::<Do>(command_handler(move |cx: &mut HandlerContext, command: Do| {
-                let log = on_do.clone();
-                Box::pin(async move {
-                    log.lock().unwrap_or_else(PoisonError::into_inner).push(format!("do {}", command.step));
-                    let reply = if command.fail {
-                        Reply::failure(format!("step {} refused", command.step))
-                    } else if command.step == 2 {
-                        Reply::with(&Receipt { id: format!("receipt-{}", cx.message().id) })?
-                    } else {
-                        Reply::success()
-                    };
-                    if command.reply_twice
-                        && let Some(duplicate) = reply.to_message(cx.message())
-                    {
-                        cx.tx()?.enqueue(vec![duplicate]).await?;
-                    }
-                    Ok::<_, HandlerError>(reply)
-                })
-            }))
-            .on::<Undo>(command_handler(move |_cx: &mut HandlerContext, command: Undo| {
-                let log = on_undo.clone();
-                Box::pin(async move {
-                    let entry = match command.receipt {
-                        Some(receipt) if command.step == 2 => format!("undo 2 with {}", &receipt[..7]),
-                        _ => format!("undo {}", command.step),
-                    };
-                    log.lock().unwrap_or_else(PoisonError::into_inner).push(entry);
-                    Ok::<_, HandlerError>(Reply::success())
-                })
-            }));
+            .on_command_with(log.clone(), async |cx: &mut HandlerContext, command: Do, log: &Log| {
+                log.lock().unwrap_or_else(PoisonError::into_inner).push(format!("do {}", command.step));
+                let reply = if command.fail {
+                    Reply::failure(format!("step {} refused", command.step))
+                } else if command.step == 2 {
+                    Reply::with(&Receipt { id: format!("receipt-{}", cx.message().id) })?
+                } else {
+                    Reply::success()
+                };
+                if command.reply_twice
+                    && let Some(duplicate) = reply.to_message(cx.message())
+                {
+                    cx.tx()?.enqueue(vec![duplicate]).await?;
+                }
+                Ok::<_, HandlerError>(reply)
+            })
+            .on_command_with(log.clone(), async |_cx: &mut HandlerContext, command: Undo, log: &Log| {
+                let entry = match command.receipt {
+                    Some(receipt) if command.step == 2 => format!("undo 2 with {}", &receipt[..7]),
+                    _ => format!("undo {}", command.step),
+                };
+                log.lock().unwrap_or_else(PoisonError::into_inner).push(entry);
+                Ok::<_, HandlerError>(Reply::success())
+            });
         let replies_route = Route::new(SubscribeOptions::new(&replies, "orchestrator").start(StartFrom::Beginning))
             .fallback(orchestrator.reply_handler());
 

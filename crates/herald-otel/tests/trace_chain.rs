@@ -292,7 +292,7 @@ mod trip {
 #[tokio::test(flavor = "current_thread")]
 async fn one_trace_spans_producer_consumer_saga_command_reply_and_the_sagas_next_step() {
     use herald::codec::Event;
-    use herald::command::{Reply, command_handler};
+    use herald::command::Reply;
     use herald::saga::{Orchestrator, Saga, Step};
 
     let exporter = InMemorySpanExporter::default();
@@ -326,11 +326,9 @@ async fn one_trace_spans_producer_consumer_saga_command_reply_and_the_sagas_next
     let router = Router::new(broker.clone())
         .store(store.clone())
         .route(Route::new(subscription("orders", "checkout")).on_name("OrderPlaced", StartSaga(orchestrator.clone())))
-        .route(Route::new(subscription("payments.commands", "payments")).on::<trip::Charge>(command_handler(
-            |_cx: &mut HandlerContext, _charge: trip::Charge| {
-                Box::pin(async { Ok::<_, HandlerError>(Reply::success()) })
-            },
-        )))
+        .route(Route::new(subscription("payments.commands", "payments")).on_command(
+            async |_cx: &mut HandlerContext, _charge: trip::Charge| Ok::<_, HandlerError>(Reply::success()),
+        ))
         .route(Route::new(subscription("pay-order.replies", "pay-order")).fallback(orchestrator.reply_handler()))
         .route(Route::new(subscription("notifications", "notifier")).on_name(trip::Notify::NAME, Done(done)));
     let shutdown = CancellationToken::new();

@@ -250,7 +250,7 @@ impl Projection for StreamTotals {
     }
 
     async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let amount = event.decode::<Deposited>(&self.registry)?.amount;
+        let amount = event.decode_with::<Deposited>(&self.registry)?.amount;
         #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
@@ -279,7 +279,7 @@ impl Projection for StreamTotals {
         }
         let mut rows: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for event in events {
-            let amount = event.decode::<Deposited>(&self.registry)?.amount;
+            let amount = event.decode_with::<Deposited>(&self.registry)?.amount;
             let row = rows.entry(event.stream.as_str()).or_default();
             row.0 += 1;
             row.1 += amount;
@@ -382,7 +382,7 @@ async fn fold_log(store: &dyn Store, upto: u64) -> Totals {
         let Some(last) = page.last() else { break };
         after = last.position;
         for e in page.iter().filter(|e| e.position <= upto) {
-            let amount = e.decode::<Deposited>(&registry).expect("decode").amount;
+            let amount = e.decode_with::<Deposited>(&registry).expect("decode").amount;
             let row = totals.entry(e.stream.clone()).or_default();
             row.0 += 1;
             row.1 += amount;

@@ -479,6 +479,28 @@ pub mod testing {
             }
         }
 
+        /// Asserts the command was refused with this error (by value, not by text).
+        #[track_caller]
+        pub fn then_error(self, expected: A::Error)
+        where
+            A::Error: PartialEq,
+        {
+            match self.result {
+                Ok(events) => panic!("expected error {expected:?}, got events {events:?}"),
+                Err(e) => assert_eq!(e, expected, "the command was refused with another error"),
+            }
+        }
+
+        /// Asserts the command was refused with an error for which `check` is true, e.g.
+        /// `then_error_matches(|e| matches!(e, AccountError::Overdrawn { .. }))`.
+        #[track_caller]
+        pub fn then_error_matches(self, check: impl FnOnce(&A::Error) -> bool) {
+            match self.result {
+                Ok(events) => panic!("expected an error, got events {events:?}"),
+                Err(e) => assert!(check(&e), "the command was refused with another error: {e:?}"),
+            }
+        }
+
         /// The raw result, for custom checks.
         pub fn into_result(self) -> Result<Vec<A::Event>, A::Error> {
             self.result

@@ -8,7 +8,7 @@
 //!   same `herald-saga-*` headers back, [`REPLY_OUTCOME`] (`success` or `failure`) and, on
 //!   failure, [`REPLY_REASON`]. It is [caused by](crate::Message::caused_by) the command, so
 //!   correlation id and trace context run on.
-//! * [`command_handler`] wraps a typed command handler for the [`Router`](crate::router::Router):
+//! * [`Route::on_command`] routes typed commands to a handler for the [`Router`](crate::router::Router):
 //!   the reply is written to the outbox in the handler's transaction, so it is published if and
 //!   only if the handler's changes commit. A handler returns `Ok(Reply::failure(..))` for a
 //!   business refusal (unknown customer, amount mismatch); a permanent error (a bug, a command
@@ -17,13 +17,15 @@
 //!   succeeds, the command is dead-lettered and the sender's timeout takes over).
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
 
 use crate::codec::{CodecError, Event, EventSet};
 use crate::message::Message;
-use crate::router::{Handler, HandlerContext, HandlerError};
+use crate::router::{
+    Handler, HandlerContext, HandlerError, HandlerFn, HandlerFnWith, Needs, Route, WithState, decode_for,
+};
 
 /// Header on a command: the topic its reply goes to.
 pub const REPLY_TO: &str = "herald-reply-to";
@@ -121,15 +123,31 @@ pub fn expect_reply(command: Message, reply_topic: &str) -> Message {
     command.with_header(REPLY_TO, reply_topic)
 }
 
-/// Wraps a closure handling typed commands `C` as a [`Handler`] that always replies (see the
-/// [module docs](self)): `command_handler(|cx, cmd: AuthorizeCustomer| Box::pin(async move { … }))`.
-/// Needs a router with a store (the reply goes through the outbox).
-pub fn command_handler<C, F>(f: F) -> impl Handler
-where
-    C: EventSet,
-    F: for<'a> Fn(&'a mut HandlerContext, C) -> BoxFuture<'a, Result<Reply, HandlerError>> + Send + Sync + 'static,
-{
-    CommandHandler(f, PhantomData)
+impl Route {
+    /// Handles every command of `C` with `f`, an async function or closure taking
+    /// `(&mut HandlerContext, C)` and answering a [`Reply`], which is always sent (see the
+    /// [module docs](self)): `.on_command(async |cx: &mut HandlerContext, cmd: AuthorizeCustomer| { … })`.
+    /// Needs a router with a store (the reply goes through the outbox).
+    #[must_use]
+    pub fn on_command<C, F>(self, f: F) -> Self
+    where
+        C: EventSet,
+        F: for<'a> HandlerFn<'a, C, Reply>,
+    {
+        self.register::<C>(Arc::new(CommandHandler(f, PhantomData)))
+    }
+
+    /// Like [`on_command`](Self::on_command), for a handler that needs state: `f` gets
+    /// `&state` as its third argument.
+    #[must_use]
+    pub fn on_command_with<C, S, F>(self, state: S, f: F) -> Self
+    where
+        C: EventSet,
+        S: Send + Sync + 'static,
+        F: for<'a> HandlerFnWith<'a, S, C, Reply>,
+    {
+        self.on_command(WithState { state, f })
+    }
 }
 
 struct CommandHandler<C, F>(F, PhantomData<fn() -> C>);
@@ -138,12 +156,16 @@ struct CommandHandler<C, F>(F, PhantomData<fn() -> C>);
 impl<C, F> Handler for CommandHandler<C, F>
 where
     C: EventSet,
-    F: for<'a> Fn(&'a mut HandlerContext, C) -> BoxFuture<'a, Result<Reply, HandlerError>> + Send + Sync + 'static,
+    F: for<'a> HandlerFn<'a, C, Reply>,
 {
+    fn needs(&self) -> Needs {
+        Needs::STORE
+    }
+
     async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
-        let outcome = match cx.decode::<C>() {
-            Ok(command) => (self.0)(cx, command).await,
-            Err(e) => Err(HandlerError::from(e)),
+        let outcome = match decode_for::<C>(cx) {
+            Ok(command) => self.0.call(cx, command).await,
+            Err(e) => Err(e),
         };
         let reply = match outcome {
             Ok(reply) => reply,

@@ -279,10 +279,15 @@ pub fn handle_span(message: &Message, handler: &str, attempt: u32) -> tracing::S
         attempt,
         correlation_id = %message.correlation_id(),
         causation_id = tracing::field::Empty,
-        traceparent = message.metadata.traceparent.as_deref().unwrap_or(""),
+        // Recorded only when the message has one: an empty `traceparent=""` on every span
+        // is noise.
+        traceparent = tracing::field::Empty,
     );
     if let Some(causation) = message.metadata.causation_id {
         span.record("causation_id", tracing::field::display(causation));
+    }
+    if let Some(traceparent) = message.metadata.traceparent.as_deref() {
+        span.record("traceparent", traceparent);
     }
     set_remote_parent(&span, &message.metadata);
     span

@@ -270,6 +270,13 @@ impl EventFilter {
         self
     }
 
+    /// Accepts only events of aggregate `A` (its streams, `"{TYPE}-…"`; call again, or add
+    /// [`stream_prefix`](Self::stream_prefix)es, to accept several).
+    #[must_use]
+    pub fn aggregate<A: crate::aggregate::Aggregate>(self) -> Self {
+        self.stream_prefix(format!("{}-", A::TYPE))
+    }
+
     /// Whether the projection wants `event`.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
         let name_ok = self.names.as_ref().is_none_or(|names| names.contains(&event.name));
@@ -684,6 +691,27 @@ impl ProjectionRunner {
                     state.position_time = None;
                 }
             }
+        }
+    }
+
+    /// Waits until the projection has projected every event that is in the log now (its
+    /// committed checkpoint reached the head), e.g. before a test reads the read model.
+    /// Returns the checkpoint. Waits as long as it takes: the runner must be running (wrap in
+    /// a timeout); an error only if the store fails.
+    pub async fn wait_caught_up(&self) -> Result<u64, StoreError> {
+        let store = &*self.inner.store;
+        let head = find_head(store, self.state().head_hint).await?.map_or(0, |e| e.position);
+        let mut progress = self.inner.progress.subscribe();
+        loop {
+            // The checkpoint as committed (a runner that resumes at the head publishes no
+            // progress, so the store has the last word).
+            let position = store.load_checkpoint(&self.inner.name).await?.unwrap_or(0);
+            if position >= head {
+                return Ok(position);
+            }
+            // Woken by the next committed batch; the timeout re-reads the checkpoint in case
+            // another runner of this projection (another process) moves it.
+            let _ = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
         }
     }
 

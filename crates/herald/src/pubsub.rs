@@ -363,6 +363,17 @@ pub trait Broker: Publisher + Subscriber {}
 
 impl<T: Publisher + Subscriber> Broker for T {}
 
+impl dyn Broker {
+    /// Closes both halves: publishing, then every subscription (on a `dyn Broker`, `close`
+    /// is ambiguous between [`Publisher::close`] and [`Subscriber::close`]). Idempotent; the
+    /// first error is returned after both halves were asked to close.
+    pub async fn shutdown(&self) -> Result<(), PubSubError> {
+        let published = Publisher::close(self).await;
+        let subscribed = Subscriber::close(self).await;
+        published.and(subscribed)
+    }
+}
+
 /// A stream of deliveries. Dropping it stops fetching; its unsettled deliveries are redelivered
 /// (to another subscription of the group) when their ack wait expires.
 pub struct Subscription {

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
+use std::future::Future;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -74,6 +74,25 @@ impl HandlerError {
     /// Whether retrying cannot help.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Permanent(_))
+    }
+
+    /// The error the handler failed with.
+    pub fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        match self {
+            Self::Transient(e) | Self::Permanent(e) => e.as_ref(),
+        }
+    }
+
+    /// Whether the error, or one in its source chain, is a `T`.
+    pub fn source_is<T: std::error::Error + 'static>(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.inner());
+        while let Some(e) = next {
+            if e.is::<T>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
     }
 }
 
@@ -205,6 +224,28 @@ impl HandlerContext {
 pub trait Handler: Send + Sync {
     /// Handles the context's message.
     async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError>;
+
+    /// What the handler needs from the router; [`Router::start`] refuses to start without it.
+    fn needs(&self) -> Needs {
+        Needs::NOTHING
+    }
+}
+
+/// What a [`Handler`] or [`Middleware`] needs from the router, checked once by
+/// [`Router::start`] so that a set-up mistake fails at start instead of dead-lettering every
+/// message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Needs {
+    /// A store ([`Router::store`]): the unit of work (inbox, outbox, replies).
+    pub store: bool,
+}
+
+impl Needs {
+    /// Nothing.
+    pub const NOTHING: Self = Self { store: false };
+    /// A store.
+    pub const STORE: Self = Self { store: true };
 }
 
 /// The rest of the chain, for a [`Middleware`] to call.
@@ -235,19 +276,24 @@ impl Next<'_> {
 pub trait Middleware: Send + Sync {
     /// Does its part and (usually) calls `next`.
     async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError>;
+
+    /// What the middleware needs from the router; [`Router::start`] refuses to start without it.
+    fn needs(&self) -> Needs {
+        Needs::NOTHING
+    }
+
+    /// Its name in start-up errors.
+    fn name(&self) -> &'static str {
+        short_type_name::<Self>()
+    }
 }
 
-/// Kept for compatibility: the router now opens the `handle` span itself (with the message's
-/// name, id, topic, key, attempt, handler, correlation and causation ids, and the producer's
-/// span as parent) and logs failures, for every delivery. This middleware only passes through.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tracing;
-
-#[async_trait]
-impl Middleware for Tracing {
-    async fn call(&self, cx: &mut HandlerContext, next: Next<'_>) -> Result<(), HandlerError> {
-        next.run(cx).await
-    }
+/// `Inbox` for `herald::router::Inbox`: the name a newcomer wrote.
+fn short_type_name<T: ?Sized>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    // Generic arguments would hold `::` too; cut before them.
+    let head = full.split('<').next().unwrap_or(full);
+    head.rsplit("::").next().unwrap_or(head)
 }
 
 /// Fails a handler that runs longer than the limit (a transient error: it will be retried).
@@ -280,9 +326,13 @@ impl Middleware for Inbox {
             Ok(())
         }
     }
+
+    fn needs(&self) -> Needs {
+        Needs::STORE
+    }
 }
 
-/// How failed attempts are retried: exponential backoff with jitter.
+/// How long to wait between attempts: exponential backoff with jitter.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Delay before the second attempt.
@@ -296,6 +346,7 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// 200 ms, doubling up to 60 s, half of it jittered.
     fn default() -> Self {
         Self {
             initial_delay: Duration::from_millis(200),
@@ -307,6 +358,32 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Doubling delays from `initial_delay` (capped at 60 s, half jittered).
+    pub fn exponential(initial_delay: Duration) -> Self {
+        Self { initial_delay, ..Self::default() }
+    }
+
+    /// Caps every delay.
+    #[must_use]
+    pub fn max_delay(mut self, max_delay: Duration) -> Self {
+        self.max_delay = max_delay;
+        self
+    }
+
+    /// Sets the growth per attempt (1 = a fixed delay).
+    #[must_use]
+    pub fn multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier;
+        self
+    }
+
+    /// Sets the randomised fraction of each delay (0..=1).
+    #[must_use]
+    pub fn jitter(mut self, jitter: f64) -> Self {
+        self.jitter = jitter;
+        self
+    }
+
     /// The delay after failed attempt number `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
@@ -316,36 +393,214 @@ impl RetryPolicy {
     }
 }
 
-/// Wraps a closure as a [`Handler`] of typed events `E`:
-/// `on(|cx, event: MyEvent| Box::pin(async move { … }))`.
-pub fn handler_fn<E, F>(f: F) -> impl Handler
+type Classifier = Arc<dyn Fn(&HandlerError) -> bool + Send + Sync>;
+
+/// Everything about a route's retries in one place ([`Route::retry`]): the delay between
+/// attempts, how many attempts before the message is dead-lettered, and which errors are not
+/// worth retrying.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use herald::router::{Retry, HandlerError};
+/// # #[derive(Debug, thiserror::Error)] #[error("bad input")] struct Rejected;
+/// let retry = Retry::exponential(Duration::from_millis(100))
+///     .max_delay(Duration::from_secs(5))
+///     .attempts(4)
+///     // A handler's `Rejected` will never succeed, however it was classified.
+///     .permanent_if(|e: &HandlerError| e.source_is::<Rejected>());
+/// ```
+#[derive(Clone)]
+pub struct Retry {
+    backoff: RetryPolicy,
+    attempts: Option<u32>,
+    permanent_if: Option<Classifier>,
+}
+
+impl fmt::Debug for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("backoff", &self.backoff)
+            .field("attempts", &self.attempts)
+            .field("permanent_if", &self.permanent_if.is_some())
+            .finish()
+    }
+}
+
+impl Default for Retry {
+    /// [`RetryPolicy::default`]'s delays, the subscription's `max_deliveries` attempts.
+    fn default() -> Self {
+        Self::with(RetryPolicy::default())
+    }
+}
+
+impl From<RetryPolicy> for Retry {
+    fn from(backoff: RetryPolicy) -> Self {
+        Self::with(backoff)
+    }
+}
+
+impl Retry {
+    /// Retries with these delays.
+    pub fn with(backoff: RetryPolicy) -> Self {
+        Self { backoff, attempts: None, permanent_if: None }
+    }
+
+    /// Doubling delays from `initial_delay` (see [`RetryPolicy::exponential`]).
+    pub fn exponential(initial_delay: Duration) -> Self {
+        Self::with(RetryPolicy::exponential(initial_delay))
+    }
+
+    /// Never retries: the first failure dead-letters the message.
+    pub fn never() -> Self {
+        Self::default().attempts(1)
+    }
+
+    /// Caps every delay.
+    #[must_use]
+    pub fn max_delay(mut self, max_delay: Duration) -> Self {
+        self.backoff = self.backoff.max_delay(max_delay);
+        self
+    }
+
+    /// At most this many attempts (deliveries), then the message is dead-lettered with the
+    /// last error. Sets the subscription's `max_deliveries`.
+    #[must_use]
+    pub fn attempts(mut self, attempts: u32) -> Self {
+        self.attempts = Some(attempts.max(1));
+        self
+    }
+
+    /// Treats the errors for which `f` is true as permanent (dead-lettered at once), whatever
+    /// the handler called them.
+    #[must_use]
+    pub fn permanent_if(mut self, f: impl Fn(&HandlerError) -> bool + Send + Sync + 'static) -> Self {
+        self.permanent_if = Some(Arc::new(f));
+        self
+    }
+
+    /// The delays between attempts.
+    pub fn backoff(&self) -> &RetryPolicy {
+        &self.backoff
+    }
+
+    fn is_permanent(&self, e: &HandlerError) -> bool {
+        e.is_permanent() || self.permanent_if.as_ref().is_some_and(|f| f(e))
+    }
+}
+
+/// An async function or closure that handles one typed input `In` (an event set, a command)
+/// and answers `Out`: `async fn f(cx: &mut HandlerContext, event: E) -> Result<Out, HandlerError>`
+/// or `async |cx: &mut HandlerContext, event: E| { … }`. Implemented for every such function;
+/// a handler that needs state of its own is a struct implementing [`Handler`] instead (an
+/// async closure that captures cannot yet promise a `Send` future on stable Rust).
+pub trait HandlerFn<'a, In, Out>: Send + Sync + 'static {
+    /// The future the call returns.
+    type Future: Future<Output = Result<Out, HandlerError>> + Send + 'a;
+    /// Calls the function.
+    fn call(&'a self, cx: &'a mut HandlerContext, input: In) -> Self::Future;
+}
+
+impl<'a, In, Out, F, Fut> HandlerFn<'a, In, Out> for F
+where
+    In: 'a,
+    F: Fn(&'a mut HandlerContext, In) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Out, HandlerError>> + Send + 'a,
+{
+    type Future = Fut;
+
+    fn call(&'a self, cx: &'a mut HandlerContext, input: In) -> Fut {
+        self(cx, input)
+    }
+}
+
+/// Decodes the message as `E` for a typed handler, naming the route and the type on failure.
+pub(crate) fn decode_for<E: EventSet>(cx: &HandlerContext) -> Result<E, HandlerError> {
+    cx.decode::<E>().map_err(|e| {
+        HandlerError::permanent(format!(
+            "route `{}`: message `{}` does not decode as `{}`: {e}",
+            cx.handler,
+            cx.message.name,
+            short_type_name::<E>()
+        ))
+    })
+}
+
+/// [`HandlerFn`] with state: an async function or closure taking `(&mut HandlerContext, In, &S)`,
+/// where `S` is the state given to [`Route::on_with`] (a pool, a client, a counter…). The
+/// closure gets the state as an argument instead of capturing it, so it stays a plain
+/// `async |cx: &mut HandlerContext, event: E, state: &S| { … }`.
+pub trait HandlerFnWith<'a, S, In, Out>: Send + Sync + 'static {
+    /// The future the call returns.
+    type Future: Future<Output = Result<Out, HandlerError>> + Send + 'a;
+    /// Calls the function.
+    fn call(&'a self, cx: &'a mut HandlerContext, input: In, state: &'a S) -> Self::Future;
+}
+
+impl<'a, S, In, Out, F, Fut> HandlerFnWith<'a, S, In, Out> for F
+where
+    S: 'a,
+    In: 'a,
+    F: Fn(&'a mut HandlerContext, In, &'a S) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Out, HandlerError>> + Send + 'a,
+{
+    type Future = Fut;
+
+    fn call(&'a self, cx: &'a mut HandlerContext, input: In, state: &'a S) -> Fut {
+        self(cx, input, state)
+    }
+}
+
+/// A [`HandlerFnWith`] and its state, as a [`HandlerFn`].
+pub(crate) struct WithState<S, F> {
+    pub(crate) state: S,
+    pub(crate) f: F,
+}
+
+impl<'a, S, In, Out, F> HandlerFn<'a, In, Out> for WithState<S, F>
+where
+    S: Send + Sync + 'static,
+    F: HandlerFnWith<'a, S, In, Out>,
+{
+    type Future = F::Future;
+
+    fn call(&'a self, cx: &'a mut HandlerContext, input: In) -> F::Future {
+        self.f.call(cx, input, &self.state)
+    }
+}
+
+/// A typed function as a [`Handler`]: decodes `E`, calls it.
+struct OnEvent<E, F>(F, std::marker::PhantomData<fn() -> E>);
+
+#[async_trait]
+impl<E, F> Handler for OnEvent<E, F>
 where
     E: EventSet,
-    F: for<'a> Fn(&'a mut HandlerContext, E) -> BoxFuture<'a, Result<(), HandlerError>> + Send + Sync + 'static,
+    F: for<'a> HandlerFn<'a, E, ()>,
 {
-    struct Typed<E, F>(F, std::marker::PhantomData<fn() -> E>);
-
-    #[async_trait]
-    impl<E, F> Handler for Typed<E, F>
-    where
-        E: EventSet,
-        F: for<'a> Fn(&'a mut HandlerContext, E) -> BoxFuture<'a, Result<(), HandlerError>> + Send + Sync + 'static,
-    {
-        async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
-            let event = cx.decode::<E>()?;
-            (self.0)(cx, event).await
-        }
+    async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
+        let event = decode_for::<E>(cx)?;
+        self.0.call(cx, event).await
     }
-    Typed(f, std::marker::PhantomData)
 }
 
 /// The handlers of one subscription, chosen by message name.
 pub struct Route {
     name: Arc<str>,
     options: SubscribeOptions,
-    handlers: HashMap<String, Arc<dyn Handler>>,
+    handlers: HashMap<String, Registered>,
     fallback: Option<Arc<dyn Handler>>,
     ignore_unknown: bool,
+    retry: Option<Retry>,
+    /// Set-up mistakes found while building (two handlers for one name…), reported by
+    /// [`Router::start`].
+    problems: Vec<String>,
+}
+
+/// A handler and the Rust type it was registered for (for error messages).
+#[derive(Clone)]
+struct Registered {
+    handler: Arc<dyn Handler>,
+    for_type: &'static str,
 }
 
 impl fmt::Debug for Route {
@@ -354,6 +609,7 @@ impl fmt::Debug for Route {
             .field("name", &self.name)
             .field("options", &self.options)
             .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -367,6 +623,8 @@ impl Route {
             handlers: HashMap::new(),
             fallback: None,
             ignore_unknown: true,
+            retry: None,
+            problems: Vec::new(),
         }
     }
 
@@ -387,21 +645,97 @@ impl Route {
         &self.options
     }
 
-    /// Changes where a new group of this route starts, e.g. from the latest message on a
-    /// broker whose [`Capabilities`](crate::pubsub::Capabilities) say it keeps no history.
+    /// Changes where a new group of this route starts (see
+    /// [`StartFrom`](crate::pubsub::StartFrom)).
     #[must_use]
     pub fn start_from(mut self, start: crate::pubsub::StartFrom) -> Self {
         self.options.start = start;
         self
     }
 
-    /// Handles every event name of `E` with `handler` (which decodes `E` itself, e.g. one made
-    /// by [`handler_fn`]).
+    /// Retries of this route's failed messages: delays, attempts (the subscription's
+    /// `max_deliveries`), and which errors are permanent. Without it, the router's
+    /// [`Router::retry`] delays and the subscription's `max_deliveries` apply.
     #[must_use]
-    pub fn on<E: EventSet>(mut self, handler: impl Handler + 'static) -> Self {
-        let handler: Arc<dyn Handler> = Arc::new(handler);
+    pub fn retry(mut self, retry: impl Into<Retry>) -> Self {
+        let retry = retry.into();
+        if let Some(attempts) = retry.attempts {
+            self.options.max_deliveries = attempts;
+        }
+        self.retry = Some(retry);
+        self
+    }
+
+    /// Handles every event of `E` — one event type, or an [`event_set!`](crate::event_set) of
+    /// several — with `f`, an async function or closure taking `(&mut HandlerContext, E)`:
+    ///
+    /// ```
+    /// # use herald::router::{HandlerContext, HandlerError, Route};
+    /// # use herald::SubscribeOptions;
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Deposited { cents: i64 }
+    /// # impl herald::Event for Deposited { const NAME: &'static str = "bank.Deposited.v1"; }
+    /// let route = Route::new(SubscribeOptions::new("bank.accounts", "mailer"))
+    ///     .on(async |cx: &mut HandlerContext, e: Deposited| {
+    ///         println!("{} cents in {}", e.cents, cx.message().key);
+    ///         Ok::<_, HandlerError>(())
+    ///     });
+    /// ```
+    ///
+    /// The type is written once, so the names routed and the type decoded cannot disagree; a
+    /// name that already has a handler on this route is a start-up error.
+    #[must_use]
+    pub fn on<E, F>(self, f: F) -> Self
+    where
+        E: EventSet,
+        F: for<'a> HandlerFn<'a, E, ()>,
+    {
+        self.register::<E>(Arc::new(OnEvent(f, std::marker::PhantomData)))
+    }
+
+    /// Like [`on`](Self::on), for a handler that needs state: `f` gets `&state` as its third
+    /// argument.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use std::sync::atomic::{AtomicU64, Ordering};
+    /// # use herald::router::{HandlerContext, HandlerError, Route};
+    /// # use herald::SubscribeOptions;
+    /// # #[derive(Debug, serde::Serialize, serde::Deserialize)] struct Deposited { cents: i64 }
+    /// # impl herald::Event for Deposited { const NAME: &'static str = "bank.Deposited.v1"; }
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let route = Route::new(SubscribeOptions::new("bank.accounts", "totals"))
+    ///     .on_with(total.clone(), async |_cx: &mut HandlerContext, e: Deposited, total: &Arc<AtomicU64>| {
+    ///         total.fetch_add(e.cents as u64, Ordering::Relaxed);
+    ///         Ok::<_, HandlerError>(())
+    ///     });
+    /// ```
+    #[must_use]
+    pub fn on_with<E, S, F>(self, state: S, f: F) -> Self
+    where
+        E: EventSet,
+        S: Send + Sync + 'static,
+        F: for<'a> HandlerFnWith<'a, S, E, ()>,
+    {
+        self.on(WithState { state, f })
+    }
+
+    /// Handles every event name of `E` with a [`Handler`] that decodes `E` itself (e.g. a
+    /// struct with state of its own).
+    #[must_use]
+    pub fn on_handler<E: EventSet>(self, handler: impl Handler + 'static) -> Self {
+        self.register::<E>(Arc::new(handler))
+    }
+
+    pub(crate) fn register<E: EventSet>(mut self, handler: Arc<dyn Handler>) -> Self {
+        let for_type = short_type_name::<E>();
         for name in E::names() {
-            self.handlers.insert(name.to_owned(), handler.clone());
+            let registered = Registered { handler: handler.clone(), for_type };
+            if let Some(earlier) = self.handlers.insert((*name).to_owned(), registered) {
+                self.problems.push(format!(
+                    "`{name}` has two handlers (for `{}` and for `{for_type}`); register each event once",
+                    earlier.for_type
+                ));
+            }
         }
         self
     }
@@ -409,7 +743,11 @@ impl Route {
     /// Handles messages named `name` with an untyped handler.
     #[must_use]
     pub fn on_name(mut self, name: impl Into<String>, handler: impl Handler + 'static) -> Self {
-        self.handlers.insert(name.into(), Arc::new(handler));
+        let name = name.into();
+        let registered = Registered { handler: Arc::new(handler), for_type: "(untyped)" };
+        if self.handlers.insert(name.clone(), registered).is_some() {
+            self.problems.push(format!("`{name}` has two handlers; register each name once"));
+        }
         self
     }
 
@@ -428,6 +766,38 @@ impl Route {
         self.ignore_unknown = ignore;
         self
     }
+
+    fn handler_for(&self, name: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(name).map(|r| r.handler.clone()).or_else(|| self.fallback.clone())
+    }
+
+    fn all_handlers(&self) -> impl Iterator<Item = &Arc<dyn Handler>> {
+        self.handlers.values().map(|r| &r.handler).chain(self.fallback.as_ref())
+    }
+}
+
+/// A router that cannot start: a set-up mistake, or a subscription the broker refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The routes, middleware and store do not fit together (found before subscribing).
+    #[error("route `{route}`: {problem}")]
+    Setup {
+        /// The route's name.
+        route: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The broker refused a route's subscription.
+    #[error("route `{route}`: subscribing to `{topic}` failed: {source}")]
+    Subscribe {
+        /// The route's name.
+        route: String,
+        /// Its topic.
+        topic: String,
+        /// The broker's error.
+        #[source]
+        source: PubSubError,
+    },
 }
 
 /// Runs routes until shut down. Build with [`Router::new`], then [`Router::run`].
@@ -467,6 +837,11 @@ impl Router {
     }
 
     /// Runs every delivery in a transaction of `store`, committed before the ack.
+    ///
+    /// On SQLite, the transaction takes the database's single write lock at its first
+    /// statement (not before the handler runs) and holds it until the commit: a handler that
+    /// does slow work that is not the database's (an HTTP call…) should do it before its first
+    /// statement, or publish a message and let another route do it.
     #[must_use]
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
@@ -487,7 +862,7 @@ impl Router {
         self
     }
 
-    /// Sets the retry policy.
+    /// The delays between attempts for routes without a [`Route::retry`] of their own.
     #[must_use]
     pub fn retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
@@ -508,31 +883,50 @@ impl Router {
         self
     }
 
+    /// Adds routes (e.g. a module's `routes()`).
+    #[must_use]
+    pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
+        self.routes.extend(routes);
+        self
+    }
+
     /// Subscribes every route and handles deliveries until `shutdown` is cancelled, then drains
-    /// (see the module docs). Fails only if a subscription cannot be opened.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), PubSubError> {
+    /// (see the module docs). Fails only at start (see [`Router::start`]).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         self.start(shutdown).await?.wait().await;
         Ok(())
     }
 
-    /// Subscribes every route, then handles deliveries in the background until `shutdown` is
-    /// cancelled. When this returns, every subscription exists: on a broker whose groups only
-    /// receive what is published after they subscribe (RabbitMQ queues), start the router
-    /// before the outbox relay and the producers. Fails if a subscription cannot be opened.
-    pub async fn start(self, shutdown: CancellationToken) -> Result<RunningRouter, PubSubError> {
+    /// Checks the set-up, subscribes every route, then handles deliveries in the background
+    /// until `shutdown` is cancelled. When this returns, every subscription exists: on a broker
+    /// whose groups only receive what is published after they subscribe (RabbitMQ queues),
+    /// start the router before the outbox relay and the producers.
+    ///
+    /// # Errors
+    /// [`StartError::Setup`] before subscribing anything if a route or middleware is
+    /// mis-configured: a middleware or handler that needs a store (the [`Inbox`], command
+    /// handlers, the dead-letter archive) on a router without one, an event registered twice,
+    /// a route without handlers; [`StartError::Subscribe`] if the broker refuses a
+    /// subscription.
+    pub async fn start(self, shutdown: CancellationToken) -> Result<RunningRouter, StartError> {
+        self.check()?;
         let tasks = TaskTracker::new();
+        let activity = Arc::new(Activity::default());
         let mut subscriptions = Vec::new();
         for route in self.routes {
-            let subscription = self.subscriber.subscribe(route.options.clone()).await?;
+            let subscription = self.subscriber.subscribe(route.options.clone()).await.map_err(|source| {
+                StartError::Subscribe { route: route.name.to_string(), topic: route.options.topic.clone(), source }
+            })?;
             let dispatcher = Arc::new(Dispatcher {
                 metrics: HandlerMetrics::new(&route.options.topic, &route.name),
+                retry: route.retry.clone().unwrap_or_else(|| Retry::with(self.retry)),
                 route,
                 store: self.store.clone(),
                 registry: self.registry.clone(),
                 middleware: self.middleware.clone(),
-                retry: self.retry,
                 lanes: Mutex::new(HashMap::new()),
                 draining: CancellationToken::new(),
+                activity: activity.clone(),
             });
             subscriptions.push((subscription, dispatcher));
         }
@@ -574,7 +968,123 @@ impl Router {
                 tracing::warn!(timeout = ?shutdown_timeout, "shutdown timed out; unsettled messages will be redelivered");
             }
         });
-        Ok(RunningRouter { drained })
+        Ok(RunningRouter { drained, activity })
+    }
+
+    /// Finds the set-up mistakes that would otherwise dead-letter every message.
+    fn check(&self) -> Result<(), StartError> {
+        let setup = |route: &Route, problem: String| StartError::Setup { route: route.name.to_string(), problem };
+        for route in &self.routes {
+            if let Some(problem) = route.problems.first() {
+                return Err(setup(route, problem.clone()));
+            }
+            if route.handlers.is_empty() && route.fallback.is_none() {
+                return Err(setup(route, "has no handler; add one with `.on(…)`".into()));
+            }
+            if self.store.is_none() {
+                if let Some(m) = self.middleware.iter().find(|m| m.needs().store) {
+                    let problem = format!(
+                        "middleware `{}` needs a store (the unit of work it records in), and the router has none: add `.store(…)`",
+                        m.name()
+                    );
+                    return Err(setup(route, problem));
+                }
+                if route.all_handlers().any(|h| h.needs().store) {
+                    let problem = "a handler needs a store (it writes through the unit of work: a reply, an archive…), and the router has none: add `.store(…)`".into();
+                    return Err(setup(route, problem));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one message through the route named `route` as a delivery would — middleware,
+    /// handler, the unit of work committed on success — without a broker: for tests of a
+    /// route's whole chain. Returns the handler's error (after retry classification) instead
+    /// of settling anything.
+    ///
+    /// # Errors
+    /// A permanent error if no route has that name or the route has no handler for the
+    /// message; otherwise what the chain returned, or the commit's error.
+    pub async fn handle_now(&self, route: &str, message: Message) -> Result<(), HandlerError> {
+        let Some(r) = self.routes.iter().find(|r| &*r.name == route) else {
+            return Err(HandlerError::permanent(format!("no route named `{route}`")));
+        };
+        let Some(handler) = r.handler_for(&message.name) else {
+            return Err(HandlerError::permanent(format!("route `{route}` has no handler for `{}`", message.name)));
+        };
+        let tx = match &self.store {
+            Some(store) => Some(store.begin().await?),
+            None => None,
+        };
+        let mut cx = HandlerContext {
+            message: crate::dead_letters::as_handled(&message),
+            attempt: 1,
+            handler: r.name.clone(),
+            registry: self.registry.clone(),
+            tx,
+            store: self.store.clone(),
+        };
+        run_chain(&self.middleware, handler.as_ref(), &mut cx).await
+    }
+}
+
+/// Runs middleware and handler, then commits the unit of work if they succeeded.
+async fn run_chain(
+    middleware: &[Arc<dyn Middleware>],
+    handler: &dyn Handler,
+    cx: &mut HandlerContext,
+) -> Result<(), HandlerError> {
+    Next { middleware, handler }.run(cx).await?;
+    if let Some(tx) = cx.tx.take() {
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// What a running router has done so far (see [`RunningRouter::wait_until`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RouterStats {
+    /// Deliveries taken and not yet settled (running, or queued behind their key).
+    pub in_flight: u64,
+    /// Messages handled and acknowledged.
+    pub handled: u64,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Messages dead-lettered (permanent errors, attempts exhausted, unknown names).
+    pub dead_lettered: u64,
+    /// Messages acknowledged without a handler (names this route does not handle).
+    pub skipped: u64,
+}
+
+impl RouterStats {
+    /// Nothing in flight.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0
+    }
+
+    /// Messages settled for good: handled, dead-lettered or skipped.
+    pub fn settled(&self) -> u64 {
+        self.handled + self.dead_lettered + self.skipped
+    }
+}
+
+/// The counters behind [`RouterStats`], shared by a router's dispatchers.
+#[derive(Debug)]
+struct Activity {
+    stats: tokio::sync::watch::Sender<RouterStats>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self { stats: tokio::sync::watch::Sender::new(RouterStats::default()) }
+    }
+}
+
+impl Activity {
+    fn update(&self, f: impl FnOnce(&mut RouterStats)) {
+        self.stats.send_modify(f);
     }
 }
 
@@ -583,9 +1093,25 @@ impl Router {
 #[must_use = "dropping it does not stop the router; cancel its shutdown token and wait"]
 pub struct RunningRouter {
     drained: tokio::task::JoinHandle<()>,
+    activity: Arc<Activity>,
 }
 
 impl RunningRouter {
+    /// What the router has done so far.
+    pub fn stats(&self) -> RouterStats {
+        *self.activity.stats.borrow()
+    }
+
+    /// Waits until `condition` holds for the router's stats, e.g. in a test
+    /// `router.wait_until(|s| s.settled() >= 6 && s.is_idle()).await` — all six messages
+    /// settled and nothing else in flight. Wrap it in a timeout: it waits as long as it takes.
+    pub async fn wait_until(&self, mut condition: impl FnMut(&RouterStats) -> bool) -> RouterStats {
+        let mut rx = self.activity.stats.subscribe();
+        // The sender lives as long as `self`, so waiting cannot fail.
+        let stats = rx.wait_for(|s| condition(s)).await.map(|s| *s);
+        stats.unwrap_or_else(|_| self.stats())
+    }
+
     /// Waits until the router has shut down and drained (its shutdown token was cancelled).
     pub async fn wait(self) {
         if let Err(e) = self.drained.await
@@ -627,17 +1153,21 @@ struct Dispatcher {
     store: Option<Arc<dyn Store>>,
     registry: Registry,
     middleware: Vec<Arc<dyn Middleware>>,
-    retry: RetryPolicy,
+    /// The route's retries, or the router's delays.
+    retry: Retry,
     /// Keys with a delivery in progress, and the deliveries of that key waiting behind it.
     lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
     /// Cancelled at shutdown: queued deliveries are released instead of started.
     draining: CancellationToken,
     /// The route's metrics, labelled with its subscription's topic and its name.
     metrics: HandlerMetrics,
+    /// The router's stats, shared by its routes.
+    activity: Arc<Activity>,
 }
 
 impl Dispatcher {
     fn dispatch(self: Arc<Self>, delivery: Delivery, tasks: &TaskTracker) {
+        self.activity.update(|s| s.in_flight += 1);
         let key = delivery.message.key.clone();
         if !key.is_empty() {
             let mut lanes = self.lanes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -651,6 +1181,7 @@ impl Dispatcher {
             let mut next = Some(delivery);
             while let Some(d) = next.take() {
                 self.process(d).await;
+                self.activity.update(|s| s.in_flight -= 1);
                 if key.is_empty() {
                     break;
                 }
@@ -670,17 +1201,20 @@ impl Dispatcher {
         }
         // A replay of a dead letter is for the group that failed it only (see `dead_letters`).
         if crate::dead_letters::is_replay_for_another_group(&delivery.message, &self.route.options.group) {
+            self.activity.update(|s| s.skipped += 1);
             log_settle_error(delivery.ack().await);
             return;
         }
-        let handler = self.route.handlers.get(&delivery.message.name).or(self.route.fallback.as_ref()).cloned();
-        let Some(handler) = handler else {
+        let Some(handler) = self.route.handler_for(&delivery.message.name) else {
             let name = delivery.message.name.clone();
             let result = if self.route.ignore_unknown {
+                self.activity.update(|s| s.skipped += 1);
                 delivery.ack().await
             } else {
                 self.metrics.record_unhandled_dead_letter();
-                delivery.dead_letter(format!("no handler for message `{name}`")).await
+                self.activity.update(|s| s.dead_lettered += 1);
+                let reason = format!("route `{}` has no handler for message `{name}`", self.route.name);
+                delivery.dead_letter(reason).await
             };
             log_settle_error(result);
             return;
@@ -698,7 +1232,7 @@ impl Dispatcher {
                 Err(e) => {
                     let e = HandlerError::from(e);
                     self.record(&delivery, &e, started);
-                    let delay = self.retry.delay(delivery.attempt);
+                    let delay = self.retry.backoff.delay(delivery.attempt);
                     log_settle_error(delivery.nack_with_reason(delay, format!("begin transaction: {e}")).await);
                     return;
                 }
@@ -713,45 +1247,40 @@ impl Dispatcher {
             tx,
             store: self.store.clone(),
         };
-        let chain = Next { middleware: &self.middleware, handler: handler.as_ref() };
-        let mut result = chain.run(&mut cx).await;
-        if result.is_ok()
-            && let Some(tx) = cx.tx.take()
-        {
-            result = tx.commit().await.map_err(HandlerError::from);
-        }
+        let result = run_chain(&self.middleware, handler.as_ref(), &mut cx).await;
         drop(cx); // rolls back an uncommitted transaction before settling
         match &result {
             Ok(()) => {
                 self.metrics.record(HandleOutcome::Handled, started.elapsed());
+                self.activity.update(|s| s.handled += 1);
             }
             Err(e) => self.record(&delivery, e, started),
         }
         let settled = match result {
             Ok(()) => delivery.ack().await,
-            Err(e) if e.is_permanent() => delivery.dead_letter(e.to_string()).await,
+            Err(e) if self.retry.is_permanent(&e) => delivery.dead_letter(e.to_string()).await,
             Err(e) => {
                 let attempt = delivery.attempt;
-                delivery.nack_with_reason(self.retry.delay(attempt), format!("attempt {attempt}: {e}")).await
+                delivery.nack_with_reason(self.retry.backoff.delay(attempt), format!("attempt {attempt}: {e}")).await
             }
         };
         log_settle_error(settled);
     }
-}
 
-impl Dispatcher {
     /// Logs a failed attempt (once, here) and records its metrics.
     fn record(&self, delivery: &Delivery, e: &HandlerError, started: Instant) {
+        let permanent = self.retry.is_permanent(e);
         let last = delivery.attempt >= self.route.options.max_deliveries;
-        let outcome = match (e.is_permanent(), last) {
+        let outcome = match (permanent, last) {
             (true, _) => HandleOutcome::DeadLettered,
             (false, true) => HandleOutcome::Exhausted,
             (false, false) => HandleOutcome::Retried,
         };
         let dead = outcome != HandleOutcome::Retried;
-        tracing::warn!(error = %e, permanent = e.is_permanent(), dead_lettered = dead, "handler failed");
+        tracing::warn!(error = %e, permanent, dead_lettered = dead, "handler failed");
         observability::mark_error(&tracing::Span::current());
         self.metrics.record(outcome, started.elapsed());
+        self.activity.update(|s| if dead { s.dead_lettered += 1 } else { s.retried += 1 });
     }
 }
 

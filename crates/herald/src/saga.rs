@@ -623,6 +623,10 @@ struct ReplyHandler<D>(Orchestrator<D>);
 
 #[async_trait]
 impl<D: SagaData> Handler for ReplyHandler<D> {
+    fn needs(&self) -> crate::router::Needs {
+        crate::router::Needs::STORE
+    }
+
     async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
         let reply = cx.message().clone();
         match self.0.handle_reply(cx.tx()?, &reply).await? {

@@ -165,9 +165,20 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
-    /// Decodes the payload.
-    pub fn decode<E: EventSet>(&self, registry: &crate::codec::Registry) -> Result<E, CodecError> {
+    /// Decodes the payload as `E` (as written: no upcasting; see [`decode_with`](Self::decode_with)).
+    pub fn decode<E: EventSet>(&self) -> Result<E, CodecError> {
+        E::decode(&self.name, &self.payload)
+    }
+
+    /// Decodes the payload as `E`, upcasting old shapes with `registry` first.
+    pub fn decode_with<E: EventSet>(&self, registry: &crate::codec::Registry) -> Result<E, CodecError> {
         registry.decode(&self.name, &self.payload)
+    }
+
+    /// The id of aggregate `A` whose stream holds this event; `None` if it is another's (see
+    /// [`aggregate_id`](crate::aggregate::aggregate_id)).
+    pub fn aggregate_id<A: crate::aggregate::Aggregate>(&self) -> Option<&str> {
+        crate::aggregate::aggregate_id::<A>(&self.stream)
     }
 
     /// This event as a message on `topic`, keyed by its stream.

@@ -101,6 +101,12 @@ fn given_a_full_account_when_depositing_then_the_limit_is_enforced() {
     AggregateTest::<Account>::given([Opened { limit: 50 }.into(), Deposited { cents: 40 }.into()])
         .when(Command::Deposit { cents: 11 })
         .then_error_contains("limit of 50");
+    AggregateTest::<Account>::given([Opened { limit: 50 }.into()])
+        .when(Command::Deposit { cents: 51 })
+        .then_error(AccountError::OverLimit(50));
+    AggregateTest::<Account>::given([Opened { limit: 50 }.into()])
+        .when(Command::Deposit { cents: -1 })
+        .then_error_matches(|e| matches!(e, AccountError::NotPositive(_)));
 }
 
 #[tokio::test]
@@ -177,6 +183,20 @@ fn an_aggregate_id_is_read_back_from_its_stream_name() {
     assert_eq!(aggregate_id::<Account>(&format!("{}-", Account::TYPE)), Some(""));
     assert_eq!(aggregate_id::<Account>(&format!("{}s-1", Account::TYPE)), None);
     assert_eq!(aggregate_id::<Account>("order-1"), None);
+}
+
+#[tokio::test]
+async fn a_recorded_event_names_its_aggregate_decodes_without_a_registry_and_filters_by_type() {
+    let store = MemoryStore::new();
+    Repository::<Account>::new().execute(&store, "a-7", Command::Open { limit: 10 }).await.unwrap();
+    let other = NewEvent::encode(&Deposited { cents: 1 }).unwrap();
+    store.append("ledger-1", ExpectedVersion::Any, vec![other]).await.unwrap();
+    let events = store.read_all(0, 10).await.unwrap();
+    assert_eq!(events[0].aggregate_id::<Account>(), Some("a-7"));
+    assert_eq!(events[0].decode::<AccountEvent>().unwrap(), AccountEvent::Opened(Opened { limit: 10 }));
+    let only_accounts = herald::projection::EventFilter::all().aggregate::<Account>();
+    assert!(only_accounts.matches(&events[0]));
+    assert!(!only_accounts.matches(&events[1]), "another aggregate's stream");
 }
 
 #[tokio::test]

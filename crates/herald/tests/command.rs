@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::command::{self, Outcome, REPLY_REASON, Reply, command_handler};
+use herald::command::{self, Outcome, REPLY_REASON, Reply};
 use herald::memory::{MemoryBroker, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{StartFrom, SubscribeOptions, Subscriber};
@@ -36,19 +36,17 @@ impl Event for Reserved {
 async fn every_command_gets_exactly_one_reply_and_failures_roll_back() {
     let broker = MemoryBroker::in_memory();
     let store = Arc::new(MemoryStore::new());
-    let route = Route::new(SubscribeOptions::new("stock.commands", "stock").start(StartFrom::Beginning)).on::<Reserve>(
-        command_handler(|cx: &mut HandlerContext, cmd: Reserve| {
-            Box::pin(async move {
-                // The handler's own change, which must vanish if it then fails.
-                let event = NewEvent::encode(&Reserved { reservation: cmd.sku.clone() })?;
-                cx.tx()?.append(&format!("stock-{}", cmd.sku), ExpectedVersion::Any, vec![event]).await?;
-                match cmd.qty {
-                    0 => Ok(Reply::failure("nothing to reserve")),
-                    1..=10 => Ok(Reply::with(&Reserved { reservation: format!("r-{}", cmd.sku) })?),
-                    _ => Err(HandlerError::permanent("the warehouse database rejected the row")),
-                }
-            })
-        }),
+    let route = Route::new(SubscribeOptions::new("stock.commands", "stock").start(StartFrom::Beginning)).on_command(
+        async |cx: &mut HandlerContext, cmd: Reserve| {
+            // The handler's own change, which must vanish if it then fails.
+            let event = NewEvent::encode(&Reserved { reservation: cmd.sku.clone() })?;
+            cx.tx()?.append(&format!("stock-{}", cmd.sku), ExpectedVersion::Any, vec![event]).await?;
+            match cmd.qty {
+                0 => Ok(Reply::failure("nothing to reserve")),
+                1..=10 => Ok(Reply::with(&Reserved { reservation: format!("r-{}", cmd.sku) })?),
+                _ => Err(HandlerError::permanent("the warehouse database rejected the row")),
+            }
+        },
     );
     let shutdown = CancellationToken::new();
     let router = Router::new(Arc::new(broker.clone())).store(store.clone()).middleware(Inbox).route(route);

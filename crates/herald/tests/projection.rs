@@ -95,7 +95,8 @@ impl Projection for Balances {
             return Err(ProjectionError::transient("database is locked (simulated)"));
         }
         self.handled.fetch_add(1, Ordering::SeqCst);
-        let amount = if event.name == Deposited::NAME { event.decode::<Deposited>(&self.registry)?.amount } else { 0 };
+        let amount =
+            if event.name == Deposited::NAME { event.decode_with::<Deposited>(&self.registry)?.amount } else { 0 };
         if self.slow && amount % 100 == 0 {
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
@@ -247,7 +248,7 @@ async fn projections_run_independently_and_a_failing_one_stops_alone_at_its_even
         .await
         .unwrap()
         .into_iter()
-        .find(|e| e.decode::<Deposited>(&Registry::new()).is_ok_and(|d| d.amount == 321))
+        .find(|e| e.decode::<Deposited>().is_ok_and(|d| d.amount == 321))
         .unwrap()
         .position;
     wait_until("failing stopped", || matches!(failing_runner.phase(), Phase::Failed { .. })).await;
@@ -303,6 +304,31 @@ async fn a_projection_added_later_catches_up_from_the_beginning() {
     cancel.cancel();
     first_task.await.unwrap().unwrap();
     later_task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_caught_up_returns_once_everything_in_the_log_is_projected() {
+    let store = MemoryStore::new();
+    let shared: Arc<dyn Store> = Arc::new(store.clone());
+    let balances = Arc::new(Balances::new("waited"));
+    let runner = ProjectionRunner::with_config(shared.clone(), balances.clone(), config(50));
+    append_deposits(&store, 0, 300, 7).await;
+    let cancel = CancellationToken::new();
+    let task = runner.spawn(cancel.clone());
+    let position = tokio::time::timeout(Duration::from_secs(10), runner.wait_caught_up()).await.unwrap().unwrap();
+    // No waiting loop: the read model is complete when the call returns.
+    assert_eq!(balances.snapshot(), expected_model(300, 7));
+    assert_eq!(position, store.read_all(0, 1000).await.unwrap().last().unwrap().position);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    // A runner that resumes at the head (and so reports no progress) is caught up at once.
+    let again = ProjectionRunner::with_config(shared, balances.clone(), config(50));
+    let cancel = CancellationToken::new();
+    let task = again.spawn(cancel.clone());
+    assert_eq!(tokio::time::timeout(Duration::from_secs(10), again.wait_caught_up()).await.unwrap().unwrap(), position);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,7 +472,7 @@ impl Projection for Picky {
 
     async fn handle_batch(&self, _tx: &mut dyn Transaction, events: &[&RecordedEvent]) -> Result<(), ProjectionError> {
         for e in events {
-            if Some(e.decode::<Deposited>(&self.registry)?.amount) == self.poison {
+            if Some(e.decode_with::<Deposited>(&self.registry)?.amount) == self.poison {
                 return Err(ProjectionError::permanent("poison in the batch"));
             }
         }

@@ -12,7 +12,7 @@ use herald::memory::{MemoryBroker, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{DLQ_REASON, Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::router::{
-    Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, Timeout, Tracing, handler_fn,
+    Handler, HandlerContext, HandlerError, Inbox, Retry, RetryPolicy, Route, Router, StartError, Timeout,
 };
 use herald::{Event, Message, Store};
 use serde::{Deserialize, Serialize};
@@ -62,16 +62,13 @@ fn start(router: Router) -> (CancellationToken, tokio::task::JoinHandle<()>) {
 async fn handlers_are_chosen_by_message_name_and_unknown_names_are_skipped() {
     let broker = MemoryBroker::in_memory();
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("names")).on::<Ping>(handler_fn(
-        move |_cx: &mut HandlerContext, p: Ping| {
-            let s = s.clone();
-            Box::pin(async move {
-                s.lock().unwrap().push(p.n);
-                Ok(())
-            })
+    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("names")).on_with(
+        seen.clone(),
+        async |_cx: &mut HandlerContext, p: Ping, seen: &Arc<Mutex<Vec<u32>>>| {
+            seen.lock().unwrap().push(p.n);
+            Ok(())
         },
-    )));
+    ));
     let (stop, task) = start(router);
     broker.publish(&[Message::new("names", "test.Other.v1", b"{}".to_vec()), ping("names", "", 7)]).await.unwrap();
     eventually("the ping is handled", || seen.lock().unwrap().as_slice() == [7]).await;
@@ -83,17 +80,13 @@ async fn handlers_are_chosen_by_message_name_and_unknown_names_are_skipped() {
 async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
     let broker = MemoryBroker::in_memory();
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
-        Route::new(options("retry")).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
-            let c = c.clone();
-            let attempt = cx.attempt();
-            Box::pin(async move {
-                c.fetch_add(1, Ordering::SeqCst);
-                if attempt < 3 { Err(HandlerError::transient("not yet")) } else { Ok(()) }
-            })
-        })),
-    );
+    let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(Route::new(options("retry")).on_with(
+        calls.clone(),
+        async |cx: &mut HandlerContext, _p: Ping, calls: &Arc<AtomicU32>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            if cx.attempt() < 3 { Err(HandlerError::transient("not yet")) } else { Ok(()) }
+        },
+    ));
     let (stop, task) = start(router);
     broker.publish(&[ping("retry", "k", 1)]).await.unwrap();
     eventually("three attempts", || calls.load(Ordering::SeqCst) == 3).await;
@@ -116,19 +109,20 @@ async fn dead_letters(broker: &MemoryBroker, topic: &str) -> herald::Subscriptio
 async fn a_payload_that_does_not_decode_is_dead_lettered_at_once_with_the_reason() {
     let broker = MemoryBroker::in_memory();
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("bad")).on::<Ping>(handler_fn(
-        move |_cx: &mut HandlerContext, _p: Ping| {
-            c.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
+    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("bad")).on_with(
+        calls.clone(),
+        async |_cx: &mut HandlerContext, _p: Ping, calls: &Arc<AtomicU32>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         },
-    )));
+    ));
     let mut dlq = dead_letters(&broker, "bad").await;
     let (stop, task) = start(router);
     broker.publish(&[Message::new("bad", Ping::NAME, b"{not json".to_vec())]).await.unwrap();
     let dead = tokio::time::timeout(Duration::from_secs(5), dlq.next()).await.unwrap().unwrap();
     let reason = dead.message.header(DLQ_REASON).unwrap();
     assert!(reason.contains("does not decode"), "{reason}");
+    assert!(reason.contains("route `workers`") && reason.contains("`Ping`"), "names route and type: {reason}");
     assert_eq!(dead.message.header(herald::pubsub::DLQ_ATTEMPTS), Some("1"));
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     stop.cancel();
@@ -139,9 +133,8 @@ async fn a_payload_that_does_not_decode_is_dead_lettered_at_once_with_the_reason
 async fn after_max_attempts_the_message_is_dead_lettered_with_the_last_error() {
     let broker = MemoryBroker::in_memory();
     let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
-        Route::new(options("doomed")).on::<Ping>(handler_fn(|_cx: &mut HandlerContext, p: Ping| {
-            Box::pin(async move { Err(HandlerError::transient(format!("boom {}", p.n))) })
-        })),
+        Route::new(options("doomed"))
+            .on(async |_cx: &mut HandlerContext, p: Ping| Err(HandlerError::transient(format!("boom {}", p.n)))),
     );
     let mut dlq = dead_letters(&broker, "doomed").await;
     let (stop, task) = start(router);
@@ -160,27 +153,25 @@ async fn keys_run_concurrently_and_a_failing_key_neither_blocks_others_nor_is_ov
     let order: Arc<Mutex<HashMap<String, Vec<u32>>>> = Arc::default();
     let running = Arc::new(AtomicUsize::new(0));
     let max_running = Arc::new(AtomicUsize::new(0));
-    let (o, r, mr) = (order.clone(), running.clone(), max_running.clone());
+    type State = (Arc<Mutex<HashMap<String, Vec<u32>>>>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+    let state = (order.clone(), running.clone(), max_running.clone());
     let router = Router::new(Arc::new(broker.clone())).retry(fast_retry()).route(
-        Route::new(options("keys").max_deliveries(10)).on::<Ping>(handler_fn(
-            move |cx: &mut HandlerContext, p: Ping| {
-                let (o, r, mr) = (o.clone(), r.clone(), mr.clone());
+        Route::new(options("keys").max_deliveries(10)).on_with(
+            state,
+            async |cx: &mut HandlerContext, p: Ping, (order, running, max_running): &State| {
                 let key = cx.message().key.clone();
-                let attempt = cx.attempt();
-                Box::pin(async move {
-                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
-                    mr.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
-                    r.fetch_sub(1, Ordering::SeqCst);
-                    // Key "sick": its first message fails three times before it succeeds.
-                    if key == "sick" && p.n == 0 && attempt <= 3 {
-                        return Err(HandlerError::transient("sick"));
-                    }
-                    o.lock().unwrap().entry(key).or_default().push(p.n);
-                    Ok(())
-                })
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                max_running.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(1..5))).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                // Key "sick": its first message fails three times before it succeeds.
+                if key == "sick" && p.n == 0 && cx.attempt() <= 3 {
+                    return Err(HandlerError::transient("sick"));
+                }
+                order.lock().unwrap().entry(key).or_default().push(p.n);
+                Ok(())
             },
-        )),
+        ),
     );
     let (stop, task) = start(router);
     let mut batch = Vec::new();
@@ -227,7 +218,6 @@ async fn the_inbox_skips_a_redelivered_duplicate_and_the_outbox_publishes_what_c
     let router = Router::new(Arc::new(broker.clone()))
         .store(Arc::new(store.clone()))
         .retry(fast_retry())
-        .middleware(Tracing)
         .middleware(Timeout(Duration::from_secs(5)))
         .middleware(Inbox)
         .route(
@@ -262,20 +252,19 @@ async fn the_inbox_skips_a_redelivered_duplicate_and_the_outbox_publishes_what_c
 async fn a_handler_that_times_out_is_retried() {
     let broker = MemoryBroker::in_memory();
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
     let router = Router::new(Arc::new(broker.clone()))
         .retry(fast_retry())
         .middleware(Timeout(Duration::from_millis(50)))
-        .route(Route::new(options("slow")).on::<Ping>(handler_fn(move |cx: &mut HandlerContext, _p: Ping| {
-            c.fetch_add(1, Ordering::SeqCst);
-            let slow = cx.attempt() == 1;
-            Box::pin(async move {
-                if slow {
+        .route(Route::new(options("slow")).on_with(
+            calls.clone(),
+            async |cx: &mut HandlerContext, _p: Ping, calls: &Arc<AtomicU32>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                if cx.attempt() == 1 {
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
                 Ok(())
-            })
-        })));
+            },
+        ));
     let (stop, task) = start(router);
     broker.publish(&[ping("slow", "", 1)]).await.unwrap();
     eventually("a second attempt", || calls.load(Ordering::SeqCst) == 2).await;
@@ -288,19 +277,16 @@ async fn shutdown_waits_for_in_flight_handlers_and_releases_the_rest() {
     let broker = MemoryBroker::in_memory();
     let finished = Arc::new(AtomicU32::new(0));
     let started = Arc::new(AtomicU32::new(0));
-    let (f, s) = (finished.clone(), started.clone());
     let router = Router::new(Arc::new(broker.clone())).shutdown_timeout(Duration::from_secs(5)).route(
-        Route::new(options("drain").max_in_flight(4)).on::<Ping>(handler_fn(
-            move |_cx: &mut HandlerContext, _p: Ping| {
-                let (f, s) = (f.clone(), s.clone());
-                Box::pin(async move {
-                    s.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    f.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                })
+        Route::new(options("drain").max_in_flight(4)).on_with(
+            (finished.clone(), started.clone()),
+            async |_cx: &mut HandlerContext, _p: Ping, (finished, started): &(Arc<AtomicU32>, Arc<AtomicU32>)| {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok(())
             },
-        )),
+        ),
     );
     let (stop, task) = start(router);
     // One key: handled one at a time, so most are still queued at shutdown.
@@ -352,20 +338,144 @@ async fn a_route_whose_subscription_ends_subscribes_again() {
     let broker = MemoryBroker::in_memory();
     let subscriber = Arc::new(EndsOnce { broker: broker.clone(), calls: AtomicUsize::new(0) });
     let handled = Arc::new(AtomicU32::new(0));
-    let h = handled.clone();
-    let router = Router::new(subscriber.clone()).route(Route::new(options("resubscribe")).on::<Ping>(handler_fn(
-        move |_cx: &mut HandlerContext, _p: Ping| {
-            let h = h.clone();
-            Box::pin(async move {
-                h.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            })
+    let router = Router::new(subscriber.clone()).route(Route::new(options("resubscribe")).on_with(
+        handled.clone(),
+        async |_cx: &mut HandlerContext, _p: Ping, handled: &Arc<AtomicU32>| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            Ok(())
         },
-    )));
+    ));
     let (token, task) = start(router);
     broker.publish(&[ping("resubscribe", "k", 1)]).await.unwrap();
     eventually("the message is handled after the route subscribed again", || handled.load(Ordering::SeqCst) == 1).await;
     assert!(subscriber.calls.load(Ordering::SeqCst) >= 2);
     token.cancel();
     task.await.unwrap();
+}
+
+// --- set-up mistakes fail at start ------------------------------------------------------------
+
+#[tokio::test]
+async fn a_router_with_the_inbox_and_no_store_refuses_to_start() {
+    let broker = MemoryBroker::in_memory();
+    let router = Router::new(Arc::new(broker.clone()))
+        .middleware(Inbox)
+        .route(Route::new(options("inbox")).on(async |_cx: &mut HandlerContext, _p: Ping| Ok(())));
+    let err = router.start(CancellationToken::new()).await.expect_err("refused");
+    assert!(matches!(err, StartError::Setup { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("route `workers`") && text.contains("`Inbox`") && text.contains(".store("), "{text}");
+}
+
+#[tokio::test]
+async fn a_command_route_without_a_store_refuses_to_start() {
+    let broker = MemoryBroker::in_memory();
+    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("cmds")).on_command(
+        async |_cx: &mut HandlerContext, _p: Ping| Ok::<_, HandlerError>(herald::command::Reply::success()),
+    ));
+    let err = router.start(CancellationToken::new()).await.expect_err("refused");
+    assert!(err.to_string().contains("needs a store"), "{err}");
+}
+
+#[tokio::test]
+async fn an_event_with_two_handlers_on_one_route_refuses_to_start() {
+    herald::event_set! {
+        #[derive(Debug)]
+        enum Pings { Ping(Ping) }
+    }
+    let broker = MemoryBroker::in_memory();
+    let router = Router::new(Arc::new(broker.clone())).route(
+        Route::new(options("twice"))
+            .on(async |_cx: &mut HandlerContext, _p: Pings| Ok(()))
+            .on(async |_cx: &mut HandlerContext, _p: Ping| Ok(())),
+    );
+    let err = router.start(CancellationToken::new()).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("`test.Ping.v1` has two handlers") && text.contains("`Pings`"), "{text}");
+}
+
+// --- retries configured on the route --------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_retry_sets_the_attempts_and_what_is_permanent() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("card declined")]
+    struct Declined;
+
+    let broker = MemoryBroker::in_memory();
+    let calls = Arc::new(AtomicU32::new(0));
+    let fast = Retry::exponential(Duration::from_millis(2)).max_delay(Duration::from_millis(5));
+    let router = Router::new(Arc::new(broker.clone()))
+        .route(Route::new(options("capped")).retry(fast.clone().attempts(2)).on_with(
+            calls.clone(),
+            async |_cx: &mut HandlerContext, _p: Ping, calls: &Arc<AtomicU32>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(HandlerError::transient("still down"))
+            },
+        ))
+        .route(
+            Route::new(options("declined"))
+                .retry(fast.permanent_if(|e: &HandlerError| e.source_is::<Declined>()))
+                .on(async |_cx: &mut HandlerContext, _p: Ping| Err(HandlerError::transient(Declined))),
+        );
+    let mut capped = dead_letters(&broker, "capped").await;
+    let mut declined = dead_letters(&broker, "declined").await;
+    let running = router.start(CancellationToken::new()).await.unwrap();
+    broker.publish(&[ping("capped", "k", 1), ping("declined", "k", 2)]).await.unwrap();
+
+    let dead = tokio::time::timeout(Duration::from_secs(5), capped.next()).await.unwrap().unwrap();
+    assert_eq!(dead.message.header(herald::pubsub::DLQ_ATTEMPTS), Some("2"), "attempts(2) instead of the 4 of options");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let dead = tokio::time::timeout(Duration::from_secs(5), declined.next()).await.unwrap().unwrap();
+    assert_eq!(dead.message.header(herald::pubsub::DLQ_ATTEMPTS), Some("1"), "a declined card is not retried");
+    let stats = running.wait_until(|s| s.dead_lettered == 2 && s.is_idle()).await;
+    assert_eq!((stats.retried, stats.handled), (1, 0), "{stats:?}");
+}
+
+// --- the brokers' close, test helpers -----------------------------------------------------------
+
+#[tokio::test]
+async fn shutdown_on_a_dyn_broker_closes_both_halves() {
+    let broker: Arc<dyn herald::pubsub::Broker> = Arc::new(MemoryBroker::in_memory());
+    broker.shutdown().await.unwrap();
+    assert!(broker.publish(&[ping("closed", "", 1)]).await.is_err(), "publishing is closed");
+    assert!(broker.subscribe(options("closed")).await.is_err(), "subscribing is closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_chain_runs_on_one_message_without_a_broker() {
+    let store = MemoryStore::new();
+    let handled = Arc::new(AtomicU32::new(0));
+    let router =
+        Router::new(Arc::new(MemoryBroker::in_memory())).store(Arc::new(store.clone())).middleware(Inbox).route(
+            Route::new(options("kit")).on_name(Ping::NAME, Echo { handled: handled.clone(), fail_after_write: false }),
+        );
+    let message = ping("kit", "k", 1);
+    router.handle_now("workers", message.clone()).await.unwrap();
+    router.handle_now("workers", message.clone()).await.unwrap();
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "the inbox in the chain skipped the duplicate");
+    assert_eq!(store.outbox_pending(10).await.unwrap().len(), 1, "the unit of work committed once");
+    let err = router.handle_now("nobody", message).await.expect_err("no such route");
+    assert!(err.to_string().contains("no route named `nobody`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_router_reports_when_everything_published_is_settled() {
+    let broker = MemoryBroker::in_memory();
+    let router = Router::new(Arc::new(broker.clone())).route(Route::new(options("stats")).on(
+        async |_cx: &mut HandlerContext, p: Ping| {
+            if p.n == 3 { Err(HandlerError::permanent("poison")) } else { Ok(()) }
+        },
+    ));
+    let stop = CancellationToken::new();
+    let running = router.start(stop.clone()).await.unwrap();
+    let batch: Vec<_> = (0..6).map(|n| ping("stats", &format!("k{n}"), n)).collect();
+    broker.publish(&batch).await.unwrap();
+    broker.publish(&[Message::new("stats", "test.Other.v1", b"{}".to_vec())]).await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), running.wait_until(|s| s.settled() == 7 && s.is_idle()))
+        .await
+        .expect("all settled");
+    assert_eq!((stats.handled, stats.dead_lettered, stats.skipped), (5, 1, 1), "{stats:?}");
+    stop.cancel();
+    running.wait().await;
 }

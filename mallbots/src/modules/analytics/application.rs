@@ -34,12 +34,12 @@ impl Projection for AnalyticsProjection {
     }
 
     fn filter(&self) -> EventFilter {
-        EventFilter::all().stream_prefix(format!("{}-", <Order as herald::aggregate::Aggregate>::TYPE))
+        EventFilter::all().aggregate::<Order>()
     }
 
     async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let order_id = event.stream.split_once('-').map_or("", |(_, id)| id).to_owned();
-        let decoded: OrderEvent = match event.decode(&self.registry) {
+        let order_id = event.aggregate_id::<Order>().unwrap_or_default().to_owned();
+        let decoded: OrderEvent = match event.decode_with(&self.registry) {
             Ok(e) => e,
             Err(e) => return Err(ProjectionError::permanent(e)),
         };

@@ -10,7 +10,7 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
-use herald::router::{Route, handler_fn};
+use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::stores::api as stores;
@@ -20,12 +20,8 @@ use crate::modules::stores::api as stores;
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores").start(StartFrom::Beginning))
-            .on::<stores::StoreIntegrationEvent>(handler_fn(|cx, event: stores::StoreIntegrationEvent| {
-            Box::pin(application::on_store_event(cx, event))
-        })),
+            .on(application::on_store_event),
         Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products").start(StartFrom::Beginning))
-            .on::<stores::ProductIntegrationEvent>(handler_fn(|cx, event: stores::ProductIntegrationEvent| {
-            Box::pin(application::on_product_event(cx, event))
-        })),
+            .on(application::on_product_event),
     ]
 }

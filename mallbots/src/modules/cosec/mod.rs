@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald::router::{Route, handler_fn};
+use herald::router::{HandlerContext, Route};
 use herald::saga::{Orchestrator, Saga, SagaError, Step};
 use herald::{Message, StartFrom, Store, SubscribeOptions};
 use serde::{Deserialize, Serialize};
@@ -117,12 +117,12 @@ pub fn orchestrator(store: Arc<dyn Store>) -> Orchestrator<CreateOrderData> {
 
 /// The message routes of cosec: start on OrderCreated, move on replies.
 pub fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
-    let starter = orchestrator.clone();
     vec![
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "cosec-ordering").start(StartFrom::Beginning))
-            .on::<ordering::OrderCreated>(handler_fn(move |cx, event: ordering::OrderCreated| {
-            let orchestrator = starter.clone();
-            Box::pin(async move {
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "cosec-ordering").start(StartFrom::Beginning)).on_with(
+            orchestrator.clone(),
+            async |cx: &mut HandlerContext,
+                   event: ordering::OrderCreated,
+                   orchestrator: &Orchestrator<CreateOrderData>| {
                 let cause = cx.message().clone();
                 let data = CreateOrderData {
                     order_id: event.id.clone(),
@@ -134,8 +134,8 @@ pub fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
                 };
                 orchestrator.start(cx.tx()?, &event.id, data, Some(&cause)).await?;
                 Ok(())
-            })
-        })),
+            },
+        ),
         Route::new(SubscribeOptions::new(REPLY_TOPIC, "cosec-replies").start(StartFrom::Beginning))
             .fallback(orchestrator.reply_handler()),
     ]

@@ -11,7 +11,6 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
-use herald::command::command_handler;
 use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
@@ -19,8 +18,6 @@ use herald::{StartFrom, SubscribeOptions};
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands").start(StartFrom::Beginning))
-            .on::<api::AuthorizeCustomer>(command_handler(|cx, command: api::AuthorizeCustomer| {
-            Box::pin(application::handle_authorize(cx, command))
-        })),
+            .on_command(application::handle_authorize),
     ]
 }

@@ -11,8 +11,7 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
-use herald::command::command_handler;
-use herald::router::{Route, handler_fn};
+use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::ordering::api as ordering;
@@ -21,12 +20,8 @@ use crate::modules::ordering::api as ordering;
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands").start(StartFrom::Beginning))
-            .on::<api::DepotCommand>(command_handler(|cx, command: api::DepotCommand| {
-            Box::pin(application::handle_command(cx, command))
-        })),
+            .on_command(application::handle_command),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders").start(StartFrom::Beginning))
-            .on::<ordering::OrderCanceled>(handler_fn(|cx, event: ordering::OrderCanceled| {
-            Box::pin(application::on_order_canceled(cx, event))
-        })),
+            .on(application::on_order_canceled),
     ]
 }

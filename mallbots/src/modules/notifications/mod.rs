@@ -10,7 +10,7 @@ pub mod api;
 pub mod application;
 pub mod http;
 
-use herald::router::{Route, handler_fn};
+use herald::router::{HandlerContext, Route};
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::customers::api as customers;
@@ -24,12 +24,13 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers").start(StartFrom::Beginning),
         )
-        .on::<customers::CustomerIntegrationEvent>(handler_fn(
-            |cx, event: customers::CustomerIntegrationEvent| Box::pin(application::on_customer_event(cx, event)),
-        )),
+        .on(application::on_customer_event),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders").start(StartFrom::Beginning))
-            .on::<ordering::OrderIntegrationEvent>(handler_fn(|cx, event: ordering::OrderIntegrationEvent| {
-            Box::pin(application::on_order_event(cx, event, &RecordingGateway))
-        })),
+            .on_with(
+                RecordingGateway,
+                async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
+                    application::on_order_event(cx, event, gateway).await
+                },
+            ),
     ]
 }

@@ -11,8 +11,7 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
-use herald::command::command_handler;
-use herald::router::{Route, handler_fn};
+use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::baskets::api as baskets;
@@ -23,20 +22,12 @@ use crate::modules::payments::api as payments;
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(baskets::EVENT_TOPIC, "ordering-baskets").start(StartFrom::Beginning))
-            .on::<baskets::BasketCheckedOut>(handler_fn(|cx, event: baskets::BasketCheckedOut| {
-            Box::pin(application::on_basket_checked_out(cx, event))
-        })),
+            .on(application::on_basket_checked_out),
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "ordering-commands").start(StartFrom::Beginning))
-            .on::<api::OrderingCommand>(command_handler(|cx, command: api::OrderingCommand| {
-            Box::pin(application::handle_command(cx, command))
-        })),
+            .on_command(application::handle_command),
         Route::new(SubscribeOptions::new(payments::EVENT_TOPIC, "ordering-payments").start(StartFrom::Beginning))
-            .on::<payments::InvoicePaid>(handler_fn(|cx, event: payments::InvoicePaid| {
-            Box::pin(application::on_invoice_paid(cx, event))
-        })),
+            .on(application::on_invoice_paid),
         Route::new(SubscribeOptions::new(depot::EVENT_TOPIC, "ordering-depot").start(StartFrom::Beginning))
-            .on::<depot::ShoppingListCompleted>(handler_fn(|cx, event: depot::ShoppingListCompleted| {
-            Box::pin(application::on_shopping_list_completed(cx, event))
-        })),
+            .on(application::on_shopping_list_completed),
     ]
 }

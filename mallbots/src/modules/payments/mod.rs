@@ -9,8 +9,7 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
-use herald::command::command_handler;
-use herald::router::{Route, handler_fn};
+use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::ordering::api as ordering;
@@ -19,12 +18,8 @@ use crate::modules::ordering::api as ordering;
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "payments-commands").start(StartFrom::Beginning))
-            .on::<api::ConfirmPayment>(command_handler(|cx, command: api::ConfirmPayment| {
-            Box::pin(application::handle_confirm(cx, command))
-        })),
+            .on_command(application::handle_confirm),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "payments-orders").start(StartFrom::Beginning))
-            .on::<ordering::OrderIntegrationEvent>(handler_fn(|cx, event: ordering::OrderIntegrationEvent| {
-            Box::pin(application::on_order_event(cx, event))
-        })),
+            .on(application::on_order_event),
     ]
 }

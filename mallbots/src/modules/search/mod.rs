@@ -5,7 +5,7 @@
 pub mod application;
 pub mod http;
 
-use herald::router::{Route, handler_fn};
+use herald::router::Route;
 use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::customers::api as customers;
@@ -15,12 +15,8 @@ use crate::modules::ordering::api as ordering;
 pub fn routes() -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "search-customers").start(StartFrom::Beginning))
-            .on::<customers::CustomerRegistered>(handler_fn(|cx, event: customers::CustomerRegistered| {
-            Box::pin(application::on_customer_registered(cx, event))
-        })),
+            .on(application::on_customer_registered),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders").start(StartFrom::Beginning))
-            .on::<ordering::OrderIntegrationEvent>(handler_fn(|cx, event: ordering::OrderIntegrationEvent| {
-            Box::pin(application::on_order_event(cx, event))
-        })),
+            .on(application::on_order_event),
     ]
 }
