@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{EventSet, Registry, decode_json, encode_json};
+use crate::codec::{CodecError, EventSet, Registry, decode_json, encode_json};
 use tracing::Instrument;
 
 use crate::message::Message;
@@ -71,6 +71,16 @@ pub struct Executed<A: Aggregate> {
     pub aggregate: Loaded<A>,
 }
 
+impl<A: Aggregate> Executed<A> {
+    /// The recorded events as messages on `topic`, keyed by the aggregate's id (so consumers
+    /// get each aggregate's events in order): enqueue them in the same unit of work to publish
+    /// them through the outbox (`tx.enqueue(done.messages("bank.accounts")?)`), or pass them
+    /// to [`HandlerContext::publish`](crate::router::HandlerContext::publish) in a handler.
+    pub fn messages(&self, topic: &str) -> Result<Vec<Message>, CodecError> {
+        self.events.iter().map(|e| Ok(Message::encode(topic, e)?.with_key(self.aggregate.id.clone()))).collect()
+    }
+}
+
 /// Failure of a repository operation.
 #[derive(Debug, thiserror::Error)]
 pub enum RepositoryError<E: std::error::Error + 'static> {
@@ -87,6 +97,8 @@ pub struct Repository<A> {
     registry: Registry,
     snapshot_every: Option<u64>,
     conflict_retries: u32,
+    /// The topic every recorded event is also enqueued on (in the same unit of work), if any.
+    publish_to: Option<std::sync::Arc<str>>,
     _aggregate: PhantomData<fn() -> A>,
 }
 
@@ -105,6 +117,7 @@ impl<A> Clone for Repository<A> {
             registry: self.registry.clone(),
             snapshot_every: self.snapshot_every,
             conflict_retries: self.conflict_retries,
+            publish_to: self.publish_to.clone(),
             _aggregate: PhantomData,
         }
     }
@@ -119,7 +132,23 @@ impl<A: Aggregate> Default for Repository<A> {
 impl<A: Aggregate> Repository<A> {
     /// A repository without snapshots that retries a conflicting command 3 times.
     pub fn new() -> Self {
-        Self { registry: Registry::new(), snapshot_every: None, conflict_retries: 3, _aggregate: PhantomData }
+        Self {
+            registry: Registry::new(),
+            snapshot_every: None,
+            conflict_retries: 3,
+            publish_to: None,
+            _aggregate: PhantomData,
+        }
+    }
+
+    /// Publishes every recorded event on `topic` through the outbox: [`execute`](Self::execute)
+    /// and [`execute_in`](Self::execute_in) enqueue them (as [`Executed::messages`], caused by
+    /// the command's cause) in the unit of work that records them, so they are published if
+    /// and only if the events commit (event notification / event-carried state transfer).
+    #[must_use]
+    pub fn publish_to(mut self, topic: &str) -> Self {
+        self.publish_to = Some(topic.into());
+        self
     }
 
     /// Upcasters for old event shapes.
@@ -277,7 +306,11 @@ impl<A: Aggregate> Repository<A> {
                 let mut aggregate = self.load(tx, id).await?;
                 let events = aggregate.state.handle(command.clone()).map_err(RepositoryError::Rejected)?;
                 match self.save(tx, &mut aggregate, &events, cause).await {
-                    Ok(()) => return Ok(Executed { events, aggregate }),
+                    Ok(()) => {
+                        let executed = Executed { events, aggregate };
+                        self.enqueue_published(tx, &executed, cause).await?;
+                        return Ok(executed);
+                    }
                     Err(e) if e.is_conflict() && attempt < self.conflict_retries => {
                         attempt += 1;
                         tracing::debug!(attempt, error = %e, "conflict; retrying");
@@ -321,10 +354,13 @@ impl<A: Aggregate> Repository<A> {
                 return Ok(Ok(events));
             }
             let after = loaded.version + events.len() as u64;
-            if self.snapshot_due(loaded.version, after) {
+            if self.snapshot_due(loaded.version, after) || self.publish_to.is_some() {
                 let mut tx = store.begin().await?;
                 self.save(tx.as_mut(), &mut loaded, &events, None).await?;
+                let executed = Executed { events, aggregate: loaded };
+                self.enqueue_published(tx.as_mut(), &executed, None).await?;
                 tx.commit().await?;
+                return Ok(Ok(executed.events));
             } else {
                 let (stream, new_events, append_span) = self.encode(&loaded, &events, None)?;
                 let expected = ExpectedVersion::Exact(loaded.version);
@@ -342,6 +378,23 @@ impl<A: Aggregate> Repository<A> {
                 Err(e.into())
             }
         }
+    }
+}
+
+impl<A: Aggregate> Repository<A> {
+    /// Enqueues the executed events on the [`publish_to`](Self::publish_to) topic, if any.
+    async fn enqueue_published(
+        &self,
+        tx: &mut dyn Transaction,
+        executed: &Executed<A>,
+        cause: Option<&Message>,
+    ) -> Result<(), StoreError> {
+        let Some(topic) = &self.publish_to else { return Ok(()) };
+        let mut messages = executed.messages(topic)?;
+        if let Some(cause) = cause {
+            messages = messages.into_iter().map(|m| m.caused_by(cause)).collect();
+        }
+        tx.enqueue(messages).await
     }
 }
 

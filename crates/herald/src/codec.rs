@@ -157,6 +157,41 @@ macro_rules! event_set {
     };
 }
 
+/// Declares events and their [`EventSet`] at once: a struct per event, with its name and
+/// fields, and an enum of them (see [`event_set!`](crate::event_set)). The attributes apply to
+/// every struct and to the enum; the structs must derive `Serialize` and `Deserialize`.
+///
+/// ```
+/// use herald::codec::{Event, EventSet};
+/// herald::events! {
+///     #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+///     pub enum AccountEvent {
+///         Opened = "bank.Opened.v1" { owner: String },
+///         Deposited = "bank.Deposited.v1" { cents: i64 },
+///     }
+/// }
+/// assert_eq!(Deposited::NAME, "bank.Deposited.v1");
+/// let e: AccountEvent = Deposited { cents: 5 }.into();
+/// assert_eq!(AccountEvent::decode(e.event_name(), &e.encode().unwrap()).unwrap(), e);
+/// ```
+#[macro_export]
+macro_rules! events {
+    (
+        $(#[$meta:meta])* $vis:vis enum $set:ident {
+            $($(#[$vmeta:meta])* $event:ident = $name:literal { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }),+ $(,)?
+        }
+    ) => {
+        $(
+            $(#[$meta])* $(#[$vmeta])*
+            $vis struct $event { $($(#[$fmeta])* pub $field: $ty),* }
+            impl $crate::codec::Event for $event {
+                const NAME: &'static str = $name;
+            }
+        )+
+        $crate::event_set! { $(#[$meta])* $vis enum $set { $($event($event)),+ } }
+    };
+}
+
 type UpcastFn = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 
 /// Known upcasters, from an old event name to the next name and shape. Cheap to clone.

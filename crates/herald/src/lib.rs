@@ -10,6 +10,11 @@
 //! implementation ([`memory`]) and a conformance suite (`herald-conformance`) that every
 //! implementation — in memory, SQLite, PostgreSQL, NATS, RabbitMQ, Redis — must pass.
 //!
+//! **Start with the tutorial** (`docs/tutorial.md` in the repository): a small bank — an
+//! event-sourced account, the outbox, a consumer group with the inbox and retries, dead
+//! letters, a projection and its rebuild — in one runnable file,
+//! `cargo run -p herald-sql --example bank`. [`prelude`] imports the common path.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use herald::{Message, memory::MemoryBroker, pubsub::{Publisher, Subscriber, SubscribeOptions, StartFrom}};
@@ -31,6 +36,7 @@ pub mod memory;
 pub mod message;
 pub mod observability;
 pub mod outbox;
+pub mod prelude;
 pub mod projection;
 pub mod pubsub;
 pub mod queue;

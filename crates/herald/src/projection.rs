@@ -611,6 +611,18 @@ impl ProjectionRunner {
         result.map(|_| ())
     }
 
+    /// Projects what is in the log now, from the checkpoint up to the head at the call, then
+    /// returns the checkpoint reached (a batch job, a command-line tool, a test). Like
+    /// [`run`](Self::run), it refuses to run twice at once.
+    pub async fn catch_up(&self, cancel: CancellationToken) -> Result<u64, RunError> {
+        let _active = self.claim()?;
+        let from = self.load_position(&cancel).await?.unwrap_or(0);
+        let target = self.head_position(&cancel, from).await?;
+        let result = self.drive(&cancel, false, Some(target)).await;
+        self.finish(&result);
+        result.map(|(position, _)| position)
+    }
+
     /// Rebuilds the read model from scratch: [`Projection::reset`] and checkpoint 0 in one
     /// transaction, then a replay up to the log's head at the start, publishing [`Progress`]
     /// (and logging every [`RunnerConfig::log_every`] events). Run it while [`run`](Self::run)

@@ -261,3 +261,22 @@ async fn concurrent_units_of_work_running_commands_on_one_aggregate_all_count() 
     let loaded = repo.load_from(store.as_ref(), "hot").await.unwrap();
     assert_eq!((loaded.version, loaded.state.balance), (81, 80));
 }
+
+#[tokio::test]
+async fn a_repository_that_publishes_enqueues_the_recorded_events_with_them() {
+    let store = MemoryStore::new();
+    let accounts = Repository::<Account>::new().publish_to("accounts");
+    accounts.execute(&store, "a-1", Command::Open { limit: 100 }).await.unwrap();
+    let mut tx = store.begin().await.unwrap();
+    accounts.execute_in(tx.as_mut(), "a-1", Command::Deposit { cents: 30 }, None).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(accounts.execute(&store, "a-1", Command::Deposit { cents: 500 }).await.is_err(), "over the limit");
+
+    let outbox: Vec<_> = store.outbox_pending(10).await.unwrap().into_iter().map(|p| p.message).collect();
+    let names: Vec<_> = outbox.iter().map(|m| (m.topic.as_str(), m.name.as_str(), m.key.as_str())).collect();
+    assert_eq!(
+        names,
+        [("accounts", Opened::NAME, "a-1"), ("accounts", Deposited::NAME, "a-1")],
+        "one message per recorded event, none for the refused command"
+    );
+}

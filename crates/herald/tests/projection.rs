@@ -331,6 +331,20 @@ async fn wait_caught_up_returns_once_everything_in_the_log_is_projected() {
     task.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn catch_up_projects_what_is_in_the_log_and_returns() {
+    let store = MemoryStore::new();
+    let balances = Arc::new(Balances::new("batch"));
+    let runner = ProjectionRunner::with_config(Arc::new(store.clone()), balances.clone(), config(40));
+    append_deposits(&store, 0, 100, 3).await;
+    let position = runner.catch_up(CancellationToken::new()).await.unwrap();
+    assert_eq!(balances.snapshot(), expected_model(100, 3));
+    assert_eq!(store.load_checkpoint("batch").await.unwrap(), Some(position));
+    append_deposits(&store, 100, 10, 3).await;
+    runner.catch_up(CancellationToken::new()).await.unwrap();
+    assert_eq!(balances.snapshot(), expected_model(110, 3), "resumed from its checkpoint");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_resets_replays_reports_progress_and_ends_equal() {
     let store = MemoryStore::new();
