@@ -13,7 +13,9 @@
 //! **Start with the tutorial** (`docs/tutorial.md` in the repository): a small bank — an
 //! event-sourced account, the outbox, a consumer group with the inbox and retries, dead
 //! letters, a projection and its rebuild — in one runnable file,
-//! `cargo run -p herald-sql --example bank`. [`prelude`] imports the common path.
+//! `cargo run -p herald-sql --example bank`. [`prelude`] imports the common path. Herald reports
+//! through [`tracing`](https://docs.rs/tracing): install a subscriber
+//! (`tracing_subscriber::fmt().init()`) to see its warnings, retries and dead letters.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
