@@ -181,7 +181,7 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
 
     let mut tx = store.begin().await?;
     let sqlite = tx.as_any_mut().downcast_mut::<SqliteTransaction>().context("not a SqliteTransaction")?;
-    sqlite.connection().execute("INSERT INTO basket (id, items) VALUES ('b-1', 3)", [])?;
+    sqlite.connection().await?.execute("INSERT INTO basket (id, items) VALUES ('b-1', 3)", [])?;
     tx.append("basket-b-1", ExpectedVersion::NoStream, vec![event("ItemAdded")]).await?;
     let flag = committed.clone();
     tx.on_commit(Box::new(move || flag.store(true, Ordering::SeqCst)));
@@ -193,8 +193,8 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
     assert_eq!(items, 3);
 
     // And a rolled-back unit of work takes the handler's rows with it.
-    let tx = store.begin_sqlite().await?;
-    tx.connection().execute("INSERT INTO basket (id, items) VALUES ('b-2', 1)", [])?;
+    let mut tx = store.begin_sqlite().await?;
+    tx.connection().await?.execute("INSERT INTO basket (id, items) VALUES ('b-2', 1)", [])?;
     drop(tx);
     let rows: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM basket", [], |r| r.get(0)))?;
     assert_eq!(rows, 1);
@@ -218,8 +218,8 @@ async fn a_cached_statement_is_not_prepared_again_when_its_parameters_change() -
         Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
     };
     ensure!(db.read(check)? == 0, "a reader connection re-prepared the statement");
-    let tx = store.begin_sqlite().await?;
-    ensure!(check(tx.connection())? == 0, "the writer connection re-prepared the statement");
+    let mut tx = store.begin_sqlite().await?;
+    ensure!(check(tx.connection().await?)? == 0, "the writer connection re-prepared the statement");
     Ok(())
 }
 

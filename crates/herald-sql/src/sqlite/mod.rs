@@ -246,6 +246,43 @@ impl SqliteDatabase {
         Ok(result?)
     }
 
+    /// Runs one application statement outside a unit of work (`any::query(..)` on the
+    /// database): on a reader connection when it only reads, else as a unit of work of its own
+    /// on the writer (in turn with this process's other writers, committed before this returns).
+    ///
+    /// # Errors
+    /// [`SqlError::WriteLockHeld`] at once for a write from a task that holds the write lock
+    /// in an open transaction (it would wait for itself); what `f` or SQLite said.
+    pub(crate) async fn statement<T>(
+        &self,
+        sql: &str,
+        f: impl Fn(&Connection) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        let read = self.read(|c| Ok(if c.prepare_cached(sql)?.readonly() { Some(f(c)) } else { None }))?;
+        if let Some(out) = read {
+            return out;
+        }
+        let write = self.begin_write().await?;
+        let out = f(write.conn())?;
+        write.commit().await?;
+        self.shared.store_changes.notify_waiters();
+        Ok(out)
+    }
+
+    /// Runs several `;`-separated statements as a unit of work of its own on the writer.
+    pub(crate) async fn script(&self, text: &str) -> Result<(), SqlError> {
+        let write = self.begin_write().await?;
+        write.conn().execute_batch(text)?;
+        write.commit().await?;
+        self.shared.store_changes.notify_waiters();
+        Ok(())
+    }
+
+    /// Whether the database was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.stop.is_cancelled()
+    }
+
     /// Closes the database: later use fails with [`SqlError::Closed`]; connections close as
     /// their last user lets go.
     pub async fn close(&self) {
