@@ -28,7 +28,7 @@ use herald::pubsub::DLQ_REASON;
 use herald::router::{HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, Tracing, handler_fn};
 use herald::{Event, Message, Publisher, StartFrom, Store, SubscribeOptions, Subscriber, event_set};
 use herald_sql::SqliteDatabase;
-use herald_sql::any::{Conn, query};
+use herald_sql::any::query;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -162,13 +162,13 @@ async fn main() -> anyhow::Result<()> {
         Box::pin(async move {
             let text =
                 format!("Thanks {}, your order of ${:.2} is in!", placed.customer, placed.total_cents as f64 / 100.0);
-            // The consumer's own state, in the same transaction as its inbox record.
+            // The consumer's own state, in the same transaction as its inbox record; `?` retries
+            // a busy database and dead-letters what can never pass (a broken constraint…).
             query("INSERT INTO sms_sent (customer, text) VALUES (?, ?)")
                 .bind(&placed.customer)
                 .bind(&text)
-                .execute(Conn::of(cx.tx()?).map_err(HandlerError::permanent)?)
-                .await
-                .map_err(HandlerError::transient)?;
+                .execute(cx.tx()?)
+                .await?;
             println!("   [notifications] {text}");
             counter.fetch_add(1, Ordering::SeqCst);
             Ok(())
