@@ -16,6 +16,11 @@
 //!   below `p` (the global log never shows a gap that later fills);
 //! * the broker's claim (copy new messages, dead-letter, lease) is one consistent step.
 //!
+//! A [`SqliteTransaction`] does this at its *first statement*, not at `begin`: a router begins
+//! the unit of work before the handler runs, and a handler that first waits on something else
+//! (an HTTP call) must not hold every other writer of the process up meanwhile. Nothing is
+//! lost by waiting: the transaction has read nothing before its first statement.
+//!
 //! Within one process the writers queue, in order, for the one writer connection (a fair async
 //! mutex) before asking SQLite, so a burst of writers is served in order instead of sleeping in
 //! SQLite's busy handler; another process's lock is waited for without blocking a thread (the
