@@ -9,9 +9,13 @@
 //!
 //! * [`AnyDatabase`]: a SQLite or PostgreSQL database, opened from a URL; Herald's store and
 //!   SQL broker on it.
-//! * [`Conn`]: where a [`Query`] runs: the connection of a Herald transaction
-//!   ([`Conn::of`]), or the database ([`From<&AnyDatabase>`](Conn#impl-From<%26AnyDatabase>-for-Conn<'a>))
-//!   for reads outside a unit of work.
+//! * Where a [`Query`] runs ([`IntoConn`]): pass the Herald transaction itself — the
+//!   `cx.tx()?` of a router handler, the `&mut *tx` of a projection, a
+//!   `&mut Box<dyn Transaction>` — and the statement joins its unit of work; pass the database
+//!   (`&db`) for work outside one. No downcast: this is the one way in, on either dialect, and
+//!   `?` turns the [`SqlError`] into a `HandlerError` or `ProjectionError` (transient or
+//!   permanent, [`SqlError::is_transient`]). ([`Conn`] is what they become; `&mut Conn` runs
+//!   several statements on one.)
 //! * [`query`]: the statement, written with `?` placeholders (renumbered to `$1, $2…` for
 //!   PostgreSQL; `?` inside quotes is left alone), with [`Value`]s bound in order, and rows
 //!   decoded into any [`FromRow`] type: tuples of `String`, `i64`, `i32`, `f64`, `bool` and
@@ -27,7 +31,8 @@
 //! ```
 //! # #[cfg(feature = "sqlite")] // (the example opens a SQLite file)
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use herald_sql::any::{AnyDatabase, Conn, Migration, migrate, query};
+//! use herald::router::{HandlerContext, HandlerError};
+//! use herald_sql::any::{AnyDatabase, Migration, migrate, query};
 //!
 //! # let dir = tempfile::tempdir()?;
 //! # let url = format!("sqlite://{}", dir.path().join("shop.db").display());
@@ -35,17 +40,32 @@
 //! migrate(&db, "shop", &[Migration::portable(1, "items", "CREATE TABLE items (id TEXT PRIMARY KEY, price BIGINT NOT NULL)")])
 //!     .await?;
 //!
-//! // Writes join Herald's unit of work…
+//! // In a router handler, writes join the handler's unit of work; `?` classifies the error.
+//! async fn price_item(cx: &mut HandlerContext) -> Result<(), HandlerError> {
+//!     query("INSERT INTO items (id, price) VALUES (?, ?)").bind("b").bind(90_i64).execute(cx.tx()?).await?;
+//!     Ok(())
+//! }
+//!
+//! // The same call on a transaction of your own…
 //! let mut tx = db.store().begin().await?;
-//! query("INSERT INTO items (id, price) VALUES (?, ?)").bind("a").bind(250_i64).execute(Conn::of(&mut *tx)?).await?;
+//! query("INSERT INTO items (id, price) VALUES (?, ?)").bind("a").bind(250_i64).execute(&mut tx).await?;
 //! tx.commit().await?;
 //!
-//! // …reads can use the pool.
+//! // …and reads on the pool.
 //! let price: Option<(i64,)> = query("SELECT price FROM items WHERE id = ?").bind("a").fetch_optional(&db).await?;
 //! assert_eq!(price, Some((250,)));
+//! # let _ = price_item;
 //! # Ok(()) }
 //! # #[cfg(not(feature = "sqlite"))] fn main() {}
 //! ```
+//!
+//! In a projection (`async fn handle(&self, tx: &mut dyn Transaction, ..) -> Result<(),
+//! ProjectionError>`) it is `query(..).execute(&mut *tx).await?`.
+//!
+//! On SQLite a unit of work takes the write lock at its first statement and keeps it until it
+//! ends; from inside one, run statements through it, not through the pool: a write on the
+//! pool from the task that holds the lock fails at once with [`SqlError::WriteLockHeld`]
+//! (reads on the pool are fine, but do not see the transaction's uncommitted changes).
 
 use std::fmt;
 use std::sync::Arc;
@@ -177,7 +197,8 @@ impl From<PostgresDatabase> for AnyDatabase {
     }
 }
 
-/// Where a [`Query`] runs: a Herald transaction's connection or the database.
+/// Where a [`Query`] runs: a Herald transaction's connection or the database. Usually made for
+/// you from what [`IntoConn`] accepts.
 #[derive(Debug)]
 pub enum Conn<'a> {
     /// A [`SqliteTransaction`] (its statements run on its connection).
@@ -195,6 +216,9 @@ pub enum Conn<'a> {
 impl<'a> Conn<'a> {
     /// The connection of a Herald transaction from this crate's stores, so the application's
     /// statements commit (or roll back) with the events, outbox rows and inbox record.
+    ///
+    /// Passing the transaction to a query does this for you (`query(..).execute(cx.tx()?)`,
+    /// see [`IntoConn`]); `Conn::of` is for running several statements on one `Conn`.
     ///
     /// # Errors
     /// [`SqlError::Config`] if the transaction comes from another store (the in-memory one…).
@@ -224,6 +248,87 @@ impl<'a> Conn<'a> {
 
 fn not_sql() -> SqlError {
     SqlError::Config("the transaction is not a herald-sql transaction (SQLite or PostgreSQL)".into())
+}
+
+/// Anything a [`Query`] runs on: a Herald transaction as a handler or projection is given it
+/// (`&mut dyn Transaction`, `&mut Box<dyn Transaction>`: its connection, inside the unit of
+/// work), a database ([`&AnyDatabase`](AnyDatabase), `&SqliteDatabase`, `&PostgresDatabase`:
+/// outside any unit of work), or a [`Conn`] (`&mut Conn` reborrows it for several statements).
+///
+/// It is what makes one call work everywhere:
+///
+/// ```ignore
+/// query("UPDATE …").execute(cx.tx()?).await?;   // in a router handler
+/// query("UPDATE …").execute(&mut *tx).await?;   // in a projection (`tx: &mut dyn Transaction`)
+/// query("SELECT …").fetch_all(&db).await?;      // a read on the pool
+/// ```
+///
+/// and `?` turns the [`SqlError`] into the caller's `HandlerError` or `ProjectionError`,
+/// transient or permanent by [`SqlError::is_transient`].
+pub trait IntoConn<'c> {
+    /// The connection.
+    ///
+    /// # Errors
+    /// [`SqlError::Config`] for a transaction that is not a herald-sql one (the in-memory
+    /// store's…).
+    fn into_conn(self) -> Result<Conn<'c>, SqlError>;
+}
+
+impl<'c> IntoConn<'c> for Conn<'c> {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self)
+    }
+}
+
+impl<'c> IntoConn<'c> for &'c mut Conn<'_> {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
+}
+
+/// (Generic over the object's lifetime, so `&mut *tx` reborrows only for the statement.)
+impl<'c, 't: 'c> IntoConn<'c> for &'c mut (dyn Transaction + 't) {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Conn::of(self)
+    }
+}
+
+impl<'c> IntoConn<'c> for &'c mut Box<dyn Transaction> {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Conn::of(&mut **self)
+    }
+}
+
+impl<'c> IntoConn<'c> for &'c AnyDatabase {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl<'c> IntoConn<'c> for &'c SqliteDatabase {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl<'c> IntoConn<'c> for &'c mut SqliteTransaction {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
+}
+
+impl<'c> IntoConn<'c> for &'c PostgresDatabase {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
+}
+
+impl<'c> IntoConn<'c> for &'c mut PgConnection {
+    fn into_conn(self) -> Result<Conn<'c>, SqlError> {
+        Ok(self.into())
+    }
 }
 
 /// Reborrows, so one `Conn` runs several statements: `query(…).execute(&mut conn)`.
@@ -588,18 +693,19 @@ impl Query {
     ///
     /// # Errors
     /// What the database said (see [`SqlError::is_unique_violation`]).
-    pub async fn execute<'c>(self, conn: impl Into<Conn<'c>>) -> Result<u64, SqlError> {
+    pub async fn execute<'c>(self, conn: impl IntoConn<'c>) -> Result<u64, SqlError> {
+        let conn = conn.into_conn()?;
         let Query { sql, values } = self;
         #[cfg(feature = "sqlite")]
         let sqlite = |c: &rusqlite::Connection| -> Result<u64, SqlError> {
             let n = c.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(&values))?;
             Ok(n as u64)
         };
-        match conn.into() {
+        match conn {
             #[cfg(feature = "sqlite")]
-            Conn::Sqlite(tx) => sqlite(tx.connection()),
+            Conn::Sqlite(tx) => sqlite(tx.connection().await?),
             #[cfg(feature = "sqlite")]
-            Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite(c)))?,
+            Conn::SqliteDatabase(db) => db.statement(&sql, sqlite).await,
             Conn::Postgres(c) => Ok(pg_query(&sql, values)?.execute(c).await?.rows_affected()),
             Conn::PostgresPool(p) => Ok(pg_query(&sql, values)?.execute(p).await?.rows_affected()),
         }
@@ -609,13 +715,14 @@ impl Query {
     ///
     /// # Errors
     /// What the database said, or [`SqlError::Decode`] for a row that is not a `T`.
-    pub async fn fetch_all<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<Vec<T>, SqlError> {
+    pub async fn fetch_all<'c, T: FromRow>(self, conn: impl IntoConn<'c>) -> Result<Vec<T>, SqlError> {
+        let conn = conn.into_conn()?;
         let Query { sql, values } = self;
-        let rows = match conn.into() {
+        let rows = match conn {
             #[cfg(feature = "sqlite")]
-            Conn::Sqlite(tx) => sqlite_rows(tx.connection(), &sql, &values)?,
+            Conn::Sqlite(tx) => sqlite_rows(tx.connection().await?, &sql, &values)?,
             #[cfg(feature = "sqlite")]
-            Conn::SqliteDatabase(db) => db.read(|c| Ok(sqlite_rows(c, &sql, &values)))??,
+            Conn::SqliteDatabase(db) => db.statement(&sql, |c| sqlite_rows(c, &sql, &values)).await?,
             Conn::Postgres(c) => pg_rows(&pg_query(&sql, values)?.fetch_all(c).await?)?,
             Conn::PostgresPool(p) => pg_rows(&pg_query(&sql, values)?.fetch_all(p).await?)?,
         };
@@ -626,7 +733,7 @@ impl Query {
     ///
     /// # Errors
     /// As [`fetch_all`](Self::fetch_all).
-    pub async fn fetch_optional<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<Option<T>, SqlError> {
+    pub async fn fetch_optional<'c, T: FromRow>(self, conn: impl IntoConn<'c>) -> Result<Option<T>, SqlError> {
         Ok(self.fetch_all(conn).await?.into_iter().next())
     }
 
@@ -634,7 +741,7 @@ impl Query {
     ///
     /// # Errors
     /// [`SqlError::RowNotFound`] if there is none; else as [`fetch_all`](Self::fetch_all).
-    pub async fn fetch_one<'c, T: FromRow>(self, conn: impl Into<Conn<'c>>) -> Result<T, SqlError> {
+    pub async fn fetch_one<'c, T: FromRow>(self, conn: impl IntoConn<'c>) -> Result<T, SqlError> {
         self.fetch_optional(conn).await?.ok_or(SqlError::RowNotFound)
     }
 }
@@ -780,9 +887,9 @@ async fn run_script(conn: &mut Conn<'_>, text: &'static str) -> Result<(), SqlEr
     let script = sqlx::raw_sql(AssertSqlSafe(text));
     match conn {
         #[cfg(feature = "sqlite")]
-        Conn::Sqlite(tx) => Ok(tx.connection().execute_batch(text)?),
+        Conn::Sqlite(tx) => Ok(tx.connection().await?.execute_batch(text)?),
         #[cfg(feature = "sqlite")]
-        Conn::SqliteDatabase(db) => db.read(|c| c.execute_batch(text)),
+        Conn::SqliteDatabase(db) => db.script(text).await,
         Conn::Postgres(c) => Ok(script.execute(&mut **c).await.map(drop)?),
         Conn::PostgresPool(p) => Ok(script.execute(*p).await.map(drop)?),
     }

@@ -14,8 +14,9 @@
 //! groups: ADR 0011) and on PostgreSQL through [`sqlx`]:
 //!
 //! * [`SqliteStore`] / [`SqliteTransaction`]: every storage port. A transaction is the unit of
-//!   work: events, the handler's own tables ([`SqliteTransaction::connection`]), outbox rows and
-//!   the inbox record commit together.
+//!   work: events, the handler's own tables ([`any::query`]`(..).execute(cx.tx()?)` on either
+//!   dialect), outbox rows and the inbox record commit together. On SQLite it takes the write
+//!   lock at its first statement, not at `begin`.
 //!   Each store is also a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
 //!   (table `herald_dead_letters`) whose writes join the same transaction (ADR 0006).
 //! * [`SqlBroker`]: herald's [`QueueBroker`](herald::queue::QueueBroker) over
@@ -24,8 +25,8 @@
 //!   no broker process.
 //!
 //! Both come from one [`SqliteDatabase`], which [`SqliteConfig`] builds (the config struct is
-//! the factory). Every write transaction starts with `BEGIN IMMEDIATE`, which is what keeps the
-//! global log gap-free; see [`sqlite`] for the reasoning.
+//! the factory). Every write transaction starts with `BEGIN IMMEDIATE` (at its first
+//! statement), which is what keeps the global log gap-free; see [`sqlite`] for the reasoning.
 //!
 //! On PostgreSQL the same ports are [`PostgresStore`] / [`PostgresTransaction`] and
 //! [`PgBroker`] over [`PostgresQueue`], from a [`PostgresDatabase`] that [`PostgresConfig`]

@@ -5,11 +5,32 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use herald::{ExpectedVersion, NewEvent, Store};
+use herald::projection::ProjectionError;
+use herald::router::HandlerError;
+use herald::{ExpectedVersion, NewEvent, Store, Transaction};
 use herald_sql::PostgresConfig;
 #[cfg(feature = "sqlite")]
 use herald_sql::SqliteConfig;
 use herald_sql::any::{AnyDatabase, Conn, Dialect, Migration, migrate, query};
+
+/// What a router handler writes: `cx.tx()?` is a `&mut dyn Transaction`, and `?` turns the
+/// `SqlError` into a `HandlerError`.
+async fn deposit_like_a_handler(tx: &mut dyn Transaction, id: &str, amount: i64) -> Result<(), HandlerError> {
+    query("UPDATE accounts SET balance = balance + ? WHERE id = ?").bind(amount).bind(id).execute(&mut *tx).await?;
+    let (balance,): (i64,) = query("SELECT balance FROM accounts WHERE id = ?").bind(id).fetch_one(tx).await?;
+    if balance < 0 {
+        return Err(HandlerError::permanent("overdrawn"));
+    }
+    Ok(())
+}
+
+/// What a projection writes: the same call on its `&mut dyn Transaction`, `?` into a
+/// `ProjectionError`.
+async fn count_like_a_projection(tx: &mut dyn Transaction) -> Result<i64, ProjectionError> {
+    query("INSERT INTO rates (rate) VALUES (?)").bind(1.5).execute(&mut *tx).await?;
+    let (n,): (i64,) = query("SELECT COUNT(*) FROM rates").fetch_one(&mut *tx).await?;
+    Ok(n)
+}
 
 const SCHEMA: &[Migration] = &[
     Migration::portable(
@@ -75,19 +96,45 @@ async fn the_same_code_runs_on(db: AnyDatabase) {
         .bind(None::<String>)
         .bind(-5_i64)
         .bind(false)
-        .execute(Conn::of(&mut *tx).unwrap())
+        .execute(&mut tx) // the `Box<dyn Transaction>` itself
         .await
         .unwrap();
     assert_eq!(inserted, 2);
     query("INSERT INTO rates (rate) VALUES (?)").bind(0.25).execute(Conn::of(&mut *tx).unwrap()).await.unwrap();
-    tx.commit().await.unwrap();
+    // The forms a handler and a projection use, in the same unit of work.
+    deposit_like_a_handler(&mut *tx, "a", 50).await.unwrap();
+    assert_eq!(count_like_a_projection(&mut *tx).await.unwrap(), 2);
+    // A statement's error converts by its kind: a broken constraint will not pass on retry.
+    let duplicate = async {
+        query("INSERT INTO accounts (id, balance, open) VALUES ('a', 0, ?)").bind(true).execute(&mut *tx).await?;
+        Ok::<_, HandlerError>(())
+    };
+    assert!(duplicate.await.unwrap_err().is_permanent(), "a unique violation is permanent");
+    if db.dialect() == Dialect::Sqlite {
+        // (On PostgreSQL the failed statement aborted the transaction; SQLite goes on.)
+        query("UPDATE accounts SET balance = balance - 50 WHERE id = 'a'").execute(&mut *tx).await.unwrap();
+        query("DELETE FROM rates WHERE rate = 1.5").execute(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+    } else {
+        drop(tx);
+        let mut tx = store.begin().await.unwrap();
+        tx.append("account-a", ExpectedVersion::NoStream, vec![NewEvent::new("Opened.v1", b"{}".to_vec())])
+            .await
+            .unwrap();
+        query("INSERT INTO accounts (id, owner, balance, open) VALUES ('a', 'ann', 100, TRUE), ('b', NULL, -5, FALSE)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        query("INSERT INTO rates (rate) VALUES (?)").bind(0.25).execute(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
 
     // …and roll back with them.
     let mut tx = store.begin().await.unwrap();
     tx.append("account-c", ExpectedVersion::NoStream, vec![NewEvent::new("Opened.v1", b"{}".to_vec())]).await.unwrap();
     query("INSERT INTO accounts (id, owner, balance, open) VALUES ('c', 'cy', 1, ?)")
         .bind(true)
-        .execute(Conn::of(&mut *tx).unwrap())
+        .execute(&mut *tx)
         .await
         .unwrap();
     drop(tx); // rolls back
@@ -138,4 +185,9 @@ async fn a_transaction_of_another_store_is_refused() {
     let store = herald::memory::MemoryStore::new();
     let mut tx = store.begin().await.unwrap();
     assert!(Conn::of(&mut *tx).is_err());
+    // Through the one call too, and `?` makes it permanent: retrying cannot help.
+    let err = deposit_like_a_handler(&mut *tx, "a", 1).await.unwrap_err();
+    assert!(err.is_permanent() && err.to_string().contains("not a herald-sql transaction"), "{err}");
+    let err = count_like_a_projection(&mut *tx).await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
 }

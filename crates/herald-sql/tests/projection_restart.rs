@@ -253,7 +253,7 @@ impl Projection for StreamTotals {
         let amount = event.decode_with::<Deposited>(&self.registry)?.amount;
         #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
-            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
+            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection().await?;
             conn.execute(self.table.upsert_sqlite(), herald_sql::rusqlite::params![event.stream, amount])
                 .map_err(ProjectionError::transient)?;
             self.handled.fetch_add(1, Ordering::Relaxed);
@@ -288,7 +288,7 @@ impl Projection for StreamTotals {
         if tx.as_any_mut().is::<SqliteTransaction>() {
             let json: Vec<(&str, i64, i64)> = rows.iter().map(|(s, (n, t))| (*s, *n, *t)).collect();
             let json = serde_json::to_string(&json).map_err(ProjectionError::permanent)?;
-            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
+            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection().await?;
             conn.execute(self.table.upsert_many_sqlite(), [json]).map_err(ProjectionError::transient)?;
             self.handled.fetch_add(events.len() as u64, Ordering::Relaxed);
             return Ok(());
@@ -311,7 +311,7 @@ impl Projection for StreamTotals {
     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
         #[cfg(feature = "sqlite")]
         if tx.as_any_mut().is::<SqliteTransaction>() {
-            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection();
+            let conn = downcast_tx::<SqliteTransaction>(tx)?.connection().await?;
             conn.execute(self.table.delete(), []).map_err(ProjectionError::transient)?;
             return Ok(());
         }

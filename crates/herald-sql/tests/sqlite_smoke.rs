@@ -181,7 +181,7 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
 
     let mut tx = store.begin().await?;
     let sqlite = tx.as_any_mut().downcast_mut::<SqliteTransaction>().context("not a SqliteTransaction")?;
-    sqlite.connection().execute("INSERT INTO basket (id, items) VALUES ('b-1', 3)", [])?;
+    sqlite.connection().await?.execute("INSERT INTO basket (id, items) VALUES ('b-1', 3)", [])?;
     tx.append("basket-b-1", ExpectedVersion::NoStream, vec![event("ItemAdded")]).await?;
     let flag = committed.clone();
     tx.on_commit(Box::new(move || flag.store(true, Ordering::SeqCst)));
@@ -193,8 +193,8 @@ async fn the_handlers_own_tables_join_the_transaction_and_hooks_run_after_commit
     assert_eq!(items, 3);
 
     // And a rolled-back unit of work takes the handler's rows with it.
-    let tx = store.begin_sqlite().await?;
-    tx.connection().execute("INSERT INTO basket (id, items) VALUES ('b-2', 1)", [])?;
+    let mut tx = store.begin_sqlite().await?;
+    tx.connection().await?.execute("INSERT INTO basket (id, items) VALUES ('b-2', 1)", [])?;
     drop(tx);
     let rows: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM basket", [], |r| r.get(0)))?;
     assert_eq!(rows, 1);
@@ -218,8 +218,8 @@ async fn a_cached_statement_is_not_prepared_again_when_its_parameters_change() -
         Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
     };
     ensure!(db.read(check)? == 0, "a reader connection re-prepared the statement");
-    let tx = store.begin_sqlite().await?;
-    ensure!(check(tx.connection())? == 0, "the writer connection re-prepared the statement");
+    let mut tx = store.begin_sqlite().await?;
+    ensure!(check(tx.connection().await?)? == 0, "the writer connection re-prepared the statement");
     Ok(())
 }
 
@@ -349,6 +349,138 @@ async fn checkpoints_snapshots_and_sagas_round_trip_with_saga_versions_checked()
     tx.commit().await?;
     let saved = store.load_saga("create-order", "o-1").await?.context("no saga")?;
     assert_eq!((saved.version, saved.done), (2, true));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transaction_takes_the_write_lock_at_its_first_statement_not_at_begin() -> Result<()> {
+    let (db, _dir) = database().await?;
+    let store = db.store();
+    let within = |what: &'static str| {
+        move |r: Result<Result<(), herald::StoreError>, tokio::time::error::Elapsed>| {
+            r.with_context(|| format!("{what} waited for an idle transaction's lock"))?.map_err(anyhow::Error::from)
+        }
+    };
+
+    // Begun but unused: holds nothing, so another unit of work writes and commits meanwhile.
+    let mut idle = store.begin().await?;
+    let mut other = tokio::time::timeout(Duration::from_secs(2), store.begin()).await.context("begin waited")??;
+    within("a write")(
+        tokio::time::timeout(Duration::from_secs(2), async {
+            other.append("other", ExpectedVersion::NoStream, vec![event("A")]).await.map(drop)
+        })
+        .await,
+    )?;
+    within("a commit")(tokio::time::timeout(Duration::from_secs(2), other.commit()).await)?;
+
+    // A transaction that never runs a statement commits without the writer, even while
+    // another unit of work holds it.
+    let mut holder = store.begin().await?;
+    holder.append("holder", ExpectedVersion::NoStream, vec![event("A")]).await?;
+    let unused = store.begin().await?;
+    within("an empty commit")(tokio::time::timeout(Duration::from_secs(2), unused.commit()).await)?;
+    holder.commit().await?;
+
+    // The idle one then takes the lock at its first statement, and sees what committed before.
+    assert_eq!(idle.read_stream("other", 1, 10).await?.len(), 1);
+    idle.append("idle", ExpectedVersion::NoStream, vec![event("B")]).await?;
+    idle.commit().await?;
+    let streams: Vec<String> = store.read_all(0, 10).await?.into_iter().map(|e| e.stream).collect();
+    assert_eq!(streams, ["other", "holder", "idle"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_handler_waiting_on_other_io_before_its_first_statement_does_not_hold_up_another_commit() -> Result<()> {
+    // Two units of work as the router runs them (a task each): the first begins, then waits on
+    // something that is not the database (a slow HTTP call) before it writes.
+    let (db, _dir) = database().await?;
+    let store = db.store();
+    let order = Arc::new(std::sync::Mutex::new(Vec::<&'static str>::new()));
+    let log = |order: &Arc<std::sync::Mutex<Vec<&'static str>>>, what| order.lock().unwrap().push(what);
+    let (asleep_tx, asleep) = tokio::sync::oneshot::channel();
+    let slow = {
+        let (store, order) = (store.clone(), order.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            asleep_tx.send(()).ok();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            log(&order, "slow handler woke");
+            tx.record_handled("slow", MessageId::new()).await?;
+            tx.append("slow", ExpectedVersion::NoStream, vec![event("A")]).await?;
+            tx.commit().await?;
+            Ok::<_, herald::StoreError>(())
+        })
+    };
+    asleep.await?;
+    let fast = {
+        let (store, order) = (store.clone(), order.clone());
+        tokio::spawn(async move {
+            let mut tx = store.begin().await?;
+            tx.record_handled("fast", MessageId::new()).await?;
+            tx.append("fast", ExpectedVersion::NoStream, vec![event("B")]).await?;
+            tx.commit().await?;
+            log(&order, "command committed");
+            Ok::<_, herald::StoreError>(())
+        })
+    };
+    fast.await??;
+    slow.await??;
+    assert_eq!(*order.lock().unwrap(), ["command committed", "slow handler woke"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_holding_the_write_lock_is_refused_at_once_instead_of_waiting_for_itself() -> Result<()> {
+    use herald_sql::any::query;
+
+    let (db, _dir) = database().await?;
+    query("CREATE TABLE notes (id TEXT PRIMARY KEY)").execute(&db).await?;
+    let store = db.store();
+    let mut tx = store.begin().await?;
+    tx.append("s", ExpectedVersion::NoStream, vec![event("A")]).await?; // takes the lock
+
+    // A write on the pool from the same task would wait for the lock this task holds.
+    let started = std::time::Instant::now();
+    let write = tokio::time::timeout(
+        Duration::from_secs(5),
+        query("INSERT INTO notes (id) VALUES (?)").bind("pool").execute(&db),
+    )
+    .await
+    .context("a pool write from the lock's holder waited instead of failing")?;
+    let err = write.expect_err("a pool write from the holder of the write lock");
+    assert!(started.elapsed() < Duration::from_millis(500), "refused after {:?}", started.elapsed());
+    assert!(matches!(err, herald_sql::SqlError::WriteLockHeld), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("already holds SQLite's write lock") && message.contains("cx.tx()"), "{message}");
+
+    // So does a second unit of work's first statement.
+    let mut second = store.begin().await?;
+    let refused =
+        tokio::time::timeout(Duration::from_secs(5), second.append("t", ExpectedVersion::NoStream, vec![event("B")]))
+            .await
+            .context("a second transaction on the lock's holder waited instead of failing")?;
+    let refused = refused.expect_err("a second transaction's write from the holder");
+    assert!(refused.to_string().contains("already holds SQLite's write lock"), "{refused}");
+    drop(second);
+
+    // Reads on the pool still work (WAL readers do not wait for the writer), and the
+    // statement belongs in the transaction.
+    let seen: Vec<(String,)> = query("SELECT id FROM notes").fetch_all(&db).await?;
+    assert!(seen.is_empty());
+    let other_task = {
+        let db = db.clone();
+        tokio::spawn(async move { query("INSERT INTO notes (id) VALUES (?)").bind("other task").execute(&db).await })
+    };
+    query("INSERT INTO notes (id) VALUES (?)").bind("in the unit of work").execute(&mut tx).await?;
+    tx.commit().await?;
+    // Another task's pool write waits its turn on the writer, and commits.
+    tokio::time::timeout(Duration::from_secs(5), other_task).await.context("the other task's write")???;
+    let mut ids: Vec<(String,)> = query("SELECT id FROM notes").fetch_all(&db).await?;
+    ids.sort();
+    assert_eq!(ids, [("in the unit of work".to_owned(),), ("other task".to_owned(),)]);
+    // Once the lock is given back, the same task writes on the pool again.
+    query("INSERT INTO notes (id) VALUES (?)").bind("pool").execute(&db).await?;
     Ok(())
 }
 

@@ -89,9 +89,10 @@ impl PostgresStore {
 /// 0 for events without one yet (this transaction's own appends, or events committed a moment
 /// ago).
 ///
-/// The handler's own tables join the same transaction through [`connection`](Self::connection);
-/// from a `&mut dyn Transaction`, downcast with
-/// `tx.as_any_mut().downcast_mut::<PostgresTransaction>()`.
+/// The handler's own tables join the same transaction through
+/// [`any::query`](crate::any::query)`(..).execute(tx)` (dialect-neutral; `tx` may be the
+/// `&mut dyn Transaction` a handler or projection is given, no downcast) or through
+/// [`connection`](Self::connection).
 ///
 /// In PostgreSQL a failed statement aborts the whole transaction (and `COMMIT` then silently
 /// rolls back). So once one of Herald's statements has failed — a conflict included — `commit`

@@ -51,6 +51,8 @@ impl DeadLetterArchive for SqliteStore {
         let c = LetterColumns::new(letter).map_err(backend)?;
         let done = sqlite(tx)?
             .connection()
+            .await
+            .map_err(backend)?
             .prepare_cached(INSERT)
             .and_then(|mut s| {
                 s.execute(params![
@@ -112,7 +114,7 @@ impl DeadLetterArchive for SqliteStore {
         replay_id: Option<MessageId>,
     ) -> Result<Resolution, StoreError> {
         check_resolution(status)?;
-        let conn = sqlite(tx)?.connection();
+        let conn = sqlite(tx)?.connection().await.map_err(backend)?;
         // The transaction holds the write lock (BEGIN IMMEDIATE): nobody resolves it meanwhile.
         let resolved = conn
             .prepare_cached(RESOLVE)

@@ -16,6 +16,11 @@
 //!   below `p` (the global log never shows a gap that later fills);
 //! * the broker's claim (copy new messages, dead-letter, lease) is one consistent step.
 //!
+//! A [`SqliteTransaction`] does this at its *first statement*, not at `begin`: a router begins
+//! the unit of work before the handler runs, and a handler that first waits on something else
+//! (an HTTP call) must not hold every other writer of the process up meanwhile. Nothing is
+//! lost by waiting: the transaction has read nothing before its first statement.
+//!
 //! Within one process the writers queue, in order, for the one writer connection (a fair async
 //! mutex) before asking SQLite, so a burst of writers is served in order instead of sleeping in
 //! SQLite's busy handler; another process's lock is waited for without blocking a thread (the
@@ -244,6 +249,43 @@ impl SqliteDatabase {
             readers.push(conn);
         }
         Ok(result?)
+    }
+
+    /// Runs one application statement outside a unit of work (`any::query(..)` on the
+    /// database): on a reader connection when it only reads, else as a unit of work of its own
+    /// on the writer (in turn with this process's other writers, committed before this returns).
+    ///
+    /// # Errors
+    /// [`SqlError::WriteLockHeld`] at once for a write from a task that holds the write lock
+    /// in an open transaction (it would wait for itself); what `f` or SQLite said.
+    pub(crate) async fn statement<T>(
+        &self,
+        sql: &str,
+        f: impl Fn(&Connection) -> Result<T, SqlError>,
+    ) -> Result<T, SqlError> {
+        let read = self.read(|c| Ok(if c.prepare_cached(sql)?.readonly() { Some(f(c)) } else { None }))?;
+        if let Some(out) = read {
+            return out;
+        }
+        let write = self.begin_write().await?;
+        let out = f(write.conn())?;
+        write.commit().await?;
+        self.shared.store_changes.notify_waiters();
+        Ok(out)
+    }
+
+    /// Runs several `;`-separated statements as a unit of work of its own on the writer.
+    pub(crate) async fn script(&self, text: &str) -> Result<(), SqlError> {
+        let write = self.begin_write().await?;
+        write.conn().execute_batch(text)?;
+        write.commit().await?;
+        self.shared.store_changes.notify_waiters();
+        Ok(())
+    }
+
+    /// Whether the database was closed.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.stop.is_cancelled()
     }
 
     /// Closes the database: later use fails with [`SqlError::Closed`]; connections close as

@@ -24,8 +24,9 @@ fn backend(e: impl Into<SqlError>) -> StoreError {
 /// Herald's storage ports on SQLite. Cheap to clone; clones share the database.
 ///
 /// Reads outside a transaction run on a reader connection, in parallel with the writer (WAL).
-/// [`begin`](Store::begin) starts a [`SqliteTransaction`] with `BEGIN IMMEDIATE`; see the
-/// [module docs](crate::sqlite) for why that makes positions follow commit order.
+/// [`begin`](Store::begin) starts a [`SqliteTransaction`], whose first statement takes the
+/// write lock (`BEGIN IMMEDIATE`); see the [module docs](crate::sqlite) for why that makes
+/// positions follow commit order.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     db: SqliteDatabase,
@@ -45,21 +46,43 @@ impl SqliteStore {
         &self.db
     }
 
-    /// Starts a unit of work, typed (no downcast needed).
+    /// Starts a unit of work, typed (no downcast needed). Takes no lock: the writer is taken
+    /// by the transaction's first statement (see [`SqliteTransaction`]).
     pub async fn begin_sqlite(&self) -> Result<SqliteTransaction, StoreError> {
-        let write = self.db.begin_write().await.map_err(backend)?;
-        Ok(SqliteTransaction { write, db: self.db.clone(), hooks: Vec::new(), direct: self.direct.then(Vec::new) })
+        if self.db.is_closed() {
+            return Err(backend(SqlError::Closed));
+        }
+        Ok(SqliteTransaction {
+            write: None,
+            db: self.db.clone(),
+            hooks: Vec::new(),
+            direct: self.direct.then(Vec::new),
+        })
     }
 }
 
-/// A unit of work on a [`SqliteStore`]: one `BEGIN IMMEDIATE` transaction. It holds the write
-/// lock from start to commit, so keep it short; dropping it rolls back.
+/// A unit of work on a [`SqliteStore`]: one `BEGIN IMMEDIATE` transaction (a savepoint in a
+/// group commit, ADR 0011). Dropping it rolls back.
 ///
-/// The handler's own tables join the same transaction through [`connection`](Self::connection)
-/// (or, dialect-neutral, [`any::Conn::of`](crate::any::Conn::of)); from a
-/// `&mut dyn Transaction`, downcast with `tx.as_any_mut().downcast_mut::<SqliteTransaction>()`.
+/// It takes this process's write lock at its **first statement** (any read or write through
+/// it, including the application's SQL), not at [`begin`](Store::begin), and holds it until it
+/// ends: a handler may do its slow non-database work (HTTP calls, sleeps) before its first
+/// statement without holding up anyone else's writes, and should keep everything after it
+/// short. A transaction that runs no statement commits without touching the database.
+///
+/// While it holds the lock, the same tokio task cannot take it again: another unit of work's
+/// first statement, or a write through the pool (`query(..).execute(&db)`), fails at once with
+/// [`SqlError::WriteLockHeld`] instead of waiting for itself. Run such statements through this
+/// transaction. (The holder is known by its task, so do not move a begun transaction to
+/// another task while the first one goes on writing.)
+///
+/// The handler's own tables join the same transaction through
+/// [`any::query`](crate::any::query)`(..).execute(tx)` (dialect-neutral; `tx` may be the
+/// `&mut dyn Transaction` a handler or projection is given) or, SQLite only, through
+/// [`connection`](Self::connection).
 pub struct SqliteTransaction {
-    write: WriteTx,
+    /// The writer, once the first statement took it.
+    write: Option<WriteTx>,
     db: SqliteDatabase,
     hooks: Vec<Box<dyn FnOnce() + Send>>,
     /// With `publish_to_sql_broker`: the topics published to so far (and how
@@ -75,10 +98,33 @@ impl std::fmt::Debug for SqliteTransaction {
 
 impl SqliteTransaction {
     /// The transaction's connection, for the application's own statements in the same unit
-    /// of work. Do not `COMMIT` or `ROLLBACK` through it. Statements run in place on the
+    /// of work; takes the write lock first if no statement has yet (waiting for this process's
+    /// turn to write). Do not `COMMIT` or `ROLLBACK` through it. Statements run in place on the
     /// calling thread (microseconds each); do not hold the reference across an `.await`.
-    pub fn connection(&self) -> &Connection {
-        self.write.conn()
+    ///
+    /// # Errors
+    /// [`SqlError::WriteLockHeld`] if this task already holds the write lock in another open
+    /// transaction; [`SqlError::WriteLockTimeout`] after the busy timeout; [`SqlError::Closed`].
+    pub async fn connection(&mut self) -> Result<&Connection, SqlError> {
+        if self.write.is_none() {
+            self.write = Some(self.db.begin_write().await?);
+        }
+        Ok(self.begun())
+    }
+
+    /// Whether the transaction has taken the write lock (run a statement) yet.
+    pub fn has_begun(&self) -> bool {
+        self.write.is_some()
+    }
+
+    /// The connection of a transaction that has begun (after `connection`).
+    fn begun(&self) -> &Connection {
+        self.write.as_ref().expect("the transaction's first statement took the writer").conn()
+    }
+
+    /// The connection, taking the write lock first if needed (see `connection`).
+    async fn conn(&mut self) -> Result<&Connection, StoreError> {
+        self.connection().await.map_err(backend)
     }
 
     fn insert_events(conn: &Connection, stream: &str, current: u64, events: &[NewEvent]) -> Result<(), StoreError> {
@@ -147,7 +193,7 @@ impl Transaction for SqliteTransaction {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         validate_append(stream, &events)?;
-        let conn = self.write.conn();
+        let conn = self.conn().await?;
         // We hold the write lock: nobody can append between this read and our inserts.
         let current = stream_version(conn, stream)?;
         if !expected.matches(current) {
@@ -177,13 +223,13 @@ impl Transaction for SqliteTransaction {
         from_version: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        read_stream(self.write.conn(), stream, from_version, limit).map_err(backend)
+        read_stream(self.conn().await?, stream, from_version, limit).map_err(backend)
     }
 
     async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<(), StoreError> {
         let version = to_i64("version", snapshot.version).map_err(backend)?;
-        self.write
-            .conn()
+        self.conn()
+            .await?
             .prepare_cached(sql::SAVE_SNAPSHOT)
             .and_then(|mut s| s.execute(params![snapshot.stream, version, snapshot.payload, now_millis()]))
             .map_err(backend)?;
@@ -191,7 +237,7 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn load_snapshot(&mut self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        load_snapshot(self.write.conn(), stream).map_err(backend)
+        load_snapshot(self.conn().await?, stream).map_err(backend)
     }
 
     async fn enqueue(&mut self, mut messages: Vec<Message>) -> Result<(), StoreError> {
@@ -199,7 +245,8 @@ impl Transaction for SqliteTransaction {
             herald::observability::fill_current(&mut m.metadata);
         }
         let now = now_millis();
-        let conn = self.write.conn();
+        self.conn().await?;
+        let conn = self.write.as_ref().expect("the writer was just taken").conn();
         if let Some(published) = &mut self.direct {
             for m in &messages {
                 super::queue::publish_one(conn, m, now).map_err(backend)?;
@@ -223,8 +270,8 @@ impl Transaction for SqliteTransaction {
         // We hold the write lock, so "inserted" here means no committed transaction recorded
         // the pair and no concurrent one can until we end.
         let done = self
-            .write
             .conn()
+            .await?
             .prepare_cached(sql::RECORD_HANDLED)
             .and_then(|mut s| s.execute(params![handler, message_id.to_string(), now_millis()]))
             .map_err(backend)?;
@@ -233,8 +280,8 @@ impl Transaction for SqliteTransaction {
 
     async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError> {
         let position = to_i64("position", position).map_err(backend)?;
-        self.write
-            .conn()
+        self.conn()
+            .await?
             .prepare_cached(sql::SAVE_CHECKPOINT)
             .and_then(|mut s| s.execute(params![name, position, now_millis()]))
             .map_err(backend)?;
@@ -242,11 +289,11 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
-        load_checkpoint(self.write.conn(), name).map_err(backend)
+        load_checkpoint(self.conn().await?, name).map_err(backend)
     }
 
     async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError> {
-        let conn = self.write.conn();
+        let conn = self.conn().await?;
         let current: Option<i64> = conn
             .prepare_cached(sql::SAGA_VERSION)
             .and_then(|mut s| s.query_row([&record.name, &record.id], |r| r.get(0)).optional())
@@ -274,7 +321,7 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn load_saga(&mut self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
-        load_saga(self.write.conn(), name, id).map_err(backend)
+        load_saga(self.conn().await?, name, id).map_err(backend)
     }
 
     fn on_commit(&mut self, f: Box<dyn FnOnce() + Send>) {
@@ -287,8 +334,11 @@ impl Transaction for SqliteTransaction {
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
         let Self { write, db, hooks, direct } = *self;
-        write.commit().await.map_err(backend)?;
-        db.store_changes().notify_waiters();
+        // A transaction that ran no statement has nothing to commit.
+        if let Some(write) = write {
+            write.commit().await.map_err(backend)?;
+            db.store_changes().notify_waiters();
+        }
         for (topic, n) in direct.unwrap_or_default() {
             herald::observability::record_published_to(&topic, n);
             db.queue_doorbells().ring_topic(&topic);

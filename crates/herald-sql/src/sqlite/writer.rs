@@ -18,6 +18,11 @@
 //!
 //! A writer that deferred its commit also queues for the connection itself, so a group whose
 //! next writer gave up waiting (a cancelled task) is committed by the units already in it.
+//!
+//! The slot remembers who holds the writer (the tokio task, or the thread outside a task), so
+//! a task that asks for it while it already holds it — a second unit of work, or a write on
+//! the pool, from inside a handler's open unit of work — fails at once
+//! ([`SqlError::WriteLockHeld`]) instead of waiting for itself until the busy timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -63,28 +68,86 @@ impl Group {
     }
 }
 
-/// The writer's mutex and how many are waiting for it.
+/// Who holds the writer for a unit of work: the tokio task that took it, or the thread when it
+/// was taken outside a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Holder {
+    Task(tokio::task::Id),
+    Thread(std::thread::ThreadId),
+}
+
+impl Holder {
+    fn current() -> Self {
+        match tokio::task::try_id() {
+            Some(id) => Self::Task(id),
+            None => Self::Thread(std::thread::current().id()),
+        }
+    }
+}
+
+/// The writer's mutex, how many are waiting for it and who holds it.
 #[derive(Debug)]
 pub(crate) struct WriterSlot {
     writer: Arc<Mutex<Writer>>,
     waiting: AtomicUsize,
+    /// Who holds the writer for a unit of work (set while a [`Held`] lives). Written only by
+    /// the holder, under the writer's mutex, so a task that reads its own id here holds it.
+    holder: std::sync::Mutex<Option<Holder>>,
 }
 
 impl WriterSlot {
     pub(crate) fn new(writer: Writer) -> Self {
-        Self { writer: Arc::new(Mutex::new(writer)), waiting: AtomicUsize::new(0) }
+        Self { writer: Arc::new(Mutex::new(writer)), waiting: AtomicUsize::new(0), holder: std::sync::Mutex::new(None) }
     }
 
-    /// Waits (in order) for the writer connection, up to `deadline`.
-    pub(crate) async fn lock(&self, deadline: tokio::time::Instant) -> Option<OwnedMutexGuard<Writer>> {
+    fn holder(&self) -> std::sync::MutexGuard<'_, Option<Holder>> {
+        self.holder.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the calling task (or thread, outside a task) holds the writer in a unit of work.
+    pub(crate) fn held_here(&self) -> bool {
+        *self.holder() == Some(Holder::current())
+    }
+
+    /// Waits (in order) for the writer connection, up to `deadline`, and marks the calling task
+    /// as its holder.
+    async fn lock(self: &Arc<Self>, deadline: tokio::time::Instant) -> Option<Held> {
         self.waiting.fetch_add(1, Ordering::SeqCst);
         let guard = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned()).await.ok();
         self.waiting.fetch_sub(1, Ordering::SeqCst);
-        guard
+        let guard = guard?;
+        *self.holder() = Some(Holder::current());
+        Some(Held { guard, slot: self.clone() })
     }
 
     fn others_waiting(&self) -> bool {
         self.waiting.load(Ordering::SeqCst) > 0
+    }
+}
+
+/// The writer, held for a unit of work: forgets its holder before it lets go of the mutex.
+struct Held {
+    guard: OwnedMutexGuard<Writer>,
+    slot: Arc<WriterSlot>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Before `guard` (a field) is dropped, so the next holder's mark is never erased.
+        *self.slot.holder() = None;
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut Writer {
+        &mut self.guard
     }
 }
 
@@ -100,11 +163,18 @@ fn run(conn: &Connection, sql: &str) -> Result<(), rusqlite::Error> {
 /// Starts a unit of work on the writer: joins the open group, or opens one with
 /// `BEGIN IMMEDIATE` (retried, without blocking a thread, while another process holds the write
 /// lock, until `deadline`).
+///
+/// # Errors
+/// [`SqlError::WriteLockHeld`] at once if the calling task already holds the writer (waiting
+/// would be waiting for itself).
 pub(crate) async fn begin(
     slot: &Arc<WriterSlot>,
     deadline: tokio::time::Instant,
     statement_busy: Duration,
 ) -> Result<WriteTx, SqlError> {
+    if slot.held_here() {
+        return Err(SqlError::WriteLockHeld);
+    }
     let mut guard = slot.lock(deadline).await.ok_or(SqlError::WriteLockTimeout(Duration::ZERO))?;
     let group = match &guard.group {
         Some(group) => group.clone(),
@@ -151,7 +221,7 @@ async fn begin_immediate(
 /// A unit of work on the writer connection: a savepoint inside the group's `BEGIN IMMEDIATE`
 /// transaction, holding this process's turn to write. Dropping it rolls the unit back.
 pub(crate) struct WriteTx {
-    guard: Option<OwnedMutexGuard<Writer>>,
+    guard: Option<Held>,
     group: Arc<Group>,
     slot: Arc<WriterSlot>,
     /// The savepoint is neither released nor rolled back yet.
