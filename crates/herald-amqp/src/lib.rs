@@ -55,7 +55,8 @@
 //! [`Capabilities`](herald::pubsub::Capabilities): see [`AmqpBroker`]'s `capabilities`. In
 //! short: no per-key order (use one queue per key partition behind a consistent-hash exchange,
 //! each with a single active consumer), and no replay from the beginning or a position (queues
-//! keep no history; that would take RabbitMQ streams).
+//! keep no history; that would take RabbitMQ streams): a new group starting at the beginning,
+//! the default, gets what is published from then on.
 //!
 //! ```no_run
 //! use herald::message::Message;

@@ -58,8 +58,9 @@ const DELIVERY_COUNT: &str = "x-delivery-count";
 /// * `start_from_beginning` and `start_from_position` are **false**: a queue holds only what was
 ///   routed to it after it was declared, and has no positions. Replay would need RabbitMQ
 ///   streams (a stream per topic beside the group queues), which this adapter does not use.
-///   A new group asking for either is refused with `Unsupported`; an existing group ignores
-///   `start`, as the contract says.
+///   A new group starting at the beginning (the default) gets every message routed from its
+///   creation on, as at latest; a new group asking for a position is refused with
+///   `Unsupported`. An existing group ignores `start`, as the contract says.
 /// * `return_unseen` re-publishes the message to the group queue with its attempt count kept,
 ///   then acks the original, so an unseen return does not count towards `max_deliveries`.
 ///   Dropping a subscription cancels its consumer at once and waits for `cancel-ok` (see
@@ -148,11 +149,13 @@ impl Subscriber for AmqpBroker {
             return Err(PubSubError::Closed);
         }
         let inner = &self.inner;
-        if options.start != StartFrom::Latest
+        // `Beginning` (the default) and `Latest` both mean "from now on" for a new queue, which
+        // holds no history; a position cannot be honoured.
+        if matches!(options.start, StartFrom::Position(_))
             && !inner.queue_exists(&inner.group_queue(&options.topic, &options.group)).await?
         {
             return Err(PubSubError::Unsupported(
-                "starting a new group from the beginning or a position (RabbitMQ queues keep no history)",
+                "starting a new group from a position (RabbitMQ queues keep no history)",
             ));
         }
         let queue = inner.declare_group_queue(&options.topic, &options.group).await?;

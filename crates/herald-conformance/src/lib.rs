@@ -7,7 +7,8 @@
 //!
 //! * [`pubsub_suite!`] checks a [`Publisher`] / [`Subscriber`] pair: round trips with metadata,
 //!   topic isolation, fan-out between groups, competing consumers, nack with delay, ack-wait
-//!   redelivery, dead letters, per-key order under concurrency, start positions, close, and
+//!   redelivery, dead letters, per-key order under concurrency, start positions (a new group
+//!   starts at the beginning by default; `Beginning` is never refused), close, and
 //!   10,000 messages handled effectively once with the inbox.
 //! * [`store_suite!`] checks a [`Store`]: streams and optimistic concurrency, the global log
 //!   under concurrent writers, atomic multi-stream appends, snapshots, the outbox and its relay
@@ -239,7 +240,10 @@ macro_rules! pubsub_suite {
             pubsub::messages_of_one_key_are_handled_in_order_while_keys_run_concurrently,
             pubsub::a_failing_key_does_not_block_other_keys,
             pubsub::a_new_group_can_start_from_the_beginning,
+            pubsub::a_new_group_with_default_options_receives_earlier_messages,
+            pubsub::a_new_group_starting_at_the_beginning_is_never_refused,
             pubsub::a_new_group_starting_at_latest_sees_only_new_messages,
+            pubsub::a_new_group_starting_at_latest_over_earlier_messages_is_logged,
             pubsub::a_new_group_can_start_from_a_position,
             pubsub::an_existing_group_resumes_where_it_was,
             pubsub::a_dropped_subscription_stops_fetching,

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 use crate::PubSubFixture;
 use crate::support::{
-    Acked, QUIET, WAIT, ack_all, collect, collect_acking, consume, eventually_while_running, expect_nothing, join_all,
-    next_delivery, numbered, rich_message, seq_of, supports, unique,
+    Acked, QUIET, WAIT, ack_all, capture_warnings, collect, collect_acking, consume, eventually_while_running,
+    expect_nothing, join_all, next_delivery, numbered, rich_message, seq_of, supports, unique,
 };
 
 /// Subscribes or panics with the options that failed.
@@ -638,6 +638,49 @@ pub async fn a_new_group_can_start_from_the_beginning<F: Future<Output = PubSubF
     expect_nothing(&mut sub, QUIET, "only what was published").await;
 }
 
+/// A new group subscribed with the default options receives the messages published before it
+/// existed: `SubscribeOptions::new` starts a new group at the beginning, so a consumer started
+/// a moment after its producer loses nothing.
+pub async fn a_new_group_with_default_options_receives_earlier_messages<F: Future<Output = PubSubFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let caps = fx.subscriber.capabilities();
+    if !supports(caps, "start_from_beginning", caps.start_from_beginning) {
+        return;
+    }
+    let topic = unique("default-start");
+    let earlier: Vec<_> = (0..6).map(|i| numbered(&topic, "k", i)).collect();
+    publish_one_by_one(&*fx.publisher, &earlier).await;
+
+    let mut sub = subscribe(&*fx.subscriber, SubscribeOptions::new(&topic, unique("late-group"))).await;
+    let later = numbered(&topic, "k", 6);
+    publish(&*fx.publisher, std::slice::from_ref(&later)).await;
+
+    let mut sent = earlier;
+    sent.push(later);
+    let got = collect_acking(&mut sub, sent.len(), WAIT).await;
+    assert_eq!(acked_ids(&got), ids(&sent), "the messages published before the group existed, and after");
+    expect_nothing(&mut sub, QUIET, "only what was published").await;
+}
+
+/// A new group asking for the beginning is never refused: where the broker keeps no history
+/// it means "everything from now on".
+pub async fn a_new_group_starting_at_the_beginning_is_never_refused<F: Future<Output = PubSubFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let topic = unique("beginning-accepted");
+    let options = SubscribeOptions::new(&topic, unique("group")).start(StartFrom::Beginning);
+    let mut sub = subscribe(&*fx.subscriber, options).await;
+    let sent: Vec<_> = (0..3).map(|i| numbered(&topic, "k", i)).collect();
+    publish_one_by_one(&*fx.publisher, &sent).await;
+
+    let got = collect_acking(&mut sub, sent.len(), WAIT).await;
+    assert_eq!(acked_ids(&got), ids(&sent), "the messages published after subscribing");
+    expect_nothing(&mut sub, QUIET, "only what was published").await;
+}
+
 /// A new group starting at latest receives only messages published after it was created.
 pub async fn a_new_group_starting_at_latest_sees_only_new_messages<F: Future<Output = PubSubFixture>>(
     setup: impl FnOnce() -> F,
@@ -655,6 +698,53 @@ pub async fn a_new_group_starting_at_latest_sees_only_new_messages<F: Future<Out
     let got = collect_acking(&mut sub, new.len(), WAIT).await;
     assert_eq!(acked_ids(&got), ids(&new), "only the messages published after subscribing");
     expect_nothing(&mut sub, QUIET, "older messages are not delivered").await;
+}
+
+/// The warning a broker with history logs when a new group starts at latest over earlier
+/// messages (see [`herald::observability::warn_new_group_skips_earlier_messages`]).
+const SKIPS_WARNING: &str = "new consumer group starts at Latest";
+
+/// A broker that keeps history warns, once, when a *new* group starts at latest while its topic
+/// already holds messages (they will never reach it), naming the topic, the group and how many;
+/// a group that already exists resumes without the warning, and so does a new group on an
+/// empty topic.
+pub async fn a_new_group_starting_at_latest_over_earlier_messages_is_logged<F: Future<Output = PubSubFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let caps = fx.subscriber.capabilities();
+    // Without history there is nothing to skip; the group must outlive its subscription.
+    if !supports(caps, "start_from_beginning", caps.start_from_beginning) || !supports(caps, "groups", caps.groups) {
+        return;
+    }
+    let (topic, group) = (unique("latest-warning"), unique("late-group"));
+    let earlier: Vec<_> = (0..3).map(|i| numbered(&topic, "k", i)).collect();
+    publish_one_by_one(&*fx.publisher, &earlier).await;
+
+    let options = SubscribeOptions::new(&topic, &group).start(StartFrom::Latest);
+    let (sub, logged) = capture_warnings(subscribe(&*fx.subscriber, options.clone())).await;
+    let line = logged.lines().find(|l| l.contains(SKIPS_WARNING)).unwrap_or_else(|| {
+        panic!("a new group at latest over 3 earlier messages must log a warning; logged: {logged:?}")
+    });
+    assert!(line.contains("WARN"), "at warn level: {line}");
+    assert!(line.contains(&topic), "the warning names the topic: {line}");
+    assert!(line.contains(&group), "the warning names the group: {line}");
+    assert!(line.contains("3 earlier messages"), "the warning says how many messages are skipped: {line}");
+    assert_eq!(logged.matches(SKIPS_WARNING).count(), 1, "logged once: {logged:?}");
+    drop(sub);
+
+    let (sub, logged) = capture_warnings(subscribe(&*fx.other_subscriber, options)).await;
+    assert!(!logged.contains(SKIPS_WARNING), "an existing group resumes without the warning; logged: {logged:?}");
+    drop(sub);
+
+    let empty = SubscribeOptions::new(unique("latest-empty"), unique("group")).start(StartFrom::Latest);
+    let (sub, logged) = capture_warnings(subscribe(&*fx.subscriber, empty)).await;
+    assert!(!logged.contains(SKIPS_WARNING), "a new group on an empty topic skips nothing; logged: {logged:?}");
+    drop(sub);
+
+    let beginning = SubscribeOptions::new(&topic, unique("group"));
+    let (_sub, logged) = capture_warnings(subscribe(&*fx.subscriber, beginning)).await;
+    assert!(!logged.contains(SKIPS_WARNING), "a new group at the beginning skips nothing; logged: {logged:?}");
 }
 
 /// A new group starting at a position receives the messages at that position and after.

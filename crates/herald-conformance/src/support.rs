@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use herald::message::{Message, MessageId, Metadata};
@@ -10,6 +12,7 @@ use herald::pubsub::{Capabilities, Delivery, Subscription};
 use herald::store::NewEvent;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
+use tracing::instrument::WithSubscriber;
 
 /// How long to wait for something that must happen. Generous: real brokers are slower than
 /// the in-memory one, and a passing scenario never waits this long.
@@ -285,4 +288,37 @@ pub fn server_available((name, address): (&str, &str)) -> bool {
     }
     eprintln!("SKIPPED: {name} is not reachable at {address}; start it with `bash scripts/ensure-services.sh`");
     false
+}
+
+/// Runs `f` with a `tracing` subscriber of its own that records its `warn!` and `error!` lines,
+/// and returns them (one line each, fields as `name=value`, no colours) with `f`'s output.
+/// Only what `f` logs while it is being polled is captured (tasks it spawns log elsewhere), so
+/// scenarios running at the same time do not mix their lines.
+pub async fn capture_warnings<F: Future>(f: F) -> (F::Output, String) {
+    let buffer = Captured::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    let output = f.with_subscriber(subscriber).await;
+    let lines = String::from_utf8_lossy(&buffer.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned();
+    (output, lines)
+}
+
+/// The buffer [`capture_warnings`] writes to.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

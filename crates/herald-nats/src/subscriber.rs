@@ -8,10 +8,12 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_trait::async_trait;
 use futures::StreamExt;
 use herald::message::{Message, MessageId, Metadata};
+use herald::observability::EarlierMessages;
 use herald::pubsub::{
     Capabilities, Delivery, PubSubError, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
@@ -91,9 +93,18 @@ impl Subscriber for NatsBroker {
             max_ack_pending: i64::try_from(options.max_in_flight).unwrap_or(i64::MAX),
             ..Default::default()
         };
+        // A new group at Latest skips what the topic's stream holds: say so once (see
+        // `StartFrom`). Asked only for `Latest`, so the default start costs no extra request.
+        let skipping = match options.start {
+            StartFrom::Latest => earlier_if_new(inner, &options.topic, &durable).await?,
+            _ => None,
+        };
         let source =
             Source { topic: options.topic.clone(), durable, config, batch: options.max_in_flight.clamp(1, MAX_BATCH) };
         let messages = source.open(inner).await?;
+        if let Some(earlier) = skipping {
+            herald::observability::warn_new_group_skips_earlier_messages(&options.topic, &options.group, earlier);
+        }
 
         let shared = Arc::new(Shared {
             broker: inner.clone(),
@@ -114,6 +125,21 @@ impl Subscriber for NatsBroker {
 
     async fn close(&self) -> Result<(), PubSubError> {
         NatsBroker::close(self).await
+    }
+}
+
+/// When the group's durable consumer does not exist yet: how many messages the topic's stream
+/// holds (which a new consumer at `DeliverPolicy::New` will not deliver). `None` when the group
+/// exists. Another client may create the consumer in between; the warning is then a false alarm.
+async fn earlier_if_new(broker: &Inner, topic: &str, durable: &str) -> Result<Option<EarlierMessages>, NatsError> {
+    // Fetched with its state just now (`get_or_create_stream` asks the server).
+    let stream = broker.stream(topic).await?;
+    match stream.consumer_info(durable).await {
+        Ok(_) => Ok(None),
+        Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+            Ok(Some(EarlierMessages::Exactly(stream.cached_info().state.messages)))
+        }
+        Err(e) => Err(NatsError::jetstream(format!("looking up consumer {durable}"), e)),
     }
 }
 

@@ -107,7 +107,21 @@ impl Subscriber for RedisBroker {
             StartFrom::Position(p) => last_id_before(p),
         };
         let mut conn = inner.conn.clone();
-        ensure_group(&mut conn, &stream, &options.group, &start).await?;
+        let created = ensure_group(&mut conn, &stream, &options.group, &start).await?;
+        if created && options.start == StartFrom::Latest {
+            // A new group at `$` skips what the stream holds: say so once (see `StartFrom`).
+            // XLEN is O(1); a message added since the group was created is counted too.
+            let earlier: u64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| RedisError::command(format!("counting the entries of {stream}"), e))?;
+            herald::observability::warn_new_group_skips_earlier_messages(
+                &options.topic,
+                &options.group,
+                herald::observability::EarlierMessages::Exactly(earlier),
+            );
+        }
         let reader = inner.own_connection().await?;
         let shared = Arc::new(Shared {
             broker: inner.clone(),
@@ -133,14 +147,19 @@ impl Subscriber for RedisBroker {
 }
 
 /// Creates consumer group `group` on `stream` (and the stream if needed) starting after
-/// `start`; a group that exists is left where it is.
-async fn ensure_group(conn: &mut ConnectionManager, stream: &str, group: &str, start: &str) -> Result<(), RedisError> {
+/// `start`; a group that exists is left where it is. True when this call created it.
+async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    start: &str,
+) -> Result<bool, RedisError> {
     let created: Result<(), redis::RedisError> =
         redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg(start).arg("MKSTREAM").query_async(conn).await;
     match created {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         // The group exists: it resumes where it was.
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
         Err(e) => Err(RedisError::command(format!("creating group {group} on {stream}"), e)),
     }
 }

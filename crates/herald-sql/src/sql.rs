@@ -44,6 +44,11 @@ pub(crate) const PUBLISH: &str = "INSERT INTO herald_broker_messages (topic, id,
 pub(crate) const CREATE_GROUP: &str = "INSERT INTO herald_broker_groups (topic, grp, next_position, created_at) \
      VALUES ($1, $2, $3, $4) ON CONFLICT (topic, grp) DO NOTHING";
 
+/// How many messages of topic `$1` lie before position `$2`, counting at most `$3` (the index
+/// on `(topic, position)` answers it; the limit keeps it cheap on a long topic).
+pub(crate) const EARLIER_MESSAGES: &str = "SELECT count(*) FROM (SELECT 1 FROM herald_broker_messages \
+     WHERE topic = $1 AND position < $2 LIMIT $3) AS e";
+
 pub(crate) const GROUP_NEXT: &str = "SELECT next_position FROM herald_broker_groups WHERE topic = $1 AND grp = $2";
 
 pub(crate) const SETTLE_DELETE: &str =
@@ -104,6 +109,7 @@ const ALL: &[&str] = &[
     LOAD_SAGA,
     PUBLISH,
     CREATE_GROUP,
+    EARLIER_MESSAGES,
     GROUP_NEXT,
     SETTLE_DELETE,
     MESSAGE_AT,

@@ -240,6 +240,56 @@ pub fn record_consumer_lag(topic: &str, group: &str, lag: u64) {
         .set(lag as f64);
 }
 
+/// How many messages of its topic a new consumer group will never receive because it starts
+/// at [`StartFrom::Latest`](crate::pubsub::StartFrom::Latest), as far as the adapter counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EarlierMessages {
+    /// Exactly this many.
+    Exactly(u64),
+    /// At least this many: the adapter stopped counting there, to keep the check cheap.
+    AtLeast(u64),
+}
+
+impl EarlierMessages {
+    /// From a count that stops at `limit`: reaching it means "at least `limit`".
+    pub fn counted(n: u64, limit: u64) -> Self {
+        if n >= limit { Self::AtLeast(limit) } else { Self::Exactly(n) }
+    }
+
+    /// Whether there is any.
+    pub fn any(self) -> bool {
+        match self {
+            Self::Exactly(n) | Self::AtLeast(n) => n > 0,
+        }
+    }
+}
+
+impl std::fmt::Display for EarlierMessages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exactly(n) => write!(f, "{n}"),
+            Self::AtLeast(n) => write!(f, "at least {n}"),
+        }
+    }
+}
+
+/// For adapters that keep history: logs (once, at `warn`) that the consumer group `group`,
+/// just created on `topic` at [`StartFrom::Latest`](crate::pubsub::StartFrom::Latest), skips
+/// the `earlier` messages already on the topic. Nothing is logged when there are none. Call it
+/// only when the subscription *created* the group: an existing group resumes where it was.
+pub fn warn_new_group_skips_earlier_messages(topic: &str, group: &str, earlier: EarlierMessages) {
+    if !earlier.any() {
+        return;
+    }
+    tracing::warn!(
+        topic,
+        group,
+        earlier_messages = %earlier,
+        "new consumer group starts at Latest: {earlier} earlier messages on the topic will not be delivered to it \
+         (use StartFrom::Beginning to read them)"
+    );
+}
+
 /// Sets a projection's lag: global-log events it has not applied yet, and how far behind the
 /// newest event it is in time.
 pub fn record_projection_lag(projection: &str, events_behind: u64, seconds_behind: f64) {

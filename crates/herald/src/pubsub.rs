@@ -7,6 +7,10 @@
 //!   expires without a settlement, or when the consumer holding it goes away.
 //! * **Groups.** Every group subscribed to a topic gets every message (fan-out); the
 //!   subscriptions of one group share the group's messages (competing consumers).
+//! * **Where a group starts.** A *new* group starts where its [`StartFrom`] says, by default
+//!   at the beginning: every retained message, or on a broker that keeps no history
+//!   ([`Capabilities::start_from_beginning`] false) every message published from now on, never
+//!   an error. A group that already exists resumes where it was and ignores `start`.
 //! * **Per-key order** (when [`Capabilities::per_key_order`]): within a group, a message is not
 //!   delivered while an older message with the same non-empty key is unsettled. A message that
 //!   keeps failing therefore holds back later messages of *its* key, never those of other keys.
@@ -105,7 +109,9 @@ pub struct Capabilities {
     pub ack_wait_redelivery: bool,
     /// Dead letters after `max_deliveries`, with the reason.
     pub dead_letters: bool,
-    /// [`StartFrom::Beginning`] replays retained history.
+    /// [`StartFrom::Beginning`] replays retained history. Without it the broker keeps no
+    /// history (RabbitMQ queues, Redis Pub/Sub channels, core NATS) and a new group asking for
+    /// `Beginning` is accepted and gets everything published from then on, never an error.
     pub start_from_beginning: bool,
     /// [`StartFrom::Position`] is supported.
     pub start_from_position: bool,
@@ -126,12 +132,20 @@ impl Capabilities {
 }
 
 /// Where a *new* group starts reading. A group that already exists resumes where it was.
+///
+/// A new group starts at the [`Beginning`](Self::Beginning) by default, so that nothing
+/// published before its first subscription is lost without a word (a relay started a moment
+/// before the router must not make the router's groups skip what it published). On a broker
+/// that keeps no history ([`Capabilities::start_from_beginning`] false) `Beginning` simply means
+/// "everything from now on"; it is never an error. Brokers that keep history log a warning when
+/// a new group starts at [`Latest`](Self::Latest) over earlier messages it will not receive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StartFrom {
-    /// Every retained message.
-    Beginning,
-    /// Only messages published after the group was created.
+    /// Every retained message (the default); on a broker without history, every message
+    /// published from now on.
     #[default]
+    Beginning,
+    /// Only messages published after the group was created: earlier ones are skipped for good.
     Latest,
     /// Messages at this position and after (positions come from [`Delivery::position`]).
     Position(u64),
@@ -144,7 +158,7 @@ pub struct SubscribeOptions {
     pub topic: String,
     /// The consumer group; subscriptions with the same group share its messages.
     pub group: String,
-    /// Where a new group starts.
+    /// Where a new group starts (the beginning unless set; ignored by an existing group).
     pub start: StartFrom,
     /// At most this many unsettled deliveries at once for this subscription (backpressure).
     pub max_in_flight: usize,
@@ -157,12 +171,14 @@ pub struct SubscribeOptions {
 }
 
 impl SubscribeOptions {
-    /// Options with the defaults: start at latest, 64 in flight, 30 s ack wait, 5 deliveries.
+    /// Options with the defaults: a new group starts at the [beginning](StartFrom::Beginning)
+    /// (on a broker without history: with the next message published), 64 in flight, 30 s ack
+    /// wait, 5 deliveries.
     pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
         Self {
             topic: topic.into(),
             group: group.into(),
-            start: StartFrom::Latest,
+            start: StartFrom::Beginning,
             max_in_flight: 64,
             ack_wait: Duration::from_secs(30),
             max_deliveries: 5,
@@ -432,6 +448,12 @@ mod tests {
         let err = SubscribeOptions::new("t", "g").max_in_flight(0).validate().unwrap_err();
         assert!(err.to_string().contains("max_in_flight"));
         assert!(SubscribeOptions::new("t", "g").validate().is_ok());
+    }
+
+    #[test]
+    fn a_new_group_starts_at_the_beginning_by_default() {
+        assert_eq!(SubscribeOptions::new("t", "g").start, StartFrom::Beginning);
+        assert_eq!(StartFrom::default(), StartFrom::Beginning);
     }
 
     #[test]

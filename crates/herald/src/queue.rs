@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::message::{Message, MessageId};
-use crate::observability;
+use crate::observability::{self, EarlierMessages};
 use crate::pubsub::{
     Capabilities, DLQ_ATTEMPTS, DLQ_GROUP, DLQ_ORIGINAL_ID, DLQ_ORIGINAL_TOPIC, DLQ_REASON, Delivery, PubSubError,
     Publisher, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
@@ -150,6 +150,23 @@ pub struct Ack<'a> {
     pub policy: &'a GroupPolicy,
 }
 
+/// What [`QueueBackend::ensure_group`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnsuredGroup {
+    /// The group existed already: it resumes where it was and `start` was ignored.
+    Existing,
+    /// This call created the group.
+    Created {
+        /// For a group created at [`StartFrom::Latest`]: the messages already on the topic,
+        /// which it will never receive. `Exactly(0)` for any other start (not counted).
+        skipped: EarlierMessages,
+    },
+}
+
+/// The most earlier messages a backend needs to count for [`EnsuredGroup::Created`]; past it
+/// [`EarlierMessages::AtLeast`] says enough.
+pub const EARLIER_COUNT_LIMIT: u64 = 10_000;
+
 /// Storage for a [`QueueBroker`]. See the module docs for what `claim` must guarantee.
 #[async_trait]
 pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
@@ -160,8 +177,9 @@ pub trait QueueBackend: Send + Sync + fmt::Debug + 'static {
     async fn append(&self, messages: &[Message]) -> Result<(), PubSubError>;
 
     /// Creates the group if it does not exist, starting at `start`; an existing group is left
-    /// where it is.
-    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError>;
+    /// where it is. Says which happened, and for a group created at [`StartFrom::Latest`], how
+    /// many messages of the topic it skips (one cheap count, at creation only).
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<EnsuredGroup, PubSubError>;
 
     /// Leases up to `max` messages deliverable now (see the module docs).
     async fn claim(
@@ -353,7 +371,10 @@ impl<B: QueueBackend> Subscriber for QueueBroker<B> {
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, PubSubError> {
         self.check_open()?;
         options.validate()?;
-        self.inner.backend.ensure_group(&options.topic, &options.group, options.start).await?;
+        let ensured = self.inner.backend.ensure_group(&options.topic, &options.group, options.start).await?;
+        if let (StartFrom::Latest, EnsuredGroup::Created { skipped }) = (options.start, ensured) {
+            observability::warn_new_group_skips_earlier_messages(&options.topic, &options.group, skipped);
+        }
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let stop = self.inner.shutdown.child_token();
         let pump = Pump {

@@ -12,8 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald::Message;
+use herald::observability::EarlierMessages;
 use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use herald::queue::{Ack, Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use herald::queue::{
+    Ack, Claimed, EARLIER_COUNT_LIMIT, EnsuredGroup, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for,
+    expired_reason,
+};
 use sqlx::PgConnection;
 use tokio::sync::Notify;
 
@@ -315,22 +319,40 @@ impl QueueBackend for PostgresQueue {
         Ok(lag.map(|n| u64::try_from(n).unwrap_or(0)))
     }
 
-    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<EnsuredGroup, PubSubError> {
         let pool = self.db.pool();
         let next: i64 = match start {
             StartFrom::Beginning => 1,
             StartFrom::Latest => sqlx::query_scalar(sql::END_POSITION).fetch_one(pool).await.map_err(backend)?,
             StartFrom::Position(p) => to_i64("position", p.max(1)).map_err(backend)?,
         };
-        sqlx::query(sql::CREATE_GROUP)
+        let created = sqlx::query(sql::CREATE_GROUP)
             .bind(topic)
             .bind(group)
             .bind(next)
             .bind(now_millis())
             .execute(pool)
             .await
+            .map_err(backend)?
+            .rows_affected()
+            == 1;
+        if !created {
+            return Ok(EnsuredGroup::Existing);
+        }
+        if start != StartFrom::Latest {
+            return Ok(EnsuredGroup::Created { skipped: EarlierMessages::Exactly(0) });
+        }
+        let limit = to_i64("limit", EARLIER_COUNT_LIMIT).map_err(backend)?;
+        let n: i64 = sqlx::query_scalar(sql::EARLIER_MESSAGES)
+            .bind(topic)
+            .bind(next)
+            .bind(limit)
+            .fetch_one(pool)
+            .await
             .map_err(backend)?;
-        Ok(())
+        Ok(EnsuredGroup::Created {
+            skipped: EarlierMessages::counted(u64::try_from(n).unwrap_or(0), EARLIER_COUNT_LIMIT),
+        })
     }
 
     async fn claim(

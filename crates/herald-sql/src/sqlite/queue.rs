@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald::Message;
+use herald::observability::EarlierMessages;
 use herald::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use herald::queue::{Ack, Claimed, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use herald::queue::{
+    Ack, Claimed, EARLIER_COUNT_LIMIT, EnsuredGroup, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for,
+    expired_reason,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Notify;
 
@@ -244,7 +248,7 @@ impl QueueBackend for SqliteQueue {
         Ok(lag.map(|n| u64::try_from(n).unwrap_or(0)))
     }
 
-    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<EnsuredGroup, PubSubError> {
         let write = self.db.begin_write().await.map_err(backend)?;
         let conn = write.conn();
         let next: i64 = match start {
@@ -252,10 +256,27 @@ impl QueueBackend for SqliteQueue {
             StartFrom::Latest => conn.query_row(sql::END_POSITION, [], |r| r.get(0)).map_err(backend)?,
             StartFrom::Position(p) => to_i64("position", p.max(1)).map_err(backend)?,
         };
-        conn.prepare_cached(sql::CREATE_GROUP)
+        let created = conn
+            .prepare_cached(sql::CREATE_GROUP)
             .and_then(|mut s| s.execute(params![topic, group, next, now_millis()]))
-            .map_err(backend)?;
-        write.commit().await.map_err(backend)
+            .map_err(backend)?
+            == 1;
+        let ensured = if !created {
+            EnsuredGroup::Existing
+        } else if start == StartFrom::Latest {
+            let limit = to_i64("limit", EARLIER_COUNT_LIMIT).map_err(backend)?;
+            let n: i64 = conn
+                .prepare_cached(sql::EARLIER_MESSAGES)
+                .and_then(|mut s| s.query_row(params![topic, next, limit], |r| r.get(0)))
+                .map_err(backend)?;
+            EnsuredGroup::Created {
+                skipped: EarlierMessages::counted(u64::try_from(n).unwrap_or(0), EARLIER_COUNT_LIMIT),
+            }
+        } else {
+            EnsuredGroup::Created { skipped: EarlierMessages::Exactly(0) }
+        };
+        write.commit().await.map_err(backend)?;
+        Ok(ensured)
     }
 
     async fn claim(

@@ -11,8 +11,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::message::Message;
+use crate::observability::EarlierMessages;
 use crate::pubsub::{Capabilities, PubSubError, Settlement, StartFrom};
-use crate::queue::{Claimed, Doorbells, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason};
+use crate::queue::{
+    Claimed, Doorbells, EnsuredGroup, GroupPolicy, QueueBackend, QueueBroker, dead_letter_for, expired_reason,
+};
 
 /// The in-memory broker. Cheap to clone; clones share the same topics.
 pub type MemoryBroker = QueueBroker<MemoryQueue>;
@@ -97,19 +100,21 @@ impl QueueBackend for MemoryQueue {
         Ok(t.groups.get(group).map(|g| end.saturating_sub(g.next) + g.pending.len() as u64))
     }
 
-    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<(), PubSubError> {
+    async fn ensure_group(&self, topic: &str, group: &str, start: StartFrom) -> Result<EnsuredGroup, PubSubError> {
         let mut state = self.lock();
         let topic = state.topics.entry(topic.to_owned()).or_default();
         let end = topic.log.len() as u64 + 1;
-        topic.groups.entry(group.to_owned()).or_insert_with(|| Group {
-            next: match start {
-                StartFrom::Beginning => 1,
-                StartFrom::Latest => end,
-                StartFrom::Position(p) => p.max(1),
-            },
-            pending: BTreeMap::new(),
-        });
-        Ok(())
+        if topic.groups.contains_key(group) {
+            return Ok(EnsuredGroup::Existing);
+        }
+        let next = match start {
+            StartFrom::Beginning => 1,
+            StartFrom::Latest => end,
+            StartFrom::Position(p) => p.max(1),
+        };
+        topic.groups.insert(group.to_owned(), Group { next, pending: BTreeMap::new() });
+        let skipped = if start == StartFrom::Latest { topic.log.len() as u64 } else { 0 };
+        Ok(EnsuredGroup::Created { skipped: EarlierMessages::Exactly(skipped) })
     }
 
     async fn claim(
