@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use herald::Store;
 use herald::outbox::OutboxRelay;
-use herald::pubsub::{Broker, Publisher, StartFrom};
+use herald::pubsub::{Broker, Publisher};
 use herald::router::{Inbox, RetryPolicy, Router};
 use herald_sql::any::Dialect;
 use herald_sql::{AnyDatabase, PostgresConfig, SqliteConfig};
@@ -160,12 +160,8 @@ impl App {
 
     /// The message router with every module's routes.
     fn message_router(&self, saga: &herald::saga::Orchestrator<cosec::CreateOrderData>) -> Router {
-        // Consumers start from the beginning of their topics so a module added later catches
-        // up; a broker without history (RabbitMQ queues) can only start them from now.
-        let history = self.broker.capabilities().start_from_beginning;
-        if !history {
-            tracing::info!("the broker keeps no history: new consumer groups start from the next message");
-        }
+        // New consumer groups start from the beginning of their topics (Herald's default), so a
+        // module added later catches up; on a broker without history (RabbitMQ) that is "now".
         let mut router = Router::new(self.broker.clone())
             .store(self.store.clone())
             .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
@@ -184,7 +180,6 @@ impl App {
         let failing: Vec<_> = routes.iter().map(|r| r.options()).collect();
         let archive = self.db.dead_letters().archive_routes_for(&failing, crate::dead_letters::ARCHIVE_GROUP);
         for route in routes.into_iter().chain(archive) {
-            let route = if history { route } else { route.start_from(StartFrom::Latest) };
             router = router.route(route);
         }
         router

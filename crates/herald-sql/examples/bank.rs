@@ -113,8 +113,8 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(async move { tokio::signal::ctrl_c().await.map(|()| ctrl_c.cancel()) });
     // Each command records the account's events and puts them in the outbox, in one transaction.
     let accounts = Repository::<Account>::new().publish_to(TOPIC);
-    let ada = [Command::Open("Ada".into()), Command::Deposit(100_00), Command::Withdraw(30_00)];
-    let bob = [Command::Open("Bob".into()), Command::Deposit(5_00), Command::Withdraw(50_00)];
+    let ada = [Command::Open("Ada".into()), Command::Deposit(10_000), Command::Withdraw(3_000)];
+    let bob = [Command::Open("Bob".into()), Command::Deposit(500), Command::Withdraw(5_000)];
     for (id, command) in ada.map(|c| ("ada", c)).into_iter().chain(bob.map(|c| ("bob", c))) {
         if let Err(refused) = accounts.execute(&*store, id, command).await {
             println!("{id}: {refused}");

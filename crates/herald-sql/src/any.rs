@@ -102,7 +102,7 @@ impl fmt::Display for Dialect {
 /// application's own queries.
 #[derive(Clone, Debug)]
 pub enum AnyDatabase {
-    /// A SQLite file (or in-memory database).
+    /// A SQLite file.
     #[cfg(feature = "sqlite")]
     Sqlite(SqliteDatabase),
     /// A PostgreSQL schema.

@@ -176,18 +176,26 @@ macro_rules! event_set {
 /// ```
 #[macro_export]
 macro_rules! events {
+    // One event at a time (the enum's attributes travel as one token group: macro_rules cannot
+    // repeat them inside the events' repetition).
+    (@each [$($attrs:tt)*] [$vis:vis]) => {};
+    (@each [$($attrs:tt)*] [$vis:vis]
+        $(#[$vmeta:meta])* $event:ident = $name:literal { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }
+        $(, $($rest:tt)*)?
+    ) => {
+        $($attrs)* $(#[$vmeta])*
+        $vis struct $event { $($(#[$fmeta])* pub $field: $ty),* }
+        impl $crate::codec::Event for $event {
+            const NAME: &'static str = $name;
+        }
+        $crate::events!(@each [$($attrs)*] [$vis] $($($rest)*)?);
+    };
     (
         $(#[$meta:meta])* $vis:vis enum $set:ident {
-            $($(#[$vmeta:meta])* $event:ident = $name:literal { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }),+ $(,)?
+            $($(#[$vmeta:meta])* $event:ident = $name:literal { $($body:tt)* }),+ $(,)?
         }
     ) => {
-        $(
-            $(#[$meta])* $(#[$vmeta])*
-            $vis struct $event { $($(#[$fmeta])* pub $field: $ty),* }
-            impl $crate::codec::Event for $event {
-                const NAME: &'static str = $name;
-            }
-        )+
+        $crate::events!(@each [$(#[$meta])*] [$vis] $($(#[$vmeta])* $event = $name { $($body)* }),+);
         $crate::event_set! { $(#[$meta])* $vis enum $set { $($event($event)),+ } }
     };
 }

@@ -712,7 +712,8 @@ impl ProjectionRunner {
     /// a timeout); an error only if the store fails.
     pub async fn wait_caught_up(&self) -> Result<u64, StoreError> {
         let store = &*self.inner.store;
-        let head = find_head(store, self.state().head_hint).await?.map_or(0, |e| e.position);
+        let hint = self.state().head_hint;
+        let head = find_head(store, hint).await?.map_or(0, |e| e.position);
         let mut progress = self.inner.progress.subscribe();
         loop {
             // The checkpoint as committed (a runner that resumes at the head publishes no

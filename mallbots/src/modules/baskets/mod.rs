@@ -10,8 +10,8 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::stores::api as stores;
 
@@ -19,9 +19,7 @@ use crate::modules::stores::api as stores;
 /// beginning of the stream, so a new deployment builds its cache from the whole history.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores").start(StartFrom::Beginning))
-            .on(application::on_store_event),
-        Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products").start(StartFrom::Beginning))
-            .on(application::on_product_event),
+        Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores")).on(application::on_store_event),
+        Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products")).on(application::on_product_event),
     ]
 }

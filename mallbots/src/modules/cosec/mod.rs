@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use herald::router::{HandlerContext, Route};
 use herald::saga::{Orchestrator, Saga, SagaError, Step};
-use herald::{Message, StartFrom, Store, SubscribeOptions};
+use herald::{Message, Store, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::modules::customers::api as customers;
@@ -118,7 +118,7 @@ pub fn orchestrator(store: Arc<dyn Store>) -> Orchestrator<CreateOrderData> {
 /// The message routes of cosec: start on OrderCreated, move on replies.
 pub fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "cosec-ordering").start(StartFrom::Beginning)).on_with(
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "cosec-ordering")).on_with(
             orchestrator.clone(),
             async |cx: &mut HandlerContext,
                    event: ordering::OrderCreated,
@@ -136,8 +136,7 @@ pub fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
                 Ok(())
             },
         ),
-        Route::new(SubscribeOptions::new(REPLY_TOPIC, "cosec-replies").start(StartFrom::Beginning))
-            .fallback(orchestrator.reply_handler()),
+        Route::new(SubscribeOptions::new(REPLY_TOPIC, "cosec-replies")).fallback(orchestrator.reply_handler()),
     ]
 }
 

@@ -11,13 +11,13 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 /// The message routes of customers: its command handler.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands"))
             .on_command(application::handle_authorize),
     ]
 }

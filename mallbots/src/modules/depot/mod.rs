@@ -11,17 +11,15 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::ordering::api as ordering;
 
 /// The message routes of depot.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands").start(StartFrom::Beginning))
-            .on_command(application::handle_command),
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders").start(StartFrom::Beginning))
-            .on(application::on_order_canceled),
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands")).on_command(application::handle_command),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders")).on(application::on_order_canceled),
     ]
 }

@@ -10,8 +10,8 @@ pub mod api;
 pub mod application;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::{HandlerContext, Route};
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::customers::api as customers;
 use crate::modules::ordering::api as ordering;
@@ -21,16 +21,13 @@ pub use application::{RecordingGateway, SmsGateway};
 /// The message routes of notifications.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(
-            SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers").start(StartFrom::Beginning),
-        )
-        .on(application::on_customer_event),
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders").start(StartFrom::Beginning))
-            .on_with(
-                RecordingGateway,
-                async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
-                    application::on_order_event(cx, event, gateway).await
-                },
-            ),
+        Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers"))
+            .on(application::on_customer_event),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders")).on_with(
+            RecordingGateway,
+            async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
+                application::on_order_event(cx, event, gateway).await
+            },
+        ),
     ]
 }

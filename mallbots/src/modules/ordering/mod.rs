@@ -11,8 +11,8 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::baskets::api as baskets;
 use crate::modules::depot::api as depot;
@@ -21,13 +21,12 @@ use crate::modules::payments::api as payments;
 /// The message routes of ordering: checkouts in, saga commands in.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(baskets::EVENT_TOPIC, "ordering-baskets").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(baskets::EVENT_TOPIC, "ordering-baskets"))
             .on(application::on_basket_checked_out),
-        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "ordering-commands").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "ordering-commands"))
             .on_command(application::handle_command),
-        Route::new(SubscribeOptions::new(payments::EVENT_TOPIC, "ordering-payments").start(StartFrom::Beginning))
-            .on(application::on_invoice_paid),
-        Route::new(SubscribeOptions::new(depot::EVENT_TOPIC, "ordering-depot").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(payments::EVENT_TOPIC, "ordering-payments")).on(application::on_invoice_paid),
+        Route::new(SubscribeOptions::new(depot::EVENT_TOPIC, "ordering-depot"))
             .on(application::on_shopping_list_completed),
     ]
 }

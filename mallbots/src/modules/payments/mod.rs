@@ -9,17 +9,16 @@ pub mod application;
 pub mod domain;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::ordering::api as ordering;
 
 /// The message routes of payments.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "payments-commands").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "payments-commands"))
             .on_command(application::handle_confirm),
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "payments-orders").start(StartFrom::Beginning))
-            .on(application::on_order_event),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "payments-orders")).on(application::on_order_event),
     ]
 }

@@ -5,8 +5,8 @@
 pub mod application;
 pub mod http;
 
+use herald::SubscribeOptions;
 use herald::router::Route;
-use herald::{StartFrom, SubscribeOptions};
 
 use crate::modules::customers::api as customers;
 use crate::modules::ordering::api as ordering;
@@ -14,9 +14,8 @@ use crate::modules::ordering::api as ordering;
 /// The message routes of search.
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "search-customers").start(StartFrom::Beginning))
+        Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "search-customers"))
             .on(application::on_customer_registered),
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders").start(StartFrom::Beginning))
-            .on(application::on_order_event),
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders")).on(application::on_order_event),
     ]
 }
