@@ -7,7 +7,7 @@
 //! `max_deliveries`; a delivery dropped unsettled comes back at once as the next attempt; at most
 //! `max_in_flight` deliveries are unsettled at a time (the transport's reader waits, and the
 //! server's own buffering or slow-consumer policy takes over). What cannot hold is declared
-//! by the adapter in its [`Capabilities`](crate::pubsub::Capabilities) (see [`CAPABILITIES`]):
+//! by the adapter in its [`Capabilities`] (see [`CAPABILITIES`]):
 //! nothing survives a crash, a disconnect or a subscription being dropped; there is no
 //! redelivery by ack wait, no replay, and no dead letters (a message that fails
 //! `max_deliveries` times is dropped with an `error!` log, since there is nowhere durable to put
