@@ -32,7 +32,8 @@ J="Content-Type: application/json"
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DIR"' EXIT
 for _ in $(seq 100); do
-  API=$(sed -nE 's#^MallBots on (http://[0-9.]+:[0-9]+).*#\1#p' "$DIR/serve.log" | head -n1)
+  # (the log may not exist yet: the background shell opens it; `|| true` keeps set -e quiet)
+  API=$(sed -nE 's#^MallBots on (http://[0-9.]+:[0-9]+).*#\1#p' "$DIR/serve.log" 2>/dev/null | head -n1 || true)
   [[ -n "$API" ]] && break
   sleep 0.1
 done

@@ -17,15 +17,15 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use herald::Store;
 use herald::outbox::OutboxRelay;
-use herald::pubsub::{Broker, Publisher};
+use herald::pubsub::Broker;
 use herald::router::{Inbox, RetryPolicy, Router};
 use herald_sql::any::Dialect;
 use herald_sql::{AnyDatabase, PostgresConfig, SqliteConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, AppState};
-use crate::modules::{analytics, baskets, cosec, customers, depot, notifications, ordering, payments, search};
+use crate::http;
+use crate::module::{self, Module, ModuleContext, Task};
 
 /// Name of the file keeping a generated admin token, next to the database.
 pub const ADMIN_TOKEN_FILE: &str = "mallbots-admin-token";
@@ -53,6 +53,9 @@ pub struct Config {
     pub ephemeral_broker: bool,
     /// The admin bearer token; `None` reads or generates one kept next to the database.
     pub admin_token: Option<String>,
+    /// The modules to run (names from [`MODULES`](crate::module::MODULES), comma-separated
+    /// lists allowed); empty = all of them.
+    pub modules: Vec<String>,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             namespace: DEFAULT_NAMESPACE.into(),
             ephemeral_broker: false,
             admin_token: None,
+            modules: Vec::new(),
         }
     }
 }
@@ -80,51 +84,132 @@ pub enum TokenSource {
 }
 
 /// MallBots, built and bound, not yet running.
-#[derive(Debug)]
 pub struct App {
-    db: AnyDatabase,
-    store: Arc<dyn Store>,
+    /// The modules this process runs, each with what it was given.
+    modules: Vec<(&'static Module, ModuleContext)>,
+    /// Every database opened (one per module on PostgreSQL, one on SQLite, and the SQL
+    /// broker's), closed at the end.
+    databases: Vec<AnyDatabase>,
     broker: Arc<dyn Broker>,
     /// The store writes messages straight into the broker (SQLite's SQL broker): the outbox
     /// relay only publishes what an earlier version left in the outbox, once, at start.
     publishes_in_tx: bool,
     listener: TcpListener,
-    state: AppState,
+    http: axum::Router,
+    tasks: Vec<(&'static str, Task)>,
+    /// Fires when `run`'s shutdown token does: long requests give up.
+    shutting_down: CancellationToken,
+    /// Stops the modules' routes and tasks, after HTTP has stopped.
+    stop: CancellationToken,
+    admin_token: Arc<str>,
     token_source: TokenSource,
 }
 
+/// How long opening a database or connecting to the broker may take before start-up fails
+/// (naming what could not be reached) instead of hanging.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Connections of each module's pool on PostgreSQL when a process runs several modules (one
+/// module alone gets Herald's default).
+const POOL_PER_MODULE: u32 = 4;
+
 impl App {
-    /// Opens (and migrates) the database, binds the HTTP address, and resolves the admin token.
+    /// Opens (and migrates) the databases, connects to the broker, binds the HTTP address, and
+    /// resolves the admin token.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let database = config.database.trim();
         let namespace = config.namespace.trim();
         check_namespace(namespace)?;
-        broker_scheme(config.broker.as_deref().map(str::trim).unwrap_or_default())?;
+        let selected = module::select(&config.modules)?;
+        let broker_url = config.broker.as_deref().map(str::trim).unwrap_or_default();
         // On SQLite with its own SQL broker, messages go into the broker's table in the unit of
         // work itself (no outbox relay hop); otherwise through the outbox.
-        let sql_broker =
-            matches!(broker_scheme(config.broker.as_deref().map(str::trim).unwrap_or_default())?, "" | "sql");
-        let publishes_in_tx = sql_broker && AnyDatabase::dialect_of(database) == Dialect::Sqlite;
-        let db: AnyDatabase = match AnyDatabase::dialect_of(database) {
-            Dialect::Postgres => PostgresConfig::new(database).with_schema(namespace).open().await.map(Into::into),
+        let sql_broker = matches!(broker_scheme(broker_url)?, "" | "sql");
+        let dialect = AnyDatabase::dialect_of(database);
+        let publishes_in_tx = sql_broker && dialect == Dialect::Sqlite;
+        let (module_dbs, bus, databases) = match dialect {
             Dialect::Sqlite => {
-                SqliteConfig::new(database).publish_to_sql_broker(publishes_in_tx).open().await.map(Into::into)
+                let db: AnyDatabase = within("opening the SQLite database", database, async {
+                    SqliteConfig::new(database).publish_to_sql_broker(publishes_in_tx).open().await
+                })
+                .await?
+                .into();
+                (vec![db.clone(); selected.len()], Some(db.clone()), vec![db])
             }
+            Dialect::Postgres => {
+                let pool = if selected.len() > 1 { POOL_PER_MODULE } else { PostgresConfig::DEFAULT_MAX_CONNECTIONS };
+                let open = |schema: String| async move {
+                    let config = PostgresConfig { max_connections: pool, ..PostgresConfig::new(database) };
+                    let db = within("connecting to PostgreSQL", database, config.with_schema(schema).open()).await?;
+                    anyhow::Ok(AnyDatabase::from(db))
+                };
+                let dbs =
+                    futures::future::try_join_all(selected.iter().map(|m| open(module::schema(namespace, m.name))))
+                        .await?;
+                // The SQL broker's tables are shared by every module: the namespace's own schema.
+                let bus = if sql_broker { Some(open(namespace.to_owned()).await?) } else { None };
+                let all = dbs.iter().chain(&bus).cloned().collect();
+                (dbs, bus, all)
+            }
+        };
+        for (m, db) in selected.iter().zip(&module_dbs) {
+            crate::db::migrate(db, m).await.with_context(|| format!("creating the tables of {}", m.name))?;
         }
-        .with_context(|| format!("opening the database {}", redacted(database)))?;
-        crate::db::migrate(&db).await.context("creating MallBots' tables")?;
         crate::metrics::install()?;
-        let store = db.store();
-        let broker = connect_broker(config.broker.as_deref(), &db, namespace, config.ephemeral_broker).await?;
+        let broker = match (&bus, sql_broker) {
+            (Some(bus), true) => bus.broker(),
+            _ => connect_broker(broker_url, namespace, config.ephemeral_broker).await?,
+        };
         let (admin_token, token_source) = match config.admin_token.filter(|t| !t.trim().is_empty()) {
             Some(token) => (token.trim().to_owned(), TokenSource::Configured),
             None => stored_or_generated_token(data_file(database)).await?,
         };
+        let admin_token: Arc<str> = admin_token.into();
         let listener =
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
-        let analytics = analytics::AnalyticsControl::new(store.clone());
-        let state = AppState { store: store.clone(), db: db.clone(), admin_token: admin_token.into(), analytics };
-        Ok(Self { db, store, broker, publishes_in_tx, listener, state, token_source })
+        let (stop, shutting_down) = (CancellationToken::new(), CancellationToken::new());
+        let modules: Vec<_> = selected
+            .into_iter()
+            .zip(module_dbs)
+            .map(|(m, db)| {
+                let cx = ModuleContext {
+                    store: db.store(),
+                    db,
+                    broker: broker.clone(),
+                    admin_token: admin_token.clone(),
+                    stop: stop.clone(),
+                    shutdown: shutting_down.clone(),
+                };
+                (m, cx)
+            })
+            .collect();
+        let (mut http_parts, mut tasks, mut gauges) = (Vec::new(), Vec::new(), Vec::new());
+        for (m, cx) in &modules {
+            let parts = (m.start)(cx);
+            http_parts.push(parts.http);
+            tasks.extend(parts.tasks);
+            gauges.extend(parts.gauges);
+        }
+        let ops = http::Ops {
+            modules: module::names_of(modules.iter().map(|(m, _)| *m)),
+            databases: databases.clone(),
+            stores: distinct_stores(&modules),
+            gauges,
+        };
+        let http = http::router(ops, http_parts);
+        Ok(Self {
+            modules,
+            databases,
+            broker,
+            publishes_in_tx,
+            listener,
+            http,
+            tasks,
+            shutting_down,
+            stop,
+            admin_token,
+            token_source,
+        })
     }
 
     /// The address the HTTP server listens on.
@@ -135,7 +220,7 @@ impl App {
 
     /// The admin bearer token.
     pub fn admin_token(&self) -> &str {
-        &self.state.admin_token
+        &self.admin_token
     }
 
     /// Where the admin token came from.
@@ -143,14 +228,19 @@ impl App {
         &self.token_source
     }
 
-    /// The HTTP application (for tests that call it without a socket).
-    pub fn http_router(&self) -> axum::Router {
-        http::router(self.state.clone())
+    /// The names of the modules this process runs.
+    pub fn module_names(&self) -> Vec<&'static str> {
+        module::names_of(self.modules.iter().map(|(m, _)| *m))
     }
 
-    /// Herald's store.
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.store.clone()
+    /// The HTTP application (for tests that call it without a socket).
+    pub fn http_router(&self) -> axum::Router {
+        self.http.clone()
+    }
+
+    /// The store of module `name` (if this process runs it).
+    pub fn store_of(&self, name: &str) -> Option<Arc<dyn Store>> {
+        self.modules.iter().find(|(m, _)| m.name == name).map(|(_, cx)| cx.store.clone())
     }
 
     /// The broker the modules talk through.
@@ -158,94 +248,171 @@ impl App {
         self.broker.clone()
     }
 
-    /// The message router with every module's routes.
-    fn message_router(&self, saga: &herald::saga::Orchestrator<cosec::CreateOrderData>) -> Router {
-        // New consumer groups start from the beginning of their topics (Herald's default), so a
-        // module added later catches up; on a broker without history (RabbitMQ) that is "now".
-        let mut router = Router::new(self.broker.clone())
-            .store(self.store.clone())
-            .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
-            .middleware(Inbox);
-        let routes: Vec<_> = customers::routes()
-            .into_iter()
-            .chain(baskets::routes())
-            .chain(ordering::routes())
-            .chain(payments::routes())
-            .chain(depot::routes())
-            .chain(cosec::routes(saga))
-            .chain(notifications::routes())
-            .chain(search::routes())
-            .collect();
-        // Every route's dead letters are archived (in the database) for the admin API.
-        let failing: Vec<_> = routes.iter().map(|r| r.options()).collect();
-        let archive = self.db.dead_letters().archive_routes_for(&failing, crate::dead_letters::ARCHIVE_GROUP);
-        for route in routes.into_iter().chain(archive) {
-            router = router.route(route);
+    /// One message router per store: the routes of the modules sharing it (all of them on
+    /// SQLite, each module alone on PostgreSQL), with the inbox and retries.
+    fn message_routers(&self) -> Vec<Router> {
+        let mut routers: Vec<(Arc<dyn Store>, Router)> = Vec::new();
+        for (m, cx) in &self.modules {
+            let routes = (m.routes)(cx);
+            if routes.is_empty() {
+                continue;
+            }
+            let at = match routers.iter().position(|(store, _)| same_store(store, &cx.store)) {
+                Some(at) => at,
+                None => {
+                    // New consumer groups start from the beginning of their topics (Herald's
+                    // default), so a module added later catches up; on a broker without
+                    // history (RabbitMQ) that is "now".
+                    let router = Router::new(self.broker.clone())
+                        .store(cx.store.clone())
+                        .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
+                        .middleware(Inbox);
+                    routers.push((cx.store.clone(), router));
+                    routers.len() - 1
+                }
+            };
+            let (store, router) = routers.swap_remove(at);
+            routers.push((store, router.routes(routes)));
         }
-        router
+        routers.into_iter().map(|(_, router)| router).collect()
     }
 
-    /// Runs HTTP, the router and the relay until `shutdown` fires, then stops them in order.
+    /// Runs HTTP, the routers, the modules' tasks and the relays until `shutdown` fires, then
+    /// stops them in order: HTTP, then routers and tasks, then the relays' last pass.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let router_stop = CancellationToken::new();
         let relay_stop = CancellationToken::new();
-        let saga = cosec::orchestrator(self.store.clone());
         // Every group subscribes before anything is published: on RabbitMQ a queue only gets
         // what is routed after it exists.
-        let routing = self.message_router(&saga).start(router_stop.clone()).await.context("subscribing the routes")?;
+        let mut routing = Vec::new();
+        for router in self.message_routers() {
+            routing.push(router.start(self.stop.clone()).await.context("subscribing the routes")?);
+        }
         tracing::debug!("every route is subscribed");
-        let timeouts_task = tokio::spawn(saga.run_timeouts(Duration::from_secs(1), router_stop.clone()));
-        self.state.analytics.start(router_stop.clone(), shutdown.clone()).await;
-        let upkeep_task = tokio::spawn(crate::metrics::upkeep(router_stop.clone()));
-        let relay = OutboxRelay::new(self.store.clone(), self.broker.clone());
-        let relay_task = if self.publishes_in_tx {
-            tokio::spawn(async move {
-                if let Err(e) = relay.publish_pending().await {
-                    tracing::warn!(error = %e, "publishing what an earlier run left in the outbox failed");
+        let tasks: Vec<_> = self.tasks.into_iter().map(|(name, task)| (name, tokio::spawn(task))).collect();
+        let upkeep_task = tokio::spawn(crate::metrics::upkeep(self.stop.clone()));
+        let mut relay_tasks = Vec::new();
+        for store in distinct_stores(&self.modules) {
+            let relay = OutboxRelay::new(store, self.broker.clone());
+            let task = if self.publishes_in_tx {
+                tokio::spawn(async move {
+                    if let Err(e) = relay.publish_pending().await {
+                        tracing::warn!(error = %e, "publishing what an earlier run left in the outbox failed");
+                    }
+                })
+            } else {
+                tokio::spawn(relay.run(relay_stop.clone()))
+            };
+            relay_tasks.push(task);
+        }
+        let linked = tokio::spawn({
+            let (shutdown, shutting_down) = (shutdown.clone(), self.shutting_down.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => shutting_down.cancel(),
+                    () = shutting_down.cancelled() => {}
                 }
-            })
-        } else {
-            tokio::spawn(relay.run(relay_stop.clone()))
-        };
+            }
+        });
 
-        let app = self.http_router();
-        tracing::info!(addr = %self.local_addr(), "MallBots is listening");
-        let served = axum::serve(self.listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            modules = ?module::names_of(self.modules.iter().map(|(m, _)| *m)), "MallBots is listening");
+        let served = axum::serve(self.listener, self.http).with_graceful_shutdown(shutdown.cancelled_owned()).await;
 
         // HTTP has stopped taking work; let in-flight messages finish, then flush the outbox.
-        router_stop.cancel();
-        routing.wait().await;
-        let timed = timeouts_task.await;
-        let projected = self.state.analytics.stop().await;
+        self.shutting_down.cancel();
+        let _ = linked.await;
+        self.stop.cancel();
+        for running in routing {
+            running.wait().await;
+        }
+        let mut failures = Vec::new();
+        for (name, task) in tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failures.push(format!("{name}: {e:#}")),
+                Err(e) => failures.push(format!("{name} panicked: {e}")),
+            }
+        }
         let upkept = upkeep_task.await;
         relay_stop.cancel();
-        let relayed = relay_task.await;
-        if let Err(e) = Publisher::close(&*self.broker).await {
+        for task in relay_tasks {
+            if let Err(e) = task.await {
+                failures.push(format!("the outbox relay panicked: {e}"));
+            }
+        }
+        if let Err(e) = self.broker.shutdown().await {
             tracing::warn!(error = %e, "closing the broker");
         }
-        self.db.close().await;
+        for db in &self.databases {
+            db.close().await;
+        }
         served.context("serving HTTP")?;
-        relayed.context("the outbox relay panicked")?;
-        timed.context("the saga timeouts task panicked")?;
-        projected.context("the analytics projection failed")?;
         upkept.context("the metrics upkeep panicked")?;
+        if !failures.is_empty() {
+            bail!("stopping MallBots: {}", failures.join("; "));
+        }
         tracing::info!("MallBots stopped");
         Ok(())
     }
 }
 
-/// The broker `url` names, its names prefixed by `namespace`; the SQL broker on `db` if none.
-async fn connect_broker(
-    url: Option<&str>,
-    db: &AnyDatabase,
-    namespace: &str,
-    ephemeral: bool,
-) -> anyhow::Result<Arc<dyn Broker>> {
-    let url = url.map(str::trim).unwrap_or_default();
-    let connecting = || format!("connecting to the broker {}", redacted(url));
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").field("modules", &self.module_names()).field("broker", &self.broker).finish()
+    }
+}
+
+/// `what` (opening `url`), failing after [`CONNECT_TIMEOUT`] with a message that names it
+/// (its password hidden) instead of hanging.
+async fn within<T, E>(
+    what: &str,
+    url: &str,
+    future: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(CONNECT_TIMEOUT, future).await {
+        Ok(result) => result.map_err(|e| anyhow::anyhow!("{what} at {}: {}", redacted(url), redact_all(&e, url))),
+        Err(_) => bail!("{what} at {}: no answer within {} s", redacted(url), CONNECT_TIMEOUT.as_secs()),
+    }
+}
+
+/// An error's whole chain as one line, with `url`'s password hidden wherever it appears.
+fn redact_all(e: &(dyn std::error::Error + 'static), url: &str) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    match password_of(url) {
+        Some(password) if !password.is_empty() => text.replace(password, "***"),
+        _ => text,
+    }
+}
+
+fn same_store(a: &Arc<dyn Store>, b: &Arc<dyn Store>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}
+
+/// The distinct stores of `modules` (one on SQLite, one per module on PostgreSQL).
+fn distinct_stores(modules: &[(&'static Module, ModuleContext)]) -> Vec<Arc<dyn Store>> {
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for (_, cx) in modules {
+        if !stores.iter().any(|s| same_store(s, &cx.store)) {
+            stores.push(cx.store.clone());
+        }
+    }
+    stores
+}
+
+/// The broker `url` names (NATS, Redis or RabbitMQ), its names prefixed by `namespace`.
+async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyhow::Result<Arc<dyn Broker>> {
+    const WHAT: &str = "connecting to the broker";
     Ok(match broker_scheme(url)? {
-        "" | "sql" => db.broker(),
-        "nats" => Arc::new({
+        "nats" => {
             let config = herald_nats::NatsConfig::new(url)
                 .stream_prefix(format!("{namespace}-"))
                 .subject_prefix(format!("{namespace}."));
@@ -254,24 +421,21 @@ async fn connect_broker(
             } else {
                 config
             };
-            config.connect().await.with_context(connecting)?
-        }),
-        "redis" | "rediss" => Arc::new(
-            herald_redis::RedisConfig::new(url)
-                .key_prefix(format!("{namespace}:"))
-                .connect()
-                .await
-                .with_context(connecting)?,
-        ),
-        "amqp" | "amqps" => Arc::new({
+            Arc::new(within(WHAT, url, config.connect()).await?)
+        }
+        "redis" | "rediss" => {
+            let config = herald_redis::RedisConfig::new(url).key_prefix(format!("{namespace}:"));
+            Arc::new(within(WHAT, url, config.connect()).await?)
+        }
+        "amqp" | "amqps" => {
             let config = herald_amqp::AmqpConfig::new(url).prefix(format!("{namespace}."));
             let config = if ephemeral {
                 config.queue_expires(Duration::from_secs(120)).auto_delete_exchange(true)
             } else {
                 config
             };
-            config.connect().await.with_context(connecting)?
-        }),
+            Arc::new(within(WHAT, url, config.connect()).await?)
+        }
         other => bail!("unknown broker {other:?}"),
     })
 }
@@ -302,14 +466,24 @@ fn check_namespace(namespace: &str) -> anyhow::Result<()> {
 }
 
 /// A URL with its password hidden, for messages.
-fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) if at > scheme.len() + 3 => match url[scheme.len() + 3..at].split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***{}", &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
+pub fn redacted(url: &str) -> String {
+    match password_of(url) {
+        Some(password) => {
+            let at = url.rfind('@').unwrap_or(url.len());
+            format!("{}***{}", &url[..at - password.len()], &url[at..])
+        }
+        None => url.to_owned(),
     }
+}
+
+/// The password of a `scheme://user:password@host…` URL.
+fn password_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let userinfo = &rest[..rest.rfind('@')?];
+    if userinfo.contains('/') {
+        return None; // an '@' in the path, not a user
+    }
+    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 /// The file keeping a generated admin token: next to the database file, none for an in-memory

@@ -6,7 +6,7 @@
 use herald_sql::any::query;
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,19 +23,37 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
-use crate::modules::{analytics, baskets, customers, depot, notifications, ordering, payments, search, stores};
+use crate::module::Gauges;
 
-/// What every handler can reach. Cheap to clone.
+/// What a module's handlers can reach: its own store and database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
-    /// Herald's store: every write is a unit of work begun here.
+    /// The module's Herald store: every write is a unit of work begun here.
     pub store: Arc<dyn Store>,
-    /// The database's pool, for queries of the read models.
+    /// The module's database pool, for queries of its read models.
     pub db: AnyDatabase,
     /// The bearer token admin endpoints require.
     pub admin_token: Arc<str>,
-    /// The analytics projection's runner, for rebuilds.
-    pub analytics: analytics::AnalyticsControl,
+}
+
+/// What the process's own endpoints (`/readyz`, `/metrics`) reach: everything the process
+/// runs.
+#[derive(Clone)]
+pub struct Ops {
+    /// The modules this process runs.
+    pub modules: Vec<&'static str>,
+    /// Every database it opened.
+    pub databases: Vec<AnyDatabase>,
+    /// Its distinct stores (for the outbox backlog).
+    pub stores: Vec<Arc<dyn Store>>,
+    /// The modules' gauges.
+    pub gauges: Vec<Gauges>,
+}
+
+impl std::fmt::Debug for Ops {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ops").field("modules", &self.modules).field("databases", &self.databases.len()).finish()
+    }
 }
 
 /// The body of every error response.
@@ -107,10 +125,14 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
 #[derive(Debug, Clone, Copy)]
 pub struct Admin;
 
-impl FromRequestParts<AppState> for Admin {
+impl<S: Send + Sync> FromRequestParts<S> for Admin
+where
+    AppState: FromRef<S>,
+{
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let state = AppState::from_ref(state);
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -223,18 +245,18 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: the database answers.
+/// Readiness: every database of the process answers. Names the modules it runs.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = OK, description = "ready"), (status = SERVICE_UNAVAILABLE, description = "not ready")))]
-async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match state.db.ping().await {
-        Ok(_) => Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: the database does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({ "status": "database unavailable" })))
-                .into_response()
+async fn readyz(axum::extract::State(ops): axum::extract::State<Ops>) -> Response {
+    for db in &ops.databases {
+        if let Err(e) = db.ping().await {
+            tracing::warn!(error = %e, "not ready: a database does not answer");
+            let body = serde_json::json!({ "status": "database unavailable", "modules": ops.modules });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
         }
     }
+    Json(serde_json::json!({ "status": "ready", "modules": ops.modules })).into_response()
 }
 
 async fn not_found() -> AppError {
@@ -253,24 +275,15 @@ async fn not_found() -> AppError {
 )]
 struct ApiDoc;
 
-/// The complete HTTP application: every module's routes, ops endpoints, `/openapi.json` and
-/// Swagger UI at `/docs`.
-pub fn router(state: AppState) -> Router {
-    let (router, mut api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The HTTP application of a process: its modules' routes (their state bound), the ops
+/// endpoints, `/openapi.json` (of what this process serves) and Swagger UI at `/docs`.
+pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
+    let process: OpenApiRouter = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
         .routes(utoipa_axum::routes!(crate::metrics::scrape))
-        .merge(stores::http::routes())
-        .merge(customers::http::routes())
-        .merge(baskets::http::routes())
-        .merge(ordering::http::routes())
-        .merge(payments::http::routes())
-        .merge(depot::http::routes())
-        .merge(notifications::http::routes())
-        .merge(analytics::http::routes())
-        .merge(search::http::routes())
-        .merge(crate::dead_letters::routes())
-        .split_for_parts();
+        .with_state(ops);
+    let (router, mut api) = modules.into_iter().fold(process, OpenApiRouter::merge).split_for_parts();
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(
             "admin",
@@ -279,7 +292,6 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(not_found)
-        .with_state(state)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
 }

@@ -2,14 +2,17 @@
 //!
 //! The reference application of Herald: a mall where customers choose items at a kiosk, pay,
 //! and wait at the depot while shopper bots collect the items from the stores. Every module
-//! (bounded context) talks to the others only through messages; all of them run in one process
-//! on one SQLite file with the SQL broker — no other server needed (`mallbots serve`).
+//! (bounded context) talks to the others only through messages. All of them run in one process
+//! on one SQLite file with the SQL broker — no other server needed (`mallbots serve`) — or each
+//! in its own processes, in its own PostgreSQL schema, over NATS, Redis or RabbitMQ.
 //!
 //! * [`app`]: the composition root — open the database, wire Herald (store, broker, router with
 //!   inbox and retries, outbox relay) and the HTTP server, run until shut down.
 //! * [`http`]: the REST layer shared by the modules (errors, extractors, admin auth,
 //!   idempotency, health, OpenAPI + Swagger UI).
 //! * [`metrics`]: Prometheus `/metrics` (Herald's metrics, HTTP requests, business gauges).
+//! * [`module`]: what a module is, and the one list of them ([`module::MODULES`]); `mallbots
+//!   serve --modules …` runs any subset in a process.
 //! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
 //! * [`simulate`]: the load generator behind `mallbots simulate` (kiosks, admins, a report).
 //!
@@ -26,10 +29,10 @@
 
 pub mod app;
 pub mod db;
-pub mod dead_letters;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod module;
 pub mod modules;
 pub mod money;
 pub mod simulate;

@@ -116,6 +116,12 @@ struct ServeArgs {
     /// and kept in `mallbots-admin-token` next to the database.
     #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// The modules this process runs, comma-separated (default: all). On PostgreSQL each
+    /// keeps its tables in the schema `<namespace>_<module>`; several processes of one module
+    /// share its work. Modules: stores, customers, baskets, ordering, payments, depot, cosec,
+    /// notifications, search, analytics, admin.
+    #[arg(long, env = "MALLBOTS_MODULES", value_delimiter = ',', default_value = "all")]
+    modules: Vec<String>,
 }
 
 #[tokio::main]
@@ -188,6 +194,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         ephemeral_broker: false,
         admin_token: args.admin_token,
+        modules: args.modules,
     };
     let app = App::build(config).await?;
     match app.token_source() {
@@ -200,7 +207,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TokenSource::Stored(file) => println!("Admin token: read from {}", file.display()),
         TokenSource::Configured => {}
     }
-    println!("MallBots on http://{} (API docs at http://{}/docs)", app.local_addr(), app.local_addr());
+    // `MallBots on <url>` is what scripts and `simulate` wait for: keep it first on its line.
+    println!(
+        "MallBots on http://{} (API docs at http://{}/docs; modules: {})",
+        app.local_addr(),
+        app.local_addr(),
+        app.module_names().join(", ")
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     app.run(shutdown).await.context("running MallBots")

@@ -86,7 +86,10 @@ async fn metrics_scenario(app: RunningApp, relayed: bool) {
         assert!(sample(&text, "herald_outbox_relayed_total", &[]).is_some_and(|n| n >= 1.0), "{text}");
     }
     assert_eq!(sample(&text, "mallbots_outbox_pending", &[]), Some(0.0), "nothing left unpublished\n{text}");
-    assert!(sample(&text, "herald_projection_lag", &[("projection", "analytics-v1")]).is_some(), "{text}");
+    assert!(
+        sample(&text, "herald_projection_lag", &[("projection", mallbots::modules::analytics::PROJECTION)]).is_some(),
+        "{text}"
+    );
 
     // HTTP: counted per route template (not per basket id) and status.
     let created = sample(

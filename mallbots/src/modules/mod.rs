@@ -1,8 +1,9 @@
-//! The modules (bounded contexts). Each has a public contract (`api.rs`: its messages, topics
-//! and ids) and a private core: `domain.rs` (the aggregate, pure), `application.rs` (commands
-//! and queries in Herald transactions) and `http.rs` (its REST endpoints). Modules talk only
-//! through messages.
+//! The modules (bounded contexts), listed once in [`MODULES`](crate::module::MODULES). Each
+//! has a public contract (`api.rs`: its messages, topics and ids) and a private core:
+//! `domain.rs` (the aggregate, pure), `application.rs` (commands and queries in Herald
+//! transactions) and `http.rs` (its REST endpoints). Modules talk only through messages.
 
+pub mod admin;
 pub mod analytics;
 pub mod baskets;
 pub mod cosec;

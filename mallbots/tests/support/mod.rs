@@ -77,6 +77,7 @@ impl Backend {
             // A shared server must not collect every test's streams and queues.
             ephemeral_broker: true,
             admin_token: Some(TOKEN.into()),
+            modules: Vec::new(),
         }
     }
 }
@@ -183,10 +184,14 @@ impl TestApp {
         let namespace = &self.config.namespace;
         if self.backend != Backend::Sqlite {
             let pool = sqlx::PgPool::connect(&self.config.database).await.expect("connect to PostgreSQL");
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{namespace}\" CASCADE")))
-                .execute(&pool)
-                .await
-                .expect("drop the test schema");
+            let schemas = std::iter::once(namespace.clone())
+                .chain(mallbots::module::MODULES.iter().map(|m| mallbots::module::schema(namespace, m.name)));
+            for schema in schemas {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+                    .execute(&pool)
+                    .await
+                    .expect("drop a test schema");
+            }
             pool.close().await;
         }
         if self.backend == Backend::PostgresNats {
@@ -218,6 +223,7 @@ where
 pub struct RunningApp {
     pub t: TestApp,
     pub broker: std::sync::Arc<dyn herald::pubsub::Broker>,
+    /// The analytics module's store (its read model is changed behind its back in a test).
     pub store: std::sync::Arc<dyn herald::Store>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -232,7 +238,7 @@ pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
     let mut t = spawn_app_on(backend).await?;
     let app = t.app.take().expect("not yet running");
     let broker = app.broker();
-    let store = app.store();
+    let store = app.store_of("analytics").expect("every module runs");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let run = app.run(shutdown.clone());
     let task = tokio::spawn(async move {

@@ -5,27 +5,56 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use herald::projection::{EventFilter, Projection, ProjectionError};
-use herald::{RecordedEvent, Registry, Transaction};
+use herald::router::{HandlerContext, HandlerError};
+use herald::{ExpectedVersion, NewEvent, RecordedEvent, Transaction};
 use herald_sql::AnyDatabase;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::error::{AppError, AppResult};
-use crate::modules::ordering::domain::{Order, OrderEvent};
+use crate::modules::ordering::api::OrderIntegrationEvent;
 use crate::money::Money;
 
-/// The projection's name (its checkpoint key).
-pub const PROJECTION: &str = "analytics-v1";
+/// The projection's name (its checkpoint key). v2 reads analytics' own copy of the order
+/// events (v1 read ordering's event store).
+pub const PROJECTION: &str = "analytics-v2";
 
-/// Orders and products, from the `order-*` streams.
-#[derive(Debug, Default)]
-pub struct AnalyticsProjection {
-    registry: Registry,
+/// Analytics keeps every order event it receives in its own event store, in a stream per
+/// order named with this prefix; the projection reads those streams. So analytics depends on
+/// nothing but the broker, joins late (its group starts at the beginning of the topic), and
+/// rebuilds from its own log even on a broker that keeps no history.
+pub const STREAM_PREFIX: &str = "analytics-order-";
+
+/// Keeps an order event from the broker in analytics' own log (the inbox makes a redelivery a
+/// no-op, so each event is kept once).
+pub async fn record_order_event(cx: &mut HandlerContext, event: OrderIntegrationEvent) -> Result<(), HandlerError> {
+    let order_id = match &event {
+        OrderIntegrationEvent::Created(e) => &e.id,
+        OrderIntegrationEvent::Approved(e) => &e.id,
+        OrderIntegrationEvent::Rejected(e) => &e.id,
+        OrderIntegrationEvent::Readied(e) => &e.id,
+        OrderIntegrationEvent::Canceled(e) => &e.id,
+        OrderIntegrationEvent::Completed(e) => &e.id,
+    };
+    let stream = format!("{STREAM_PREFIX}{order_id}");
+    let recorded = NewEvent::encode(&event).map_err(HandlerError::permanent)?.caused_by(cx.message());
+    cx.tx()?.append(&stream, ExpectedVersion::Any, vec![recorded]).await?;
+    Ok(())
 }
+
+/// Orders and products, from analytics' copy of the order events.
+#[derive(Debug, Default)]
+pub struct AnalyticsProjection;
 
 fn db(e: herald_sql::SqlError) -> ProjectionError {
     ProjectionError::transient(e)
 }
+
+/// Orders move forward only (pending → approved → ready → completed; rejected and canceled
+/// end them): on a broker without per-key order an order's events can arrive out of order, and
+/// a late `approved` must not overwrite `completed`.
+const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'approved' THEN 1 WHEN 'ready' THEN 2 \
+    WHEN 'rejected' THEN 3 WHEN 'canceled' THEN 3 WHEN 'completed' THEN 4 ELSE -1 END";
 
 #[async_trait]
 impl Projection for AnalyticsProjection {
@@ -34,23 +63,21 @@ impl Projection for AnalyticsProjection {
     }
 
     fn filter(&self) -> EventFilter {
-        EventFilter::all().aggregate::<Order>()
+        EventFilter::all().stream_prefix(STREAM_PREFIX)
     }
 
     async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
-        let order_id = event.aggregate_id::<Order>().unwrap_or_default().to_owned();
-        let decoded: OrderEvent = match event.decode_with(&self.registry) {
-            Ok(e) => e,
-            Err(e) => return Err(ProjectionError::permanent(e)),
-        };
+        let order_id = event.stream.strip_prefix(STREAM_PREFIX).unwrap_or_default().to_owned();
+        let decoded: OrderIntegrationEvent = event.decode().map_err(ProjectionError::permanent)?;
         let mut conn = Conn::of(tx).map_err(ProjectionError::permanent)?;
         let at = event.metadata.occurred_at.to_rfc3339();
         let status = match &decoded {
-            OrderEvent::Created(e) => {
+            OrderIntegrationEvent::Created(e) => {
                 let total: i64 = e.items.iter().map(|i| i.price_cents.saturating_mul(i64::from(i.quantity))).sum();
                 query(
                     "INSERT INTO analytics_orders (order_id, status, total_cents, created_at, updated_at)
-                     VALUES (?, 'pending', ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+                     VALUES (?, 'pending', ?, ?, ?)
+                     ON CONFLICT (order_id) DO UPDATE SET total_cents = excluded.total_cents, created_at = excluded.created_at",
                 )
                 .bind(&order_id)
                 .bind(total)
@@ -76,19 +103,22 @@ impl Projection for AnalyticsProjection {
                 }
                 return Ok(());
             }
-            OrderEvent::Approved(_) => "approved",
-            OrderEvent::Rejected(_) => "rejected",
-            OrderEvent::Readied(_) => "ready",
-            OrderEvent::Canceled(_) => "canceled",
-            OrderEvent::Completed(_) => "completed",
+            OrderIntegrationEvent::Approved(_) => "approved",
+            OrderIntegrationEvent::Rejected(_) => "rejected",
+            OrderIntegrationEvent::Readied(_) => "ready",
+            OrderIntegrationEvent::Canceled(_) => "canceled",
+            OrderIntegrationEvent::Completed(_) => "completed",
         };
-        query("UPDATE analytics_orders SET status = ?, updated_at = ? WHERE order_id = ?")
-            .bind(status)
-            .bind(&at)
-            .bind(&order_id)
-            .execute(conn)
-            .await
-            .map_err(db)?;
+        // An order's first event to arrive may be a later one: insert it without a total (its
+        // OrderCreated sets it), and never move a status backwards.
+        let sql = format!(
+            "INSERT INTO analytics_orders (order_id, status, total_cents, created_at, updated_at) VALUES (?, ?, 0, ?, ?)
+             ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at
+             WHERE {} > {}",
+            RANK.replace("{}", "excluded.status"),
+            RANK.replace("{}", "analytics_orders.status"),
+        );
+        query(sql).bind(&order_id).bind(status).bind(&at).bind(&at).execute(conn).await.map_err(db)?;
         Ok(())
     }
 

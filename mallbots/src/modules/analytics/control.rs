@@ -41,7 +41,7 @@ pub enum RebuildError {
 impl AnalyticsControl {
     /// A runner of [`AnalyticsProjection`] on `store`, not started.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        let runner = ProjectionRunner::new(store, Arc::new(AnalyticsProjection::default()));
+        let runner = ProjectionRunner::new(store, Arc::new(AnalyticsProjection));
         Self { runner, live: Arc::default() }
     }
 

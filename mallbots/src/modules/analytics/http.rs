@@ -8,20 +8,33 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::application::{self as app, Summary};
-use super::control::RebuildError;
+use super::control::{AnalyticsControl, RebuildError};
 use crate::error::{AppError, AppResult};
 use crate::http::{Admin, AppState, ErrorBody};
 
+/// What analytics' handlers see: the module's state and the projection's runner.
+#[derive(Clone, Debug)]
+pub struct AnalyticsState {
+    pub app: AppState,
+    pub control: AnalyticsControl,
+}
+
+impl axum::extract::FromRef<AnalyticsState> for AppState {
+    fn from_ref(state: &AnalyticsState) -> Self {
+        state.app.clone()
+    }
+}
+
 /// The routes of analytics.
-pub fn routes() -> OpenApiRouter<AppState> {
+pub fn routes() -> OpenApiRouter<AnalyticsState> {
     OpenApiRouter::new().routes(routes!(summary)).routes(routes!(rebuild))
 }
 
 /// Orders by status, revenue and top products.
 #[utoipa::path(get, path = "/api/analytics/summary", tag = "analytics", security(("admin" = [])),
     responses((status = OK, body = Summary), (status = UNAUTHORIZED, body = ErrorBody)))]
-async fn summary(_: Admin, State(state): State<AppState>) -> AppResult<Json<Summary>> {
-    Ok(Json(app::summary(&state.db).await?))
+async fn summary(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Json<Summary>> {
+    Ok(Json(app::summary(&state.app.db).await?))
 }
 
 /// What a rebuild did.
@@ -43,8 +56,8 @@ pub struct Rebuilt {
 #[utoipa::path(post, path = "/api/analytics/rebuild", tag = "analytics", security(("admin" = [])),
     responses((status = OK, body = Rebuilt), (status = UNAUTHORIZED, body = ErrorBody),
         (status = CONFLICT, description = "a rebuild is already running", body = ErrorBody)))]
-async fn rebuild(_: Admin, State(state): State<AppState>) -> AppResult<Json<Rebuilt>> {
-    let report = state.analytics.rebuild().await.map_err(|e| match e {
+async fn rebuild(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Json<Rebuilt>> {
+    let report = state.control.rebuild().await.map_err(|e| match e {
         RebuildError::Busy => AppError::conflict(e),
         RebuildError::Failed(e) => AppError::internal(e),
     })?;

@@ -1,15 +1,105 @@
 //! **analytics** (**new**): business figures — orders by status (so the saga's outcomes),
-//! revenue, top products — as a [`Projection`](herald::projection::Projection) of the event
-//! store's global log.
+//! revenue, top products — as a [`Projection`](herald::projection::Projection).
 //!
-//! It reads the whole history from the first event: added to a running mall, it comes up to
-//! date without any other module changing, and renaming it ([`PROJECTION`]) rebuilds it from
-//! the start (its `reset` clears the tables), and so does `POST /api/analytics/rebuild` while
-//! the app runs ([`AnalyticsControl`]).
+//! It depends on nothing but ordering's integration events on the broker: each one is kept in
+//! analytics' own event store (a stream per order, in the transaction that records it in the
+//! inbox), and the projection reads that log. Its consumer group starts at the beginning of the
+//! topic, so added to a running mall (or started as its own process later) it comes up to
+//! date, and `POST /api/analytics/rebuild` replays its own log while the app runs
+//! ([`AnalyticsControl`]) — even on a broker that keeps no history.
 
-pub mod application;
-pub mod control;
-pub mod http;
+mod application;
+mod control;
+mod http;
+
+use std::sync::Arc;
+
+use herald::SubscribeOptions;
+use herald::router::Route;
+use herald_sql::any::{Migration, query};
 
 pub use application::{AnalyticsProjection, PROJECTION};
 pub use control::AnalyticsControl;
+
+use crate::module::{Module, ModuleContext, Parts};
+use crate::modules::ordering::api as ordering;
+
+/// analytics in the list of modules.
+pub const MODULE: Module = Module {
+    name: "analytics",
+    about: "business figures (orders by status, revenue, top products) from the order events, rebuildable",
+    http_prefixes: &["/api/analytics"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "analytics_orders, analytics_products (the rebuildable projection)",
+        "CREATE TABLE IF NOT EXISTS analytics_orders (
+            order_id TEXT PRIMARY KEY, status TEXT NOT NULL, total_cents BIGINT NOT NULL,
+            created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS analytics_products (
+            product_id TEXT PRIMARY KEY, product_name TEXT NOT NULL, orders BIGINT NOT NULL,
+            quantity BIGINT NOT NULL, revenue_cents BIGINT NOT NULL)",
+    ),
+    // analytics-v2 builds the tables anew from the broker's order events.
+    Migration::portable(
+        2,
+        "analytics from the broker: start the read model afresh",
+        "DELETE FROM analytics_orders; DELETE FROM analytics_products",
+    ),
+];
+
+/// Gauge, label `status`: orders per status in the analytics read model.
+pub const ORDERS: &str = "mallbots_orders";
+
+/// Every order status, so a status no order has any more reads 0 instead of its last count.
+const ORDER_STATUSES: &[&str] = &["pending", "approved", "rejected", "ready", "completed", "canceled"];
+
+/// The message routes of analytics: order events into its own log.
+fn routes(_: &ModuleContext) -> Vec<Route> {
+    vec![
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "analytics-orders"))
+            .on(application::record_order_event),
+    ]
+}
+
+fn start(cx: &ModuleContext) -> Parts {
+    metrics::describe_gauge!(ORDERS, "Orders by status (analytics read model).");
+    let control = AnalyticsControl::new(cx.store.clone());
+    let projection = {
+        let (control, stop, shutdown) = (control.clone(), cx.stop.clone(), cx.shutdown.clone());
+        Box::pin(async move {
+            control.start(stop.clone(), shutdown).await;
+            stop.cancelled().await;
+            Ok(control.stop().await?)
+        })
+    };
+    let gauges = {
+        let (db, control) = (cx.db.clone(), control.clone());
+        Arc::new(move || {
+            let (db, control) = (db.clone(), control.clone());
+            Box::pin(async move {
+                let by_status: Vec<(String, i64)> =
+                    query("SELECT status, COUNT(*) FROM analytics_orders GROUP BY status").fetch_all(&db).await?;
+                for status in ORDER_STATUSES {
+                    let count = by_status.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+                    metrics::gauge!(ORDERS, "status" => *status).set(count as f64);
+                }
+                // Sets Herald's projection-lag gauges; a failure only leaves them stale.
+                if let Err(e) = control.runner().status().await {
+                    tracing::warn!(error = %e, "no analytics projection lag for this scrape");
+                }
+                Ok(())
+            }) as futures::future::BoxFuture<'static, _>
+        })
+    };
+    Parts {
+        http: http::routes().with_state(http::AnalyticsState { app: cx.state(), control }),
+        tasks: vec![("analytics projection", projection)],
+        gauges: Some(gauges),
+    }
+}

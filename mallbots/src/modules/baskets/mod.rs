@@ -6,18 +6,42 @@
 //! publishes [`api::BasketCheckedOut`] with the full item list.
 
 pub mod api;
-pub mod application;
-pub mod domain;
-pub mod http;
+mod application;
+mod domain;
+mod http;
 
 use herald::SubscribeOptions;
 use herald::router::Route;
+use herald_sql::any::Migration;
 
+use crate::module::{Module, ModuleContext, Parts};
 use crate::modules::stores::api as stores;
+
+/// baskets in the list of modules.
+pub const MODULE: Module = Module {
+    name: "baskets",
+    about: "shopping baskets at the kiosks, with a local copy of the catalog; checkouts start orders",
+    http_prefixes: &["/api/baskets"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "baskets_stores, baskets_products (the local copy of the catalog)",
+    "CREATE TABLE IF NOT EXISTS baskets_stores (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS baskets_products (
+        id TEXT PRIMARY KEY, store_id TEXT NOT NULL, name TEXT NOT NULL, price_cents BIGINT NOT NULL)",
+)];
+
+fn start(cx: &ModuleContext) -> Parts {
+    cx.http_only(http::routes())
+}
 
 /// The message routes of baskets: the two feeds of its catalog cache. They start from the
 /// beginning of the stream, so a new deployment builds its cache from the whole history.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores")).on(application::on_store_event),
         Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products")).on(application::on_product_event),

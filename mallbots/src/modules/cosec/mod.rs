@@ -15,6 +15,7 @@ use herald::saga::{Orchestrator, Saga, SagaError, Step};
 use herald::{Message, Store, SubscribeOptions};
 use serde::{Deserialize, Serialize};
 
+use crate::module::{Module, ModuleContext, Parts};
 use crate::modules::customers::api as customers;
 use crate::modules::depot::api as depot;
 use crate::modules::ordering::api as ordering;
@@ -110,13 +111,40 @@ pub fn saga() -> Saga<CreateOrderData> {
         }))
 }
 
+/// cosec in the list of modules.
+pub const MODULE: Module = Module {
+    name: "cosec",
+    about: "the create-order saga: authorizes the customer, books the shopping list, confirms the payment",
+    http_prefixes: &[],
+    migrations: &[],
+    routes: |cx| routes(&orchestrator(cx.store.clone())),
+    start,
+};
+
+/// How often the saga looks for steps whose reply is overdue.
+const TIMEOUT_SCAN: Duration = Duration::from_secs(1);
+
+fn start(cx: &ModuleContext) -> Parts {
+    let timeouts = orchestrator(cx.store.clone()).run_timeouts(TIMEOUT_SCAN, cx.stop.clone());
+    Parts {
+        tasks: vec![(
+            "saga timeouts",
+            Box::pin(async move {
+                timeouts.await;
+                Ok(())
+            }),
+        )],
+        ..Parts::default()
+    }
+}
+
 /// The orchestrator of the create-order saga on `store`.
 pub fn orchestrator(store: Arc<dyn Store>) -> Orchestrator<CreateOrderData> {
     Orchestrator::new(saga(), store)
 }
 
 /// The message routes of cosec: start on OrderCreated, move on replies.
-pub fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
+fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "cosec-ordering")).on_with(
             orchestrator.clone(),

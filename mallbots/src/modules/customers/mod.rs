@@ -7,15 +7,41 @@
 //! events.
 
 pub mod api;
-pub mod application;
-pub mod domain;
-pub mod http;
+mod application;
+mod domain;
+mod http;
 
 use herald::SubscribeOptions;
 use herald::router::Route;
+use herald_sql::any::Migration;
+
+use crate::module::{Module, ModuleContext, Parts};
+
+/// customers in the list of modules.
+pub const MODULE: Module = Module {
+    name: "customers",
+    about: "customer registration, SMS numbers, enabling and disabling; authorizes customers for the saga",
+    http_prefixes: &["/api/customers"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration::per_dialect(
+    1,
+    "customers_customers (the Customer state table)",
+    "CREATE TABLE IF NOT EXISTS customers_customers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL, enabled INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS customers_customers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL, enabled BOOLEAN NOT NULL)",
+)];
+
+fn start(cx: &ModuleContext) -> Parts {
+    cx.http_only(http::routes())
+}
 
 /// The message routes of customers: its command handler.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands"))
             .on_command(application::handle_authorize),

@@ -7,17 +7,41 @@
 //! which readies the order.
 
 pub mod api;
-pub mod application;
-pub mod domain;
-pub mod http;
+mod application;
+mod domain;
+mod http;
 
 use herald::SubscribeOptions;
 use herald::router::Route;
+use herald_sql::any::Migration;
 
+use crate::module::{Module, ModuleContext, Parts};
 use crate::modules::ordering::api as ordering;
 
+/// depot in the list of modules.
+pub const MODULE: Module = Module {
+    name: "depot",
+    about: "shopping lists for the bots: created, canceled and started by the saga, completed by admins",
+    http_prefixes: &["/api/depot"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "depot_shopping_lists (items as JSON)",
+    "CREATE TABLE IF NOT EXISTS depot_shopping_lists (
+        id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, status TEXT NOT NULL, bot_id TEXT, items TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS depot_shopping_lists_by_status ON depot_shopping_lists (status, id)",
+)];
+
+fn start(cx: &ModuleContext) -> Parts {
+    cx.http_only(http::routes())
+}
+
 /// The message routes of depot.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands")).on_command(application::handle_command),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders")).on(application::on_order_canceled),

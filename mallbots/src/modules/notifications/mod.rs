@@ -7,19 +7,67 @@
 //! instead of calling a real SMS service (**fix**: stubs in the Go version).
 
 pub mod api;
-pub mod application;
-pub mod http;
+mod application;
+mod http;
+
+use std::sync::Arc;
 
 use herald::SubscribeOptions;
 use herald::router::{HandlerContext, Route};
+use herald_sql::any::{Migration, query};
 
+use crate::module::{Module, ModuleContext, Parts};
 use crate::modules::customers::api as customers;
 use crate::modules::ordering::api as ordering;
 
 pub use application::{RecordingGateway, SmsGateway};
 
+/// notifications in the list of modules.
+pub const MODULE: Module = Module {
+    name: "notifications",
+    about: "SMS to customers when their order is created, ready, canceled or completed",
+    http_prefixes: &["/api/notifications"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration::per_dialect(
+    1,
+    "notifications_customers, notifications_sent (the recording SMS gateway)",
+    "CREATE TABLE IF NOT EXISTS notifications_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS notifications_sent (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, customer_id TEXT NOT NULL, order_id TEXT NOT NULL, kind TEXT NOT NULL,
+        sms_number TEXT NOT NULL, text TEXT NOT NULL, sent_at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS notifications_sent_by_customer ON notifications_sent (customer_id, seq)",
+    "CREATE TABLE IF NOT EXISTS notifications_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL, sms_number TEXT NOT NULL);
+     CREATE TABLE IF NOT EXISTS notifications_sent (
+        seq BIGSERIAL PRIMARY KEY, customer_id TEXT NOT NULL, order_id TEXT NOT NULL, kind TEXT NOT NULL,
+        sms_number TEXT NOT NULL, text TEXT NOT NULL, sent_at TEXT NOT NULL);
+     CREATE INDEX IF NOT EXISTS notifications_sent_by_customer ON notifications_sent (customer_id, seq)",
+)];
+
+/// Counter: SMS recorded by notifications (read from its table at each scrape).
+pub const SMS_SENT: &str = "mallbots_sms_sent_total";
+
+fn start(cx: &ModuleContext) -> Parts {
+    metrics::describe_counter!(SMS_SENT, "SMS recorded by notifications.");
+    let db = cx.db.clone();
+    Parts {
+        gauges: Some(Arc::new(move || {
+            let db = db.clone();
+            Box::pin(async move {
+                let (sms,): (i64,) = query("SELECT COUNT(*) FROM notifications_sent").fetch_one(&db).await?;
+                metrics::counter!(SMS_SENT).absolute(u64::try_from(sms).unwrap_or(0));
+                Ok(())
+            })
+        })),
+        ..cx.http_only(http::routes())
+    }
+}
+
 /// The message routes of notifications.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers"))
             .on(application::on_customer_event),

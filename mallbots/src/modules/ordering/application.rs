@@ -95,23 +95,6 @@ pub async fn cancel(tx: &mut dyn Transaction, id: &str) -> AppResult<()> {
     Ok(())
 }
 
-/// Readies an approved order (on ShoppingListCompleted).
-pub async fn ready(tx: &mut dyn Transaction, id: &str, cause: Option<&Message>) -> AppResult<()> {
-    execute(tx, id, OrderCommand::Ready, cause).await??;
-    Ok(())
-}
-
-/// Completes a ready order (on InvoicePaid).
-pub async fn complete(
-    tx: &mut dyn Transaction,
-    id: &str,
-    invoice_id: String,
-    cause: Option<&Message>,
-) -> AppResult<()> {
-    execute(tx, id, OrderCommand::Complete { invoice_id }, cause).await??;
-    Ok(())
-}
-
 /// Creates the order of a checked-out basket (order id = basket id). A redelivered checkout
 /// finds the order there and changes nothing; a checkout that can never make an order is
 /// dead-lettered.

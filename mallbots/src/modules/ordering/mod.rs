@@ -7,19 +7,35 @@
 //! shopping list is completed.
 
 pub mod api;
-pub mod application;
-pub mod domain;
-pub mod http;
+mod application;
+mod domain;
+mod http;
 
 use herald::SubscribeOptions;
 use herald::router::Route;
+
+use crate::module::{Module, ModuleContext, Parts};
 
 use crate::modules::baskets::api as baskets;
 use crate::modules::depot::api as depot;
 use crate::modules::payments::api as payments;
 
+/// ordering in the list of modules.
+pub const MODULE: Module = Module {
+    name: "ordering",
+    about: "orders (event-sourced): created at checkout, approved or rejected by the saga, readied, completed, canceled",
+    http_prefixes: &["/api/ordering"],
+    migrations: &[],
+    routes,
+    start,
+};
+
+fn start(cx: &ModuleContext) -> Parts {
+    cx.http_only(http::routes())
+}
+
 /// The message routes of ordering: checkouts in, saga commands in.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(baskets::EVENT_TOPIC, "ordering-baskets"))
             .on(application::on_basket_checked_out),

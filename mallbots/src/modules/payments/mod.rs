@@ -5,17 +5,42 @@
 //! paying an invoice publishes `InvoicePaid`, which completes the order.
 
 pub mod api;
-pub mod application;
-pub mod domain;
-pub mod http;
+mod application;
+mod domain;
+mod http;
 
 use herald::SubscribeOptions;
 use herald::router::Route;
+use herald_sql::any::Migration;
 
+use crate::module::{Module, ModuleContext, Parts};
 use crate::modules::ordering::api as ordering;
 
+/// payments in the list of modules.
+pub const MODULE: Module = Module {
+    name: "payments",
+    about: "payment authorizations and invoices; confirms payments for the saga",
+    http_prefixes: &["/api/payments"],
+    migrations: MIGRATIONS,
+    routes,
+    start,
+};
+
+const MIGRATIONS: &[Migration] = &[Migration::portable(
+    1,
+    "payments_payments, payments_invoices (invoice id = order id)",
+    "CREATE TABLE IF NOT EXISTS payments_payments (
+        id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount_cents BIGINT NOT NULL);
+     CREATE TABLE IF NOT EXISTS payments_invoices (
+        id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents BIGINT NOT NULL, status TEXT NOT NULL)",
+)];
+
+fn start(cx: &ModuleContext) -> Parts {
+    cx.http_only(http::routes())
+}
+
 /// The message routes of payments.
-pub fn routes() -> Vec<Route> {
+fn routes(_: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "payments-commands"))
             .on_command(application::handle_confirm),

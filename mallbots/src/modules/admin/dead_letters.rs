@@ -1,5 +1,5 @@
 //! Dead letters over HTTP (admin): every message a MallBots consumer gave up on is archived
-//! (by archive routes on each route's dead-letter topic, see `App`), and can be listed,
+//! (by the admin module's archive routes on every route's dead-letter topic), and can be listed,
 //! inspected, replayed to the group that failed it (and only that group), or discarded.
 
 use axum::Json;
