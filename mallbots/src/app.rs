@@ -138,6 +138,7 @@ impl App {
             }
             Dialect::Postgres => {
                 let pool = if selected.len() > 1 { POOL_PER_MODULE } else { PostgresConfig::DEFAULT_MAX_CONNECTIONS };
+                within("connecting to PostgreSQL", database, reachable(database, 5432)).await?;
                 let open = |schema: String| async move {
                     let config = PostgresConfig { max_connections: pool, ..PostgresConfig::new(database) };
                     let db = within("connecting to PostgreSQL", database, config.with_schema(schema).open()).await?;
@@ -383,14 +384,33 @@ fn redact_all(e: &(dyn std::error::Error + 'static), url: &str) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        // Adapters often repeat their source in their own message: say each thing once.
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
         source = s.source();
     }
     match password_of(url) {
         Some(password) if !password.is_empty() => text.replace(password, "***"),
         _ => text,
     }
+}
+
+/// Whether the host and port of `url` accept a TCP connection: a refused or unroutable server
+/// is reported at once (a database driver may retry until its own timeout). URLs without a
+/// host (a Unix socket) pass.
+async fn reachable(url: &str, default_port: u16) -> std::io::Result<()> {
+    let Some((_, rest)) = url.split_once("://") else { return Ok(()) };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    if host.is_empty() {
+        return Ok(());
+    }
+    let has_port = host.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok());
+    let address = if has_port { host.to_owned() } else { format!("{host}:{default_port}") };
+    tokio::net::TcpStream::connect(address).await.map(drop)
 }
 
 fn same_store(a: &Arc<dyn Store>, b: &Arc<dyn Store>) -> bool {

@@ -152,3 +152,57 @@ async fn simulate_drives_orders_to_completed_on_an_embedded_server() {
         assert!(server.cpu_seconds > 0.0 && server.rss_kib.max > 0, "{report}");
     }
 }
+
+/// Start-up against a server that cannot be reached fails within 10 s, names what it could not
+/// reach, and never prints the password of the URL — for each kind of URL: a closed port
+/// (refused at once) and a silent server (accepts, never answers: the connect timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_against_unreachable_servers_fails_fast_naming_them_without_passwords() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port() // dropped: nothing listens there any more
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream); // accepted, never answered
+        }
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("m.db").display());
+    let cases = [
+        ("PostgreSQL", format!("postgres://bob:hunter2@127.0.0.1:{closed}/mall"), None),
+        ("PostgreSQL", format!("postgres://bob:hunter2@127.0.0.1:{silent_port}/mall"), None),
+        ("broker", sqlite.clone(), Some(format!("nats://bob:hunter2@127.0.0.1:{closed}"))),
+        ("broker", sqlite.clone(), Some(format!("redis://bob:hunter2@127.0.0.1:{closed}"))),
+        ("broker", sqlite.clone(), Some(format!("amqp://bob:hunter2@127.0.0.1:{closed}/%2f"))),
+        ("broker", sqlite, Some(format!("nats://bob:hunter2@127.0.0.1:{silent_port}"))),
+    ];
+    let runs = cases.into_iter().map(|(what, database, broker)| async move {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mallbots"));
+        command.args(["serve", "--http-addr", "127.0.0.1:0", "--database", &database, "--admin-token", "t"]);
+        if let Some(broker) = &broker {
+            command.args(["--broker", broker]);
+        }
+        let started = std::time::Instant::now();
+        let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{database} {broker:?}: still running after 20 s"))
+            .expect("runs");
+        let elapsed = started.elapsed();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "{database} {broker:?}: started?\n{text}");
+        assert!(elapsed < Duration::from_secs(10), "{database} {broker:?}: failed after {elapsed:?}\n{text}");
+        assert!(!text.contains("hunter2"), "{database} {broker:?}: the password is printed\n{text}");
+        let target = broker.as_deref().unwrap_or(&database);
+        let host = target.rsplit_once('@').map(|(_, host)| host.trim_end_matches("/%2f").trim_end_matches("/mall"));
+        assert!(
+            text.contains(what) && host.is_some_and(|h| text.contains(h)),
+            "{database} {broker:?}: the error names neither {what} nor the address\n{text}"
+        );
+    });
+    futures::future::join_all(runs).await;
+    held.abort();
+}
