@@ -33,6 +33,8 @@ failed=()
 # Tools the MallBots acceptance script uses.
 ensure_package curl curl || failed+=(curl)
 ensure_package jq jq || failed+=(jq)
+# The gateway in front of MallBots' services (the tests run their own nginx on port 0-picked ports).
+ensure_package nginx nginx || failed+=(nginx)
 
 # PostgreSQL
 if ensure_package pg_ctlcluster postgresql && ensure_package pg_isready postgresql-client; then

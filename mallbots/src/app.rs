@@ -429,7 +429,7 @@ fn distinct_stores(modules: &[(&'static Module, ModuleContext)]) -> Vec<Arc<dyn 
 }
 
 /// The broker `url` names (NATS, Redis or RabbitMQ), its names prefixed by `namespace`.
-async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyhow::Result<Arc<dyn Broker>> {
+pub async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyhow::Result<Arc<dyn Broker>> {
     const WHAT: &str = "connecting to the broker";
     Ok(match broker_scheme(url)? {
         "nats" => {

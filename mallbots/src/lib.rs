@@ -13,6 +13,8 @@
 //! * [`metrics`]: Prometheus `/metrics` (Herald's metrics, HTTP requests, business gauges).
 //! * [`module`]: what a module is, and the one list of them ([`module::MODULES`]); `mallbots
 //!   serve --modules …` runs any subset in a process.
+//! * [`gateway`], [`cluster`]: the nginx gateway's configuration, and the local cluster (one
+//!   process per module behind it) that `mallbots cluster` and the tests run.
 //! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
 //! * [`simulate`]: the load generator behind `mallbots simulate` (kiosks, admins, a report).
 //!
@@ -28,8 +30,10 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cluster;
 pub mod db;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod module;

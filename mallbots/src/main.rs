@@ -32,6 +32,61 @@ enum Command {
     /// completed percentiles, errors, orders by final status, the server's CPU and memory) and
     /// writes it as JSON. By default it starts a server of its own in a temporary directory.
     Simulate(SimulateArgs),
+    /// Runs MallBots as services on this machine until Ctrl-C: one `mallbots serve --modules
+    /// <module>` process per module (each in its own PostgreSQL schema), all on one broker,
+    /// behind an nginx gateway (Debian's `nginx` package). Logs and the gateway's
+    /// configuration go to --dir. `scripts/cluster.sh up|down` runs it in the background.
+    Cluster(ClusterArgs),
+    /// Prints the nginx configuration of the gateway for the local cluster's ports (each
+    /// module's REST paths to its process); `deploy/nginx.conf` is its output.
+    GatewayConfig(GatewayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GatewayArgs {
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Module number i (in `mallbots serve --help`'s order) listens on this port + i.
+    #[arg(long, default_value_t = 8101)]
+    first_module_port: u16,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// PostgreSQL: every module keeps its tables in the schema `<namespace>_<module>`.
+    #[arg(long, env = "MALLBOTS_DATABASE", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    database: String,
+    /// The broker every module talks through.
+    #[arg(long, env = "MALLBOTS_BROKER", default_value = "nats://127.0.0.1:4222")]
+    broker: String,
+    #[arg(long, env = "MALLBOTS_NAMESPACE", default_value = "mallbots")]
+    namespace: String,
+    /// Bearer token of the admin endpoints (every process shares it).
+    #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    gateway: String,
+    /// Module number i listens on this port + i (its replicas on the next ports).
+    #[arg(long, default_value_t = 8101)]
+    first_module_port: u16,
+    /// Processes of a module, e.g. `--replicas notifications=2` (repeatable; default 1 each).
+    #[arg(long, value_parser = parse_replicas)]
+    replicas: Vec<(String, usize)>,
+    /// Logs, the gateway's configuration and its runtime files.
+    #[arg(long, default_value = ".cluster")]
+    dir: PathBuf,
+}
+
+fn parse_replicas(text: &str) -> Result<(String, usize), String> {
+    let (module, n) = text.split_once('=').ok_or_else(|| format!("{text:?}: use MODULE=N"))?;
+    mallbots::module::find(module.trim()).ok_or_else(|| format!("unknown module {module:?}"))?;
+    let n: usize = n.trim().parse().map_err(|_| format!("{text:?}: N must be a number"))?;
+    if !(1..=16).contains(&n) {
+        return Err(format!("{text:?}: between 1 and 16 processes"));
+    }
+    Ok((module.trim().to_owned(), n))
 }
 
 #[derive(Debug, clap::Args)]
@@ -116,6 +171,10 @@ struct ServeArgs {
     /// and kept in `mallbots-admin-token` next to the database.
     #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Throw-away broker state (tests): NATS streams in memory for 10 minutes, RabbitMQ queues
+    /// deleted when unused.
+    #[arg(long, hide = true)]
+    ephemeral_broker: bool,
     /// The modules this process runs, comma-separated (default: all). On PostgreSQL each
     /// keeps its tables in the schema `<namespace>_<module>`; several processes of one module
     /// share its work. Modules: stores, customers, baskets, ordering, payments, depot, cosec,
@@ -135,6 +194,12 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Cluster(args) => cluster(args).await,
+        Command::GatewayConfig(args) => {
+            let upstreams = mallbots::gateway::local_upstreams(args.first_module_port);
+            print!("{}", mallbots::gateway::nginx_config(&args.listen, &upstreams, None));
+            Ok(())
+        }
     }
 }
 
@@ -186,13 +251,38 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    use mallbots::cluster::{Cluster, ClusterConfig};
+    let dir = std::path::absolute(&args.dir).with_context(|| format!("{}", args.dir.display()))?;
+    let config = ClusterConfig {
+        namespace: args.namespace,
+        admin_token: args.admin_token,
+        gateway: args.gateway,
+        first_module_port: Some(args.first_module_port),
+        replicas: args.replicas.into_iter().collect(),
+        ..ClusterConfig::new(std::env::current_exe()?, &args.database, Some(&args.broker), &dir)
+    };
+    println!("Starting MallBots as services (logs in {})…", dir.display());
+    let cluster = Cluster::start(config).await?;
+    for p in cluster.processes() {
+        println!("  {:<14} #{}  http://{}  (pid {})", p.module.name, p.replica, p.addr, p.pid().unwrap_or(0));
+    }
+    println!("MallBots cluster on {} (the gateway). Ctrl-C stops it.", cluster.url());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    shutdown.cancelled().await;
+    cluster.stop().await?;
+    println!("Stopped.");
+    Ok(())
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config {
         http_addr: args.http_addr,
         database: args.database,
         broker: args.broker,
         namespace: args.namespace,
-        ephemeral_broker: false,
+        ephemeral_broker: args.ephemeral_broker,
         admin_token: args.admin_token,
         modules: args.modules,
     };

@@ -233,6 +233,13 @@ scenarios! {
         canceling_an_approved_order_cancels_its_shopping_list,
         search_filters_orders_and_pages_with_a_cursor,
     ],
+    // The distributed shape: one process per module (the real binary), nginx in front.
+    services => Services: [
+        an_order_goes_from_checkout_to_completed,
+        a_disabled_customer_s_order_is_rejected,
+        a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order,
+        canceling_an_approved_order_cancels_its_shopping_list,
+    ],
     postgres_redis => PostgresRedis: [
         an_order_goes_from_checkout_to_completed,
         a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order,

@@ -12,11 +12,14 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
 
-/// An app on its own database, not running (HTTP is called in-process).
+/// An app on its own database, not running (HTTP is called in-process), or a cluster of
+/// processes behind a gateway (HTTP over TCP).
 pub struct TestApp {
     /// The built app, until a test runs it.
     pub app: Option<App>,
     pub router: Router,
+    /// The gateway of a cluster: requests go there instead of to `router`.
+    pub gateway: Option<String>,
     pub token: String,
     pub dir: TempDir,
     /// Where it ran, to remove its schema and streams afterwards.
@@ -39,6 +42,9 @@ pub enum Backend {
     PostgresRedis,
     /// PostgreSQL and RabbitMQ.
     PostgresRabbitMq,
+    /// Services: one `mallbots serve --modules <module>` process per module (the real binary),
+    /// each in its own schema, on NATS, behind an nginx gateway.
+    Services,
 }
 
 const POSTGRES: (&str, &str) = ("PostgreSQL", "127.0.0.1:5432");
@@ -49,7 +55,7 @@ impl Backend {
         match self {
             Self::Sqlite => vec![],
             Self::Postgres => vec![POSTGRES],
-            Self::PostgresNats => vec![POSTGRES, ("NATS", "127.0.0.1:4222")],
+            Self::PostgresNats | Self::Services => vec![POSTGRES, ("NATS", "127.0.0.1:4222")],
             Self::PostgresRedis => vec![POSTGRES, ("Redis", "127.0.0.1:6379")],
             Self::PostgresRabbitMq => vec![POSTGRES, ("RabbitMQ", "127.0.0.1:5672")],
         }
@@ -65,7 +71,7 @@ impl Backend {
         };
         let broker = match self {
             Self::Sqlite | Self::Postgres => None,
-            Self::PostgresNats => Some("nats://127.0.0.1:4222".to_owned()),
+            Self::PostgresNats | Self::Services => Some("nats://127.0.0.1:4222".to_owned()),
             Self::PostgresRedis => Some("redis://127.0.0.1:6379".to_owned()),
             Self::PostgresRabbitMq => Some("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
         };
@@ -101,7 +107,7 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
     let config = backend.config(&dir);
     let app = App::build(config.clone()).await.expect("app builds");
     let router = app.http_router();
-    Some(TestApp { app: Some(app), router, token: TOKEN.into(), dir, backend, config })
+    Some(TestApp { app: Some(app), router, gateway: None, token: TOKEN.into(), dir, backend, config })
 }
 
 /// A response, decoded.
@@ -147,7 +153,10 @@ impl TestApp {
             }
             None => builder.body(Body::empty()).expect("request"),
         };
-        let response = self.router.clone().oneshot(request).await.expect("infallible");
+        let response = match &self.gateway {
+            Some(gateway) => over_http(gateway, request).await,
+            None => self.router.clone().oneshot(request).await.expect("infallible"),
+        };
         let status = response.status();
         let headers = response.headers().clone();
         let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
@@ -177,6 +186,22 @@ impl TestApp {
     }
 }
 
+/// Sends `request` to `base` (`http://host:port`) over a real connection.
+async fn over_http(base: &str, request: Request<Body>) -> axum::response::Response {
+    use http_body_util::BodyExt;
+    let (mut parts, body) = request.into_parts();
+    let bytes = body.collect().await.expect("request body").to_bytes();
+    parts.uri = format!("{base}{}", parts.uri).parse().expect("uri");
+    let request = Request::from_parts(parts, http_body_util::Full::new(bytes));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<axum::body::Bytes>>();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("an answer within 30 s")
+        .expect("the gateway answers");
+    response.map(Body::new)
+}
+
 impl TestApp {
     /// Drops the app's PostgreSQL schema and NATS streams (RabbitMQ queues expire by
     /// themselves: `ephemeral_broker`), so shared servers do not collect every run's state.
@@ -194,7 +219,7 @@ impl TestApp {
             }
             pool.close().await;
         }
-        if self.backend == Backend::PostgresNats {
+        if matches!(self.backend, Backend::PostgresNats | Backend::Services) {
             use futures::TryStreamExt;
             let client = async_nats::connect("127.0.0.1:4222").await.expect("connect to NATS");
             let js = async_nats::jetstream::new(client);
@@ -226,7 +251,15 @@ pub struct RunningApp {
     /// The analytics module's store (its read model is changed behind its back in a test).
     pub store: std::sync::Arc<dyn herald::Store>,
     pub shutdown: tokio_util::sync::CancellationToken,
-    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub running: Running,
+}
+
+/// What runs a [`RunningApp`].
+pub enum Running {
+    /// `App::run` in this process.
+    InProcess(tokio::task::JoinHandle<anyhow::Result<()>>),
+    /// A process per module behind nginx.
+    Cluster(mallbots::cluster::Cluster),
 }
 
 pub async fn spawn_running_app() -> RunningApp {
@@ -235,6 +268,9 @@ pub async fn spawn_running_app() -> RunningApp {
 
 /// [`spawn_app_on`], running.
 pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
+    if backend == Backend::Services {
+        return spawn_cluster(&[]).await;
+    }
     let mut t = spawn_app_on(backend).await?;
     let app = t.app.take().expect("not yet running");
     let broker = app.broker();
@@ -249,18 +285,74 @@ pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
         }
         stopped
     });
-    Some(RunningApp { t, broker, store, shutdown, task })
+    Some(RunningApp { t, broker, store, shutdown, running: Running::InProcess(task) })
+}
+
+/// A cluster on PostgreSQL + NATS: every module in its own process (`replicas` more for some),
+/// behind nginx. `None` (after a loud SKIPPED line) without the servers, unless `CI` is set.
+pub async fn spawn_cluster(replicas: &[(&str, usize)]) -> Option<RunningApp> {
+    let backend = Backend::Services;
+    if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
+        return None;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
+        .try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = backend.config(&dir);
+    let broker_url = config.broker.clone().expect("NATS");
+    let cluster_config = mallbots::cluster::ClusterConfig {
+        namespace: config.namespace.clone(),
+        admin_token: TOKEN.into(),
+        ephemeral_broker: true,
+        replicas: replicas.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect(),
+        ..mallbots::cluster::ClusterConfig::new(
+            env!("CARGO_BIN_EXE_mallbots"),
+            &config.database,
+            Some(&broker_url),
+            &dir.path().join("cluster"),
+        )
+    };
+    let cluster = mallbots::cluster::Cluster::start(cluster_config).await.expect("the cluster starts");
+    // The test's own handles on the same servers: the broker, and analytics' store.
+    let broker =
+        mallbots::app::connect_broker(&broker_url, &config.namespace, true).await.expect("connect to the broker");
+    let schema = mallbots::module::schema(&config.namespace, "analytics");
+    let store = herald_sql::PostgresConfig::new(&config.database)
+        .with_schema(schema)
+        .open()
+        .await
+        .map(|db| herald_sql::AnyDatabase::from(db).store())
+        .expect("open analytics' store");
+    let t = TestApp {
+        app: None,
+        router: Router::new(),
+        gateway: Some(cluster.url()),
+        token: TOKEN.into(),
+        dir,
+        backend,
+        config,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    Some(RunningApp { t, broker, store, shutdown, running: Running::Cluster(cluster) })
 }
 
 impl RunningApp {
     /// Stops the app and checks it stopped cleanly.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("stops in time")
-            .expect("no panic")
-            .expect("clean stop");
+        match self.running {
+            Running::InProcess(task) => {
+                tokio::time::timeout(Duration::from_secs(15), task)
+                    .await
+                    .expect("stops in time")
+                    .expect("no panic")
+                    .expect("clean stop");
+            }
+            Running::Cluster(cluster) => cluster.stop().await.expect("every process stops cleanly"),
+        }
+        let _ = self.broker.shutdown().await;
         self.t.remove_server_state().await;
     }
 }
