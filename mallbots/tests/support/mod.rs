@@ -259,7 +259,7 @@ pub enum Running {
     /// `App::run` in this process.
     InProcess(tokio::task::JoinHandle<anyhow::Result<()>>),
     /// A process per module behind nginx.
-    Cluster(mallbots::cluster::Cluster),
+    Cluster(Box<mallbots::cluster::Cluster>),
 }
 
 pub async fn spawn_running_app() -> RunningApp {
@@ -335,7 +335,7 @@ pub async fn spawn_cluster(replicas: &[(&str, usize)]) -> Option<RunningApp> {
         config,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    Some(RunningApp { t, broker, store, shutdown, running: Running::Cluster(cluster) })
+    Some(RunningApp { t, broker, store, shutdown, running: Running::Cluster(Box::new(cluster)) })
 }
 
 impl RunningApp {
