@@ -206,8 +206,12 @@ impl Applied {
     }
 }
 
-/// Counts each event once its batch commits (in an `on_commit` hook, so a rolled-back batch
-/// counts nothing), a little slowly so that a runner is caught mid-run.
+/// Records each event in the store's inbox (under the projection's name) in the batch's
+/// transaction — a durable read model every store has: a second application of an event finds
+/// it recorded and fails the batch — and counts it in memory once the batch commits (an
+/// `on_commit` hook, so a rolled-back batch counts nothing; a runner killed between its commit
+/// and its hooks counts nothing either, so the count may only miss, never add). A little slow,
+/// so that a runner is caught mid-run.
 struct Counting {
     name: String,
     applied: Arc<Applied>,
@@ -225,6 +229,14 @@ impl Projection for Counting {
 
     async fn handle_batch(&self, tx: &mut dyn Transaction, events: &[&RecordedEvent]) -> Result<(), ProjectionError> {
         let positions: Vec<u64> = events.iter().map(|e| e.position).collect();
+        for e in events {
+            if !tx.record_handled(&self.name, e.id).await? {
+                return Err(ProjectionError::permanent(format!(
+                    "the event at position {} was applied twice",
+                    e.position
+                )));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
         let applied = self.applied.clone();
         tx.on_commit(Box::new(move || {
@@ -242,23 +254,25 @@ impl Projection for Counting {
     }
 }
 
-async fn append_events(store: &dyn Store, prefix: &str, n: usize) -> Vec<u64> {
-    let mut positions = Vec::new();
+async fn append_events(store: &dyn Store, prefix: &str, n: usize) -> Vec<RecordedEvent> {
     let stream = unique(prefix);
     store
         .append(&stream, ExpectedVersion::Any, (0..n).map(|i| NewEvent::new("Counted.v1", i.to_string())).collect())
         .await
         .expect("append");
-    for e in store.read_stream(&stream, 1, n + 1).await.expect("read") {
-        positions.push(e.position);
-    }
-    positions
+    store.read_stream(&stream, 1, n + 1).await.expect("read")
+}
+
+/// Whether the read model (the inbox) holds `event`; changes nothing.
+async fn recorded(store: &dyn Store, projection: &str, event: &RecordedEvent) -> bool {
+    let mut tx = store.begin().await.expect("begin");
+    !tx.record_handled(projection, event.id).await.expect("record_handled") // dropped: rolled back
 }
 
 /// Two processes run one projection with [`ProjectionRunner::run_leased`] over the same log;
 /// the first holder dies mid-run (its task aborted, its lease left to run out) and the second
-/// takes over: every event's effect is committed exactly once, and the second's checkpoint
-/// reaches the head.
+/// takes over: every event's effect is committed exactly once (the read model has every event,
+/// none applied twice), and the second's checkpoint reaches the head.
 pub async fn two_leased_runners_of_one_projection_apply_every_event_exactly_once<F: Future<Output = StoreFixture>>(
     setup: impl FnOnce() -> F,
 ) {
@@ -270,7 +284,7 @@ pub async fn two_leased_runners_of_one_projection_apply_every_event_exactly_once
         ProjectionRunner::with_config(store.clone(), projection, RunnerConfig::default().batch_size(5))
     };
     let ttl = Duration::from_millis(500);
-    let mut positions = append_events(&*fx.store, "counted", 200).await;
+    let mut events = append_events(&*fx.store, "counted", 200).await;
 
     let (a, b) = (runner(&fx.store), runner(&fx.other));
     let stop = CancellationToken::new();
@@ -287,11 +301,12 @@ pub async fn two_leased_runners_of_one_projection_apply_every_event_exactly_once
     // a dies mid-run, without a word: its batch in hand rolls back, its lease runs out.
     a_task.abort();
     let _ = a_task.await;
-    let after_a = applied.counts().len();
-    assert!(after_a < positions.len(), "a died before the end ({after_a} of {} projected)", positions.len());
-    positions.extend(append_events(&*fx.other, "counted-later", 50).await);
+    let after_a = fx.store.load_checkpoint(&name).await.expect("load").unwrap_or(0);
+    let last = events.iter().map(|e| e.position).max().expect("events");
+    assert!(after_a < last, "a died before the end (checkpoint {after_a} of {last})");
+    events.extend(append_events(&*fx.other, "counted-later", 50).await);
 
-    let head = *positions.iter().max().expect("events");
+    let head = events.iter().map(|e| e.position).max().expect("events");
     eventually_that(WAIT, "runner b to take over and reach the head", || async {
         fx.other.load_checkpoint(&name).await.expect("load").is_some_and(|p| p >= head)
     })
@@ -299,11 +314,10 @@ pub async fn two_leased_runners_of_one_projection_apply_every_event_exactly_once
     stop.cancel();
     tokio::time::timeout(WAIT, b_task).await.expect("b stops").expect("b's task").expect("b ran without error");
 
-    let counts = applied.counts();
-    let twice: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    let twice: Vec<_> = applied.counts().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "events applied more than once: {twice:?}");
-    for p in &positions {
-        assert_eq!(counts.get(p), Some(&1), "event at position {p} applied exactly once");
+    for e in &events {
+        assert!(recorded(&*fx.store, &name, e).await, "the event at position {} was applied", e.position);
     }
 }
 
@@ -319,9 +333,8 @@ pub async fn a_stale_lease_holders_batch_is_refused_and_rolled_back<F: Future<Ou
     let lease = herald::lease::projection_lease(&name);
     let applied = Arc::new(Applied::default());
     let projection = Counting { name: name.clone(), applied: applied.clone() };
-    let positions = append_events(&*store, "counted", 10).await;
-    let events = store.read_all(0, 10_000).await.expect("read_all");
-    let batch: Vec<&RecordedEvent> = events.iter().filter(|e| positions.contains(&e.position)).collect();
+    let events = append_events(&*store, "counted", 10).await;
+    let batch: Vec<&RecordedEvent> = events.iter().collect();
     let last = batch.last().expect("events").position;
 
     // a holds the lease and claims the checkpoint with its token ...
@@ -352,6 +365,9 @@ pub async fn a_stale_lease_holders_batch_is_refused_and_rolled_back<F: Future<Ou
     assert!(message.contains(&name) && message.contains("newer lease holder"), "a clear error: {message}");
     drop(tx);
     assert!(applied.counts().is_empty(), "the stale batch's read-model writes rolled back");
+    for e in &events {
+        assert!(!recorded(&*store, &name, e).await, "rolled back: the event at position {} is not applied", e.position);
+    }
     assert_eq!(store.load_checkpoint(&name).await.expect("load"), Some(0));
 
     // b projects the same batch under its token: applied once.
@@ -360,5 +376,8 @@ pub async fn a_stale_lease_holders_batch_is_refused_and_rolled_back<F: Future<Ou
     tx.save_checkpoint_if(&name, 0, last, Some(b.token)).await.expect("the holder's save");
     tx.commit().await.expect("commit");
     assert_eq!(applied.counts().values().copied().collect::<Vec<_>>(), vec![1; batch.len()]);
+    for e in &events {
+        assert!(recorded(&*store, &name, e).await, "the event at position {} is applied", e.position);
+    }
     assert_eq!(store.load_checkpoint(&name).await.expect("load"), Some(last));
 }
