@@ -8,8 +8,8 @@
 //! # Several relays
 //!
 //! Run a relay in every process that writes to the store, for availability: they take turns
-//! through the store's lease [`OUTBOX_RELAY`](crate::lease::OUTBOX_RELAY)
-//! ([`Store::acquire_lease`](crate::store::Store::acquire_lease)), so exactly one publishes at
+//! through the store's lease [`OUTBOX_RELAY`]
+//! ([`Store::acquire_lease`]), so exactly one publishes at
 //! a time and the outbox order survives (batches published in parallel by several relays would
 //! overtake each other). [`OutboxRelay::run`] is a [`Singleton`] on that lease: the others
 //! stand by, polling every third of [`OutboxRelay::lease_ttl`]; when the active relay stops

@@ -81,7 +81,7 @@
 //!   also for two runners racing at the same instant.
 //! * **Replicas.** Where every replica of a service runs the projection, use
 //!   [`ProjectionRunner::run_leased`]: the runner works only while it holds the projection's
-//!   lease ([`lease::projection_lease`](crate::lease::projection_lease)) and stands by
+//!   lease ([`lease::projection_lease`]) and stands by
 //!   otherwise, taking over when the holder stops or dies. Its checkpoint saves carry the
 //!   lease's fencing token, so once a new holder has claimed the checkpoint a stale holder's
 //!   batch is refused ([`StoreError::Fenced`]) and rolled back (ADR 0015).
