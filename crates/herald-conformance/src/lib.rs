@@ -12,7 +12,9 @@
 //!   10,000 messages handled effectively once with the inbox.
 //! * [`store_suite!`] checks a [`Store`]: streams and optimistic concurrency, the global log
 //!   under concurrent writers, atomic multi-stream appends, snapshots, the outbox and its relay
-//!   (including crashes between commit, publish and remove), the inbox, checkpoints and sagas.
+//!   (including crashes between commit, publish and remove), the inbox, checkpoints and sagas,
+//!   named leases with fencing tokens, conditional (fenced) checkpoint saves, and two leased
+//!   runners of one projection applying every event exactly once.
 //! * [`dead_letter_suite!`] checks a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
 //!   in its store: transactional, idempotent archiving; filtered, paged listing; a pending dead
 //!   letter resolved once, also under concurrency; replays committed with their outbox rows.
@@ -89,6 +91,7 @@ pub use dead_letters::DeadLetterFixture;
 
 pub mod dead_letters;
 pub mod faults;
+pub mod lease;
 pub mod outbox;
 pub mod pubsub;
 pub mod saga;
@@ -145,8 +148,8 @@ impl fmt::Debug for PubSubFixture {
 
 /// What a store scenario runs against.
 pub struct StoreFixture {
-    /// The store under test: a fresh, empty one per scenario (the relay-lease scenarios need the
-    /// outbox lease to themselves).
+    /// The store under test: a fresh, empty one per scenario (the relay scenarios need the
+    /// outbox relay's lease to themselves).
     pub store: Arc<dyn Store>,
     /// A second handle on the same data, as another process would open it (its own
     /// connections); `store` again when the backend has no such thing.
@@ -255,7 +258,7 @@ macro_rules! pubsub_suite {
 }
 
 /// Generates the store conformance tests (event store, global log, snapshots, outbox and relay,
-/// inbox, checkpoints, sagas), one `#[test]` per scenario.
+/// inbox, checkpoints, sagas, leases and fenced checkpoints), one `#[test]` per scenario.
 ///
 /// `setup` is a function (or closure) `FnOnce() -> impl Future<Output = StoreFixture>`, called
 /// once per test. See the [crate docs](crate) for an example.
@@ -295,8 +298,15 @@ macro_rules! store_suite {
             outbox::the_relay_publishes_in_order_and_removes,
             outbox::a_crash_between_commit_and_publish_loses_nothing,
             outbox::a_crash_between_publish_and_remove_is_absorbed_by_the_inbox,
-            outbox::the_relay_lease_has_one_holder_at_a_time,
             outbox::several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one,
+            lease::a_held_lease_is_refused_to_others_and_renewal_keeps_its_token,
+            lease::a_released_lease_hands_over_at_once_with_a_larger_token,
+            lease::an_expired_lease_hands_over_with_a_larger_token,
+            lease::of_concurrent_acquirers_of_a_free_lease_exactly_one_wins,
+            lease::a_conditional_checkpoint_save_is_refused_when_moved_or_fenced,
+            lease::of_two_concurrent_conditional_saves_from_one_position_one_commits,
+            lease::two_leased_runners_of_one_projection_apply_every_event_exactly_once,
+            lease::a_stale_lease_holders_batch_is_refused_and_rolled_back,
         );
     };
 }

@@ -243,38 +243,6 @@ pub async fn a_crash_between_publish_and_remove_is_absorbed_by_the_inbox<F: Futu
     expect_nothing(&mut sub, QUIET, "no third copy").await;
 }
 
-/// The relay lease: one holder at a time, renewable by its holder, taken over when released or
-/// run out, never granted to two of many concurrent takers, and a release by a non-holder does
-/// nothing.
-pub async fn the_relay_lease_has_one_holder_at_a_time<F: Future<Output = StoreFixture>>(setup: impl FnOnce() -> F) {
-    let fx = setup().await;
-    let (store, other) = (&*fx.store, &*fx.other);
-    let long = Duration::from_secs(30);
-    assert!(store.outbox_lease("a", long).await.expect("lease"), "a free lease is granted");
-    assert!(!other.outbox_lease("b", long).await.expect("lease"), "a held lease is refused to another holder");
-    assert!(store.outbox_lease("a", long).await.expect("lease"), "the holder renews it");
-    other.outbox_lease_release("b").await.expect("release by a non-holder");
-    assert!(!other.outbox_lease("b", long).await.expect("lease"), "a non-holder's release changes nothing");
-    store.outbox_lease_release("a").await.expect("release");
-    assert!(other.outbox_lease("b", long).await.expect("lease"), "a released lease is free at once");
-
-    // b renews with a short time to live and then stops renewing (it "died").
-    assert!(other.outbox_lease("b", Duration::from_millis(300)).await.expect("lease"));
-    assert!(!store.outbox_lease("a", long).await.expect("lease"), "still b's before it runs out");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(store.outbox_lease("a", long).await.expect("lease"), "a lease that ran out goes to the next taker");
-    store.outbox_lease_release("a").await.expect("release");
-
-    // Many takers at once on a free lease: exactly one wins.
-    let mut takers = tokio::task::JoinSet::new();
-    for i in 0..8 {
-        let s = if i % 2 == 0 { fx.store.clone() } else { fx.other.clone() };
-        takers.spawn(async move { s.outbox_lease(&format!("taker-{i}"), long).await.expect("lease") });
-    }
-    let winners = takers.join_all().await.into_iter().filter(|won| *won).count();
-    assert_eq!(winners, 1, "exactly one of 8 concurrent takers gets a free lease");
-}
-
 /// Counts how many relays publish at the same moment (the lease allows one).
 #[derive(Debug)]
 struct Overlap {

@@ -20,8 +20,6 @@ pub(crate) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM he
 pub(crate) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
      ORDER BY sequence LIMIT $1";
 
-pub(crate) const OUTBOX_LEASE_RELEASE: &str = "DELETE FROM herald_outbox_lease WHERE name = 'relay' AND holder = $1";
-
 /// On PostgreSQL a concurrent uncommitted insert of the same pair makes this wait for that
 /// transaction: if it commits, this inserts nothing (`false`); if it rolls back, this inserts.
 pub(crate) const RECORD_HANDLED: &str = "INSERT INTO herald_inbox (handler, message_id, handled_at) VALUES ($1, $2, $3) \
@@ -31,6 +29,9 @@ pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO herald_checkpoints (name, 
      ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
 pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM herald_checkpoints WHERE name = $1";
+
+/// A checkpoint's position and fencing token, for a conditional save.
+pub(crate) const CHECKPOINT_AND_TOKEN: &str = "SELECT position, token FROM herald_checkpoints WHERE name = $1";
 
 pub(crate) const SAGA_VERSION: &str = "SELECT version FROM herald_sagas WHERE name = $1 AND id = $2";
 
@@ -101,7 +102,7 @@ const ALL: &[&str] = &[
     LOAD_SNAPSHOT,
     OUTBOX_STATS,
     OUTBOX_PENDING,
-    OUTBOX_LEASE_RELEASE,
+    CHECKPOINT_AND_TOKEN,
     RECORD_HANDLED,
     SAVE_CHECKPOINT,
     LOAD_CHECKPOINT,

@@ -34,6 +34,7 @@ pub mod aggregate;
 pub mod codec;
 pub mod command;
 pub mod dead_letters;
+pub mod lease;
 pub mod memory;
 pub mod message;
 pub mod observability;

@@ -8,12 +8,14 @@
 //! # Several relays
 //!
 //! Run a relay in every process that writes to the store, for availability: they take turns
-//! through the store's [relay lease](crate::store::Store::outbox_lease), so exactly one
-//! publishes at a time and the outbox order survives (batches published in parallel by several
-//! relays would overtake each other). The others stand by, waking on the same commit
-//! notifications; when the active relay stops cleanly it releases the lease and a standby takes
-//! over at once, and when it dies the lease runs out after [`OutboxRelay::lease_ttl`].
-//! ADR 0004 has the reasoning (and why not `FOR UPDATE SKIP LOCKED` batches).
+//! through the store's lease [`OUTBOX_RELAY`]
+//! ([`Store::acquire_lease`]), so exactly one publishes at
+//! a time and the outbox order survives (batches published in parallel by several relays would
+//! overtake each other). [`OutboxRelay::run`] is a [`Singleton`] on that lease: the others
+//! stand by, polling every third of [`OutboxRelay::lease_ttl`]; when the active relay stops
+//! cleanly it releases the lease and a standby takes over at once (at its next poll), and when
+//! it dies the lease runs out after the time to live. ADR 0004 has the reasoning (and why not
+//! `FOR UPDATE SKIP LOCKED` batches), ADR 0015 the general lease.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::lease::{OUTBOX_RELAY, Singleton};
 use crate::observability;
 use crate::pubsub::{PubSubError, Publisher};
 use crate::store::{Store, StoreError};
@@ -79,8 +82,9 @@ impl OutboxRelay {
     }
 
     /// How long the lease outlives its last renewal: how soon a standby takes over from a relay
-    /// that died. The active relay renews before every batch and every idle poll, so keep it
-    /// well above the store's poll interval and a batch's publish time. At least 100 ms.
+    /// that died. The active relay renews it every third of this (in [`run`](Self::run);
+    /// [`publish_pending`](Self::publish_pending) before a batch when a third has passed), so
+    /// keep it well above a batch's publish time. At least 100 ms.
     #[must_use]
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl.max(Duration::from_millis(100));
@@ -105,13 +109,13 @@ impl OutboxRelay {
     /// another relay holds the lease; the lease is renewed before every batch, so a relay that
     /// lost it stops after the batch in hand.
     pub async fn publish_pending(&self) -> Result<usize, RelayError> {
-        Ok(self.pass().await?.published)
+        Ok(self.pass(None).await?.published)
     }
 
     /// A pass, with the outbox gauges kept up to date: zero after a pass that emptied the
     /// outbox, read from the store after a failed one (the backlog is what an alert watches).
-    async fn pass(&self) -> Result<Pass, RelayError> {
-        let result = self.relay_pending().await;
+    async fn pass(&self, held: Option<&CancellationToken>) -> Result<Pass, RelayError> {
+        let result = self.relay_pending(held).await;
         match &result {
             Ok(pass) if pass.active => observability::record_outbox(0, Duration::ZERO),
             Ok(_) => {} // standby: the active relay reports
@@ -126,10 +130,17 @@ impl OutboxRelay {
         result
     }
 
-    async fn relay_pending(&self) -> Result<Pass, RelayError> {
+    /// Publishes batches until the outbox is empty. Without `held`, renews (or takes) the lease
+    /// before each batch and stops if it is another relay's; with it, the caller holds the lease
+    /// until `held` is cancelled, and the pass stops then (after the batch in hand).
+    async fn relay_pending(&self, held: Option<&CancellationToken>) -> Result<Pass, RelayError> {
         let mut published = 0;
         loop {
-            if !self.hold_lease().await? {
+            let holding = match held {
+                Some(cancel) => !cancel.is_cancelled(),
+                None => self.hold_lease().await?,
+            };
+            if !holding {
                 return Ok(Pass { published, active: false });
             }
             let records = self.store.outbox_pending(self.batch).await?;
@@ -175,33 +186,58 @@ impl OutboxRelay {
             return Ok(true);
         }
         let asked = Instant::now();
-        let held = self.store.outbox_lease(&self.holder, self.lease_ttl).await;
-        *self.lock_granted() = matches!(held, Ok(true)).then_some(asked);
-        Ok(held?)
+        let held = self.store.acquire_lease(OUTBOX_RELAY, &self.holder, self.lease_ttl).await;
+        *self.lock_granted() = matches!(held, Ok(Some(_))).then_some(asked);
+        Ok(held?.is_some())
     }
 
     fn lock_granted(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.granted_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Relays until `shutdown`, waking on every commit notification and polling for others'
-    /// (a standby polls at most every third of the lease's time to live, so it notices a dead
-    /// relay's lease running out). On shutdown, makes a last pass so nothing committed before
-    /// it is left behind, then releases the lease so a standby takes over at once.
+    /// Relays until `shutdown`, as a [`Singleton`] on the relay lease: while this relay holds
+    /// it, publishes, waking on every commit notification and polling every
+    /// [`Store::poll_interval`] for others' commits; while another relay holds it, stands by,
+    /// trying to take it every third of the lease's time to live (so it notices a dead relay's
+    /// lease running out). A relay that loses the lease stops after the batch in hand. On
+    /// shutdown, the active relay makes a last pass so nothing committed before it is left
+    /// behind, then releases the lease so a standby takes over at once.
     pub async fn run(self, shutdown: CancellationToken) {
+        let singleton = Singleton::new(self.store.clone(), OUTBOX_RELAY, self.holder.clone(), self.lease_ttl);
+        let result = singleton
+            .run(shutdown.clone(), |_grant, cancel| {
+                let (relay, shutdown) = (self.clone(), shutdown.clone());
+                async move {
+                    relay.relay_while_held(&cancel).await;
+                    if shutdown.is_cancelled() {
+                        // Still holding the lease (the singleton renews it until this returns);
+                        // `publish_pending` checks it anyway.
+                        if let Err(e) = relay.publish_pending().await {
+                            tracing::warn!(error = %e, "final outbox flush failed; messages stay in the outbox");
+                        }
+                    }
+                    *relay.lock_granted() = None;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            })
+            .await;
+        if let Err(never) = result {
+            match never {}
+        }
+    }
+
+    /// The active relay's loop: a pass on every commit notification (and every poll interval),
+    /// backing off after failures, until `cancel`.
+    async fn relay_while_held(&self, cancel: &CancellationToken) {
         let mut failures = 0u32;
-        let idle = self.store.poll_interval().min(self.lease_ttl / 3);
-        loop {
+        let idle = self.store.poll_interval();
+        while !cancel.is_cancelled() {
             let changed = self.store.outbox_changes().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let mut standby = false;
-            let wait = match self.pass().await {
-                Ok(pass) => {
+            let wait = match self.pass(Some(cancel)).await {
+                Ok(_) => {
                     failures = 0;
-                    // A standby does not chase commit notifications (the active relay does);
-                    // it only checks the lease now and then.
-                    standby = !pass.active;
                     idle
                 }
                 Err(e) => {
@@ -211,17 +247,10 @@ impl OutboxRelay {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = &mut changed, if failures == 0 && !standby => {}
+                () = cancel.cancelled() => break,
+                () = &mut changed, if failures == 0 => {}
                 () = tokio::time::sleep(wait) => {}
             }
-        }
-        if let Err(e) = self.publish_pending().await {
-            tracing::warn!(error = %e, "final outbox flush failed; messages stay in the outbox");
-        }
-        *self.lock_granted() = None;
-        if let Err(e) = self.store.outbox_lease_release(&self.holder).await {
-            tracing::warn!(error = %e, "releasing the outbox lease failed; a standby takes over when it runs out");
         }
     }
 }

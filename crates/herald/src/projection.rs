@@ -73,11 +73,18 @@
 //!   checkpoint (one added later) starts at the beginning of the log. Once caught up it follows
 //!   the log live, woken by [`Store::changes`] (commits in this process) and polling every
 //!   [`Store::poll_interval`] as a fallback (commits in other processes).
-//! * **One runner per projection.** Each batch first re-reads the checkpoint inside its
-//!   transaction; if it is not where this runner left it (another runner of the same projection,
-//!   or a rebuild), the runner stops with [`RunError::CheckpointMoved`] rather than apply events
-//!   twice. On SQLite writers are serialised, so this is a guarantee; on PostgreSQL two runners
-//!   racing at the same instant are only *likely* to be caught — run one per projection.
+//! * **One runner per projection.** Each batch saves its checkpoint with
+//!   [`Transaction::save_checkpoint_if`], conditional on the position the runner started the
+//!   batch from: if another runner of the same projection (or a rebuild) moved it meanwhile,
+//!   the save is refused, the batch rolls back, and the runner stops with
+//!   [`RunError::CheckpointMoved`] rather than apply events twice. This holds on every store,
+//!   also for two runners racing at the same instant.
+//! * **Replicas.** Where every replica of a service runs the projection, use
+//!   [`ProjectionRunner::run_leased`]: the runner works only while it holds the projection's
+//!   lease ([`lease::projection_lease`]) and stands by
+//!   otherwise, taking over when the holder stops or dies. Its checkpoint saves carry the
+//!   lease's fencing token, so once a new holder has claimed the checkpoint a stale holder's
+//!   batch is refused ([`StoreError::Fenced`]) and rolled back (ADR 0015).
 //! * **Rebuild.** [`ProjectionRunner::rebuild`] calls [`Projection::reset`] and sets the
 //!   checkpoint to 0 in one transaction (the read model is never seen half-cleared), then
 //!   replays the log from the beginning up to the head it saw at the start, reporting
@@ -115,6 +122,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::CodecError;
+use crate::lease::{self, Singleton};
 use crate::router::RetryPolicy;
 use crate::store::{RecordedEvent, Store, StoreError, Transaction};
 
@@ -219,6 +227,16 @@ pub enum RunError {
         expected: u64,
         /// What the store holds.
         found: Option<u64>,
+    },
+    /// A newer holder of the projection's lease saved the checkpoint: this runner's lease is
+    /// lost ([`ProjectionRunner::run_leased`] stands by again rather than return it).
+    #[error("projection `{projection}` was fenced off: {source}")]
+    Fenced {
+        /// The projection.
+        projection: String,
+        /// The store's refusal ([`StoreError::Fenced`]).
+        #[source]
+        source: StoreError,
     },
     /// [`ProjectionRunner::run`] or [`rebuild`](ProjectionRunner::rebuild) is already running
     /// on this runner.
@@ -404,6 +422,9 @@ pub enum Phase {
     Live,
     /// Replaying from the beginning after a reset.
     Rebuilding,
+    /// Waiting for the projection's lease, which another process holds
+    /// ([`ProjectionRunner::run_leased`]).
+    Standby,
     /// Waiting to retry after a transient error.
     Retrying {
         /// Consecutive failed attempts.
@@ -531,10 +552,17 @@ enum BatchFailure {
     Fatal(ProjectionError),
     /// Someone else moved the checkpoint.
     Moved(Option<u64>),
+    /// A newer lease holder saved the checkpoint.
+    Fenced(StoreError),
 }
 
 impl BatchFailure {
     fn store(e: StoreError) -> Self {
+        match e {
+            StoreError::Fenced { .. } if e.is_stale_lease() => return Self::Fenced(e),
+            StoreError::Fenced { found, .. } => return Self::Moved(found),
+            _ => {}
+        }
         let e = ProjectionError::Store(e);
         if e.is_transient() { Self::Retry(e) } else { Self::Fatal(e) }
     }
@@ -606,9 +634,91 @@ impl ProjectionRunner {
     /// error that stopped it (see the [module docs](self) for the failure policy).
     pub async fn run(&self, cancel: CancellationToken) -> Result<(), RunError> {
         let _active = self.claim()?;
-        let result = self.drive(&cancel, false, None).await;
+        let result = self.drive(&cancel, false, None, None).await;
         self.finish(&result);
         result.map(|_| ())
+    }
+
+    /// [`run`](Self::run) in one process at a time: runs only while holding the projection's
+    /// lease ([`lease::projection_lease`]) as `holder` (unique among the running processes),
+    /// renewing it every third of `ttl`, and stands by ([`Phase::Standby`]) while another
+    /// process holds it, taking over when that one releases it or lets it run out. See
+    /// [`Singleton`] for the hand-over.
+    ///
+    /// On taking the lease, the runner reloads the checkpoint and claims it with the grant's
+    /// fencing token (a save of the same position), then saves every batch's checkpoint with
+    /// that token: once claimed, a stale holder still running a batch cannot commit it
+    /// ([`StoreError::Fenced`]). Returns `Ok` when `cancel` is cancelled (after the batch in
+    /// hand; the lease is then released), or the error that stopped it, as `run` does.
+    pub async fn run_leased(
+        &self,
+        holder: impl Into<String>,
+        ttl: Duration,
+        cancel: CancellationToken,
+    ) -> Result<(), RunError> {
+        let _active = self.claim()?;
+        self.set_phase(Phase::Standby);
+        let singleton = Singleton::new(self.inner.store.clone(), self.lease_name(), holder, ttl);
+        let result = singleton.run(cancel, |grant, cancel| self.lead(grant.token, cancel)).await;
+        self.finish(&result);
+        result
+    }
+
+    /// The name of this projection's lease in [`run_leased`](Self::run_leased).
+    pub fn lease_name(&self) -> String {
+        lease::projection_lease(&self.inner.name)
+    }
+
+    /// One tenure under the lease: claim the checkpoint with `token`, then project until
+    /// `cancel`.
+    async fn lead(&self, token: u64, cancel: CancellationToken) -> Result<(), RunError> {
+        let result = self.lead_inner(token, &cancel).await;
+        // Back to standby (the singleton either stands by or returns, and `finish` says which).
+        let mut state = self.state();
+        state.position = None;
+        state.position_time = None;
+        state.phase = Phase::Standby;
+        result
+    }
+
+    async fn lead_inner(&self, token: u64, cancel: &CancellationToken) -> Result<(), RunError> {
+        tracing::info!(projection = %self.inner.name, token, "projection lease taken; claiming the checkpoint");
+        let mut attempt = 0;
+        let position = loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match self.claim_checkpoint(token).await {
+                Ok(position) => break position,
+                Err(BatchFailure::Moved(_)) => {} // a stale holder's batch landed first: read again
+                Err(BatchFailure::Fenced(source)) => {
+                    return Err(RunError::Fenced { projection: self.inner.name.clone(), source });
+                }
+                Err(BatchFailure::Retry(e) | BatchFailure::Fatal(e) | BatchFailure::Projection(e)) => {
+                    attempt += 1;
+                    if !self.backoff(cancel, attempt, 0, e).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        };
+        {
+            let mut state = self.state();
+            state.position = Some(position);
+            state.position_time = None;
+        }
+        self.drive(cancel, false, None, Some(token)).await.map(|_| ())
+    }
+
+    /// Saves the checkpoint where it is, with fencing token `token`: from then on, saves with an
+    /// older token are refused. Returns the position.
+    async fn claim_checkpoint(&self, token: u64) -> Result<u64, BatchFailure> {
+        let name = &self.inner.name;
+        let mut tx = self.inner.store.begin().await.map_err(BatchFailure::store)?;
+        let position = tx.load_checkpoint(name).await.map_err(BatchFailure::store)?.unwrap_or(0);
+        tx.save_checkpoint_if(name, position, position, Some(token)).await.map_err(BatchFailure::store)?;
+        tx.commit().await.map_err(BatchFailure::store)?;
+        Ok(position)
     }
 
     /// Projects what is in the log now, from the checkpoint up to the head at the call, then
@@ -618,7 +728,7 @@ impl ProjectionRunner {
         let _active = self.claim()?;
         let from = self.load_position(&cancel).await?.unwrap_or(0);
         let target = self.head_position(&cancel, from).await?;
-        let result = self.drive(&cancel, false, Some(target)).await;
+        let result = self.drive(&cancel, false, Some(target), None).await;
         self.finish(&result);
         result.map(|(position, _)| position)
     }
@@ -672,7 +782,7 @@ impl ProjectionRunner {
             state.position_time = None;
         }
         let target = self.head_position(cancel, 0).await?;
-        let (position, events) = self.drive(cancel, true, Some(target)).await?;
+        let (position, events) = self.drive(cancel, true, Some(target), None).await?;
         let elapsed = started.elapsed();
         let completed = position >= target;
         tracing::info!(
@@ -697,7 +807,7 @@ impl ProjectionRunner {
                 tracing::error!(projection = %self.inner.name, error = %e, "projection stopped");
                 let mut state = self.state();
                 state.phase = Phase::Failed { error: e.to_string() };
-                if matches!(e, RunError::CheckpointMoved { .. }) {
+                if matches!(e, RunError::CheckpointMoved { .. } | RunError::Fenced { .. }) {
                     // Someone else owns the checkpoint now: a later run starts from the store's.
                     state.position = None;
                     state.position_time = None;
@@ -843,12 +953,14 @@ impl ProjectionRunner {
     }
 
     /// The loop shared by `run` (`until: None`: follow for ever) and `rebuild` (stop at
-    /// `until`). Returns the position reached and the number of events read.
+    /// `until`); `fence` is the lease's fencing token under `run_leased`. Returns the position
+    /// reached and the number of events read.
     async fn drive(
         &self,
         cancel: &CancellationToken,
         rebuilding: bool,
         until: Option<u64>,
+        fence: Option<u64>,
     ) -> Result<(u64, u64), RunError> {
         let Some(mut position) = self.load_position(cancel).await? else {
             return Ok((0, 0));
@@ -917,9 +1029,9 @@ impl ProjectionRunner {
             // this batch commits, so reading and writing overlap.
             let more = batch.len() == batch_size && until.is_none_or(|t| last_position < t);
             let (committed, next) = if more {
-                tokio::join!(self.commit_batch(position, &batch), store.read_all(last_position, batch_size))
+                tokio::join!(self.commit_batch(position, &batch, fence), store.read_all(last_position, batch_size))
             } else {
-                (self.commit_batch(position, &batch).await, Ok(Vec::new()))
+                (self.commit_batch(position, &batch, fence).await, Ok(Vec::new()))
             };
             match committed {
                 Ok(()) => {
@@ -949,8 +1061,11 @@ impl ProjectionRunner {
                         found,
                     });
                 }
+                Err(BatchFailure::Fenced(source)) => {
+                    return Err(RunError::Fenced { projection: self.inner.name.clone(), source });
+                }
                 Err(BatchFailure::Projection(error)) => {
-                    return Err(self.fail_in_batch(position, &batch, error).await);
+                    return Err(self.fail_in_batch(position, &batch, error, fence).await);
                 }
             }
             position = last_position;
@@ -981,32 +1096,40 @@ impl ProjectionRunner {
         }
     }
 
-    /// One batch in one transaction: check the checkpoint is ours, hand the events the filter
-    /// accepts to the projection, save the checkpoint, commit.
-    async fn commit_batch(&self, expected: u64, batch: &[RecordedEvent]) -> Result<(), BatchFailure> {
+    /// One batch in one transaction: hand the events the filter accepts to the projection,
+    /// save the checkpoint if it is still at `expected` (and, with a `fence`, no newer lease
+    /// holder saved it), commit.
+    async fn commit_batch(
+        &self,
+        expected: u64,
+        batch: &[RecordedEvent],
+        fence: Option<u64>,
+    ) -> Result<(), BatchFailure> {
         let Some(last) = batch.last() else {
             return Ok(());
         };
         let name = &self.inner.name;
         let mut tx = self.inner.store.begin().await.map_err(BatchFailure::store)?;
-        let found = tx.load_checkpoint(name).await.map_err(BatchFailure::store)?;
-        if found.unwrap_or(0) != expected {
-            return Err(BatchFailure::Moved(found));
-        }
         let accepted: Vec<&RecordedEvent> = batch.iter().filter(|e| self.inner.filter.matches(e)).collect();
         if !accepted.is_empty() {
             self.inner.projection.handle_batch(tx.as_mut(), &accepted).await.map_err(|error| {
                 if error.is_transient() { BatchFailure::Retry(error) } else { BatchFailure::Projection(error) }
             })?;
         }
-        tx.save_checkpoint(name, last.position).await.map_err(BatchFailure::store)?;
+        tx.save_checkpoint_if(name, expected, last.position, fence).await.map_err(BatchFailure::store)?;
         tx.commit().await.map_err(BatchFailure::store)
     }
 
     /// The projection failed permanently on the batch: find the failing event by replaying the
     /// batch one event at a time (then rolling that back), commit the events before it with
     /// their checkpoint (so the next run starts at the failing event), and report it.
-    async fn fail_in_batch(&self, position: u64, batch: &[RecordedEvent], error: ProjectionError) -> RunError {
+    async fn fail_in_batch(
+        &self,
+        position: u64,
+        batch: &[RecordedEvent],
+        error: ProjectionError,
+        fence: Option<u64>,
+    ) -> RunError {
         let name = &self.inner.name;
         let Some((index, error)) = self.locate_failure(batch).await else {
             // Not reproducible event by event (or the store failed meanwhile): report the batch.
@@ -1015,7 +1138,7 @@ impl ProjectionRunner {
         };
         let before = &batch[..index];
         if let Some(last) = before.last() {
-            match self.commit_batch(position, before).await {
+            match self.commit_batch(position, before, fence).await {
                 Ok(()) => {
                     let mut state = self.state();
                     state.position = Some(last.position);

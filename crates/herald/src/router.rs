@@ -105,7 +105,7 @@ impl From<CodecError> for HandlerError {
 impl From<StoreError> for HandlerError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Codec(_) | StoreError::Invalid(_) => Self::Permanent(Box::new(e)),
+            StoreError::Codec(_) | StoreError::Invalid(_) | StoreError::Fenced { .. } => Self::Permanent(Box::new(e)),
             StoreError::Conflict { .. } | StoreError::Backend(_) => Self::Transient(Box::new(e)),
         }
     }

@@ -475,6 +475,36 @@ impl<D: SagaData> Orchestrator<D> {
         }
     }
 
+    /// [`run_timeouts`](Self::run_timeouts) in one process at a time: scans only while holding
+    /// the saga's timeout lease ([`lease::saga_timeouts_lease`](crate::lease::saga_timeouts_lease))
+    /// as `holder` (unique among the running processes), renewing it every third of `ttl`, and
+    /// stands by while another process holds it, taking over when that one stops or dies (see
+    /// [`Singleton`](crate::lease::Singleton)). Every replica of a service can run it. The scan is
+    /// safe without the lease too (saves are versioned, so two scanners never move an instance
+    /// twice); the lease saves the duplicate work and the conflicts.
+    pub async fn run_timeouts_leased(
+        self,
+        holder: impl Into<String>,
+        ttl: Duration,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let name = crate::lease::saga_timeouts_lease(&self.saga.name);
+        let singleton = crate::lease::Singleton::new(self.store.clone(), name, holder, ttl);
+        let result = singleton
+            .run(shutdown, |_grant, cancel| {
+                let orchestrator = self.clone();
+                async move {
+                    orchestrator.run_timeouts(every, cancel).await;
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            })
+            .await;
+        if let Err(never) = result {
+            match never {}
+        }
+    }
+
     /// Loads an instance.
     pub async fn load(&self, id: &str) -> Result<Option<SagaInstance<D>>, SagaError> {
         let Some(record) = self.store.load_saga(&self.saga.name, id).await? else { return Ok(None) };

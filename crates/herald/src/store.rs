@@ -22,9 +22,19 @@
 //!   nothing does.
 //! * **Outbox.** Enqueued messages become visible to the relay at commit, oldest first, and stay
 //!   until [`Store::outbox_remove`] is called after the broker accepted them.
-//! * **Relay lease.** [`Store::outbox_lease`] grants the right to relay the outbox to one holder
-//!   at a time, across every process sharing the store, until its time to live runs out; so
-//!   several relays can run at once (for availability) without publishing out of order.
+//! * **Leases.** [`Store::acquire_lease`] grants a named lease to one holder at a time, across
+//!   every process sharing the store, until its time to live runs out; the holder renews it by
+//!   acquiring again, and [`Store::release_lease`] hands it over at once. Every grant carries a
+//!   [fencing token](LeaseGrant::token) that is larger each time the lease changes hands (and
+//!   the same while its holder renews it in time), so writes made under a lease can be refused
+//!   once a newer holder exists. Times are the store's own clock (the database server's), so
+//!   holders on machines with skewed clocks still agree. The outbox relay, projections and the
+//!   saga timeout scan run under leases ([`crate::lease`]); ADR 0015.
+//! * **Fenced checkpoints.** [`Transaction::save_checkpoint_if`] saves a checkpoint only if it
+//!   is still where the caller left it and no newer lease holder (larger fencing token) has
+//!   saved it; otherwise it fails with [`StoreError::Fenced`] and the transaction — with the
+//!   read-model writes of the batch — must be rolled back. Of two concurrent saves expecting the
+//!   same position, at most one commits.
 //! * **Inbox.** [`Transaction::record_handled`] returns `true` the first time a
 //!   `(handler, message id)` pair is recorded and `false` after that pair has committed; of two
 //!   concurrent transactions recording the same pair, at most one commits.
@@ -85,6 +95,36 @@ pub enum StoreError {
     /// The database failed; usually worth retrying.
     #[error("storage error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A conditional checkpoint save ([`Transaction::save_checkpoint_if`]) was refused: the
+    /// checkpoint moved since the caller read it (another runner or a rebuild), or a newer
+    /// lease holder saved it (this writer's fencing token is stale: it lost the lease). Not
+    /// worth retrying as is: roll back, and stop (or reload the checkpoint and start over).
+    #[error("checkpoint `{name}` not saved: {}", fence_reason(*.expected, *.found, *.token, *.found_token))]
+    Fenced {
+        /// The checkpoint.
+        name: String,
+        /// The position the writer expected to find.
+        expected: u64,
+        /// The position found (`None`: no checkpoint).
+        found: Option<u64>,
+        /// The writer's fencing token, if it wrote under a lease.
+        token: Option<u64>,
+        /// The fencing token stored with the checkpoint (0: never saved under a lease).
+        found_token: u64,
+    },
+}
+
+fn fence_reason(expected: u64, found: Option<u64>, token: Option<u64>, found_token: u64) -> String {
+    match token {
+        Some(mine) if found_token > mine => format!(
+            "a newer lease holder saved it (fencing token {found_token} > this writer's {mine}): \
+             this writer lost its lease and must stop"
+        ),
+        _ => format!(
+            "it moved from {expected} to {} since this writer read it (another runner, or a rebuild)",
+            found.map_or_else(|| "nothing".to_owned(), |p| p.to_string())
+        ),
+    }
 }
 
 impl StoreError {
@@ -105,6 +145,38 @@ impl StoreError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Self::Conflict { .. })
     }
+
+    /// Whether this is a [`StoreError::Fenced`].
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
+
+    /// Whether this is a [`StoreError::Fenced`] because a newer lease holder saved the
+    /// checkpoint (rather than because it moved under a writer without a lease, or with the
+    /// current one).
+    pub fn is_stale_lease(&self) -> bool {
+        matches!(self, Self::Fenced { token: Some(mine), found_token, .. } if found_token > mine)
+    }
+
+    /// The [`StoreError::Fenced`] for a conditional save of checkpoint `name` that found
+    /// `found` (with `found_token`) instead of `expected`, or a newer token than `token`.
+    pub fn fenced(name: &str, expected: u64, found: Option<u64>, token: Option<u64>, found_token: u64) -> Self {
+        Self::Fenced { name: name.to_owned(), expected, found, token, found_token }
+    }
+}
+
+/// A lease held: what [`Store::acquire_lease`] returns to its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The lease's name.
+    pub name: String,
+    /// Who holds it.
+    pub holder: String,
+    /// The fencing token: larger every time the lease changes hands (another holder, or the
+    /// same holder again after the lease was released or ran out), the same while its holder
+    /// renews it in time. Starts at 1. Pass it to
+    /// [`Transaction::save_checkpoint_if`] so a stale holder's writes are refused.
+    pub token: u64,
 }
 
 /// An event about to be appended.
@@ -322,8 +394,28 @@ pub trait Transaction: Send {
 
     // --- checkpoints ---
 
-    /// Saves a projection's or reader's position.
+    /// Saves a projection's or reader's position, unconditionally (a rebuild's reset; it keeps
+    /// the stored fencing token).
     async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError>;
+
+    /// Saves `position` as checkpoint `name` only if the checkpoint is at `expected` (no
+    /// checkpoint counts as 0) and, with a fencing `token`, none larger than `token` is stored
+    /// with it; stores `token` with it (without one, the stored token stays). Otherwise fails
+    /// with [`StoreError::Fenced`]: roll the transaction back.
+    ///
+    /// The condition holds at commit: of two transactions saving the same checkpoint from the
+    /// same `expected` position, at most one commits (the other fails here, or at commit with a
+    /// [`StoreError::Conflict`]). A projection batch saving its checkpoint this way is applied
+    /// at most once, whatever other runners do; with the token of its
+    /// [lease](Store::acquire_lease), a runner that lost the lease cannot commit once the new
+    /// holder has saved the checkpoint.
+    async fn save_checkpoint_if(
+        &mut self,
+        name: &str,
+        expected: u64,
+        position: u64,
+        token: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Loads a position saved with [`save_checkpoint`](Self::save_checkpoint).
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError>;
@@ -414,16 +506,27 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         })
     }
 
-    /// Takes or renews the outbox relay lease for `holder`, valid for `ttl` from now, and says
-    /// whether `holder` holds it. At most one holder at a time: another holder is refused until
-    /// the current one [releases](Self::outbox_lease_release) it or stops renewing for `ttl`.
-    /// Times are the store's own clock (the database server's where there is one), so relays on
-    /// machines with skewed clocks still agree.
-    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Takes or renews lease `name` for `holder`, valid for `ttl` from now by the store's clock
+    /// (the database server's where there is one, so holders on machines with skewed clocks
+    /// still agree). Returns the grant if `holder` holds the lease afterwards, `None` if another
+    /// holder does.
+    ///
+    /// * At most one holder at a time: another holder is refused until the current one
+    ///   [releases](Self::release_lease) the lease or stops renewing for `ttl`.
+    /// * Renewing (acquiring again before the lease ran out) keeps the fencing token; any other
+    ///   grant — another holder, or the same one after a release or after the lease ran out —
+    ///   has a larger token than every earlier grant of the lease.
+    /// * Of several concurrent acquirers of a free lease, exactly one gets it.
+    ///
+    /// Names are free-form; names starting with `herald:` are Herald's own (see
+    /// [`crate::lease`]). Two processes running at the same time must never use the same
+    /// holder name for one lease.
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<LeaseGrant>, StoreError>;
 
-    /// Gives the lease up if `holder` holds it (a clean shutdown), so a standby takes over at
-    /// once rather than after the time to live.
-    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError>;
+    /// Gives lease `name` up if `holder` holds it (a clean shutdown), so another holder gets it
+    /// at once rather than after the time to live. Does nothing otherwise. The fencing token is
+    /// kept: the next grant's is larger.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 
     /// Notified when events become readable in the global log (after commits in this process,
     /// and where the backend can tell, in others), so log readers wake at once. A backend may

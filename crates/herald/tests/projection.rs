@@ -529,3 +529,47 @@ async fn a_failing_batch_is_replayed_event_by_event_to_find_the_culprit() {
     }
     assert_eq!(store.load_checkpoint("picky").await.unwrap(), Some(0));
 }
+
+/// Two replicas run one projection with `run_leased`, sharing one read model: one projects, the
+/// other stands by ([`Phase::Standby`]); stopped cleanly, the first hands over at once and the
+/// second carries on from its checkpoint. Every deposit is counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leased_replicas_take_turns_and_hand_over_on_a_clean_stop() {
+    let store = MemoryStore::new();
+    append_deposits(&store, 0, 500, 7).await;
+    let model: Arc<Mutex<Model>> = Arc::default();
+    let replica = || {
+        let mut balances = Balances::new("leased-balances");
+        balances.model = model.clone();
+        balances.slow = true;
+        ProjectionRunner::with_config(Arc::new(store.clone()), Arc::new(balances), config(20))
+    };
+    let (a, b) = (replica(), replica());
+    assert_eq!(a.lease_name(), "herald:projection:leased-balances");
+    let ttl = Duration::from_secs(2);
+    let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
+    let a_task = tokio::spawn({
+        let (a, stop) = (a.clone(), stop_a.clone());
+        async move { a.run_leased("replica-a", ttl, stop).await }
+    });
+    wait_until("a projects", || matches!(a.phase(), Phase::CatchingUp | Phase::Live)).await;
+    let b_task = tokio::spawn({
+        let (b, stop) = (b.clone(), stop_b.clone());
+        async move { b.run_leased("replica-b", ttl, stop).await }
+    });
+    wait_until("b stands by", || b.phase() == Phase::Standby).await;
+    wait_until("a is live", || a.phase() == Phase::Live).await;
+    assert_eq!(model.lock().unwrap().clone(), expected_model(500, 7));
+
+    let stopped = Instant::now();
+    stop_a.cancel();
+    a_task.await.unwrap().unwrap();
+    append_deposits(&store, 500, 300, 7).await;
+    wait_until("b takes over and catches up", || *model.lock().unwrap() == expected_model(800, 7)).await;
+    assert!(stopped.elapsed() < ttl, "a clean stop hands over at the standby's next poll, not after the ttl");
+    assert_ne!(b.phase(), Phase::Standby);
+    stop_b.cancel();
+    b_task.await.unwrap().unwrap();
+    assert_eq!(b.phase(), Phase::Stopped);
+    assert_eq!(store.load_checkpoint("leased-balances").await.unwrap(), Some(800));
+}

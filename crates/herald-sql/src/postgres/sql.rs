@@ -2,8 +2,8 @@
 //! PostgreSQL's syntax (`$1` placeholders, `= ANY($1)`, `UNNEST`, `FOR UPDATE`).
 
 pub(super) use crate::sql::{
-    ACK_IF_CURRENT, ADVANCE_GROUP, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION,
-    LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
+    ACK_IF_CURRENT, ADVANCE_GROUP, CHECKPOINT_AND_TOKEN, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT,
+    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
     READ_ALL, RECORD_HANDLED, RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
     TAKE_NEW,
 };
@@ -109,18 +109,38 @@ pub(super) const ENQUEUE: &str = "WITH ins AS (INSERT INTO herald_outbox (id, na
 
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence = ANY($1)";
 
-/// Takes or renews the relay lease: `$1` holder, `$2` time to live in ms. Returns a row only if
-/// `$1` holds the lease afterwards. A concurrent taker waits on the row lock, then re-checks
-/// the condition against the winner's row, so two relays never both get it.
-pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, holder, expires_at) \
-     VALUES ('relay', $1, clock_timestamp() + $2 * INTERVAL '1 millisecond') \
-     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-     WHERE herald_outbox_lease.holder = excluded.holder OR herald_outbox_lease.expires_at <= clock_timestamp() \
-     RETURNING holder";
+/// Takes or renews lease `$1` for holder `$2`, `$3` ms of time to live. Returns the fencing
+/// token only if `$2` holds the lease afterwards: kept on a renewal in time, one more on any
+/// other grant. A concurrent taker waits on the row lock, then re-checks the condition against
+/// the winner's row, so two holders never both get it. Times are the server's clock.
+pub(super) const ACQUIRE_LEASE: &str = "INSERT INTO herald_leases (name, holder, expires_at, token) \
+     VALUES ($1, $2, clock_timestamp() + $3 * INTERVAL '1 millisecond', 1) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+        token = CASE WHEN herald_leases.holder = excluded.holder AND herald_leases.expires_at > clock_timestamp() \
+                     THEN herald_leases.token ELSE herald_leases.token + 1 END \
+     WHERE herald_leases.holder = excluded.holder OR herald_leases.expires_at <= clock_timestamp() \
+     RETURNING token";
+
+/// Ends lease `$1` if `$2` holds it; the row (and its token) stays.
+pub(super) const RELEASE_LEASE: &str = "UPDATE herald_leases SET expires_at = '-infinity' \
+     WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()";
 
 // --- inbox ---
 
 // --- checkpoints ---
+
+/// A conditional checkpoint save on an existing row: `$1` name, `$2` expected position, `$3`
+/// new position, `$4` token (NULL: no fencing, keep the stored one), `$5` now. A concurrent
+/// save of the same row waits for the other transaction, then re-checks the condition against
+/// its result (READ COMMITTED), so two saves from one position never both succeed.
+pub(super) const UPDATE_CHECKPOINT_IF: &str = "UPDATE herald_checkpoints \
+     SET position = $3, token = COALESCE($4, token), updated_at = $5 \
+     WHERE name = $1 AND position = $2 AND ($4::BIGINT IS NULL OR token <= $4)";
+
+/// The first save of a checkpoint (expected position 0): inserts nothing if a concurrent
+/// transaction inserted it first.
+pub(super) const INSERT_CHECKPOINT_IF: &str = "INSERT INTO herald_checkpoints (name, position, token, updated_at) \
+     VALUES ($1, $2, COALESCE($3, 0), $4) ON CONFLICT (name) DO NOTHING";
 
 // --- sagas ---
 

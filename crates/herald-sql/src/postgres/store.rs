@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::memory::{check_saga_version, validate_append};
 use herald::store::{
-    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, OutboxStats, RecordedEvent, SagaRecord, Snapshot, Store,
-    StoreError, Transaction,
+    AppendResult, ExpectedVersion, LeaseGrant, NewEvent, OutboxRecord, OutboxStats, RecordedEvent, SagaRecord,
+    Snapshot, Store, StoreError, Transaction,
 };
 use herald::{Message, MessageId};
 use sqlx::{PgConnection, Postgres};
@@ -380,6 +380,48 @@ impl Transaction for PostgresTransaction {
         Ok(())
     }
 
+    async fn save_checkpoint_if(
+        &mut self,
+        name: &str,
+        expected: u64,
+        position: u64,
+        token: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let subject = format!("checkpoint {name}");
+        let position_i = to_i64("position", position).map_err(backend)?;
+        let token_i = token.map(|t| to_i64("token", t)).transpose().map_err(backend)?;
+        let updated = sqlx::query(sql::UPDATE_CHECKPOINT_IF)
+            .bind(name)
+            .bind(to_i64("position", expected).map_err(backend)?)
+            .bind(position_i)
+            .bind(token_i)
+            .bind(now_millis())
+            .execute(&mut *self.tx)
+            .await;
+        let mut saved = self.track(updated).map_err(|e| statement_error(&subject, e))?.rows_affected() == 1;
+        if !saved && expected == 0 {
+            let inserted = sqlx::query(sql::INSERT_CHECKPOINT_IF)
+                .bind(name)
+                .bind(position_i)
+                .bind(token_i)
+                .bind(now_millis())
+                .execute(&mut *self.tx)
+                .await;
+            saved = self.track(inserted).map_err(|e| statement_error(&subject, e))?.rows_affected() == 1;
+        }
+        if saved {
+            return Ok(());
+        }
+        let found: Result<Option<(i64, i64)>, _> =
+            sqlx::query_as(sql::CHECKPOINT_AND_TOKEN).bind(name).fetch_optional(&mut *self.tx).await;
+        let found = self.track(found).map_err(backend)?;
+        let (found, found_token) = match found {
+            Some((p, t)) => (Some(to_u64("position", p).map_err(backend)?), to_u64("token", t).map_err(backend)?),
+            None => (None, 0),
+        };
+        Err(StoreError::fenced(name, expected, found, token, found_token))
+    }
+
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
         let read = load_checkpoint(&mut *self.tx, name).await;
         self.track(read).map_err(backend)
@@ -599,18 +641,21 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let row = sqlx::query(sql::OUTBOX_LEASE)
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<LeaseGrant>, StoreError> {
+        let token: Option<i64> = sqlx::query_scalar(sql::ACQUIRE_LEASE)
+            .bind(name)
             .bind(holder)
             .bind(ttl_millis(ttl))
             .fetch_optional(self.db.pool())
             .await
-            .map_err(backend)?;
-        Ok(row.is_some())
+            .map_err(|e| statement_error(&format!("lease {name}"), e))?;
+        let Some(token) = token else { return Ok(None) };
+        let token = to_u64("token", token).map_err(backend)?;
+        Ok(Some(LeaseGrant { name: name.to_owned(), holder: holder.to_owned(), token }))
     }
 
-    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
-        sqlx::query(sql::OUTBOX_LEASE_RELEASE).bind(holder).execute(self.db.pool()).await.map_err(backend)?;
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(sql::RELEASE_LEASE).bind(name).bind(holder).execute(self.db.pool()).await.map_err(backend)?;
         Ok(())
     }
 

@@ -33,6 +33,7 @@ const SCRIPTS: &[Script] = &[
     script!(2, "0002_outbox_lease"),
     script!(4, "0004_saga_deadlines"),
     script!(5, "0005_dead_letters"),
+    script!(7, "0007_named_leases"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS herald_schema_migrations \

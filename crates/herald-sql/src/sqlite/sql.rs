@@ -3,8 +3,8 @@
 //! the same.
 
 pub(super) use crate::sql::{
-    ACK_IF_CURRENT, ADVANCE_GROUP, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT, LAST_NEW_POSITION,
-    LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_LEASE_RELEASE, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
+    ACK_IF_CURRENT, ADVANCE_GROUP, CHECKPOINT_AND_TOKEN, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT,
+    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
     READ_ALL, RECORD_HANDLED, RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
     TAKE_NEW,
 };
@@ -27,18 +27,34 @@ pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, ke
 /// `?1` is a JSON array of sequences.
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence IN (SELECT value FROM json_each(?1))";
 
-/// Takes or renews the relay lease: `?1` holder, `?2` time to live in ms. Returns a row only if
-/// `?1` holds the lease afterwards. Times are unix milliseconds from SQLite's clock.
-pub(super) const OUTBOX_LEASE: &str = "INSERT INTO herald_outbox_lease (name, holder, expires_at) \
-     VALUES ('relay', ?1, CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?2) \
-     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-     WHERE herald_outbox_lease.holder = excluded.holder \
-        OR herald_outbox_lease.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER) \
-     RETURNING holder";
+/// Takes or renews lease `?1` for holder `?2`, `?3` ms of time to live. Returns the fencing
+/// token only if `?2` holds the lease afterwards: kept on a renewal in time, one more on any
+/// other grant. Times are unix milliseconds from SQLite's clock; every expression of the
+/// `UPDATE` sees the row as it was.
+pub(super) const ACQUIRE_LEASE: &str = "INSERT INTO herald_leases (name, holder, expires_at, token) \
+     VALUES (?1, ?2, CAST(unixepoch('subsec') * 1000 AS INTEGER) + ?3, 1) \
+     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at, \
+        token = CASE WHEN herald_leases.holder = excluded.holder \
+                      AND herald_leases.expires_at > CAST(unixepoch('subsec') * 1000 AS INTEGER) \
+                     THEN herald_leases.token ELSE herald_leases.token + 1 END \
+     WHERE herald_leases.holder = excluded.holder \
+        OR herald_leases.expires_at <= CAST(unixepoch('subsec') * 1000 AS INTEGER) \
+     RETURNING token";
+
+/// Ends lease `?1` if `?2` holds it; the row (and its token) stays.
+pub(super) const RELEASE_LEASE: &str = "UPDATE herald_leases SET expires_at = 0 \
+     WHERE name = ?1 AND holder = ?2 AND expires_at > CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 // --- inbox ---
 
 // --- checkpoints ---
+
+/// A conditional checkpoint save, after the caller checked the condition (the writer is
+/// serialised): `?1` name, `?2` position, `?3` token (NULL: keep the stored one), `?4` now.
+pub(super) const SAVE_CHECKPOINT_IF: &str = "INSERT INTO herald_checkpoints (name, position, token, updated_at) \
+     VALUES (?1, ?2, COALESCE(?3, 0), ?4) \
+     ON CONFLICT (name) DO UPDATE SET position = excluded.position, \
+        token = COALESCE(?3, herald_checkpoints.token), updated_at = excluded.updated_at";
 
 // --- sagas ---
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use herald::memory::{check_saga_version, validate_append};
 use herald::store::{
-    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, OutboxStats, RecordedEvent, SagaRecord, Snapshot, Store,
-    StoreError, Transaction,
+    AppendResult, ExpectedVersion, LeaseGrant, NewEvent, OutboxRecord, OutboxStats, RecordedEvent, SagaRecord,
+    Snapshot, Store, StoreError, Transaction,
 };
 use herald::{Message, MessageId};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -288,6 +288,34 @@ impl Transaction for SqliteTransaction {
         Ok(())
     }
 
+    async fn save_checkpoint_if(
+        &mut self,
+        name: &str,
+        expected: u64,
+        position: u64,
+        token: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let position = to_i64("position", position).map_err(backend)?;
+        let token_i = token.map(|t| to_i64("token", t)).transpose().map_err(backend)?;
+        let conn = self.conn().await?;
+        // The writer is this transaction's until it ends: check, then write.
+        let found: Option<(i64, i64)> = conn
+            .prepare_cached(sql::CHECKPOINT_AND_TOKEN)
+            .and_then(|mut s| s.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+            .map_err(backend)?;
+        let (found, found_token) = match found {
+            Some((p, t)) => (Some(to_u64("position", p).map_err(backend)?), to_u64("token", t).map_err(backend)?),
+            None => (None, 0),
+        };
+        if token.is_some_and(|mine| found_token > mine) || found.unwrap_or(0) != expected {
+            return Err(StoreError::fenced(name, expected, found, token, found_token));
+        }
+        conn.prepare_cached(sql::SAVE_CHECKPOINT_IF)
+            .and_then(|mut s| s.execute(params![name, position, token_i, now_millis()]))
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
         load_checkpoint(self.conn().await?, name).map_err(backend)
     }
@@ -434,25 +462,22 @@ impl Store for SqliteStore {
         write.commit().await.map_err(backend)
     }
 
-    async fn outbox_lease(&self, holder: &str, ttl: Duration) -> Result<bool, StoreError> {
+    async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<LeaseGrant>, StoreError> {
         let write = self.db.begin_write().await.map_err(backend)?;
-        let held = write
+        let token: Option<i64> = write
             .conn()
-            .prepare_cached(sql::OUTBOX_LEASE)
-            .and_then(|mut s| s.query_row(params![holder, ttl_millis(ttl)], |_| Ok(())).optional())
-            .map_err(backend)?
-            .is_some();
+            .prepare_cached(sql::ACQUIRE_LEASE)
+            .and_then(|mut s| s.query_row(params![name, holder, ttl_millis(ttl)], |r| r.get(0)).optional())
+            .map_err(backend)?;
         write.commit().await.map_err(backend)?;
-        Ok(held)
+        let Some(token) = token else { return Ok(None) };
+        let token = to_u64("token", token).map_err(backend)?;
+        Ok(Some(LeaseGrant { name: name.to_owned(), holder: holder.to_owned(), token }))
     }
 
-    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
         let write = self.db.begin_write().await.map_err(backend)?;
-        write
-            .conn()
-            .prepare_cached(sql::OUTBOX_LEASE_RELEASE)
-            .and_then(|mut s| s.execute([holder]))
-            .map_err(backend)?;
+        write.conn().prepare_cached(sql::RELEASE_LEASE).and_then(|mut s| s.execute([name, holder])).map_err(backend)?;
         write.commit().await.map_err(backend)
     }
 

@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 
 use crate::message::{Message, MessageId};
 use crate::store::{
-    AppendResult, ExpectedVersion, NewEvent, OutboxRecord, RecordedEvent, SagaRecord, Snapshot, Store, StoreError,
-    Transaction,
+    AppendResult, ExpectedVersion, LeaseGrant, NewEvent, OutboxRecord, RecordedEvent, SagaRecord, Snapshot, Store,
+    StoreError, Transaction,
 };
 
 /// The in-memory store. Cheap to clone; clones share the data.
@@ -36,14 +36,30 @@ struct Data {
     snapshots: HashMap<String, Snapshot>,
     outbox: BTreeMap<u64, Message>,
     outbox_next: u64,
-    /// The relay lease: holder and when it runs out.
-    outbox_lease: Option<(String, std::time::Instant)>,
+    /// Named leases (kept after release, so fencing tokens only grow).
+    leases: HashMap<String, Lease>,
     inbox: HashSet<(String, MessageId)>,
-    checkpoints: HashMap<String, u64>,
+    /// Checkpoints: position and the fencing token saved with it (0: none).
+    checkpoints: HashMap<String, (u64, u64)>,
     sagas: HashMap<(String, String), SagaRecord>,
 }
 
+/// One named lease.
+#[derive(Debug)]
+struct Lease {
+    holder: String,
+    /// When it runs out (at once after a release).
+    until: std::time::Instant,
+    token: u64,
+}
+
 impl Data {
+    /// Checks a conditional checkpoint save against the committed checkpoint.
+    fn check_checkpoint(&self, name: &str, expected: u64, token: Option<u64>) -> Result<(), StoreError> {
+        let found = self.checkpoints.get(name).copied();
+        check_checkpoint(name, found, expected, token)
+    }
+
     fn version(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |v| v.len() as u64)
     }
@@ -77,6 +93,21 @@ struct StagedStream {
     events: Vec<NewEvent>,
 }
 
+/// Checks a conditional checkpoint save against `found` (position and token).
+fn check_checkpoint(
+    name: &str,
+    found: Option<(u64, u64)>,
+    expected: u64,
+    token: Option<u64>,
+) -> Result<(), StoreError> {
+    let (position, found_token) = (found.map(|f| f.0), found.map_or(0, |f| f.1));
+    let stale = token.is_some_and(|mine| found_token > mine);
+    if stale || position.unwrap_or(0) != expected {
+        return Err(StoreError::fenced(name, expected, position, token, found_token));
+    }
+    Ok(())
+}
+
 /// A unit of work on a [`MemoryStore`].
 pub struct MemoryTransaction {
     store: MemoryStore,
@@ -84,7 +115,11 @@ pub struct MemoryTransaction {
     snapshots: Vec<Snapshot>,
     outbox: Vec<Message>,
     inbox: Vec<(String, MessageId)>,
-    checkpoints: HashMap<String, u64>,
+    /// Staged checkpoints: position and fencing token (`None`: keep the stored one).
+    checkpoints: HashMap<String, (u64, Option<u64>)>,
+    /// Conditions of conditional saves on committed checkpoints, checked again at commit:
+    /// name, expected position, token.
+    checkpoint_conditions: Vec<(String, u64, Option<u64>)>,
     sagas: Vec<SagaRecord>,
     hooks: Vec<Box<dyn FnOnce() + Send>>,
 }
@@ -178,15 +213,39 @@ impl Transaction for MemoryTransaction {
     }
 
     async fn save_checkpoint(&mut self, name: &str, position: u64) -> Result<(), StoreError> {
-        self.checkpoints.insert(name.to_owned(), position);
+        let token = self.checkpoints.get(name).and_then(|c| c.1);
+        self.checkpoints.insert(name.to_owned(), (position, token));
+        Ok(())
+    }
+
+    async fn save_checkpoint_if(
+        &mut self,
+        name: &str,
+        expected: u64,
+        position: u64,
+        token: Option<u64>,
+    ) -> Result<(), StoreError> {
+        match self.checkpoints.get(name).copied() {
+            Some((staged, staged_token)) => {
+                let committed_token = self.store.data().checkpoints.get(name).map_or(0, |c| c.1);
+                let found_token = staged_token.unwrap_or(0).max(committed_token);
+                check_checkpoint(name, Some((staged, found_token)), expected, token)?;
+            }
+            None => {
+                self.store.data().check_checkpoint(name, expected, token)?;
+                self.checkpoint_conditions.push((name.to_owned(), expected, token));
+            }
+        }
+        let token = token.or_else(|| self.checkpoints.get(name).and_then(|c| c.1));
+        self.checkpoints.insert(name.to_owned(), (position, token));
         Ok(())
     }
 
     async fn load_checkpoint(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
-        if let Some(p) = self.checkpoints.get(name) {
+        if let Some((p, _)) = self.checkpoints.get(name) {
             return Ok(Some(*p));
         }
-        Ok(self.store.data().checkpoints.get(name).copied())
+        Ok(self.store.data().checkpoints.get(name).map(|c| c.0))
     }
 
     async fn save_saga(&mut self, record: &SagaRecord) -> Result<(), StoreError> {
@@ -233,6 +292,9 @@ impl Transaction for MemoryTransaction {
                     return Err(inbox_conflict(&key.0, key.1));
                 }
             }
+            for (name, expected, token) in &this.checkpoint_conditions {
+                data.check_checkpoint(name, *expected, *token)?;
+            }
             let mut saga_versions: HashMap<(String, String), u64> = HashMap::new();
             for r in &this.sagas {
                 let key = (r.name.clone(), r.id.clone());
@@ -260,7 +322,10 @@ impl Transaction for MemoryTransaction {
                 data.outbox.insert(seq, m);
             }
             data.inbox.extend(this.inbox);
-            data.checkpoints.extend(this.checkpoints);
+            for (name, (position, token)) in this.checkpoints {
+                let stored = data.checkpoints.get(&name).map_or(0, |c| c.1);
+                data.checkpoints.insert(name, (position, token.map_or(stored, |t| t.max(stored))));
+            }
             for r in this.sagas {
                 data.sagas.insert((r.name.clone(), r.id.clone()), r);
             }
@@ -326,6 +391,7 @@ impl Store for MemoryStore {
             outbox: Vec::new(),
             inbox: Vec::new(),
             checkpoints: HashMap::new(),
+            checkpoint_conditions: Vec::new(),
             sagas: Vec::new(),
             hooks: Vec::new(),
         }))
@@ -350,7 +416,7 @@ impl Store for MemoryStore {
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        Ok(self.data().checkpoints.get(name).copied())
+        Ok(self.data().checkpoints.get(name).map(|c| c.0))
     }
 
     async fn load_saga(&self, name: &str, id: &str) -> Result<Option<SagaRecord>, StoreError> {
@@ -389,23 +455,29 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn outbox_lease(&self, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<LeaseGrant>, StoreError> {
         let now = std::time::Instant::now();
         let mut data = self.data();
-        let free = match &data.outbox_lease {
-            Some((current, until)) => current == holder || *until <= now,
-            None => true,
+        let token = match data.leases.get(name) {
+            None => 1,
+            Some(lease) if lease.until <= now => lease.token + 1,
+            Some(lease) if lease.holder == holder => lease.token,
+            Some(_) => return Ok(None),
         };
-        if free {
-            data.outbox_lease = Some((holder.to_owned(), now + ttl));
-        }
-        Ok(free)
+        data.leases.insert(name.to_owned(), Lease { holder: holder.to_owned(), until: now + ttl, token });
+        Ok(Some(LeaseGrant { name: name.to_owned(), holder: holder.to_owned(), token }))
     }
 
-    async fn outbox_lease_release(&self, holder: &str) -> Result<(), StoreError> {
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
         let mut data = self.data();
-        if data.outbox_lease.as_ref().is_some_and(|(current, _)| current == holder) {
-            data.outbox_lease = None;
+        if let Some(lease) = data.leases.get_mut(name).filter(|l| l.holder == holder && l.until > now) {
+            lease.until = now;
         }
         Ok(())
     }
