@@ -169,6 +169,7 @@ impl App {
         let listener =
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
         let (stop, shutting_down) = (CancellationToken::new(), CancellationToken::new());
+        let instance: Arc<str> = module::instance_name().into();
         let modules: Vec<_> = selected
             .into_iter()
             .zip(module_dbs)
@@ -180,6 +181,7 @@ impl App {
                     admin_token: admin_token.clone(),
                     stop: stop.clone(),
                     shutdown: shutting_down.clone(),
+                    instance: instance.clone(),
                 };
                 (m, cx)
             })

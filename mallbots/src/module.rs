@@ -82,7 +82,21 @@ pub struct ModuleContext {
     pub stop: CancellationToken,
     /// Fires when the process begins to shut down: long requests (a rebuild) give up.
     pub shutdown: CancellationToken,
+    /// This process among the replicas of its modules (host, pid and a random part): the
+    /// holder name of the leases its singletons take.
+    pub instance: Arc<str>,
 }
+
+/// A name for this process, unique among the replicas: `<host>-<pid>-<random>`.
+pub fn instance_name() -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "mallbots".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &random[..8])
+}
+
+/// How long a singleton's lease (saga timeouts, the analytics projection) outlives its
+/// holder's last renewal: how soon another replica takes over from one that died.
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(6);
 
 impl ModuleContext {
     /// The state of the module's HTTP handlers.

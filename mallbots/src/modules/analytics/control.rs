@@ -16,6 +16,7 @@ use super::AnalyticsProjection;
 #[derive(Clone, Debug)]
 pub struct AnalyticsControl {
     runner: ProjectionRunner,
+    holder: Arc<str>,
     live: Arc<Mutex<Live>>,
 }
 
@@ -39,10 +40,12 @@ pub enum RebuildError {
 }
 
 impl AnalyticsControl {
-    /// A runner of [`AnalyticsProjection`] on `store`, not started.
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    /// A runner of [`AnalyticsProjection`] on `store`, not started. Its live run holds the
+    /// projection's lease as `holder`, so of several analytics processes one projects at a
+    /// time (the others stand by, and take over when it stops or dies).
+    pub fn new(store: Arc<dyn Store>, holder: String) -> Self {
         let runner = ProjectionRunner::new(store, Arc::new(AnalyticsProjection));
-        Self { runner, live: Arc::default() }
+        Self { runner, holder: holder.into(), live: Arc::default() }
     }
 
     /// The runner (for its status and progress).
@@ -61,7 +64,9 @@ impl AnalyticsControl {
 
     fn spawn(&self, parent: &CancellationToken) -> (CancellationToken, JoinHandle<Result<(), RunError>>) {
         let token = parent.child_token();
-        (token.clone(), self.runner.spawn(token))
+        let (runner, holder, cancel) = (self.runner.clone(), self.holder.to_string(), token.clone());
+        let task = tokio::spawn(async move { runner.run_leased(holder, crate::module::LEASE_TTL, cancel).await });
+        (token, task)
     }
 
     /// Stops the live run (no restart after this) and tells how it ended.
@@ -123,7 +128,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_rebuild_while_another_holds_the_runner_is_refused() {
-        let control = AnalyticsControl::new(Arc::new(herald::memory::MemoryStore::new()));
+        let control = AnalyticsControl::new(Arc::new(herald::memory::MemoryStore::new()), "test".into());
         // Held as a running rebuild holds it (a rebuild that runs is covered over HTTP).
         let _held = control.live.clone().lock_owned().await;
         assert!(matches!(control.rebuild().await, Err(RebuildError::Busy)));

@@ -69,7 +69,7 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
 
 fn start(cx: &ModuleContext) -> Parts {
     metrics::describe_gauge!(ORDERS, "Orders by status (analytics read model).");
-    let control = AnalyticsControl::new(cx.store.clone());
+    let control = AnalyticsControl::new(cx.store.clone(), cx.instance.to_string());
     let projection = {
         let (control, stop, shutdown) = (control.clone(), cx.stop.clone(), cx.shutdown.clone());
         Box::pin(async move {

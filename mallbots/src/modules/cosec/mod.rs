@@ -125,7 +125,13 @@ pub const MODULE: Module = Module {
 const TIMEOUT_SCAN: Duration = Duration::from_secs(1);
 
 fn start(cx: &ModuleContext) -> Parts {
-    let timeouts = orchestrator(cx.store.clone()).run_timeouts(TIMEOUT_SCAN, cx.stop.clone());
+    // One replica scans at a time (a lease); another takes over when it stops or dies.
+    let timeouts = orchestrator(cx.store.clone()).run_timeouts_leased(
+        cx.instance.to_string(),
+        crate::module::LEASE_TTL,
+        TIMEOUT_SCAN,
+        cx.stop.clone(),
+    );
     Parts {
         tasks: vec![(
             "saga timeouts",
