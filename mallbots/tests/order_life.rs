@@ -249,3 +249,60 @@ scenarios! {
         a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order,
     ],
 }
+
+/// Module processes die (kill -9, no clean shutdown) and come back while orders flow: every
+/// accepted order still reaches its final status (`approved`: nobody completes the shopping
+/// lists here), with one shopping list and one "created" SMS per order (no duplicate side
+/// effect), and analytics counts every order. A message a killed process held is redelivered
+/// after its ack wait, so this takes up to a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flow() {
+    use support::{Running, eventually_within, spawn_cluster};
+    const ORDERS: usize = 8;
+    let Some(mut app) = spawn_cluster(&[]).await else { return };
+    let support::RunningApp { t, running, .. } = &mut app;
+    let Running::Cluster(cluster) = running else { unreachable!("a cluster") };
+    let product = catalog(t).await;
+    let mut orders = Vec::new();
+    // Not on the path of placing an order (stores, baskets, payments serve those requests).
+    let victims = ["ordering", "cosec", "depot", "customers", "notifications", "analytics", "search"];
+    let mut killed: Option<&str> = None;
+    for i in 0..ORDERS {
+        if i % 2 == 0 {
+            if let Some(module) = killed.take() {
+                cluster.restart(module, 0).await.expect("restart");
+            }
+            let module = victims[fastrand::usize(..victims.len())];
+            cluster.kill(module, 0).await.expect("kill -9");
+            killed = Some(module);
+        }
+        let customer = register(t, &format!("Shopper {i}")).await;
+        orders.push((customer.clone(), order(t, &customer, &product, json!(19.98)).await));
+    }
+    if let Some(module) = killed.take() {
+        cluster.restart(module, 0).await.expect("restart");
+    }
+
+    let limit = std::time::Duration::from_secs(90);
+    for (_, order) in &orders {
+        eventually_within(&format!("order {order} is approved"), limit, || async {
+            t.get(&format!("/api/ordering/{order}")).await.body["status"] == "approved"
+        })
+        .await;
+    }
+    let lists = admin_get(t, "/api/depot/shopping").await;
+    for (customer, order) in &orders {
+        let of_order = lists.as_array().map_or(0, |l| l.iter().filter(|s| s["orderId"] == order.as_str()).count());
+        assert_eq!(of_order, 1, "one shopping list for order {order}: {lists}");
+        let sent = format!("/api/notifications?customerId={customer}");
+        eventually_within("the created SMS", limit, || async {
+            admin_get(t, &sent).await.as_array().map(Vec::len) == Some(1)
+        })
+        .await;
+    }
+    eventually_within("analytics counts every order", limit, || async {
+        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["approved"] == ORDERS
+    })
+    .await;
+    app.stop().await;
+}
