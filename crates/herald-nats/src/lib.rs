@@ -51,6 +51,7 @@ mod broker;
 pub mod config;
 mod core;
 pub mod error;
+mod partitioned;
 mod publisher;
 mod subscriber;
 
