@@ -137,25 +137,32 @@ impl Inner {
                 if let Ok(store) = self.js.get_key_value(&bucket).await {
                     return Ok(store);
                 }
-                let config = async_nats::jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    history: 1,
+                // The bucket's stream, as `create_key_value` makes it (which asks for the
+                // account info first, a request older servers answer in a form it cannot read).
+                let config = stream::Config {
+                    name: format!("KV_{bucket}"),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
                     max_age: self.config.claim_ttl_duration(),
                     storage: match self.config.storage {
                         Storage::File => stream::StorageType::File,
                         Storage::Memory => stream::StorageType::Memory,
                     },
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 1,
                     ..Default::default()
                 };
-                match self.js.create_key_value(config).await {
-                    Ok(store) => Ok(store),
+                let what = || format!("creating the partition bucket {bucket}");
+                if let Err(first) = self.js.get_or_create_stream(config).await {
                     // Another member created it in between.
-                    Err(first) => self
-                        .js
-                        .get_key_value(&bucket)
-                        .await
-                        .map_err(|_| NatsError::jetstream(format!("creating the partition bucket {bucket}"), first)),
+                    if self.js.get_stream(format!("KV_{bucket}")).await.is_err() {
+                        return Err(NatsError::jetstream(what(), first));
+                    }
                 }
+                self.js.get_key_value(&bucket).await.map_err(|e| NatsError::jetstream(what(), e))
             })
             .await
     }
