@@ -172,11 +172,7 @@ impl Inner {
         let name = self.stream_name(topic);
         let config = stream::Config {
             name: name.clone(),
-            subjects: vec![if self.partitioned() {
-                format!("{}.*", self.subject(topic))
-            } else {
-                self.subject(topic)
-            }],
+            subjects: vec![if self.partitioned() { format!("{}.*", self.subject(topic)) } else { self.subject(topic) }],
             storage: match self.config.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
@@ -235,11 +231,7 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), PubSubError> {
 pub(crate) fn sanitise(name: &str) -> String {
     let clean: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    if clean == name {
-        clean
-    } else {
-        format!("{clean}_{:08x}", fnv1a_64(name.as_bytes()) as u32)
-    }
+    if clean == name { clean } else { format!("{clean}_{:08x}", fnv1a_64(name.as_bytes()) as u32) }
 }
 
 /// FNV-1a, 64 bits: stable across processes, platforms and versions, unlike `DefaultHasher`.

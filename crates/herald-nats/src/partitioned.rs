@@ -518,7 +518,8 @@ async fn open_partition(g: &Group, p: u32, mode: Mode) -> Result<Consumer<pull::
         "taking over a partition without a clean handover: redelivering from its ack floor"
     );
     stream.delete_consumer(&name).await.map_err(|e| NatsError::jetstream(format!("deleting consumer {name}"), e))?;
-    let restart = pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }, ..config };
+    let restart =
+        pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }, ..config };
     stream.create_consumer(restart).await.map_err(|e| NatsError::jetstream(format!("re-creating consumer {name}"), e))
 }
 
@@ -566,7 +567,7 @@ struct Notice {
 
 enum Ready {
     Key(String),
-    Keyless(Held),
+    Keyless(Box<Held>),
 }
 
 /// The state of one owned partition.
@@ -582,7 +583,9 @@ impl Partition {
     /// Messages this member holds or has handed out: JetStream counts them as pending.
     fn pending(&self) -> usize {
         let keyless = self.ready.iter().filter(|r| matches!(r, Ready::Keyless(_))).count();
-        keyless + self.flights.len() + self.keys.values().map(|k| k.queue.len() + usize::from(k.waiting.is_some())).sum::<usize>()
+        keyless
+            + self.flights.len()
+            + self.keys.values().map(|k| k.queue.len() + usize::from(k.waiting.is_some())).sum::<usize>()
     }
 
     fn list(&mut self, key: &str) {
@@ -600,7 +603,7 @@ impl Partition {
     fn arrive(&mut self, held: Held) {
         if held.decoded.key.is_empty() {
             self.flights.retain(|_, f| !(f.key.is_empty() && f.seq == held.seq));
-            self.ready.push_back(Ready::Keyless(held));
+            self.ready.push_back(Ready::Keyless(Box::new(held)));
             return;
         }
         let key = held.decoded.key.clone();
@@ -657,7 +660,7 @@ impl Partition {
         while let Some(ready) = self.ready.pop_front() {
             let token = self.next_token;
             let held = match ready {
-                Ready::Keyless(held) => held,
+                Ready::Keyless(held) => *held,
                 Ready::Key(key) => {
                     let Some(k) = self.keys.get_mut(&key) else { continue };
                     k.listed = false;
@@ -683,7 +686,7 @@ impl Partition {
     /// Keeps the held messages leased: JetStream must not redeliver what waits here.
     async fn progress(&self) {
         let held = self.keys.values().flat_map(|k| k.queue.values()).chain(self.ready.iter().filter_map(|r| match r {
-            Ready::Keyless(h) => Some(h),
+            Ready::Keyless(h) => Some(&**h),
             Ready::Key(_) => None,
         }));
         for h in held {
@@ -817,7 +820,7 @@ async fn run_partition(
             () = kill.cancelled() => return End::Lost,
             Some(notice) = settled.recv() => state.settled(notice),
             next = poll_fn(|cx| match lock(&g.slots).get_mut(&p) {
-                Some(batch) => batch.poll_next_unpin(cx).map(|m| Some(m)),
+                Some(batch) => batch.poll_next_unpin(cx).map(Some),
                 None => Poll::Ready(None),
             }), if pulling => match next {
                 None => {
@@ -829,7 +832,7 @@ async fn run_partition(
                     lock(&g.slots).remove(&p);
                 }
                 Some(Some(Ok(message))) => match receive(&g, message).await {
-                    Received::Held(held) => state.arrive(held),
+                    Received::Held(held) => state.arrive(*held),
                     Received::Gone { key, seq } => state.gone(&key, seq),
                     Received::Foreign => {}
                 },
@@ -878,7 +881,7 @@ async fn pending_matches(consumer: &Consumer<pull::Config>, expected: usize) -> 
 /// What became of a pulled message.
 enum Received {
     /// To be handed out in its key's order.
-    Held(Held),
+    Held(Box<Held>),
     /// Over its delivery limit: dead-lettered here.
     Gone { key: String, seq: u64 },
     /// Not a Herald message: terminated.
@@ -912,11 +915,11 @@ async fn receive(g: &Group, message: async_nats::jetstream::Message) -> Received
         if let Err(e) = dead_letter(g, &message, &decoded, g.max_deliveries, &reason).await {
             tracing::error!(error = %e, id = %decoded.id, group = %g.group, "dead-lettering an expired message");
             // Not acknowledged: it stays pending and comes back after its ack wait.
-            return Received::Held(Held { message, decoded, attempt, seq });
+            return Received::Held(Box::new(Held { message, decoded, attempt, seq }));
         }
         return Received::Gone { key: decoded.key, seq };
     }
-    Received::Held(Held { message, decoded, attempt, seq })
+    Received::Held(Box::new(Held { message, decoded, attempt, seq }))
 }
 
 /// Publishes the dead letter of `original`, then terminates it (confirmed).
@@ -929,7 +932,10 @@ async fn dead_letter(
 ) -> Result<(), PubSubError> {
     let dead = dead_letter_for(original, &g.group, attempts, reason, &g.dead_letter_topic);
     g.broker.publish_all(std::slice::from_ref(&dead)).await?;
-    message.double_ack_with(AckKind::Term).await.map_err(|e| NatsError::jetstream("terminating a dead letter", e).into())
+    message
+        .double_ack_with(AckKind::Term)
+        .await
+        .map_err(|e| NatsError::jetstream("terminating a dead letter", e).into())
 }
 
 /// Hands `held` to the application.

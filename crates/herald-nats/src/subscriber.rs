@@ -134,7 +134,11 @@ impl Subscriber for NatsBroker {
 /// When the group's durable consumer does not exist yet: how many messages the topic's stream
 /// holds (which a new consumer at `DeliverPolicy::New` will not deliver). `None` when the group
 /// exists. Another client may create the consumer in between; the warning is then a false alarm.
-pub(crate) async fn earlier_if_new(broker: &Inner, topic: &str, durable: &str) -> Result<Option<EarlierMessages>, NatsError> {
+pub(crate) async fn earlier_if_new(
+    broker: &Inner,
+    topic: &str,
+    durable: &str,
+) -> Result<Option<EarlierMessages>, NatsError> {
     // Fetched with its state just now (`get_or_create_stream` asks the server).
     let stream = broker.stream(topic).await?;
     match stream.consumer_info(durable).await {

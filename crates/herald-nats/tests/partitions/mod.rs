@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use herald::Message;
 use herald::message::MessageId;
-use herald::pubsub::{Delivery, Publisher, PubSubError, SubscribeOptions, Subscriber, Subscription};
+use herald::pubsub::{Delivery, PubSubError, Publisher, SubscribeOptions, Subscriber, Subscription};
 use herald_nats::{NatsConfig, Storage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,8 @@ async fn handle(member: &'static str, d: Delivery, ledger: Shared) {
         let holders = l.in_flight.entry(key.clone()).or_default();
         holders.push(member);
         if holders.len() > 1 {
-            l.violations.push(format!("{member}: key {key} seq {seq} delivered while another of the key was unsettled"));
+            l.violations
+                .push(format!("{member}: key {key} seq {seq} delivered while another of the key was unsettled"));
         }
         if l.handled_ids.insert(id) {
             let order = l.handled.entry(key.clone()).or_default();
@@ -118,7 +119,9 @@ async fn consume(member: &'static str, mut sub: Subscription, ledger: Shared, st
 }
 
 fn messages(topic: &str, keys: u64, round: u64) -> Vec<Message> {
-    (0..keys).map(|k| Message::new(topic, "Numbered.v1", round.to_string().into_bytes()).with_key(format!("key-{k}"))).collect()
+    (0..keys)
+        .map(|k| Message::new(topic, "Numbered.v1", round.to_string().into_bytes()).with_key(format!("key-{k}")))
+        .collect()
 }
 
 /// Polls `condition` every 20 ms until it holds or `within` passes.
@@ -285,12 +288,15 @@ async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_o
     ));
     let before = lock(&ledger).by_member.clone();
     publish_rounds(10, &mut sent).await;
-    eventually(Duration::from_secs(20), "both members to ack the messages after the join", || all_acked(&sent))
-        .await;
+    eventually(Duration::from_secs(20), "both members to ack the messages after the join", || all_acked(&sent)).await;
     {
         let l = lock(&ledger);
         let gained = |m: &str| l.by_member.get(m).copied().unwrap_or(0) - before.get(m).copied().unwrap_or(0);
-        assert!(gained("first") > 0 && gained("second") > 0, "both members handled messages after the join: {:?}", l.by_member);
+        assert!(
+            gained("first") > 0 && gained("second") > 0,
+            "both members handled messages after the join: {:?}",
+            l.by_member
+        );
     }
 
     // Clean leave: the second member stops, its partitions go to the first at once.
