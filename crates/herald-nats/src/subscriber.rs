@@ -1,5 +1,11 @@
 //! Subscribing: a group is a durable pull consumer; each subscription runs one task that pulls
 //! from it and hands [`Delivery`] values through a bounded channel.
+//!
+//! This is the default, unpartitioned mode: the subscriptions of a group compete for one
+//! consumer, so there is no per-key order across them (see [`CAPABILITIES`]). With
+//! [`NatsConfig::partitions`](crate::NatsConfig::partitions) set, `subscribe` hands over to the
+//! `partitioned` module instead: one consumer per partition, each pulled by one member of the
+//! group at a time, with per-key order (ADR 0014).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -29,13 +35,16 @@ use crate::publisher::{HEADER_KEY, HEADER_METADATA, HEADER_NAME};
 /// The most messages one pull asks for.
 const MAX_BATCH: usize = 256;
 
-/// What JetStream can and cannot promise through this adapter.
+/// What JetStream can and cannot promise through this adapter, unpartitioned (the default).
 ///
-/// * `per_key_order` is **false**: JetStream delivers a consumer's messages in stream order, but
-///   a nacked message is redelivered after later ones (of its key too), and the subscriptions of
-///   a group pull interleaved messages of one key and handle them concurrently. Per-key order on
-///   NATS needs partitioned subjects (`topic.<partition>`, the partition a hash of the key) and
-///   one consumer per partition with `max_ack_pending = 1`, which this adapter does not do (yet).
+/// * `per_key_order` is **false** here: JetStream delivers a consumer's messages in stream
+///   order, but a nacked message is redelivered after later ones (of its key too), and the
+///   subscriptions of a group pull interleaved messages of one key and handle them concurrently.
+///   Set [`NatsConfig::partitions`](crate::NatsConfig::partitions) for per-key order: subjects
+///   `<topic>.<partition>` (the partition a stable hash of the key), one consumer per partition
+///   and group, owned by one member at a time through a JetStream key-value bucket, and per-key
+///   sequencing within the owner; that mode declares [`Capabilities::FULL`] (see the
+///   `partitioned` module and `docs/adr/0014-nats-partitioned-consumers.md`).
 /// * A settlement after the delivery's lease ran out is refused with `LeaseLost` by the adapter
 ///   itself: JetStream does not tell a client that its ack came too late, so a settlement made
 ///   after `ack_wait` (counted from when the delivery reached this process) is refused, the
