@@ -853,6 +853,10 @@ async fn run_partition(
             () = g.stop.cancelled(), if draining.is_none() => draining = Some(Some(Instant::now() + STOP_IN_FLIGHT_WAIT)),
             () = tokio::time::sleep(DRAIN_POLL), if draining.is_some() => {}
         }
+        if draining == Some(None) && g.stop.is_cancelled() {
+            // Released, and now the subscription ends too: do not wait a whole ack wait.
+            draining = Some(Some(Instant::now() + STOP_IN_FLIGHT_WAIT));
+        }
         if let Some(give_up) = draining
             && !pulling
             && state.flights_done(g.ack_wait, give_up)
