@@ -317,3 +317,46 @@ async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_o
     drop(l);
     first_task.abort();
 }
+
+/// Fencing: a member whose claim was taken (here: overwritten behind its back, as a member that
+/// claimed the partition after this one's claim lapsed would) stops the partition, and its
+/// settlement of a delivery it still holds is refused with `LeaseLost` instead of reaching the
+/// server. Once the foreign claim expires, the partition is taken over and the message delivered
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_claim_was_taken_cannot_settle() {
+    const TTL: Duration = Duration::from_secs(2);
+    if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+        return;
+    }
+    let config = config(TTL).partitions(1);
+    let (topic, group) = ("orders.events", "billing");
+    let broker = config.connect().await.unwrap();
+    let mut sub =
+        broker.subscribe(SubscribeOptions::new(topic, group).ack_wait(Duration::from_secs(60))).await.unwrap();
+    let sent = Message::new(topic, "Numbered.v1", b"0".to_vec()).with_key("k");
+    broker.publish(std::slice::from_ref(&sent)).await.unwrap();
+    let held = tokio::time::timeout(Duration::from_secs(10), sub.next()).await.unwrap().unwrap();
+    assert_eq!(held.message.id, sent.id);
+
+    // Someone else's claim, written unconditionally over this member's.
+    let js = async_nats::jetstream::new(async_nats::connect(URL).await.unwrap());
+    let bucket = js.get_key_value(format!("{}partitions", config.stream_prefix)).await.unwrap();
+    let claim = format!("{}.billing.p.0", broker.stream_name(topic));
+    assert!(bucket.entry(&claim).await.unwrap().is_some(), "the member claimed partition 0 as {claim}");
+    let intruded_at = Instant::now();
+    bucket.put(&claim, "intruder".into()).await.unwrap();
+    // From here no refresh of the member succeeds, so within 90% of the TTL its lease is over
+    // (sooner: the first failed refresh ends it).
+    tokio::time::sleep_until(intruded_at + TTL * 9 / 10).await;
+    match held.ack().await {
+        Err(PubSubError::LeaseLost) => {}
+        other => panic!("a settlement after the claim was taken must be refused with LeaseLost, got {other:?}"),
+    }
+    // The foreign claim is never refreshed: it expires, the member takes the partition over and
+    // the unacknowledged message comes again.
+    let again = tokio::time::timeout(Duration::from_secs(15), sub.next()).await.expect("redelivered").unwrap();
+    assert_eq!(again.message.id, sent.id);
+    again.ack().await.expect("acking the redelivery");
+    broker.close().await.unwrap();
+}
