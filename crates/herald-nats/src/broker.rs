@@ -38,6 +38,8 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// The subscriptions' pull tasks and the "return unseen" naks, so `close` can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// The partition-ownership bucket, opened on first use (partitioned mode only).
+    pub(crate) claims: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
 }
 
 impl fmt::Debug for NatsBroker {
@@ -61,6 +63,7 @@ impl NatsBroker {
                 closed: AtomicBool::new(false),
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                claims: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -101,12 +104,75 @@ impl Inner {
         format!("{}{}", self.config.subject_prefix, topic)
     }
 
+    /// Whether topics are partitioned (see [`NatsConfig::partitions`]).
+    pub(crate) fn partitioned(&self) -> bool {
+        self.config.partitions > 0
+    }
+
+    /// The subject a message of `topic` is published to: the topic's subject, or with
+    /// partitions `<subject>.<partition>`.
+    pub(crate) fn publish_subject(&self, message: &herald::message::Message) -> String {
+        if self.partitioned() {
+            let partition = partition_of(&message.key, &message.id.to_string(), self.config.partitions);
+            format!("{}.{partition}", self.subject(&message.topic))
+        } else {
+            self.subject(&message.topic)
+        }
+    }
+
+    /// The topic of a message received on `subject`: the subject prefix and, with partitions,
+    /// the partition token taken off.
+    pub(crate) fn topic_of<'a>(&self, subject: &'a str) -> &'a str {
+        let topic = subject.strip_prefix(self.config.subject_prefix.as_str()).unwrap_or(subject);
+        if self.partitioned() { topic.rsplit_once('.').map_or(topic, |(topic, _)| topic) } else { topic }
+    }
+
+    /// The bucket where the members of partitioned groups register and claim partitions:
+    /// `<stream_prefix>partitions`, every entry living `claim_ttl` without a refresh. When it
+    /// exists already, its own max age is the TTL every member goes by.
+    pub(crate) async fn claims(&self) -> Result<&async_nats::jetstream::kv::Store, NatsError> {
+        self.claims
+            .get_or_try_init(|| async {
+                let bucket = format!("{}partitions", self.config.stream_prefix);
+                if let Ok(store) = self.js.get_key_value(&bucket).await {
+                    return Ok(store);
+                }
+                // The bucket's stream, as `create_key_value` makes it (which asks for the
+                // account info first, a request older servers answer in a form it cannot read).
+                let config = stream::Config {
+                    name: format!("KV_{bucket}"),
+                    subjects: vec![format!("$KV.{bucket}.>")],
+                    max_messages_per_subject: 1,
+                    max_age: self.config.claim_ttl_duration(),
+                    storage: match self.config.storage {
+                        Storage::File => stream::StorageType::File,
+                        Storage::Memory => stream::StorageType::Memory,
+                    },
+                    allow_rollup: true,
+                    deny_delete: true,
+                    allow_direct: true,
+                    discard: stream::DiscardPolicy::New,
+                    num_replicas: 1,
+                    ..Default::default()
+                };
+                let what = || format!("creating the partition bucket {bucket}");
+                if let Err(first) = self.js.get_or_create_stream(config).await {
+                    // Another member created it in between.
+                    if self.js.get_stream(format!("KV_{bucket}")).await.is_err() {
+                        return Err(NatsError::jetstream(what(), first));
+                    }
+                }
+                self.js.get_key_value(&bucket).await.map_err(|e| NatsError::jetstream(what(), e))
+            })
+            .await
+    }
+
     /// The stream of `topic`, created if it does not exist yet.
     pub(crate) async fn stream(&self, topic: &str) -> Result<stream::Stream, NatsError> {
         let name = self.stream_name(topic);
         let config = stream::Config {
             name: name.clone(),
-            subjects: vec![self.subject(topic)],
+            subjects: vec![if self.partitioned() { format!("{}.*", self.subject(topic)) } else { self.subject(topic) }],
             storage: match self.config.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,
@@ -165,14 +231,20 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), PubSubError> {
 pub(crate) fn sanitise(name: &str) -> String {
     let clean: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    if clean == name {
-        clean
-    } else {
-        // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
-        let hash =
-            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        format!("{clean}_{:08x}", hash as u32)
-    }
+    if clean == name { clean } else { format!("{clean}_{:08x}", fnv1a_64(name.as_bytes()) as u32) }
+}
+
+/// FNV-1a, 64 bits: stable across processes, platforms and versions, unlike `DefaultHasher`.
+pub(crate) fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The partition of a message: `fnv1a_64(key) % partitions`, or for a message without a key
+/// the same hash of its id (spreading keyless messages over the partitions). Part of the wire
+/// format: publishers and subscribers in every process must compute the same.
+pub(crate) fn partition_of(key: &str, id: &str, partitions: u32) -> u32 {
+    let hashed = if key.is_empty() { id } else { key };
+    (fnv1a_64(hashed.as_bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 #[cfg(test)]
@@ -186,6 +258,17 @@ mod tests {
         assert!(dotted.starts_with("orders_billing_dead-letters_"), "{dotted}");
         assert_ne!(sanitise("a.b"), sanitise("a_b"));
         assert_eq!(sanitise("a.b"), sanitise("a.b"));
+    }
+
+    #[test]
+    fn partitions_are_a_stable_hash_of_the_key() {
+        // Fixed values: the partition of a key is part of the wire format.
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(partition_of("order-1", "ignored", 8), partition_of("order-1", "other id", 8));
+        assert_eq!(partition_of("order-1", "x", 8), (fnv1a_64(b"order-1") % 8) as u32);
+        let spread: std::collections::HashSet<u32> = (0..64).map(|i| partition_of("", &i.to_string(), 8)).collect();
+        assert!(spread.len() > 4, "messages without a key are spread: {spread:?}");
     }
 
     #[test]

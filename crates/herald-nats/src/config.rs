@@ -8,6 +8,9 @@ use serde::Deserialize;
 use crate::broker::NatsBroker;
 use crate::error::NatsError;
 
+/// The most partitions a topic may have.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// Where JetStream keeps a stream's messages.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -29,6 +32,8 @@ pub enum Storage {
 /// storage = "file"                # or "memory"
 /// max_age_secs = 0                # 0 = keep messages until the stream's limits say otherwise
 /// duplicate_window_secs = 120     # de-duplication on message id
+/// partitions = 0                  # 0 = off; n > 0: per-key order across processes (ADR 0014)
+/// claim_ttl_ms = 10000            # how long a dead member's partitions stay claimed
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -54,6 +59,23 @@ pub struct NatsConfig {
     /// server (publishing is at-least-once; this absorbs the retries). Default 120 (JetStream's
     /// own default).
     pub duplicate_window_secs: u64,
+    /// Partitioned subjects and consumers, for per-key order across processes: `0` (the
+    /// default) keeps one subject per topic and one competing consumer per group, without
+    /// per-key order; `n > 0` publishes a message with key `K` to `<subject>.<p>`, where
+    /// `p = fnv1a_64(K) % n` (messages without a key are spread by their id), and gives each
+    /// group one durable consumer per partition, each pulled by one member of the group at a
+    /// time, so the adapter can keep per-key order (see `docs/adr/0014-nats-partitioned-consumers.md`).
+    ///
+    /// It changes the wire format (subjects) and the streams' subjects, so every publisher and
+    /// subscriber of an application must agree on it, and it cannot change for a stream that
+    /// exists: use a new `stream_prefix` (and `subject_prefix`) to switch.
+    pub partitions: u32,
+    /// With [`partitions`](Self::partitions): how long, in milliseconds, a member's registration
+    /// and partition claims live without a heartbeat. A member that dies without leaving
+    /// (kill -9, lost network) has its partitions taken over by the others after about this
+    /// long; a member that leaves cleanly hands them over at once. Members heartbeat every
+    /// third of it. Default 10,000 (10 s); at least 300.
+    pub claim_ttl_ms: u64,
 }
 
 impl Default for NatsConfig {
@@ -65,6 +87,8 @@ impl Default for NatsConfig {
             storage: Storage::File,
             max_age_secs: 0,
             duplicate_window_secs: 120,
+            partitions: 0,
+            claim_ttl_ms: 10_000,
         }
     }
 }
@@ -101,6 +125,26 @@ impl NatsConfig {
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age_secs = max_age.as_secs();
         self
+    }
+
+    /// Partitions per topic (`0`: off; see [`partitions`](Self::partitions)).
+    #[must_use]
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Sets how long a partition claim lives without a heartbeat (see
+    /// [`claim_ttl_ms`](Self::claim_ttl_ms)); rounded down to milliseconds.
+    #[must_use]
+    pub fn claim_ttl(mut self, ttl: Duration) -> Self {
+        self.claim_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
+    /// The claim TTL as a duration.
+    pub fn claim_ttl_duration(&self) -> Duration {
+        Duration::from_millis(self.claim_ttl_ms)
     }
 
     /// The maximum age as a duration (`Duration::ZERO`: unlimited).
@@ -145,6 +189,12 @@ impl NatsConfig {
                 "duplicate_window_secs cannot be longer than max_age_secs".to_owned(),
             ));
         }
+        if self.partitions > MAX_PARTITIONS {
+            return Err(NatsError::InvalidConfig(format!("partitions must be at most {MAX_PARTITIONS}")));
+        }
+        if self.partitions > 0 && self.claim_ttl_ms < 300 {
+            return Err(NatsError::InvalidConfig("claim_ttl_ms must be at least 300".to_owned()));
+        }
         Ok(())
     }
 
@@ -183,6 +233,14 @@ mod tests {
         assert_eq!(config.url, "nats://127.0.0.1:4222");
         assert_eq!(config.storage, Storage::File);
         assert!(config.validate().is_ok());
+        assert_eq!((config.partitions, config.claim_ttl_ms), (0, 10_000), "partitioning is opt-in");
+    }
+
+    #[test]
+    fn partition_settings_are_checked() {
+        assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_secs(2)).validate().is_ok());
+        assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_millis(100)).validate().is_err());
+        assert!(NatsConfig::default().partitions(MAX_PARTITIONS + 1).validate().is_err());
     }
 
     #[test]

@@ -14,13 +14,42 @@
 //! * A **message** travels as the payload plus headers: `Nats-Msg-Id` (the message id, so the
 //!   server drops a re-publish within the duplicate window), `herald-name`, `herald-key` and
 //!   `herald-metadata` (the [`Metadata`](herald::message::Metadata) as JSON).
-//! * A **group** is a durable pull consumer with explicit acks; every subscription of the group
+//! * A **group** is a durable pull consumer (one per partition with [`NatsConfig::partitions`],
+//!   see below) with explicit acks; every subscription of the group
 //!   pulls from it (competing consumers), and each group has its own (fan-out). A delivery's
 //!   `attempt` is JetStream's delivery count and its `position` the stream sequence.
 //! * **Dead letters** are published by the adapter to the dead-letter topic (its own stream),
 //!   then the original is terminated (`+TERM`). The consumer allows one delivery more than
 //!   `max_deliveries`, so that a message whose last lease expired comes back once more, only to
 //!   be dead-lettered by the adapter instead of being handed out.
+//!
+//! # Per-key order: partitioned groups
+//!
+//! By default a group's subscriptions compete for one consumer and JetStream keeps no per-key
+//! order across them (`Capabilities::per_key_order` is false). With
+//! [`NatsConfig::partitions`] set to `n > 0` (opt-in: it changes the subjects on the wire), the
+//! adapter keeps per-key order across processes:
+//!
+//! * a message with key `K` goes to subject `<topic subject>.<p>`, `p = fnv1a_64(K) % n`
+//!   (messages without a key are spread by their id), and the topic's stream holds
+//!   `<topic subject>.*`;
+//! * each group has one durable consumer per partition (`<group>-p<p>`); the group's members
+//!   (subscriptions, in any process) register and claim partitions in the JetStream key-value
+//!   bucket `<stream_prefix>partitions` with revision-checked writes, so one member pulls a
+//!   partition at a time. Every member computes the same assignment (live members sorted,
+//!   round-robin), so partitions move when a member joins or leaves; `subscribe` returns once the
+//!   new member owns its share (bounded wait);
+//! * within a partition the owner hands out at most one unsettled message per key; later ones of
+//!   the key wait (kept leased), a nacked one comes back before them, other keys go on;
+//! * a member that leaves (subscription dropped, broker closed) hands its partitions over at once;
+//!   one that dies without leaving loses them when its claims expire
+//!   ([`NatsConfig::claim_ttl_ms`], default 10 s), and the next owner restarts the partition's
+//!   consumer at its ack floor, so what the dead member held comes back before later messages
+//!   of its keys (messages it acked past the floor come again: at least once, the inbox absorbs
+//!   them). A member whose claim lapsed has its settlements refused with `LeaseLost`.
+//!
+//! The design, what it guarantees and what it does not, is ADR 0014
+//! (`docs/adr/0014-nats-partitioned-consumers.md`).
 //!
 //! **Core NATS** (no JetStream, nothing retained) is available as a declared non-durable mode:
 //! [`NatsConfig::connect_core`] gives a [`NatsCoreBroker`] whose groups are queue groups; see
@@ -51,6 +80,7 @@ mod broker;
 pub mod config;
 mod core;
 pub mod error;
+mod partitioned;
 mod publisher;
 mod subscriber;
 

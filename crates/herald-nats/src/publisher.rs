@@ -72,7 +72,7 @@ impl Inner {
             let publish = encode(m)?;
             let ack = self
                 .js
-                .send_publish(self.subject(&m.topic), publish)
+                .send_publish(self.publish_subject(m), publish)
                 .await
                 .map_err(|e| NatsError::jetstream(format!("publishing {} to {}", m.id, m.topic), e))?;
             pending.push(ack);

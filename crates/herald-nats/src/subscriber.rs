@@ -1,5 +1,11 @@
 //! Subscribing: a group is a durable pull consumer; each subscription runs one task that pulls
 //! from it and hands [`Delivery`] values through a bounded channel.
+//!
+//! This is the default, unpartitioned mode: the subscriptions of a group compete for one
+//! consumer, so there is no per-key order across them (see [`CAPABILITIES`]). With
+//! [`NatsConfig::partitions`](crate::NatsConfig::partitions) set, `subscribe` hands over to the
+//! `partitioned` module instead: one consumer per partition, each pulled by one member of the
+//! group at a time, with per-key order (ADR 0014).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -29,13 +35,16 @@ use crate::publisher::{HEADER_KEY, HEADER_METADATA, HEADER_NAME};
 /// The most messages one pull asks for.
 const MAX_BATCH: usize = 256;
 
-/// What JetStream can and cannot promise through this adapter.
+/// What JetStream can and cannot promise through this adapter, unpartitioned (the default).
 ///
-/// * `per_key_order` is **false**: JetStream delivers a consumer's messages in stream order, but
-///   a nacked message is redelivered after later ones (of its key too), and the subscriptions of
-///   a group pull interleaved messages of one key and handle them concurrently. Per-key order on
-///   NATS needs partitioned subjects (`topic.<partition>`, the partition a hash of the key) and
-///   one consumer per partition with `max_ack_pending = 1`, which this adapter does not do (yet).
+/// * `per_key_order` is **false** here: JetStream delivers a consumer's messages in stream
+///   order, but a nacked message is redelivered after later ones (of its key too), and the
+///   subscriptions of a group pull interleaved messages of one key and handle them concurrently.
+///   Set [`NatsConfig::partitions`](crate::NatsConfig::partitions) for per-key order: subjects
+///   `<topic>.<partition>` (the partition a stable hash of the key), one consumer per partition
+///   and group, owned by one member at a time through a JetStream key-value bucket, and per-key
+///   sequencing within the owner; that mode declares [`Capabilities::FULL`] (see the
+///   `partitioned` module and `docs/adr/0014-nats-partitioned-consumers.md`).
 /// * A settlement after the delivery's lease ran out is refused with `LeaseLost` by the adapter
 ///   itself: JetStream does not tell a client that its ack came too late, so a settlement made
 ///   after `ack_wait` (counted from when the delivery reached this process) is refused, the
@@ -65,7 +74,7 @@ struct Shared {
 #[async_trait]
 impl Subscriber for NatsBroker {
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        if self.inner.partitioned() { crate::partitioned::CAPABILITIES } else { CAPABILITIES }
     }
 
     async fn subscribe(&self, options: SubscribeOptions) -> Result<Subscription, PubSubError> {
@@ -75,6 +84,9 @@ impl Subscriber for NatsBroker {
         check_topic(&dead_letter_topic)?;
         if self.is_closed() {
             return Err(PubSubError::Closed);
+        }
+        if self.inner.partitioned() {
+            return crate::partitioned::subscribe(self, options, dead_letter_topic).await;
         }
         let inner = &self.inner;
         let durable = sanitise(&options.group);
@@ -131,7 +143,11 @@ impl Subscriber for NatsBroker {
 /// When the group's durable consumer does not exist yet: how many messages the topic's stream
 /// holds (which a new consumer at `DeliverPolicy::New` will not deliver). `None` when the group
 /// exists. Another client may create the consumer in between; the warning is then a false alarm.
-async fn earlier_if_new(broker: &Inner, topic: &str, durable: &str) -> Result<Option<EarlierMessages>, NatsError> {
+pub(crate) async fn earlier_if_new(
+    broker: &Inner,
+    topic: &str,
+    durable: &str,
+) -> Result<Option<EarlierMessages>, NatsError> {
     // Fetched with its state just now (`get_or_create_stream` asks the server).
     let stream = broker.stream(topic).await?;
     match stream.consumer_info(durable).await {
@@ -158,33 +174,7 @@ impl Source {
     async fn open(&self, broker: &Inner) -> Result<pull::Stream, PubSubError> {
         let stream = broker.stream(&self.topic).await?;
         let durable = &self.durable;
-        let what = || format!("creating consumer {durable} on {}", broker.stream_name(&self.topic));
-        let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = stream
-            .get_or_create_consumer(durable, self.config.clone())
-            .await
-            .map_err(|e| NatsError::jetstream(what(), e))?;
-        // An existing consumer keeps the settings it was created with; bring the ones a
-        // subscription may change up to date (the start position of an existing group stays).
-        let existing = &consumer.cached_info().config;
-        if (existing.ack_wait, existing.max_deliver, existing.max_ack_pending)
-            != (self.config.ack_wait, self.config.max_deliver, self.config.max_ack_pending)
-        {
-            let updated = pull::Config {
-                ack_wait: self.config.ack_wait,
-                max_deliver: self.config.max_deliver,
-                max_ack_pending: self.config.max_ack_pending,
-                deliver_policy: existing.deliver_policy,
-                ..self.config.clone()
-            };
-            match stream.create_consumer(updated).await {
-                Ok(fresh) => consumer = fresh,
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    consumer = %durable,
-                    "could not update the consumer's ack wait / max deliveries / max in flight; it keeps its old ones"
-                ),
-            }
-        }
+        let consumer = ensure_consumer(broker, &stream, &self.topic, durable, &self.config).await?;
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)
@@ -193,6 +183,43 @@ impl Source {
             .map_err(|e| NatsError::jetstream(format!("pulling from consumer {durable}"), e))?;
         Ok(messages)
     }
+}
+
+/// The durable consumer `durable` on `stream` (of `topic`), created with `config` if it does not
+/// exist. An existing consumer keeps the settings it was created with; the ones a subscription
+/// may change (ack wait, max deliveries, max in flight) are brought up to date, its start
+/// position stays.
+pub(crate) async fn ensure_consumer(
+    broker: &Inner,
+    stream: &async_nats::jetstream::stream::Stream,
+    topic: &str,
+    durable: &str,
+    config: &pull::Config,
+) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, NatsError> {
+    let what = || format!("creating consumer {durable} on {}", broker.stream_name(topic));
+    let mut consumer: async_nats::jetstream::consumer::Consumer<pull::Config> =
+        stream.get_or_create_consumer(durable, config.clone()).await.map_err(|e| NatsError::jetstream(what(), e))?;
+    let existing = &consumer.cached_info().config;
+    if (existing.ack_wait, existing.max_deliver, existing.max_ack_pending)
+        != (config.ack_wait, config.max_deliver, config.max_ack_pending)
+    {
+        let updated = pull::Config {
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            deliver_policy: existing.deliver_policy,
+            ..config.clone()
+        };
+        match stream.create_consumer(updated).await {
+            Ok(fresh) => consumer = fresh,
+            Err(e) => tracing::warn!(
+                error = %e,
+                consumer = %durable,
+                "could not update the consumer's ack wait / max deliveries / max in flight; it keeps its old ones"
+            ),
+        }
+    }
+    Ok(consumer)
 }
 
 /// The first pause before re-opening a failed pull stream; it doubles with each failure in a
@@ -283,7 +310,7 @@ const UNSUBSCRIBE_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 /// The request runs as a task and this thread waits on a std channel with an OS-clock timeout,
 /// never on the runtime's own timer: the drop may happen while the runtime shuts down, when its
 /// I/O and timer drivers are gone (the task is then dropped and the wait ends at once).
-fn confirm_unsubscribed(broker: &Inner) {
+pub(crate) fn confirm_unsubscribed(broker: &Inner) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
     if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
         return;

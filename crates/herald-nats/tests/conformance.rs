@@ -99,3 +99,34 @@ async fn subscribing_again_updates_the_group_s_consumer() {
     );
     js.delete_stream(broker.stream_name("updates.events")).await.unwrap();
 }
+
+/// The same suite with partitioned subjects and consumers (`NatsConfig::partitions`), where the
+/// adapter declares per-key order across processes.
+mod partitioned {
+    use super::*;
+
+    /// As [`nats`](super::nats), with 8 partitions and a short claim TTL.
+    pub(crate) fn config() -> NatsConfig {
+        let run = fastrand::u32(..);
+        NatsConfig::new(URL)
+            .stream_prefix(format!("hq{run:08x}-"))
+            .subject_prefix(format!("hq{run:08x}."))
+            .storage(Storage::Memory)
+            .max_age(Duration::from_secs(600))
+            .partitions(8)
+            .claim_ttl(Duration::from_secs(3))
+    }
+
+    async fn nats_partitioned() -> PubSubFixture {
+        let config = config();
+        let broker = config.connect().await.expect("connecting to NATS");
+        let other = config.connect().await.expect("connecting to NATS a second time");
+        assert!(broker.capabilities().per_key_order, "a partitioned broker declares per-key order");
+        PubSubFixture::new(Arc::new(broker.clone()), Arc::new(broker), Arc::new(other), Box::new(()))
+    }
+
+    use herald::pubsub::Subscriber as _;
+    herald_conformance::pubsub_suite!(nats_partitioned, requires: ("NATS", "127.0.0.1:4222"));
+}
+
+mod partitions;
