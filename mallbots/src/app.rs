@@ -109,6 +109,11 @@ pub struct App {
 /// (naming what could not be reached) instead of hanging.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// Partitions of every NATS topic: the most replicas of a module that share its work.
+const NATS_PARTITIONS: u32 = 8;
+/// How long a dead replica keeps its partitions before another takes them over.
+const NATS_CLAIM_TTL: Duration = Duration::from_secs(5);
+
 /// Connections of each module's pool on PostgreSQL when a process runs several modules (one
 /// module alone gets Herald's default).
 const POOL_PER_MODULE: u32 = 4;
@@ -435,9 +440,13 @@ pub async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyh
     const WHAT: &str = "connecting to the broker";
     Ok(match broker_scheme(url)? {
         "nats" => {
+            // Partitioned subjects: the replicas of a module share its work and per-key order
+            // (an order's events, in order) holds across them (ADR 0014).
             let config = herald_nats::NatsConfig::new(url)
                 .stream_prefix(format!("{namespace}-"))
-                .subject_prefix(format!("{namespace}."));
+                .subject_prefix(format!("{namespace}."))
+                .partitions(NATS_PARTITIONS)
+                .claim_ttl(NATS_CLAIM_TTL);
             let config = if ephemeral {
                 config.storage(herald_nats::Storage::Memory).max_age(Duration::from_secs(600))
             } else {

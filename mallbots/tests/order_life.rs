@@ -263,8 +263,13 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
     let support::RunningApp { t, running, .. } = &mut app;
     let Running::Cluster(cluster) = running else { unreachable!("a cluster") };
     let product = catalog(t).await;
+    let mut customers = Vec::new();
+    for i in 0..ORDERS {
+        customers.push(register(t, &format!("Shopper {i}")).await);
+    }
     let mut orders = Vec::new();
-    // Not on the path of placing an order (stores, baskets, payments serve those requests).
+    // Not on the path of placing an order (baskets and payments serve those requests; the
+    // customers are registered already).
     let victims = ["ordering", "cosec", "depot", "customers", "notifications", "analytics", "search"];
     let mut killed: Option<&str> = None;
     for i in 0..ORDERS {
@@ -273,11 +278,12 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
                 cluster.restart(module, 0).await.expect("restart");
             }
             let module = victims[fastrand::usize(..victims.len())];
+            eprintln!("order {i}: kill -9 {module}");
             cluster.kill(module, 0).await.expect("kill -9");
             killed = Some(module);
         }
-        let customer = register(t, &format!("Shopper {i}")).await;
-        orders.push((customer.clone(), order(t, &customer, &product, json!(19.98)).await));
+        let customer = &customers[i];
+        orders.push((customer.clone(), order(t, customer, &product, json!(19.98)).await));
     }
     if let Some(module) = killed.take() {
         cluster.restart(module, 0).await.expect("restart");
