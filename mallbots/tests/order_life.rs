@@ -272,7 +272,7 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
     // customers are registered already).
     let victims = ["ordering", "cosec", "depot", "customers", "notifications", "analytics", "search"];
     let mut killed: Option<&str> = None;
-    for i in 0..ORDERS {
+    for (i, customer) in customers.iter().enumerate() {
         if i % 2 == 0 {
             if let Some(module) = killed.take() {
                 cluster.restart(module, 0).await.expect("restart");
@@ -282,7 +282,6 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
             cluster.kill(module, 0).await.expect("kill -9");
             killed = Some(module);
         }
-        let customer = &customers[i];
         orders.push((customer.clone(), order(t, customer, &product, json!(19.98)).await));
     }
     if let Some(module) = killed.take() {
