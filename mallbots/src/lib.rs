@@ -39,4 +39,5 @@ pub mod metrics;
 pub mod module;
 pub mod modules;
 pub mod money;
+pub mod settings;
 pub mod simulate;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use herald_otel::{LogFormat, TelemetryConfig};
 use mallbots::app::{App, Config, TokenSource};
+use mallbots::settings::Settings;
 use tokio_util::sync::CancellationToken;
 
 /// MallBots: Herald's reference application — a mall with kiosks, stores and shopper bots,
@@ -20,10 +22,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs every module in this process: the REST API (Swagger UI at /docs), the message
-    /// router and the outbox relay. By default on one SQLite file with the SQL broker (no
-    /// server needed); PostgreSQL and NATS, Redis or RabbitMQ on request. Ctrl-C stops it
-    /// cleanly.
+    /// Runs MallBots' modules (all by default, or those of --modules) in this process: their
+    /// REST API (Swagger UI at /docs), message routes, tasks and outbox relays. By default on
+    /// one SQLite file with the SQL broker (no server needed); PostgreSQL and NATS, Redis or
+    /// RabbitMQ on request. Settings: flags, MALLBOTS_* variables, a TOML file (--config).
+    /// Ctrl-C stops it cleanly.
     Serve(ServeArgs),
     /// The load generator: N concurrent kiosks place orders (register, authorize the payment,
     /// start a basket, add items, check out) and wait for the saga's decision; admin workers
@@ -55,10 +58,15 @@ struct GatewayArgs {
 #[derive(Debug, clap::Args)]
 struct ClusterArgs {
     /// PostgreSQL: every module keeps its tables in the schema `<namespace>_<module>`.
-    #[arg(long, env = "MALLBOTS_DATABASE", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "MALLBOTS_DATABASE",
+        hide_env_values = true,
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     database: String,
     /// The broker every module talks through.
-    #[arg(long, env = "MALLBOTS_BROKER", default_value = "nats://127.0.0.1:4222")]
+    #[arg(long, env = "MALLBOTS_BROKER", hide_env_values = true, default_value = "nats://127.0.0.1:4222")]
     broker: String,
     #[arg(long, env = "MALLBOTS_NAMESPACE", default_value = "mallbots")]
     namespace: String,
@@ -150,49 +158,90 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-#[derive(Debug, clap::Args)]
+/// `mallbots serve`'s flags. Each is optional: unset, the config file's value (or the
+/// default) holds; see `deploy/mallbots.toml`.
+#[derive(Debug, clap::Args, serde::Serialize)]
 struct ServeArgs {
-    /// Address of the HTTP server.
-    #[arg(long, env = "MALLBOTS_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    http_addr: String,
+    /// A TOML file of settings (default: `mallbots.toml` in the working directory, if there).
+    /// Environment variables override it, flags override both.
+    #[arg(long, env = "MALLBOTS_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Print the settings this process would run with (passwords hidden) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
+    /// Address of the HTTP server [default: 127.0.0.1:8080].
+    #[arg(long, env = "MALLBOTS_HTTP_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_addr: Option<String>,
     /// The database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST:PORT/DB`
-    /// (tables in the schema named by --namespace, created if missing).
-    #[arg(long, env = "MALLBOTS_DATABASE", default_value = "sqlite://mallbots.db")]
-    database: String,
+    /// (tables in the schemas `<namespace>_<module>`, created if missing) [default:
+    /// sqlite://mallbots.db].
+    #[arg(long, env = "MALLBOTS_DATABASE", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database: Option<String>,
     /// The broker: unset = the SQL broker on the same database; or `nats://HOST:PORT`
     /// (JetStream), `redis://HOST:PORT` (Streams), `amqp://USER:PASS@HOST:PORT` (RabbitMQ).
-    #[arg(long, env = "MALLBOTS_BROKER")]
+    #[arg(long, env = "MALLBOTS_BROKER", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<String>,
-    /// Keeps this MallBots apart from others on the same servers: the PostgreSQL schema and
-    /// the prefix of broker streams, keys and queues.
-    #[arg(long, env = "MALLBOTS_NAMESPACE", default_value = mallbots::app::DEFAULT_NAMESPACE)]
-    namespace: String,
+    /// Keeps this MallBots apart from others on the same servers: the PostgreSQL schemas and
+    /// the prefix of broker streams, keys and queues [default: mallbots].
+    #[arg(long, env = "MALLBOTS_NAMESPACE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
     /// Bearer token of the admin endpoints; unset = generated at first start, printed once
     /// and kept in `mallbots-admin-token` next to the database.
     #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
-    /// Throw-away broker state (tests): NATS streams in memory for 10 minutes, RabbitMQ queues
-    /// deleted when unused.
-    #[arg(long, hide = true)]
-    ephemeral_broker: bool,
-    /// The modules this process runs, comma-separated (default: all). On PostgreSQL each
+    /// The modules this process runs, comma-separated [default: all]. On PostgreSQL each
     /// keeps its tables in the schema `<namespace>_<module>`; several processes of one module
     /// share its work. Modules: stores, customers, baskets, ordering, payments, depot, cosec,
     /// notifications, search, analytics, admin.
-    #[arg(long, env = "MALLBOTS_MODULES", value_delimiter = ',', default_value = "all")]
-    modules: Vec<String>,
+    #[arg(long, env = "MALLBOTS_MODULES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    modules: Option<Vec<String>>,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    /// Throw-away broker state (tests): NATS streams in memory for 10 minutes, RabbitMQ queues
+    /// deleted when unused.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    ephemeral_broker: bool,
+}
+
+#[derive(Debug, clap::Args, serde::Serialize)]
+struct TelemetryArgs {
+    /// Which logs and spans to keep, e.g. `info,herald=debug` [default: info,sqlx=warn].
+    #[arg(long = "log-filter", env = "RUST_LOG")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filter: Option<String>,
+    /// `pretty` or `json` (one JSON object per line) [default: pretty].
+    #[arg(long, env = "LOG_FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
+    /// Export Herald's spans over OTLP/gRPC to this endpoint (one trace follows an order
+    /// across processes).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    otlp_endpoint: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
-        )
-        .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+    let command = Cli::parse().command;
+    if let Command::Serve(args) = command {
+        return serve(args).await;
+    }
+    let mut telemetry = TelemetryConfig::from_env("mallbots");
+    if std::env::var_os("RUST_LOG").is_none() {
+        telemetry.filter = "info,sqlx=warn".into();
+    }
+    let _telemetry = herald_otel::install(telemetry).context("installing logs and traces")?;
+    match command {
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Simulate(args) => simulate(args).await,
         Command::Cluster(args) => cluster(args).await,
         Command::GatewayConfig(args) => {
@@ -277,15 +326,32 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config {
-        http_addr: args.http_addr,
-        database: args.database,
-        broker: args.broker,
-        namespace: args.namespace,
-        ephemeral_broker: args.ephemeral_broker,
-        admin_token: args.admin_token,
-        modules: args.modules,
+    let (settings, file) = Settings::load(args.config.as_deref(), &args)?;
+    if args.print_config {
+        match &file {
+            Some(file) => println!("# from {}, the environment and flags", file.display()),
+            None => println!("# no config file: defaults, the environment and flags"),
+        }
+        print!("{}", settings.to_toml());
+        return Ok(());
+    }
+    let modules = mallbots::module::select(&settings.modules)?;
+    let service = if modules.len() == mallbots::module::MODULES.len() {
+        "mallbots".to_owned()
+    } else {
+        format!("mallbots-{}", mallbots::module::names_of(modules).join("-"))
     };
+    let _telemetry = herald_otel::install(TelemetryConfig {
+        service_name: service,
+        filter: settings.telemetry.filter.clone(),
+        log_format: if settings.telemetry.log_format == "json" { LogFormat::Json } else { LogFormat::Pretty },
+        otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+    })
+    .context("installing logs and traces")?;
+    if let Some(file) = &file {
+        tracing::info!(file = %file.display(), "settings read");
+    }
+    let config = Config { ephemeral_broker: args.ephemeral_broker, ..settings.app_config() };
     let app = App::build(config).await?;
     match app.token_source() {
         TokenSource::Generated(file) => {
