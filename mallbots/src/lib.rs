@@ -39,5 +39,6 @@ pub mod metrics;
 pub mod module;
 pub mod modules;
 pub mod money;
+pub mod ops_cli;
 pub mod settings;
 pub mod simulate;

@@ -40,9 +40,91 @@ enum Command {
     /// behind an nginx gateway (Debian's `nginx` package). Logs and the gateway's
     /// configuration go to --dir. `scripts/cluster.sh up|down` runs it in the background.
     Cluster(ClusterArgs),
+    /// Dead letters of a running MallBots (over its admin API): list, show, replay to the group
+    /// that failed them, or discard.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Projections of a running MallBots (over its admin API): where they stand, rebuild one.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Prints the nginx configuration of the gateway for the local cluster's ports (each
     /// module's REST paths to its process); `deploy/nginx.conf` is its output.
     GatewayConfig(GatewayArgs),
+}
+
+/// Which server, and the admin token.
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// The server: the gateway, or a process running the module concerned.
+    #[arg(long, env = "MALLBOTS_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+    /// The admin bearer token.
+    #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    admin_token: Option<String>,
+    /// Print the server's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<mallbots::ops_cli::Target> {
+        let admin_token =
+            self.admin_token.clone().context("the admin token is needed: --admin-token or MALLBOTS_ADMIN_TOKEN")?;
+        Ok(mallbots::ops_cli::Target { url: self.url.clone(), admin_token })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Lists dead letters, oldest first.
+    List {
+        /// pending, replayed, discarded or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+        /// Only those of this consumer group.
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many (1 to 100).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Shows one dead letter in full (its reason, attempts and message).
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Replays a pending dead letter to the group that failed it (only that group sees it).
+    Replay {
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Discards a pending dead letter (kept, marked discarded).
+    Discard {
+        id: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionsCommand {
+    /// Where each projection stands: position, head of its log, lag, phase.
+    Status {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Rebuilds a projection from the start of its log, while the server runs.
+    Rebuild {
+        /// The projection (its module): analytics.
+        #[arg(default_value = "analytics")]
+        name: String,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -244,6 +326,28 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(_) => unreachable!("handled above"),
         Command::Simulate(args) => simulate(args).await,
         Command::Cluster(args) => cluster(args).await,
+        Command::DeadLetters(command) => {
+            use mallbots::ops_cli::DeadLetters;
+            let (command, target) = match command {
+                DeadLettersCommand::List { status, group, limit, target } => {
+                    (DeadLetters::List { status, group, limit }, target)
+                }
+                DeadLettersCommand::Show { id, target } => (DeadLetters::Show { id }, target),
+                DeadLettersCommand::Replay { id, target } => (DeadLetters::Replay { id }, target),
+                DeadLettersCommand::Discard { id, target } => (DeadLetters::Discard { id }, target),
+            };
+            println!("{}", mallbots::ops_cli::dead_letters(&target.target()?, command, target.json).await?);
+            Ok(())
+        }
+        Command::Projections(command) => {
+            use mallbots::ops_cli::Projections;
+            let (command, target) = match command {
+                ProjectionsCommand::Status { target } => (Projections::Status, target),
+                ProjectionsCommand::Rebuild { name, target } => (Projections::Rebuild { name }, target),
+            };
+            println!("{}", mallbots::ops_cli::projections(&target.target()?, command, target.json).await?);
+            Ok(())
+        }
         Command::GatewayConfig(args) => {
             let upstreams = mallbots::gateway::local_upstreams(args.first_module_port);
             print!("{}", mallbots::gateway::nginx_config(&args.listen, &upstreams, None));

@@ -206,3 +206,78 @@ async fn start_up_against_unreachable_servers_fails_fast_naming_them_without_pas
     futures::future::join_all(runs).await;
     held.abort();
 }
+
+/// `mallbots dead-letters …` and `mallbots projections …` against a running server (the real
+/// binary over its admin API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_commands_list_replay_and_discard_dead_letters_and_show_projections() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = Config {
+        http_addr: "127.0.0.1:0".into(),
+        database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
+        admin_token: Some("ops-token".into()),
+        ..Config::default()
+    };
+    let app = App::build(config).await.expect("app builds");
+    let (url, broker) = (format!("http://{}", app.local_addr()), app.broker());
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(app.run(shutdown.clone()));
+    let mallbots = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mallbots"));
+        command.args(args).args(["--url", &url, "--admin-token", "ops-token"]);
+        async move {
+            let out = tokio::process::Command::from(command).output().await.expect("runs");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            (out.status.success(), text)
+        }
+    };
+    assert_eq!(mallbots(&["dead-letters", "list"]).await, (true, "no dead letters\n".to_owned()));
+
+    let poison =
+        Message::new(stores::api::PRODUCT_TOPIC, "storesapi.ProductAdded.v1", b"not json".to_vec()).with_key("p");
+    broker.publish(std::slice::from_ref(&poison)).await.expect("publish");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (ok, text) = mallbots(&["dead-letters", "list", "--json"]).await;
+        assert!(ok, "{text}");
+        let list: Value = serde_json::from_str(&text).expect("JSON");
+        if let Some(first) = list.as_array().and_then(|l| l.first()) {
+            break first.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the poison message was never archived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let id = listed["id"].as_str().expect("id").to_owned();
+    let (ok, table) = mallbots(&["dead-letters", "list"]).await;
+    assert!(
+        ok && table.contains(&id) && table.contains("baskets-products") && table.contains("1 dead letter"),
+        "{table}"
+    );
+    let (ok, shown) = mallbots(&["dead-letters", "show", &id]).await;
+    assert!(ok && shown.contains("not json"), "{shown}");
+    let (ok, replayed) = mallbots(&["dead-letters", "replay", &id]).await;
+    assert!(ok && replayed.starts_with(&format!("replayed {id} as ")), "{replayed}");
+    let (ok, again) = mallbots(&["dead-letters", "replay", &id]).await;
+    assert!(!ok && again.contains("HTTP 409"), "a dead letter is replayed once: {again}");
+    let (ok, missing) = mallbots(&["dead-letters", "discard", "01a205d2-0000-7000-8000-000000000000"]).await;
+    assert!(!ok && missing.contains("HTTP 404"), "{missing}");
+    let (ok, wrong) = mallbots(&["dead-letters", "show", "not-an-id"]).await;
+    assert!(!ok && wrong.contains("HTTP 400"), "{wrong}");
+
+    let (ok, status) = mallbots(&["projections", "status"]).await;
+    assert!(
+        ok && status.contains("analytics") && status.contains(mallbots::modules::analytics::PROJECTION),
+        "{status}"
+    );
+    let (ok, rebuilt) = mallbots(&["projections", "rebuild", "analytics"]).await;
+    assert!(ok && rebuilt.starts_with("analytics: ") && rebuilt.contains("events replayed"), "{rebuilt}");
+    let (ok, unknown) = mallbots(&["projections", "rebuild", "nope"]).await;
+    assert!(!ok && unknown.contains("unknown projection"), "{unknown}");
+    let mut denied = std::process::Command::new(env!("CARGO_BIN_EXE_mallbots"));
+    denied.args(["dead-letters", "list", "--url", &url, "--admin-token", "wrong"]);
+    let out = tokio::process::Command::from(denied).output().await.expect("runs");
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("refused the admin token"));
+
+    shutdown.cancel();
+    running.await.expect("no panic").expect("clean stop");
+}

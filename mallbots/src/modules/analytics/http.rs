@@ -27,7 +27,7 @@ impl axum::extract::FromRef<AnalyticsState> for AppState {
 
 /// The routes of analytics.
 pub fn routes() -> OpenApiRouter<AnalyticsState> {
-    OpenApiRouter::new().routes(routes!(summary)).routes(routes!(rebuild))
+    OpenApiRouter::new().routes(routes!(summary)).routes(routes!(rebuild)).routes(routes!(projection))
 }
 
 /// Orders by status, revenue and top products.
@@ -66,5 +66,50 @@ async fn rebuild(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Jso
         position: report.position,
         elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
         completed: report.completed,
+    }))
+}
+
+/// Where the analytics projection stands.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectionView {
+    /// Its name (its checkpoint key).
+    pub name: String,
+    /// catching-up, live, standby (another process holds its lease), rebuilding, retrying,
+    /// failed or stopped.
+    pub phase: String,
+    /// The last event projected (a position in analytics' own log).
+    pub position: u64,
+    /// The newest position in the log.
+    pub head: u64,
+    /// Events still to project.
+    pub events_behind: u64,
+    /// How far behind in time (0 when caught up).
+    pub seconds_behind: f64,
+}
+
+/// The analytics projection's position and lag.
+#[utoipa::path(get, path = "/api/analytics/projection", tag = "analytics", security(("admin" = [])),
+    responses((status = OK, body = ProjectionView), (status = UNAUTHORIZED, body = ErrorBody)))]
+async fn projection(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Json<ProjectionView>> {
+    use herald::projection::Phase;
+    let status = state.control.runner().status().await?;
+    let phase = match &status.phase {
+        Phase::Live => "live".to_owned(),
+        Phase::Standby => "standby".to_owned(),
+        Phase::Stopped => "stopped".to_owned(),
+        Phase::Retrying { attempt, error } => format!("retrying (attempt {attempt}: {error})"),
+        Phase::Failed { error } => format!("failed: {error}"),
+        Phase::Idle => "idle".to_owned(),
+        Phase::CatchingUp => "catching-up".to_owned(),
+        Phase::Rebuilding => "rebuilding".to_owned(),
+    };
+    Ok(Json(ProjectionView {
+        name: status.name,
+        phase,
+        position: status.position,
+        head: status.head,
+        events_behind: status.events_behind,
+        seconds_behind: status.seconds_behind,
     }))
 }
