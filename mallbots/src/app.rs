@@ -56,6 +56,8 @@ pub struct Config {
     /// The modules to run (names from [`MODULES`](crate::module::MODULES), comma-separated
     /// lists allowed); empty = all of them.
     pub modules: Vec<String>,
+    /// The SMS gateway's time per message (see [`ModuleContext::sms_latency`]).
+    pub sms_latency: Duration,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             ephemeral_broker: false,
             admin_token: None,
             modules: Vec::new(),
+            sms_latency: Duration::ZERO,
         }
     }
 }
@@ -187,6 +190,7 @@ impl App {
                     stop: stop.clone(),
                     shutdown: shutting_down.clone(),
                     instance: instance.clone(),
+                    sms_latency: config.sms_latency,
                 };
                 (m, cx)
             })

@@ -35,6 +35,10 @@ pub struct ClusterConfig {
     pub first_module_port: Option<u16>,
     /// Processes per module (default 1); a module missing here runs once.
     pub replicas: BTreeMap<String, usize>,
+    /// Only these modules (empty: all of them).
+    pub only: Vec<String>,
+    /// More arguments for every `mallbots serve` process.
+    pub extra_args: Vec<String>,
     /// Logs, the nginx configuration and its runtime files.
     pub dir: PathBuf,
     /// The `nginx` binary.
@@ -54,6 +58,8 @@ impl ClusterConfig {
             gateway: "127.0.0.1:0".to_owned(),
             first_module_port: None,
             replicas: BTreeMap::new(),
+            only: Vec::new(),
+            extra_args: Vec::new(),
             dir: dir.to_owned(),
             nginx: PathBuf::from("nginx"),
         }
@@ -94,7 +100,8 @@ impl Cluster {
         let mut processes = Vec::new();
         let mut next_port = config.first_module_port;
         for module in module::MODULES {
-            let replicas = config.replicas.get(module.name).copied().unwrap_or(1);
+            let wanted = config.only.is_empty() || config.only.iter().any(|m| m == module.name);
+            let replicas = if wanted { config.replicas.get(module.name).copied().unwrap_or(1) } else { 0 };
             for replica in 0..replicas {
                 let port = next_port.map_or(0, |p| p + u16::try_from(replica).unwrap_or(0));
                 let log = config.dir.join(format!("{}-{replica}.log", module.name));
@@ -231,6 +238,7 @@ async fn start_process(config: &ClusterConfig, process: &mut Process) -> anyhow:
     if config.ephemeral_broker {
         command.arg("--ephemeral-broker");
     }
+    command.args(&config.extra_args);
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
     }

@@ -292,6 +292,11 @@ struct ServeArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     ephemeral_broker: bool,
+    /// The SMS gateway takes this many milliseconds per message, one at a time (a slow
+    /// provider, to show scale-out).
+    #[arg(long, hide = true, default_value_t = 0)]
+    #[serde(skip)]
+    sms_latency_ms: u64,
 }
 
 #[derive(Debug, clap::Args, serde::Serialize)]
@@ -455,7 +460,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(file) = &file {
         tracing::info!(file = %file.display(), "settings read");
     }
-    let config = Config { ephemeral_broker: args.ephemeral_broker, ..settings.app_config() };
+    let config = Config {
+        ephemeral_broker: args.ephemeral_broker,
+        sms_latency: Duration::from_millis(args.sms_latency_ms),
+        ..settings.app_config()
+    };
     let app = App::build(config).await?;
     match app.token_source() {
         TokenSource::Generated(file) => {

@@ -82,6 +82,9 @@ pub struct ModuleContext {
     pub stop: CancellationToken,
     /// Fires when the process begins to shut down: long requests (a rebuild) give up.
     pub shutdown: CancellationToken,
+    /// How long the SMS gateway takes per message, one at a time (0: at once). A stand-in for
+    /// a slow provider, to show scale-out.
+    pub sms_latency: std::time::Duration,
     /// This process among the replicas of its modules (host, pid and a random part): the
     /// holder name of the leases its singletons take.
     pub instance: Arc<str>,

@@ -104,6 +104,7 @@ impl Settings {
             ephemeral_broker: false,
             admin_token: self.admin_token.clone(),
             modules: self.modules.clone(),
+            sms_latency: std::time::Duration::ZERO,
         }
     }
 

@@ -311,3 +311,69 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
     .await;
     app.stop().await;
 }
+
+/// Scale-out where the CPU is not the limit: with an SMS gateway that takes 50 ms per message
+/// (one at a time per process), two notifications processes send about twice as many SMS per
+/// second as one (their consumer groups share the partitions of the order topic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notifications_processes_send_about_twice_the_sms_of_one() {
+    let Some(one) = sms_rate(1).await else { return };
+    let Some(two) = sms_rate(2).await else { return };
+    eprintln!("SMS per second: one process {one:.1}, two processes {two:.1} ({:.2}x)", two / one);
+    assert!(one < 25.0, "one process is bounded by its gateway (20/s): {one:.1}/s");
+    assert!(two / one >= 1.5, "two processes: {two:.1}/s, one: {one:.1}/s");
+}
+
+/// SMS per second of `replicas` notifications processes for a burst of orders.
+async fn sms_rate(replicas: usize) -> Option<f64> {
+    use herald::Message;
+    use mallbots::modules::{customers::api as customers, ordering::api as ordering};
+    const ORDERS: usize = 60;
+    let app =
+        support::spawn_cluster_with(&[("notifications", replicas)], &["notifications"], &["--sms-latency-ms", "50"])
+            .await?;
+    let t = &app.t;
+    let customer = customers::CustomerRegistered { id: "c-1".into(), name: "Ada".into(), sms_number: "555".into() };
+    let registered = customers::CustomerIntegrationEvent::Registered(customer);
+    let created = |id: String| {
+        let event = ordering::OrderIntegrationEvent::Created(ordering::OrderCreated {
+            id: id.clone(),
+            customer_id: "c-1".into(),
+            payment_id: "p".into(),
+            items: vec![],
+            total_cents: 100,
+        });
+        Message::encode(ordering::EVENT_TOPIC, &event).expect("encodes").with_key(id)
+    };
+    // SMS of the orders whose id starts with `prefix`.
+    let sent = |prefix: &'static str| async move {
+        let list = admin_get(t, "/api/notifications?customerId=c-1").await;
+        list.as_array()
+            .map_or(0, |l| l.iter().filter(|n| n["orderId"].as_str().is_some_and(|o| o.starts_with(prefix))).count())
+    };
+    // The customer first; then probe orders until one gets its SMS: notifications knows them.
+    let customer = Message::encode(customers::EVENT_TOPIC, &registered).expect("encodes").with_key("c-1");
+    app.broker.publish(&[customer]).await.expect("publish");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for probe in 0.. {
+        app.broker.publish(&[created(format!("probe-{probe}"))]).await.expect("publish");
+        let waited = std::time::Instant::now();
+        while sent("probe-").await == 0 && waited.elapsed() < std::time::Duration::from_millis(500) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if sent("probe-").await > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "notifications never sent an SMS");
+    }
+    let started = std::time::Instant::now();
+    let burst: Vec<_> = (0..ORDERS).map(|i| created(format!("burst-{i}"))).collect();
+    app.broker.publish(&burst).await.expect("publish");
+    support::eventually_within("every SMS", std::time::Duration::from_secs(30), || async {
+        sent("burst-").await == ORDERS
+    })
+    .await;
+    let rate = ORDERS as f64 / started.elapsed().as_secs_f64();
+    app.stop().await;
+    Some(rate)
+}

@@ -84,6 +84,7 @@ impl Backend {
             ephemeral_broker: true,
             admin_token: Some(TOKEN.into()),
             modules: Vec::new(),
+            sms_latency: Duration::ZERO,
         }
     }
 }
@@ -300,6 +301,11 @@ pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
 /// A cluster on PostgreSQL + NATS: every module in its own process (`replicas` more for some),
 /// behind nginx. `None` (after a loud SKIPPED line) without the servers, unless `CI` is set.
 pub async fn spawn_cluster(replicas: &[(&str, usize)]) -> Option<RunningApp> {
+    spawn_cluster_with(replicas, &[], &[]).await
+}
+
+/// [`spawn_cluster`] of `only` these modules (empty: all), every process given `extra_args`.
+pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra_args: &[&str]) -> Option<RunningApp> {
     let backend = Backend::Services;
     if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
         return None;
@@ -316,6 +322,8 @@ pub async fn spawn_cluster(replicas: &[(&str, usize)]) -> Option<RunningApp> {
         admin_token: TOKEN.into(),
         ephemeral_broker: true,
         replicas: replicas.iter().map(|(m, n)| ((*m).to_owned(), *n)).collect(),
+        only: only.iter().map(|m| (*m).to_owned()).collect(),
+        extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
         ..mallbots::cluster::ClusterConfig::new(
             env!("CARGO_BIN_EXE_mallbots"),
             &config.database,

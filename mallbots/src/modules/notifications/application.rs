@@ -33,13 +33,30 @@ pub trait SmsGateway: Send + Sync {
     async fn send(&self, tx: &mut dyn Transaction, sms: &Sms) -> AppResult<()>;
 }
 
-/// The default adapter: records each message in `notifications_sent`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RecordingGateway;
+/// The default adapter: records each message in `notifications_sent`. With a latency, it
+/// behaves like an SMS provider's connection that sends one message at a time and takes that
+/// long for each (so a process's SMS rate is bounded, and more processes send more): for
+/// demonstrating and testing scale-out.
+#[derive(Clone, Debug, Default)]
+pub struct RecordingGateway {
+    latency: std::time::Duration,
+    line: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl RecordingGateway {
+    /// A gateway taking `latency` per message, one message at a time.
+    pub fn with_latency(latency: std::time::Duration) -> Self {
+        Self { latency, line: std::sync::Arc::default() }
+    }
+}
 
 #[async_trait]
 impl SmsGateway for RecordingGateway {
     async fn send(&self, tx: &mut dyn Transaction, sms: &Sms) -> AppResult<()> {
+        if !self.latency.is_zero() {
+            let _line = self.line.lock().await;
+            tokio::time::sleep(self.latency).await;
+        }
         query(
             "INSERT INTO notifications_sent (customer_id, order_id, kind, sms_number, text, sent_at)
              VALUES (?, ?, ?, ?, ?, ?)",

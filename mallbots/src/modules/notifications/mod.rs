@@ -67,12 +67,12 @@ fn start(cx: &ModuleContext) -> Parts {
 }
 
 /// The message routes of notifications.
-fn routes(_: &ModuleContext) -> Vec<Route> {
+fn routes(cx: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers"))
             .on(application::on_customer_event),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders")).on_with(
-            RecordingGateway,
+            RecordingGateway::with_latency(cx.sms_latency),
             async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
                 application::on_order_event(cx, event, gateway).await
             },
