@@ -61,17 +61,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The documented defaults ([`Settings`](crate::settings::Settings)'s).
     fn default() -> Self {
-        Self {
-            http_addr: "127.0.0.1:8080".into(),
-            database: "sqlite://mallbots.db".into(),
-            broker: None,
-            namespace: DEFAULT_NAMESPACE.into(),
-            ephemeral_broker: false,
-            admin_token: None,
-            modules: Vec::new(),
-            sms_latency: Duration::ZERO,
-        }
+        crate::settings::Settings::default().app_config()
     }
 }
 

@@ -101,6 +101,17 @@ pub fn local_upstreams(first_module_port: u16) -> Vec<Upstream> {
         .collect()
 }
 
+/// Upstreams for containers: module `m` at host `m` (its service name), port `port`.
+pub fn service_upstreams(port: u16) -> Vec<Upstream> {
+    crate::module::MODULES
+        .iter()
+        .map(|module| Upstream {
+            module,
+            servers: if module.http_prefixes.is_empty() { Vec::new() } else { vec![format!("{}:{port}", module.name)] },
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,6 +143,14 @@ mod tests {
         assert!(
             deployed == current,
             "deploy/nginx.conf is stale: run `cargo run -p mallbots -- gateway-config > deploy/nginx.conf`"
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.compose.conf");
+        let deployed = std::fs::read_to_string(path).unwrap_or_default();
+        let current = nginx_config("0.0.0.0:8080", &service_upstreams(8080), None);
+        assert!(
+            deployed == current,
+            "deploy/nginx.compose.conf is stale: run `cargo run -p mallbots -- gateway-config --listen 0.0.0.0:8080 \
+             --service-hosts > deploy/nginx.compose.conf`"
         );
     }
 }

@@ -135,6 +135,9 @@ struct GatewayArgs {
     /// Module number i (in `mallbots serve --help`'s order) listens on this port + i.
     #[arg(long, default_value_t = 8101)]
     first_module_port: u16,
+    /// Containers instead: module `m` is the host `m` (its service name), port 8080.
+    #[arg(long)]
+    service_hosts: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -354,7 +357,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::GatewayConfig(args) => {
-            let upstreams = mallbots::gateway::local_upstreams(args.first_module_port);
+            let upstreams = if args.service_hosts {
+                mallbots::gateway::service_upstreams(8080)
+            } else {
+                mallbots::gateway::local_upstreams(args.first_module_port)
+            };
             print!("{}", mallbots::gateway::nginx_config(&args.listen, &upstreams, None));
             Ok(())
         }

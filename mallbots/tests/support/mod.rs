@@ -93,17 +93,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_on(Backend::Sqlite).await.expect("SQLite needs no server")
 }
 
+/// Errors the app logs (a 500's cause) show in a failing test's output.
+fn show_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
+        .try_init();
+}
+
 /// An app on `backend`; `None` (after a loud SKIPPED line) if a server it needs is not running
 /// and `CI` is not set (with `CI` set, a missing server fails the test).
 pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
     if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
         return None;
     }
-    // Errors the app logs (a 500's cause) show in a failing test's output.
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
-        .try_init();
+    show_logs();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = backend.config(&dir);
     let app = App::build(config.clone()).await.expect("app builds");
@@ -310,10 +314,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
     if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
         return None;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter(std::env::var("MALLBOTS_TEST_LOG").unwrap_or_else(|_| "warn,sqlx=error".into()))
-        .try_init();
+    show_logs();
     let dir = tempfile::tempdir().expect("temp dir");
     let config = backend.config(&dir);
     let broker_url = config.broker.clone().expect("NATS");

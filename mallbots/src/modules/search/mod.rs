@@ -24,38 +24,35 @@ pub const MODULE: Module = Module {
 };
 
 /// `search_order_items` holds each order's products and stores, so search filters without
-/// JSON functions (which differ per dialect); filled from the orders of a database made before
-/// it existed.
-const MIGRATIONS: &[Migration] = &[Migration::per_dialect(
-    1,
-    "search_customers, search_orders, search_order_items",
-    "CREATE TABLE IF NOT EXISTS search_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL);
-     CREATE TABLE IF NOT EXISTS search_orders (
-        order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, customer_name TEXT, status TEXT NOT NULL,
-        total_cents INTEGER NOT NULL, items TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
-     CREATE INDEX IF NOT EXISTS search_orders_by_customer ON search_orders (customer_id, order_id);
-     CREATE TABLE IF NOT EXISTS search_order_items (
-        order_id TEXT NOT NULL, store_id TEXT NOT NULL, product_id TEXT NOT NULL);
-     CREATE INDEX IF NOT EXISTS search_order_items_by_product ON search_order_items (product_id, order_id);
-     CREATE INDEX IF NOT EXISTS search_order_items_by_store ON search_order_items (store_id, order_id);
-     INSERT INTO search_order_items (order_id, store_id, product_id)
-        SELECT o.order_id, json_extract(i.value, '$.store_id'), json_extract(i.value, '$.product_id')
-        FROM search_orders o, json_each(o.items) i
-        WHERE NOT EXISTS (SELECT 1 FROM search_order_items)",
-    "CREATE TABLE IF NOT EXISTS search_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL);
-     CREATE TABLE IF NOT EXISTS search_orders (
-        order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, customer_name TEXT, status TEXT NOT NULL,
-        total_cents BIGINT NOT NULL, items TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
-     CREATE INDEX IF NOT EXISTS search_orders_by_customer ON search_orders (customer_id, order_id);
-     CREATE TABLE IF NOT EXISTS search_order_items (
-        order_id TEXT NOT NULL, store_id TEXT NOT NULL, product_id TEXT NOT NULL);
-     CREATE INDEX IF NOT EXISTS search_order_items_by_product ON search_order_items (product_id, order_id);
-     CREATE INDEX IF NOT EXISTS search_order_items_by_store ON search_order_items (store_id, order_id);
-     INSERT INTO search_order_items (order_id, store_id, product_id)
-        SELECT o.order_id, i ->> 'store_id', i ->> 'product_id'
-        FROM search_orders o, jsonb_array_elements(o.items::jsonb) i
-        WHERE NOT EXISTS (SELECT 1 FROM search_order_items)",
-)];
+/// JSON functions (which differ per dialect); version 2 fills it from the orders of a database
+/// made before it existed.
+const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "search_customers, search_orders, search_order_items",
+        "CREATE TABLE IF NOT EXISTS search_customers (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS search_orders (
+            order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, customer_name TEXT, status TEXT NOT NULL,
+            total_cents BIGINT NOT NULL, items TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS search_orders_by_customer ON search_orders (customer_id, order_id);
+         CREATE TABLE IF NOT EXISTS search_order_items (
+            order_id TEXT NOT NULL, store_id TEXT NOT NULL, product_id TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS search_order_items_by_product ON search_order_items (product_id, order_id);
+         CREATE INDEX IF NOT EXISTS search_order_items_by_store ON search_order_items (store_id, order_id)",
+    ),
+    Migration::per_dialect(
+        2,
+        "search_order_items of older orders",
+        "INSERT INTO search_order_items (order_id, store_id, product_id)
+            SELECT o.order_id, json_extract(i.value, '$.store_id'), json_extract(i.value, '$.product_id')
+            FROM search_orders o, json_each(o.items) i
+            WHERE NOT EXISTS (SELECT 1 FROM search_order_items)",
+        "INSERT INTO search_order_items (order_id, store_id, product_id)
+            SELECT o.order_id, i ->> 'store_id', i ->> 'product_id'
+            FROM search_orders o, jsonb_array_elements(o.items::jsonb) i
+            WHERE NOT EXISTS (SELECT 1 FROM search_order_items)",
+    ),
+];
 
 fn start(cx: &ModuleContext) -> Parts {
     cx.http_only(http::routes())
