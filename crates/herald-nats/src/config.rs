@@ -11,6 +11,9 @@ use crate::error::NatsError;
 /// The most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
+/// The most replicas a JetStream stream may have.
+pub const MAX_REPLICAS: usize = 5;
+
 /// Where JetStream keeps a stream's messages.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +37,7 @@ pub enum Storage {
 /// duplicate_window_secs = 120     # de-duplication on message id
 /// partitions = 0                  # 0 = off; n > 0: per-key order across processes (ADR 0014)
 /// claim_ttl_ms = 10000            # how long a dead member's partitions stay claimed
+/// replicas = 1                    # copies of each stream in a JetStream cluster (1..=5)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -76,6 +80,16 @@ pub struct NatsConfig {
     /// long; a member that leaves cleanly hands them over at once. Members heartbeat every
     /// third of it. Default 10,000 (10 s); at least 300.
     pub claim_ttl_ms: u64,
+    /// How many servers of a JetStream cluster keep a copy of each stream the adapter creates
+    /// (its topics' streams, dead-letter topics included, and the partition-claims bucket):
+    /// JetStream's `num_replicas`, `1..=5`, default `1`. With `3`, a stream survives the loss
+    /// of one server (a majority of its replicas must be up to accept writes); it needs a
+    /// cluster of at least that many JetStream servers, and a single server refuses to create
+    /// a stream with more than one replica. Consumers inherit the stream's replicas. Like the
+    /// other stream settings it applies when a stream is created; an existing stream keeps its
+    /// own. List the cluster's servers in [`url`](Self::url) (comma-separated) so the client
+    /// can reconnect to another server when one goes away.
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -89,6 +103,7 @@ impl Default for NatsConfig {
             duplicate_window_secs: 120,
             partitions: 0,
             claim_ttl_ms: 10_000,
+            replicas: 1,
         }
     }
 }
@@ -142,6 +157,14 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the number of stream replicas in a JetStream cluster (see
+    /// [`replicas`](Self::replicas)).
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// The claim TTL as a duration.
     pub fn claim_ttl_duration(&self) -> Duration {
         Duration::from_millis(self.claim_ttl_ms)
@@ -188,6 +211,12 @@ impl NatsConfig {
             return Err(NatsError::InvalidConfig(
                 "duplicate_window_secs cannot be longer than max_age_secs".to_owned(),
             ));
+        }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(NatsError::InvalidConfig(format!(
+                "replicas must be between 1 and {MAX_REPLICAS} (JetStream's limit), not {}",
+                self.replicas
+            )));
         }
         if self.partitions > MAX_PARTITIONS {
             return Err(NatsError::InvalidConfig(format!("partitions must be at most {MAX_PARTITIONS}")));
@@ -241,6 +270,20 @@ mod tests {
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_secs(2)).validate().is_ok());
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_millis(100)).validate().is_err());
         assert!(NatsConfig::default().partitions(MAX_PARTITIONS + 1).validate().is_err());
+    }
+
+    #[test]
+    fn replicas_are_checked() {
+        assert_eq!(NatsConfig::default().replicas, 1, "one replica unless asked");
+        for ok in 1..=MAX_REPLICAS {
+            assert!(NatsConfig::default().replicas(ok).validate().is_ok(), "{ok} replicas");
+        }
+        for bad in [0, MAX_REPLICAS + 1, 100] {
+            let err = NatsConfig::default().replicas(bad).validate().expect_err("invalid replicas");
+            assert!(err.to_string().contains("replicas"), "{err}");
+        }
+        let config: NatsConfig = serde_json::from_str(r#"{"replicas": 3}"#).expect("replicas in a table");
+        assert_eq!(config.replicas, 3);
     }
 
     #[test]
