@@ -42,7 +42,10 @@ pub enum Storage {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
-    /// The server (or comma-separated servers of a cluster). Default `nats://127.0.0.1:4222`.
+    /// The server, or the comma-separated servers of a cluster
+    /// (`nats://a:4222,nats://b:4222,nats://c:4222`): the client connects to one of them and,
+    /// when that one goes away, reconnects to another (servers the cluster announces are
+    /// tried too). Default `nats://127.0.0.1:4222`.
     pub url: String,
     /// Put in front of every stream name the adapter derives from a topic, so several
     /// applications (or test runs) can share a server without sharing streams. Default
@@ -180,9 +183,14 @@ impl NatsConfig {
         Duration::from_secs(self.duplicate_window_secs)
     }
 
+    /// The servers of [`url`](Self::url): split at commas, trimmed, empty entries left out.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+
     /// Checks the config, so a mistake is an error at start-up rather than a failing publish.
     pub fn validate(&self) -> Result<(), NatsError> {
-        if self.url.trim().is_empty() {
+        if self.servers().is_empty() {
             return Err(NatsError::InvalidConfig("url is empty".to_owned()));
         }
         if !self.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -232,7 +240,7 @@ impl NatsConfig {
         self.validate()?;
         let client = async_nats::ConnectOptions::new()
             .name("herald")
-            .connect(self.url.as_str())
+            .connect(self.servers())
             .await
             .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
         Ok(NatsBroker::new(client, self.clone()))
@@ -244,7 +252,7 @@ impl NatsConfig {
         self.validate()?;
         let client = async_nats::ConnectOptions::new()
             .name("herald-core")
-            .connect(self.url.as_str())
+            .connect(self.servers())
             .await
             .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
         Ok(crate::NatsCoreBroker::new(client))
@@ -270,6 +278,14 @@ mod tests {
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_secs(2)).validate().is_ok());
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_millis(100)).validate().is_err());
         assert!(NatsConfig::default().partitions(MAX_PARTITIONS + 1).validate().is_err());
+    }
+
+    #[test]
+    fn a_cluster_is_a_comma_separated_list_of_servers() {
+        let config = NatsConfig::new("nats://127.0.0.1:4222, nats://127.0.0.1:4223,,nats://127.0.0.1:4224");
+        assert_eq!(config.servers(), ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]);
+        assert_eq!(NatsConfig::default().servers(), ["nats://127.0.0.1:4222"]);
+        assert!(NatsConfig::new(" , ").validate().is_err());
     }
 
     #[test]

@@ -129,4 +129,5 @@ mod partitioned {
     herald_conformance::pubsub_suite!(nats_partitioned, requires: ("NATS", "127.0.0.1:4222"));
 }
 
+mod cluster;
 mod partitions;
