@@ -131,3 +131,4 @@ mod partitioned {
 
 mod cluster;
 mod partitions;
+mod processes;
