@@ -233,7 +233,7 @@ async fn scenario(servers: &mut [PrivateServer]) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let all_sent = Instant::now();
-    eventually(Duration::from_secs(30), "every message sent to be acked", || {
+    eventually(Duration::from_secs(40), "every message sent to be acked", || {
         let l = lock(&ledger);
         sent.iter().all(|id| l.acked.contains(id))
     })
