@@ -152,7 +152,7 @@ impl Inner {
                     deny_delete: true,
                     allow_direct: true,
                     discard: stream::DiscardPolicy::New,
-                    num_replicas: 1,
+                    num_replicas: self.config.replicas,
                     ..Default::default()
                 };
                 let what = || format!("creating the partition bucket {bucket}");
@@ -179,6 +179,7 @@ impl Inner {
             },
             max_age: self.config.max_age_duration(),
             duplicate_window: self.config.duplicate_window(),
+            num_replicas: self.config.replicas,
             ..Default::default()
         };
         let created = match self.js.get_or_create_stream(config).await {

@@ -11,6 +11,9 @@ use crate::error::NatsError;
 /// The most partitions a topic may have.
 pub const MAX_PARTITIONS: u32 = 1024;
 
+/// The most replicas a JetStream stream may have.
+pub const MAX_REPLICAS: usize = 5;
+
 /// Where JetStream keeps a stream's messages.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -34,11 +37,15 @@ pub enum Storage {
 /// duplicate_window_secs = 120     # de-duplication on message id
 /// partitions = 0                  # 0 = off; n > 0: per-key order across processes (ADR 0014)
 /// claim_ttl_ms = 10000            # how long a dead member's partitions stay claimed
+/// replicas = 1                    # copies of each stream in a JetStream cluster (1..=5)
 /// ```
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
-    /// The server (or comma-separated servers of a cluster). Default `nats://127.0.0.1:4222`.
+    /// The server, or the comma-separated servers of a cluster
+    /// (`nats://a:4222,nats://b:4222,nats://c:4222`): the client connects to one of them and,
+    /// when that one goes away, reconnects to another (servers the cluster announces are
+    /// tried too). Default `nats://127.0.0.1:4222`.
     pub url: String,
     /// Put in front of every stream name the adapter derives from a topic, so several
     /// applications (or test runs) can share a server without sharing streams. Default
@@ -76,6 +83,16 @@ pub struct NatsConfig {
     /// long; a member that leaves cleanly hands them over at once. Members heartbeat every
     /// third of it. Default 10,000 (10 s); at least 300.
     pub claim_ttl_ms: u64,
+    /// How many servers of a JetStream cluster keep a copy of each stream the adapter creates
+    /// (its topics' streams, dead-letter topics included, and the partition-claims bucket):
+    /// JetStream's `num_replicas`, `1..=5`, default `1`. With `3`, a stream survives the loss
+    /// of one server (a majority of its replicas must be up to accept writes); it needs a
+    /// cluster of at least that many JetStream servers, and a single server refuses to create
+    /// a stream with more than one replica. Consumers inherit the stream's replicas. Like the
+    /// other stream settings it applies when a stream is created; an existing stream keeps its
+    /// own. List the cluster's servers in [`url`](Self::url) (comma-separated) so the client
+    /// can reconnect to another server when one goes away.
+    pub replicas: usize,
 }
 
 impl Default for NatsConfig {
@@ -89,6 +106,7 @@ impl Default for NatsConfig {
             duplicate_window_secs: 120,
             partitions: 0,
             claim_ttl_ms: 10_000,
+            replicas: 1,
         }
     }
 }
@@ -142,6 +160,14 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the number of stream replicas in a JetStream cluster (see
+    /// [`replicas`](Self::replicas)).
+    #[must_use]
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// The claim TTL as a duration.
     pub fn claim_ttl_duration(&self) -> Duration {
         Duration::from_millis(self.claim_ttl_ms)
@@ -157,9 +183,14 @@ impl NatsConfig {
         Duration::from_secs(self.duplicate_window_secs)
     }
 
+    /// The servers of [`url`](Self::url): split at commas, trimmed, empty entries left out.
+    pub fn servers(&self) -> Vec<&str> {
+        self.url.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+
     /// Checks the config, so a mistake is an error at start-up rather than a failing publish.
     pub fn validate(&self) -> Result<(), NatsError> {
-        if self.url.trim().is_empty() {
+        if self.servers().is_empty() {
             return Err(NatsError::InvalidConfig("url is empty".to_owned()));
         }
         if !self.stream_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
@@ -189,6 +220,12 @@ impl NatsConfig {
                 "duplicate_window_secs cannot be longer than max_age_secs".to_owned(),
             ));
         }
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(NatsError::InvalidConfig(format!(
+                "replicas must be between 1 and {MAX_REPLICAS} (JetStream's limit), not {}",
+                self.replicas
+            )));
+        }
         if self.partitions > MAX_PARTITIONS {
             return Err(NatsError::InvalidConfig(format!("partitions must be at most {MAX_PARTITIONS}")));
         }
@@ -203,7 +240,7 @@ impl NatsConfig {
         self.validate()?;
         let client = async_nats::ConnectOptions::new()
             .name("herald")
-            .connect(self.url.as_str())
+            .connect(self.servers())
             .await
             .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
         Ok(NatsBroker::new(client, self.clone()))
@@ -215,7 +252,7 @@ impl NatsConfig {
         self.validate()?;
         let client = async_nats::ConnectOptions::new()
             .name("herald-core")
-            .connect(self.url.as_str())
+            .connect(self.servers())
             .await
             .map_err(|e| NatsError::Connect { url: self.url.clone(), source: e })?;
         Ok(crate::NatsCoreBroker::new(client))
@@ -241,6 +278,28 @@ mod tests {
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_secs(2)).validate().is_ok());
         assert!(NatsConfig::default().partitions(8).claim_ttl(Duration::from_millis(100)).validate().is_err());
         assert!(NatsConfig::default().partitions(MAX_PARTITIONS + 1).validate().is_err());
+    }
+
+    #[test]
+    fn a_cluster_is_a_comma_separated_list_of_servers() {
+        let config = NatsConfig::new("nats://127.0.0.1:4222, nats://127.0.0.1:4223,,nats://127.0.0.1:4224");
+        assert_eq!(config.servers(), ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]);
+        assert_eq!(NatsConfig::default().servers(), ["nats://127.0.0.1:4222"]);
+        assert!(NatsConfig::new(" , ").validate().is_err());
+    }
+
+    #[test]
+    fn replicas_are_checked() {
+        assert_eq!(NatsConfig::default().replicas, 1, "one replica unless asked");
+        for ok in 1..=MAX_REPLICAS {
+            assert!(NatsConfig::default().replicas(ok).validate().is_ok(), "{ok} replicas");
+        }
+        for bad in [0, MAX_REPLICAS + 1, 100] {
+            let err = NatsConfig::default().replicas(bad).validate().expect_err("invalid replicas");
+            assert!(err.to_string().contains("replicas"), "{err}");
+        }
+        let config: NatsConfig = serde_json::from_str(r#"{"replicas": 3}"#).expect("replicas in a table");
+        assert_eq!(config.replicas, 3);
     }
 
     #[test]

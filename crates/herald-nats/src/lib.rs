@@ -51,6 +51,21 @@
 //! The design, what it guarantees and what it does not, is ADR 0014
 //! (`docs/adr/0014-nats-partitioned-consumers.md`).
 //!
+//! # Clusters and replicated streams
+//!
+//! [`NatsConfig::url`] may list the servers of a JetStream cluster, comma-separated; the client
+//! connects to one and reconnects to another when it goes away. [`NatsConfig::replicas`]
+//! (`1..=5`, default 1) is the `num_replicas` of every stream the adapter creates (topics,
+//! dead-letter topics, the partition-claims bucket; consumers inherit it): with 3, a stream
+//! keeps accepting writes and deliveries while one of its servers is down. It applies when a
+//! stream is created. The conformance binary's `cluster` module runs three private
+//! `nats-server` processes, connects with `replicas(3)` and four partitions, SIGKILLs one
+//! server mid-stream, and checks that every message published (`publish` returned `Ok`) is
+//! acked and that per key the first handlings stay in order (the failover costs redeliveries
+//! and some seconds, not messages or order); its `processes` module does the same with two
+//! group members in separate processes (the `partitioned_consumer` example), one of them
+//! SIGKILLed.
+//!
 //! **Core NATS** (no JetStream, nothing retained) is available as a declared non-durable mode:
 //! [`NatsConfig::connect_core`] gives a [`NatsCoreBroker`] whose groups are queue groups; see
 //! its module docs for what it keeps and what it cannot.

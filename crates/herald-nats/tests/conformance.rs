@@ -129,4 +129,6 @@ mod partitioned {
     herald_conformance::pubsub_suite!(nats_partitioned, requires: ("NATS", "127.0.0.1:4222"));
 }
 
+mod cluster;
 mod partitions;
+mod processes;
