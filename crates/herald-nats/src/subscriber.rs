@@ -47,7 +47,8 @@ const MAX_BATCH: usize = 256;
 ///   `partitioned` module and `docs/adr/0014-nats-partitioned-consumers.md`).
 /// * A settlement after the delivery's lease ran out is refused with `LeaseLost` by the adapter
 ///   itself: JetStream does not tell a client that its ack came too late, so a settlement made
-///   after `ack_wait` (counted from when the delivery reached this process) is refused, the
+///   after `ack_wait` (counted from when the delivery reached this process, less a margin of a
+///   tenth of it, at most 250 ms, for the time the message took to get here) is refused, the
 ///   server having redelivered the message or being about to.
 /// * `return_unseen` naks the message at once, so it is redelivered at once, but JetStream counts
 ///   that delivery: an unseen return still counts towards `max_deliveries`.
@@ -528,7 +529,11 @@ impl NatsSettle {
 #[async_trait]
 impl Settle for NatsSettle {
     async fn settle(self: Box<Self>, settlement: Settlement) -> Result<(), PubSubError> {
-        if self.received_at.elapsed() >= self.shared.ack_wait {
+        // The server counts the lease from when it sent the message, a little before it reached
+        // us (more on a busy machine): the last tenth of it (at most 250 ms) counts as lost, so
+        // a settlement the server may already have overtaken with a redelivery is refused.
+        let margin = (self.shared.ack_wait / 10).min(Duration::from_millis(250));
+        if self.received_at.elapsed() >= self.shared.ack_wait.saturating_sub(margin) {
             return Err(PubSubError::LeaseLost);
         }
         match settlement {

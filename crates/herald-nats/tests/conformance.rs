@@ -132,3 +132,9 @@ mod partitioned {
 mod cluster;
 mod partitions;
 mod processes;
+
+/// The failover tests (partition take-overs, a killed server, killed processes) wait on claim
+/// and ack timers; on a 2-core machine, run beside each other they starve each other's
+/// heartbeats. They take this lock so they run one at a time (the rest of the suite still runs
+/// beside them).
+static FAILOVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -262,6 +262,7 @@ async fn scenario(servers: &mut [PrivateServer]) {
 
 #[test]
 fn a_three_node_cluster_losing_a_server_keeps_every_message_and_per_key_order() {
+    let _one_at_a_time = crate::FAILOVER.blocking_lock();
     let Some(mut servers) = cluster() else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let limit = Duration::from_secs(90);

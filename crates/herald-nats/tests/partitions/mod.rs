@@ -151,6 +151,7 @@ fn options(topic: &str, group: &str) -> SubscribeOptions {
 /// within a few seconds and every message ends up acked, each key handled in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
+    let _one_at_a_time = crate::FAILOVER.lock().await;
     const KEYS: u64 = 16;
     const PER_KEY: u64 = 40;
     const TTL: Duration = Duration::from_secs(2);
@@ -243,6 +244,7 @@ async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
 /// leaves cleanly hands its partitions over at once: long before its claims could expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_once() {
+    let _one_at_a_time = crate::FAILOVER.lock().await;
     const KEYS: u64 = 16;
     const TTL: Duration = Duration::from_secs(30);
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
@@ -325,6 +327,7 @@ async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_o
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_claim_was_taken_cannot_settle() {
+    let _one_at_a_time = crate::FAILOVER.lock().await;
     const TTL: Duration = Duration::from_secs(2);
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
         return;

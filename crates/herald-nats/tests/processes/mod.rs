@@ -95,6 +95,7 @@ fn assert_running(members: &mut [Child]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_members_in_separate_processes_keep_key_order_when_one_is_killed() {
+    let _one_at_a_time = crate::FAILOVER.lock().await;
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
         return;
     }
