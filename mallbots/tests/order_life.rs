@@ -251,10 +251,10 @@ scenarios! {
 }
 
 /// Module processes die (kill -9, no clean shutdown) and come back while orders flow: every
-/// accepted order still reaches its final status (`approved`: nobody completes the shopping
-/// lists here), with one shopping list and one "created" SMS per order (no duplicate side
-/// effect), and analytics counts every order. A message a killed process held is redelivered
-/// after its ack wait, so this takes up to a minute.
+/// accepted order is approved, then (with notifications and analytics killed and restarted
+/// meanwhile) completed, with one shopping list, one invoice and three SMS (created, ready,
+/// completed) per order — no duplicate side effect — and analytics counts every order. A
+/// message a killed process held is redelivered after its ack wait, so this can take a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flow() {
     use support::{Running, eventually_within, spawn_cluster};
@@ -296,17 +296,36 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
         .await;
     }
     let lists = admin_get(t, "/api/depot/shopping").await;
-    for (customer, order) in &orders {
+    for (_, order) in &orders {
         let of_order = lists.as_array().map_or(0, |l| l.iter().filter(|s| s["orderId"] == order.as_str()).count());
         assert_eq!(of_order, 1, "one shopping list for order {order}: {lists}");
+    }
+
+    // Completing them (depot, ordering and payments serve these requests) while the processes
+    // that only react die and come back.
+    for (i, (_, order)) in orders.iter().enumerate() {
+        match i {
+            1 => cluster.kill("notifications", 0).await.expect("kill -9"),
+            3 => cluster.kill("analytics", 0).await.expect("kill -9"),
+            5 => {
+                cluster.restart("notifications", 0).await.expect("restart");
+                cluster.restart("analytics", 0).await.expect("restart");
+            }
+            _ => {}
+        }
+        support::complete(t, order).await;
+    }
+    for (customer, order) in &orders {
+        let invoices = admin_get(t, &format!("/api/payments/invoices?orderId={order}")).await;
+        assert_eq!(invoices["status"], "paid", "one paid invoice for order {order}: {invoices}");
         let sent = format!("/api/notifications?customerId={customer}");
-        eventually_within("the created SMS", limit, || async {
-            admin_get(t, &sent).await.as_array().map(Vec::len) == Some(1)
+        eventually_within("created, ready and completed SMS", limit, || async {
+            admin_get(t, &sent).await.as_array().map(Vec::len) == Some(3)
         })
         .await;
     }
-    eventually_within("analytics counts every order", limit, || async {
-        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["approved"] == ORDERS
+    eventually_within("analytics counts every order completed", limit, || async {
+        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["completed"] == ORDERS
     })
     .await;
     app.stop().await;
