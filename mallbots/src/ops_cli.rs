@@ -110,7 +110,7 @@ fn letters_table(list: &Value) -> String {
             l["id"].as_str().unwrap_or_default(),
             l["status"].as_str().unwrap_or_default(),
             l["group"].as_str().unwrap_or_default(),
-            l["attempts"],
+            l["attempts"].as_u64().unwrap_or_default(),
             l["message"]["topic"].as_str().unwrap_or_default(),
             reason.replace('\n', " "),
         ));
@@ -142,9 +142,9 @@ pub async fn projections(target: &Target, command: Projections, json: bool) -> a
                     "{:<12}  {:<14}  {:>10}  {:>10}  {:>8}  {:>9.1}  {}\n",
                     module,
                     s["name"].as_str().unwrap_or_default(),
-                    s["position"],
-                    s["head"],
-                    s["eventsBehind"],
+                    s["position"].as_u64().unwrap_or_default(),
+                    s["head"].as_u64().unwrap_or_default(),
+                    s["eventsBehind"].as_u64().unwrap_or_default(),
                     s["secondsBehind"].as_f64().unwrap_or_default(),
                     s["phase"].as_str().unwrap_or_default(),
                 ));
