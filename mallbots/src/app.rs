@@ -255,30 +255,27 @@ impl App {
     /// One message router per store: the routes of the modules sharing it (all of them on
     /// SQLite, each module alone on PostgreSQL), with the inbox and retries.
     fn message_routers(&self) -> Vec<Router> {
-        let mut routers: Vec<(Arc<dyn Store>, Router)> = Vec::new();
+        let mut by_store: Vec<(Arc<dyn Store>, Vec<_>)> = Vec::new();
         for (m, cx) in &self.modules {
             let routes = (m.routes)(cx);
-            if routes.is_empty() {
-                continue;
+            match by_store.iter_mut().find(|(store, _)| same_store(store, &cx.store)) {
+                Some((_, all)) => all.extend(routes),
+                None => by_store.push((cx.store.clone(), routes)),
             }
-            let at = match routers.iter().position(|(store, _)| same_store(store, &cx.store)) {
-                Some(at) => at,
-                None => {
-                    // New consumer groups start from the beginning of their topics (Herald's
-                    // default), so a module added later catches up; on a broker without
-                    // history (RabbitMQ) that is "now".
-                    let router = Router::new(self.broker.clone())
-                        .store(cx.store.clone())
-                        .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
-                        .middleware(Inbox);
-                    routers.push((cx.store.clone(), router));
-                    routers.len() - 1
-                }
-            };
-            let (store, router) = routers.swap_remove(at);
-            routers.push((store, router.routes(routes)));
         }
-        routers.into_iter().map(|(_, router)| router).collect()
+        // New consumer groups start from the beginning of their topics (Herald's default), so
+        // a module added later catches up; on a broker without history (RabbitMQ) that is "now".
+        by_store
+            .into_iter()
+            .filter(|(_, routes)| !routes.is_empty())
+            .map(|(store, routes)| {
+                Router::new(self.broker.clone())
+                    .store(store)
+                    .retry(RetryPolicy { initial_delay: Duration::from_millis(100), ..RetryPolicy::default() })
+                    .middleware(Inbox)
+                    .routes(routes)
+            })
+            .collect()
     }
 
     /// Runs HTTP, the routers, the modules' tasks and the relays until `shutdown` fires, then

@@ -293,7 +293,7 @@ pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
     router
         .fallback(not_found)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .layer(axum::middleware::from_fn(crate::metrics::observe_http))
 }
 
 #[cfg(test)]

@@ -451,17 +451,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         print!("{}", settings.to_toml());
         return Ok(());
     }
+    // Checked before anything starts: an unknown module name fails at once.
     let modules = mallbots::module::select(&settings.modules)?;
-    let service = if modules.len() == mallbots::module::MODULES.len() {
-        "mallbots".to_owned()
-    } else {
-        format!("mallbots-{}", mallbots::module::names_of(modules).join("-"))
-    };
     let _telemetry = herald_otel::install(TelemetryConfig {
-        service_name: service,
+        service_name: mallbots::module::service_name(&modules),
         filter: settings.telemetry.filter.clone(),
         log_format: if settings.telemetry.log_format == "json" { LogFormat::Json } else { LogFormat::Pretty },
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+        ..TelemetryConfig::default()
     })
     .context("installing logs and traces")?;
     if let Some(file) = &file {

@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use herald_otel::prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{AppError, AppResult};
 use crate::http::Ops;
@@ -56,9 +57,12 @@ pub async fn upkeep(stop: CancellationToken) {
     }
 }
 
-/// Middleware counting requests and timing them. The route label is the matched template
-/// (`/api/baskets/{id}`), never the raw path, so ids do not explode the label set.
-pub async fn track_http(request: Request, next: Next) -> Response {
+/// Middleware observing every request: an `http` span (OpenTelemetry kind `server`), whose
+/// parent is the caller's W3C `traceparent` header when it sends one, so a kiosk's trace goes on
+/// through the events the request causes, in every process; and the request counted and timed.
+/// The route label is the matched template (`/api/baskets/{id}`), never the raw path, so ids do
+/// not explode the label set.
+pub async fn observe_http(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = match *request.method() {
         Method::GET => "GET",
@@ -71,8 +75,29 @@ pub async fn track_http(request: Request, next: Next) -> Response {
         _ => "other",
     };
     let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    {
+        // (A block: the borrow of the request, whose body is not `Sync`, ends here.)
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        if let Some(traceparent) = header("traceparent") {
+            herald::observability::set_remote_parent_from(&span, traceparent, header("tracestate"));
+        }
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        herald::observability::mark_error(&span);
+    }
+    let status = status.as_u16().to_string();
     metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
     response

@@ -161,6 +161,16 @@ pub fn names_of<'a>(modules: impl IntoIterator<Item = &'a Module>) -> Vec<&'stat
     modules.into_iter().map(|m| m.name).collect()
 }
 
+/// The service name of a process running `modules` (its traces' `service.name`): `mallbots`
+/// for all of them, else `mallbots-<module>-<module>…`.
+pub fn service_name(modules: &[&Module]) -> String {
+    if modules.len() == MODULES.len() {
+        "mallbots".to_owned()
+    } else {
+        format!("mallbots-{}", names_of(modules.iter().copied()).join("-"))
+    }
+}
+
 /// The PostgreSQL schema of module `name` in `namespace`.
 pub fn schema(namespace: &str, name: &str) -> String {
     format!("{namespace}_{name}")

@@ -396,3 +396,214 @@ async fn sms_rate(replicas: usize) -> Option<f64> {
     app.stop().await;
     Some(rate)
 }
+
+/// Two analytics processes: one projects (it holds the projection's lease), the other stands
+/// by. Rebuilds asked through the gateway (nginx takes turns, so each process answers one)
+/// reset the read model and the lease holder replays it, while more orders come: every order
+/// counts once (a product's order count would grow with a double application).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_asked_of_either_analytics_process_counts_every_order_once() {
+    use herald::Message;
+    use mallbots::modules::ordering::api as ordering;
+    let Some(app) = support::spawn_cluster_with(&[("analytics", 2)], &["analytics"], &[]).await else { return };
+    let t = &app.t;
+    let created = |i: usize| {
+        let id = format!("order-{i}");
+        let item = ordering::OrderItem {
+            store_id: "s-1".into(),
+            product_id: "p-1".into(),
+            store_name: "Books".into(),
+            product_name: "Treasury".into(),
+            price_cents: 999,
+            quantity: 1,
+        };
+        let event = ordering::OrderIntegrationEvent::Created(ordering::OrderCreated {
+            id: id.clone(),
+            customer_id: "c-1".into(),
+            payment_id: "p".into(),
+            items: vec![item],
+            total_cents: 999,
+        });
+        Message::encode(ordering::EVENT_TOPIC, &event).expect("encodes").with_key(id)
+    };
+    let counted = |n: i64| async move {
+        let summary = admin_get(t, "/api/analytics/summary").await;
+        summary["ordersByStatus"]["pending"] == n && summary["topProducts"][0]["orders"] == n
+    };
+    let mut sent = 0;
+    let mut publish = async |n: usize| {
+        let batch: Vec<_> = (sent..sent + n).map(created).collect();
+        app.broker.publish(&batch).await.expect("publish");
+        sent += n;
+        i64::try_from(sent).expect("small")
+    };
+    let total = publish(20).await;
+    support::eventually("analytics counts the first orders", || counted(total)).await;
+    for round in 0..2 {
+        let more = publish(10).await;
+        let rebuilt = t.request(Method::POST, "/api/analytics/rebuild", true, None, &[]).await;
+        assert_eq!(rebuilt.status, StatusCode::OK, "rebuild {round}: {rebuilt:?}");
+        assert_eq!(rebuilt.body["completed"], true, "{rebuilt:?}");
+        support::eventually("every order counted once after the rebuild", || counted(more)).await;
+    }
+    let status = admin_get(t, "/api/analytics/projection").await;
+    eprintln!("after the rebuilds: {status}");
+    app.stop().await;
+}
+
+/// One trace follows an order across processes: every process exports its spans over OTLP to a
+/// collector (here, the test's own), the kiosk's checkout carries a W3C `traceparent`, and the
+/// spans of that trace come from the baskets process (the HTTP request and its command), then
+/// ordering, the saga (cosec) and the modules it commands, and notifications — each its own
+/// process, parented across the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_follows_an_order_across_the_processes() {
+    use support::spawn_cluster_with;
+    let (endpoint, collector) = collector::start().await;
+    let Some(app) = spawn_cluster_with(&[], &[], &["--otlp-endpoint", &endpoint]).await else { return };
+    let t = &app.t;
+    let product = catalog(t).await;
+    let customer = register(t, "Ada").await;
+    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": 19.98 })).await.id();
+    let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
+    let add = json!({ "productId": product, "quantity": 2 });
+    eventually("the product reaches the baskets' catalog", || async {
+        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add.clone())).await.status
+            == StatusCode::NO_CONTENT
+    })
+    .await;
+    // The kiosk's own span: the root of the trace.
+    let (trace_id, kiosk_span) = (format!("{:032x}", fastrand::u128(1..)), format!("{:016x}", fastrand::u64(1..)));
+    let traceparent = format!("00-{trace_id}-{kiosk_span}-01");
+    let checkout = t
+        .request(
+            Method::PUT,
+            &format!("/api/baskets/{basket}/checkout"),
+            false,
+            Some(json!({ "paymentId": payment })),
+            &[("traceparent", &traceparent)],
+        )
+        .await;
+    assert_eq!(checkout.status, StatusCode::NO_CONTENT);
+    status_becomes(t, &basket, "approved").await;
+
+    let expected = ["baskets", "ordering", "cosec", "customers", "payments", "depot", "notifications"];
+    // The trace as collected so far: its services, and its spans whose parent is not in it
+    // (but for the kiosk's). Spans are exported in batches, every few seconds.
+    let trace = || {
+        let spans: Vec<_> = collector.spans().into_iter().filter(|s| s.trace_id == trace_id).collect();
+        let ids: std::collections::HashSet<String> = spans.iter().map(|s| s.span_id.clone()).collect();
+        let orphans: Vec<String> = spans
+            .iter()
+            .filter(|s| s.parent_span_id != kiosk_span && !ids.contains(&s.parent_span_id))
+            .map(|s| format!("{} in {}", s.name, s.service))
+            .collect();
+        let mut services: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
+        services.sort();
+        services.dedup();
+        (spans, services, orphans)
+    };
+    // Not `eventually`: on a timeout, the trace as it stands says what is missing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (spans, services, orphans) = trace();
+        if orphans.is_empty() && expected.iter().all(|m| services.contains(&format!("mallbots-{m}"))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "every module on the order's path exports spans of its trace, each parented in it; \
+             services {services:?}, orphans {orphans:?}, {} spans of the trace, {} spans in all",
+            spans.len(),
+            collector.spans().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (spans, services, _) = trace();
+    let http = spans.iter().find(|s| s.name == "PUT /api/baskets/{id}/checkout").expect("the checkout's HTTP span");
+    assert_eq!(http.service, "mallbots-baskets");
+    assert_eq!(http.parent_span_id, kiosk_span, "the HTTP span's parent is the kiosk's span");
+    let handled = spans.iter().filter(|s| s.name == "handle").count();
+    assert!(handled >= expected.len() - 1, "handle spans in the trace: {handled}");
+    eprintln!("services in the order's trace: {services:?}; {} spans", spans.len());
+    app.stop().await;
+}
+
+/// A minimal OTLP/gRPC trace collector: keeps every span it is sent, with its service name.
+mod collector {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+
+    /// A span as received; ids in lowercase hex (empty: none).
+    #[derive(Clone, Debug)]
+    pub struct Span {
+        pub service: String,
+        pub name: String,
+        pub trace_id: String,
+        pub span_id: String,
+        pub parent_span_id: String,
+    }
+
+    #[derive(Clone, Default)]
+    pub struct Collector(Arc<Mutex<Vec<Span>>>);
+
+    impl Collector {
+        pub fn spans(&self) -> Vec<Span> {
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        }
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut received = Vec::new();
+            for resource_spans in request.into_inner().resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(Value::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    received.push(Span {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                    });
+                }
+            }
+            self.0.lock().unwrap_or_else(PoisonError::into_inner).extend(received);
+            Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+        }
+    }
+
+    /// Serves a collector on a free loopback port; returns its endpoint (`http://…`).
+    pub async fn start() -> (String, Collector) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("address"));
+        let collector = Collector::default();
+        let service = TraceServiceServer::new(collector.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (endpoint, collector)
+    }
+}

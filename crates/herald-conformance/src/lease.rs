@@ -381,3 +381,112 @@ pub async fn a_stale_lease_holders_batch_is_refused_and_rolled_back<F: Future<Ou
     }
     assert_eq!(store.load_checkpoint(&name).await.expect("load"), Some(last));
 }
+
+/// A read model in epochs: each [`reset`](Projection::reset) starts a new epoch (in the reset's
+/// transaction), and each event is recorded in the store's inbox under `<name>@<epoch>` — a
+/// second application within an epoch fails the batch — and counted per epoch once its batch
+/// commits.
+struct Epochs {
+    name: String,
+    epoch: Arc<AtomicU64>,
+    counts: Arc<Mutex<BTreeMap<(u64, u64), u32>>>,
+}
+
+#[async_trait]
+impl Projection for Epochs {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        self.handle_batch(tx, &[event]).await
+    }
+
+    async fn handle_batch(&self, tx: &mut dyn Transaction, events: &[&RecordedEvent]) -> Result<(), ProjectionError> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        for e in events {
+            if !tx.record_handled(&format!("{}@{epoch}", self.name), e.id).await? {
+                let position = e.position;
+                return Err(ProjectionError::permanent(format!("position {position} applied twice in epoch {epoch}")));
+            }
+        }
+        let (counts, positions) = (self.counts.clone(), events.iter().map(|e| e.position).collect::<Vec<_>>());
+        tx.on_commit(Box::new(move || {
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            for p in positions {
+                *counts.entry((epoch, p)).or_default() += 1;
+            }
+        }));
+        Ok(())
+    }
+
+    async fn reset(&self, _tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
+        // In the reset's transaction, after the checkpoint row: a batch that sees the new
+        // epoch commits after the reset, or is refused.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Two processes run one projection with [`ProjectionRunner::run_leased`]; a rebuild is
+/// requested with [`ProjectionRunner::rebuild_leased`] from each in turn (one holds the lease,
+/// the other stands by), while events keep coming: the lease holder replays the log, nobody
+/// stops, and in the last epoch every event is applied exactly once.
+pub async fn a_rebuild_requested_from_any_replica_is_replayed_once_by_the_lease_holder<
+    F: Future<Output = StoreFixture>,
+>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let name = unique("epochs");
+    let (epoch, counts) = (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(BTreeMap::new())));
+    let runner = |store: &Arc<dyn Store>| {
+        let projection = Arc::new(Epochs { name: name.clone(), epoch: epoch.clone(), counts: counts.clone() });
+        ProjectionRunner::with_config(store.clone(), projection, RunnerConfig::default().batch_size(10))
+    };
+    let (a, b) = (runner(&fx.store), runner(&fx.other));
+    let stop = CancellationToken::new();
+    let tasks: Vec<_> = [(a.clone(), "replica-a"), (b.clone(), "replica-b")]
+        .into_iter()
+        .map(|(r, holder)| {
+            let stop = stop.clone();
+            tokio::spawn(async move { r.run_leased(holder, Duration::from_secs(2), stop).await })
+        })
+        .collect();
+    let mut events = append_events(&*fx.store, "epoch", 60).await;
+    let head = |events: &[RecordedEvent]| events.iter().map(|e| e.position).max().expect("events");
+    let caught_up = |target: u64| {
+        let store = fx.store.clone();
+        let name = name.clone();
+        move || {
+            let (store, name) = (store.clone(), name.clone());
+            async move { store.load_checkpoint(&name).await.expect("load").is_some_and(|p| p >= target) }
+        }
+    };
+    eventually_that(WAIT, "the holder to project the first events", caught_up(head(&events))).await;
+
+    for requester in [&b, &a] {
+        let more = {
+            let other = fx.other.clone();
+            tokio::spawn(async move { append_events(&*other, "epoch-more", 30).await })
+        };
+        let report = tokio::time::timeout(WAIT, requester.rebuild_leased(CancellationToken::new()))
+            .await
+            .expect("the rebuild ends")
+            .expect("the rebuild succeeds");
+        assert!(report.completed && report.position >= report.target, "{report:?}");
+        events.extend(more.await.expect("appending"));
+        eventually_that(WAIT, "the holder to project every event", caught_up(head(&events))).await;
+    }
+    let last = epoch.load(Ordering::SeqCst);
+    assert!(last >= 2, "two rebuilds, two resets: epoch {last}");
+    let counts = counts.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    for e in &events {
+        assert_eq!(counts.get(&(last, e.position)), Some(&1), "position {} in the last epoch", e.position);
+    }
+    assert!(tasks.iter().all(|t| !t.is_finished()), "no runner stopped");
+    stop.cancel();
+    for task in tasks {
+        tokio::time::timeout(WAIT, task).await.expect("stops").expect("task").expect("ran without error");
+    }
+}

@@ -307,6 +307,7 @@ macro_rules! store_suite {
             lease::of_two_concurrent_conditional_saves_from_one_position_one_commits,
             lease::two_leased_runners_of_one_projection_apply_every_event_exactly_once,
             lease::a_stale_lease_holders_batch_is_refused_and_rolled_back,
+            lease::a_rebuild_requested_from_any_replica_is_replayed_once_by_the_lease_holder,
         );
     };
 }

@@ -54,8 +54,12 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// The `service.name` resource attribute of exported spans.
     pub service_name: String,
-    /// Which spans and events to keep, in `EnvFilter` syntax (e.g. `info,herald=debug`).
+    /// Which spans and events are logged, in `EnvFilter` syntax (e.g. `info,herald=debug`).
     pub filter: String,
+    /// Which spans are traced (exported, and given the trace context messages carry on), in
+    /// `EnvFilter` syntax; apart from `filter`, so that quieter logs (`RUST_LOG=warn`) do not
+    /// cut the traces. Herald's spans are at `info`.
+    pub trace_filter: String,
     /// Log line format.
     pub log_format: LogFormat,
     /// Where to export spans over OTLP/gRPC (e.g. `http://localhost:4317`); `None`: spans get
@@ -68,6 +72,7 @@ impl Default for TelemetryConfig {
         Self {
             service_name: "herald".to_owned(),
             filter: "info".to_owned(),
+            trace_filter: "info".to_owned(),
             log_format: LogFormat::Pretty,
             otlp_endpoint: None,
         }
@@ -82,13 +87,14 @@ impl TelemetryConfig {
 
     /// The configuration from the standard variables, for a binary's start-up (the one place
     /// that reads the environment): `OTEL_EXPORTER_OTLP_ENDPOINT` (export when set and not
-    /// empty), `OTEL_SERVICE_NAME` (else `service_name`), `RUST_LOG` (else `info`) and
-    /// `LOG_FORMAT` (`json` for JSON lines).
+    /// empty), `OTEL_SERVICE_NAME` (else `service_name`), `RUST_LOG` (else `info`),
+    /// `HERALD_TRACE_FILTER` (else `info`) and `LOG_FORMAT` (`json` for JSON lines).
     pub fn from_env(service_name: impl Into<String>) -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         Self {
             service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.into()),
             filter: var("RUST_LOG").unwrap_or_else(|| "info".to_owned()),
+            trace_filter: var("HERALD_TRACE_FILTER").unwrap_or_else(|| "info".to_owned()),
             log_format: match var("LOG_FORMAT").as_deref() {
                 Some(f) if f.eq_ignore_ascii_case("json") => LogFormat::Json,
                 _ => LogFormat::Pretty,
@@ -155,12 +161,17 @@ impl Drop for Telemetry {
 /// needs it).
 pub fn install(config: TelemetryConfig) -> Result<Telemetry, InstallError> {
     let filter = EnvFilter::try_new(&config.filter)?;
+    let trace_filter = EnvFilter::try_new(&config.trace_filter)?;
     let provider = tracer_provider(&config)?;
     let logs = match config.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(true).boxed(),
     };
-    tracing_subscriber::registry().with(filter).with(logs).with(layer(&provider)).try_init()?;
+    // A filter per layer: the logs' does not decide which spans are traced.
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(layer(&provider).with_filter(trace_filter))
+        .try_init()?;
     opentelemetry::global::set_tracer_provider(provider.clone());
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
     Ok(Telemetry { provider })

@@ -425,11 +425,20 @@ pub fn current_context() -> Option<(String, Option<String>)> {
 /// Makes the remote context in `metadata` the parent of `span` (which must not have been
 /// entered yet). Without the `otel` feature, or with a malformed `traceparent`, does nothing.
 pub fn set_remote_parent(span: &tracing::Span, metadata: &Metadata) {
+    if let Some(traceparent) = metadata.traceparent.as_deref() {
+        set_remote_parent_from(span, traceparent, metadata.tracestate.as_deref());
+    }
+}
+
+/// Makes the W3C `traceparent` (and `tracestate`) of an incoming request — an HTTP or gRPC
+/// header — the parent of `span` (not entered yet), so a caller's trace continues through this
+/// process. Without the `otel` feature, or with a malformed `traceparent`, does nothing.
+pub fn set_remote_parent_from(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
     if otel::ENABLED
         && !span.is_disabled()
-        && let Some(parent) = metadata.traceparent.as_deref().and_then(TraceParent::parse)
+        && let Some(parent) = TraceParent::parse(traceparent)
     {
-        otel::set_parent(span, parent, metadata.tracestate.as_deref());
+        otel::set_parent(span, parent, tracestate);
     }
 }
 

@@ -683,6 +683,21 @@ impl ProjectionRunner {
 
     async fn lead_inner(&self, token: u64, cancel: &CancellationToken) -> Result<(), RunError> {
         tracing::info!(projection = %self.inner.name, token, "projection lease taken; claiming the checkpoint");
+        loop {
+            match self.lead_from_checkpoint(token, cancel).await {
+                // Under a lease nobody else saves the checkpoint, but a rebuild resets it
+                // (`rebuild_leased`, maybe from another process): replay from where it is now.
+                Err(RunError::CheckpointMoved { expected, found, .. }) => tracing::info!(
+                    projection = %self.inner.name, expected, found,
+                    "the checkpoint moved under the lease (a rebuild reset it): projecting from the stored checkpoint"
+                ),
+                other => return other,
+            }
+        }
+    }
+
+    /// Claims the checkpoint with `token` and projects from it until `cancel`.
+    async fn lead_from_checkpoint(&self, token: u64, cancel: &CancellationToken) -> Result<(), RunError> {
         let mut attempt = 0;
         let position = loop {
             if cancel.is_cancelled() {
@@ -749,32 +764,14 @@ impl ProjectionRunner {
 
     async fn rebuild_inner(&self, cancel: &CancellationToken, started: Instant) -> Result<RebuildReport, RunError> {
         let name = self.inner.name.clone();
-        tracing::info!(projection = %name, "projection rebuild: resetting the read model");
-        let mut attempt = 0;
-        loop {
-            match self.reset_once().await {
-                Ok(()) => break,
-                Err(e) if e.is_transient() => {
-                    attempt += 1;
-                    if !self.backoff(cancel, attempt, 0, e).await? {
-                        return Ok(RebuildReport {
-                            position: self.state().position.unwrap_or(0),
-                            target: 0,
-                            events: 0,
-                            elapsed: started.elapsed(),
-                            completed: false,
-                        });
-                    }
-                }
-                Err(e) => {
-                    return Err(RunError::Store {
-                        projection: name,
-                        position: 0,
-                        attempts: attempt + 1,
-                        source: Box::new(e),
-                    });
-                }
-            }
+        if !self.reset_retrying(cancel).await? {
+            return Ok(RebuildReport {
+                position: self.state().position.unwrap_or(0),
+                target: 0,
+                events: 0,
+                elapsed: started.elapsed(),
+                completed: false,
+            });
         }
         {
             let mut state = self.state();
@@ -792,10 +789,89 @@ impl ProjectionRunner {
         Ok(RebuildReport { position, target, events, elapsed, completed })
     }
 
+    /// Resets the read model and the checkpoint (retrying transient errors); `false` if
+    /// `cancel` fired first.
+    async fn reset_retrying(&self, cancel: &CancellationToken) -> Result<bool, RunError> {
+        tracing::info!(projection = %self.inner.name, "projection rebuild: resetting the read model");
+        let mut attempt = 0;
+        loop {
+            match self.reset_once().await {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_transient() => {
+                    attempt += 1;
+                    if !self.backoff(cancel, attempt, 0, e).await? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => {
+                    return Err(RunError::Store {
+                        projection: self.inner.name.clone(),
+                        position: 0,
+                        attempts: attempt + 1,
+                        source: Box::new(e),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Rebuilds a projection whose runners run under [`run_leased`](Self::run_leased), in this
+    /// process or others, without stopping them: resets the read model and the checkpoint to 0
+    /// in one transaction, and the lease holder — whichever process it is — finds its
+    /// checkpoint moved under its lease and replays the log from there. Returns once the
+    /// checkpoint has reached the log's head as it was at the reset, or when `cancel` fires
+    /// (`completed: false`). The report's `events` counts the events this process replayed
+    /// (0 when another process holds the lease). Needs a holder: while no runner of the
+    /// projection is alive, it waits.
+    pub async fn rebuild_leased(&self, cancel: CancellationToken) -> Result<RebuildReport, RunError> {
+        let started = Instant::now();
+        let mut progress = self.inner.progress.subscribe();
+        let not_done =
+            |position| RebuildReport { position, target: 0, events: 0, elapsed: started.elapsed(), completed: false };
+        if !self.reset_retrying(&cancel).await? {
+            return Ok(not_done(0));
+        }
+        let target = self.head_position(&cancel, 0).await?;
+        progress.mark_unchanged();
+        let store = &*self.inner.store;
+        let mut attempt = 0;
+        let mut events = 0;
+        loop {
+            let position = match store.load_checkpoint(&self.inner.name).await {
+                Ok(position) => position.unwrap_or(0),
+                Err(e) => {
+                    attempt += 1;
+                    if !self.backoff(&cancel, attempt, 0, e.into()).await? {
+                        return Ok(not_done(0));
+                    }
+                    continue;
+                }
+            };
+            if progress.has_changed().unwrap_or(false) {
+                events = progress.borrow_and_update().events;
+            }
+            if position >= target {
+                let elapsed = started.elapsed();
+                tracing::info!(
+                    projection = %self.inner.name, position, target, events_here = events,
+                    elapsed_ms = elapsed.as_millis() as u64, "projection rebuild (by the lease holder) finished"
+                );
+                return Ok(RebuildReport { position, target, events, elapsed, completed: true });
+            }
+            tokio::select! {
+                () = tokio::time::sleep(store.poll_interval()) => {}
+                () = cancel.cancelled() => return Ok(RebuildReport { target, ..not_done(position) }),
+            }
+        }
+    }
+
     async fn reset_once(&self) -> Result<(), ProjectionError> {
         let mut tx = self.inner.store.begin().await?;
-        self.inner.projection.reset(tx.as_mut()).await?;
+        // The checkpoint first: it locks the row a runner's batch saves last, so a batch in
+        // flight either committed before this reset (and its writes are reset too) or is
+        // refused after it (its checkpoint moved) and rolls back.
         tx.save_checkpoint(&self.inner.name, 0).await?;
+        self.inner.projection.reset(tx.as_mut()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1018,6 +1094,19 @@ impl ProjectionRunner {
                     () = &mut changed => {}
                     () = tokio::time::sleep(store.poll_interval()) => {}
                     () = cancel.cancelled() => {}
+                }
+                if fence.is_some() && !cancel.is_cancelled() {
+                    // Idle under a lease: a rebuild may have reset the checkpoint meanwhile
+                    // (a batch would find out; with no new events none comes).
+                    if let Ok(found) = store.load_checkpoint(&self.inner.name).await
+                        && found.unwrap_or(0) != position
+                    {
+                        return Err(RunError::CheckpointMoved {
+                            projection: self.inner.name.clone(),
+                            expected: position,
+                            found,
+                        });
+                    }
                 }
                 continue;
             };

@@ -1,12 +1,14 @@
-//! Who runs the analytics projection. A [`ProjectionRunner`] refuses to rebuild while its
-//! live run is going, so a rebuild here stops the live run, rebuilds, and starts it again;
-//! one rebuild at a time.
+//! Who runs the analytics projection. Every analytics process runs it under the projection's
+//! lease, so one projects and the others stand by (taking over when it stops or dies). A
+//! rebuild, asked of any of them, resets the read model and the checkpoint in one transaction;
+//! the lease holder, in whichever process, replays the log (`ProjectionRunner::rebuild_leased`),
+//! and nobody's live run stops. One rebuild at a time per process.
 
 use std::sync::Arc;
 
 use herald::Store;
 use herald::projection::{ProjectionRunner, RebuildReport, RunError};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -18,11 +20,12 @@ pub struct AnalyticsControl {
     runner: ProjectionRunner,
     holder: Arc<str>,
     live: Arc<Mutex<Live>>,
+    rebuilding: Arc<Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
 struct Live {
-    /// Set by `start`: the live run stops with the first, a rebuild with the second.
+    /// Set by `start`: the live run stops with the first, a rebuild request with the second.
     tokens: Option<(CancellationToken, CancellationToken)>,
     /// The live run's own token (a child of the first) and task.
     run: Option<(CancellationToken, JoinHandle<Result<(), RunError>>)>,
@@ -31,7 +34,7 @@ struct Live {
 /// Why a rebuild did not happen or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    /// Another rebuild (or the app's shutdown) holds the runner.
+    /// Another rebuild requested of this process is running.
     #[error("an analytics rebuild is already running")]
     Busy,
     /// The runner failed.
@@ -45,7 +48,7 @@ impl AnalyticsControl {
     /// time (the others stand by, and take over when it stops or dies).
     pub fn new(store: Arc<dyn Store>, holder: String) -> Self {
         let runner = ProjectionRunner::new(store, Arc::new(AnalyticsProjection));
-        Self { runner, holder: holder.into(), live: Arc::default() }
+        Self { runner, holder: holder.into(), live: Arc::default(), rebuilding: Arc::default() }
     }
 
     /// The runner (for its status and progress).
@@ -53,9 +56,8 @@ impl AnalyticsControl {
         &self.runner
     }
 
-    /// Starts the live run, stopped by `live_stop` (or [`stop`](Self::stop)); a rebuild is
-    /// interrupted by `rebuild_stop` (its checkpoint is committed per batch, so the next run
-    /// resumes where it stopped).
+    /// Starts the live run, stopped by `live_stop` (or [`stop`](Self::stop)); a rebuild
+    /// request stops waiting at `rebuild_stop` (the replay goes on in the live run).
     pub async fn start(&self, live_stop: CancellationToken, rebuild_stop: CancellationToken) {
         let mut live = self.live.lock().await;
         live.run = Some(self.spawn(&live_stop));
@@ -74,29 +76,35 @@ impl AnalyticsControl {
         let mut live = self.live.lock().await;
         live.tokens = None;
         match live.run.take() {
-            Some(run) => self.stop_run(run).await,
+            Some((token, task)) => {
+                token.cancel();
+                self.ended(task).await
+            }
             None => Ok(()),
         }
     }
 
-    async fn stop_run(
-        &self,
-        (token, task): (CancellationToken, JoinHandle<Result<(), RunError>>),
-    ) -> Result<(), RunError> {
-        token.cancel();
+    async fn ended(&self, task: JoinHandle<Result<(), RunError>>) -> Result<(), RunError> {
         task.await.unwrap_or_else(|e| {
             Err(RunError::Aborted { projection: self.runner.name().to_owned(), reason: e.to_string() })
         })
     }
 
-    /// Resets the read model and replays the event log from its start, then restarts the live
-    /// run (if the app is running). [`RebuildError::Busy`] while another rebuild runs. The work
-    /// is its own task: a caller that goes away (an HTTP client hanging up) must not leave the
-    /// live run stopped.
+    /// Resets the read model and has the lease holder replay the event log from its start;
+    /// returns when it has caught up with the log as it was at the reset. A live run of this
+    /// process that had stopped with an error is started again first (a rebuild is the cure
+    /// for most of those); if it stops with an error during the replay, so does the rebuild.
+    /// [`RebuildError::Busy`] while another rebuild requested here runs. The work is its own
+    /// task: a caller that goes away (an HTTP client hanging up) must not cut it short.
     pub async fn rebuild(&self) -> Result<RebuildReport, RebuildError> {
-        let live = self.live.clone().try_lock_owned().map_err(|_| RebuildError::Busy)?;
+        let busy = self.rebuilding.clone().try_lock_owned().map_err(|_| RebuildError::Busy)?;
         let this = self.clone();
-        match tokio::spawn(async move { this.rebuild_holding(live).await }).await {
+        match tokio::spawn(async move {
+            let _busy = busy;
+            this.rebuild_here().await
+        })
+        .await
+        {
             Ok(report) => Ok(report?),
             Err(e) => {
                 Err(RunError::Aborted { projection: self.runner.name().to_owned(), reason: e.to_string() }.into())
@@ -104,21 +112,55 @@ impl AnalyticsControl {
         }
     }
 
-    async fn rebuild_holding(&self, mut live: OwnedMutexGuard<Live>) -> Result<RebuildReport, RunError> {
-        if let Some(run) = live.run.take()
-            && let Err(e) = self.stop_run(run).await
-        {
-            // The rebuild is the cure for most of these; the replay reports it again if not.
-            tracing::warn!(error = %e, "the analytics projection had stopped with an error; rebuilding it");
+    async fn rebuild_here(&self) -> Result<RebuildReport, RunError> {
+        let cancel = {
+            let mut live = self.live.lock().await;
+            let Some((live_stop, rebuild_stop)) = live.tokens.clone() else {
+                // Not running (tests, or shutting down): a rebuild in this task.
+                return self.runner.rebuild(CancellationToken::new()).await;
+            };
+            if let Some((token, task)) = live.run.take_if(|(_, task)| task.is_finished()) {
+                drop(token);
+                if let Err(e) = self.ended(task).await {
+                    tracing::warn!(error = %e, "the analytics projection had stopped with an error; starting it again");
+                }
+            }
+            if live.run.is_none() && !live_stop.is_cancelled() {
+                live.run = Some(self.spawn(&live_stop));
+            }
+            rebuild_stop.child_token()
+        };
+        let request = self.runner.rebuild_leased(cancel.clone());
+        tokio::pin!(request);
+        loop {
+            let failed = async {
+                loop {
+                    let finished = self.live.lock().await.run.as_ref().is_none_or(|(_, task)| task.is_finished());
+                    if finished {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            };
+            tokio::select! {
+                biased;
+                report = &mut request => return report,
+                () = failed => {
+                    let mut live = self.live.lock().await;
+                    match live.run.take() {
+                        Some((_, task)) => {
+                            self.ended(task).await?;
+                            return Err(RunError::Aborted {
+                                projection: self.runner.name().to_owned(),
+                                reason: "the live run stopped during the rebuild".into(),
+                            });
+                        }
+                        // Stopped by `stop` (the app's shutdown): the request ends with it.
+                        None => cancel.cancel(),
+                    }
+                }
+            }
         }
-        let cancel = live.tokens.as_ref().map_or_else(CancellationToken::new, |(_, rebuild)| rebuild.child_token());
-        let report = self.runner.rebuild(cancel).await;
-        if let Some((live_stop, _)) = &live.tokens
-            && !live_stop.is_cancelled()
-        {
-            live.run = Some(self.spawn(live_stop));
-        }
-        report
     }
 }
 
@@ -127,10 +169,10 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_rebuild_while_another_holds_the_runner_is_refused() {
+    async fn a_rebuild_while_another_is_requested_is_refused() {
         let control = AnalyticsControl::new(Arc::new(herald::memory::MemoryStore::new()), "test".into());
         // Held as a running rebuild holds it (a rebuild that runs is covered over HTTP).
-        let _held = control.live.clone().lock_owned().await;
+        let _held = control.rebuilding.clone().lock_owned().await;
         assert!(matches!(control.rebuild().await, Err(RebuildError::Busy)));
     }
 }

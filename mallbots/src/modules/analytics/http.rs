@@ -41,7 +41,8 @@ async fn summary(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Jso
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rebuilt {
-    /// Events of the log replayed (those analytics ignores included).
+    /// Events of the log replayed by this process (those analytics ignores included; 0 when
+    /// another analytics process holds the projection's lease and replayed them).
     pub events: u64,
     /// The log position reached.
     pub position: u64,
@@ -51,8 +52,9 @@ pub struct Rebuilt {
     pub completed: bool,
 }
 
-/// Rebuilds the analytics read model from the start of the event log, while the app runs
-/// (the live projection pauses meanwhile). One rebuild at a time.
+/// Rebuilds the analytics read model from the start of its event log, while the app runs: the
+/// read model is reset and the analytics process holding the projection's lease (this one or
+/// another) replays the log; the answer comes when it has caught up. One rebuild at a time.
 #[utoipa::path(post, path = "/api/analytics/rebuild", tag = "analytics", security(("admin" = [])),
     responses((status = OK, body = Rebuilt), (status = UNAUTHORIZED, body = ErrorBody),
         (status = CONFLICT, description = "a rebuild is already running", body = ErrorBody)))]
