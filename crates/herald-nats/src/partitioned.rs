@@ -23,6 +23,12 @@
 //!   or was deleted. If the consumer has unacknowledged messages, the new owner re-creates it
 //!   at its ack floor, so everything after the floor comes again in stream order: per-key order
 //!   holds, messages acked after the floor are delivered again (at least once).
+//! * **Lost deliveries.** JetStream numbers a consumer's deliveries, and only the owner pulls,
+//!   so the owner sees every number. A gap means a delivery was lost on its way (a connection
+//!   or a server lost with messages in flight): JetStream redelivers it only after its ack wait,
+//!   after later messages of its key. The owner then hands out nothing more, waits for the
+//!   deliveries out to be settled, and reopens the partition from its ack floor (as a takeover
+//!   does), keeping its claim.
 //! * **Fencing.** A member whose claim refresh fails, or has not succeeded for a TTL, stops the
 //!   partition; settlements of its deliveries are refused with `LeaseLost` and never sent.
 
@@ -299,6 +305,9 @@ enum End {
     Lost,
     /// The consumer could not be opened.
     Failed,
+    /// A delivery went missing (a connection or a server lost with messages on their way):
+    /// reopen the partition from its ack floor, keeping the claim.
+    Resync,
 }
 
 /// Keeps the member registered, its claims refreshed and its partitions matching the
@@ -328,7 +337,7 @@ async fn coordinate(
             () = g.stop.cancelled() => break,
             Some(joined) = runs.join_next() => {
                 if let Ok((p, end)) = joined {
-                    finish(&g, &mut owned, &mut cooldown, p, end).await;
+                    finish(&g, &mut owned, &mut cooldown, &mut runs, p, end).await;
                 }
             }
             entry = async { watch.as_mut().expect("checked").next().await }, if watch.is_some() => match entry {
@@ -359,7 +368,7 @@ async fn coordinate(
         tokio::select! {
             Some(joined) = runs.join_next() => {
                 if let Ok((p, end)) = joined {
-                    finish(&g, &mut owned, &mut cooldown, p, end).await;
+                    finish(&g, &mut owned, &mut cooldown, &mut runs, p, end).await;
                 }
             }
             _ = tick.tick() => refresh(&g, &mut owned).await,
@@ -470,10 +479,24 @@ async fn refresh(g: &Group, owned: &mut HashMap<u32, Owned>) {
 
 /// Writes the outcome of a partition task into its claim: `released` after a clean handover,
 /// deleted otherwise (the next owner then takes over from the ack floor).
-async fn finish(g: &Group, owned: &mut HashMap<u32, Owned>, cooldown: &mut HashMap<u32, Instant>, p: u32, end: End) {
+async fn finish(
+    g: &Arc<Group>,
+    owned: &mut HashMap<u32, Owned>,
+    cooldown: &mut HashMap<u32, Instant>,
+    runs: &mut JoinSet<(u32, End)>,
+    p: u32,
+    end: End,
+) {
     let Some(o) = owned.remove(&p) else { return };
     tracing::debug!(partition = p, group = %g.group, member = %g.member, ?end, "partition task ended");
     if o.lease.lost.load(Ordering::SeqCst) {
+        return;
+    }
+    if matches!(end, End::Resync) && !o.releasing && o.lease.valid() && !g.stop.is_cancelled() {
+        // Still this member's: reopen it from the ack floor under the same claim.
+        let run = run_partition(g.clone(), p, Mode::Takeover, o.lease.clone(), o.release.clone(), o.kill.clone());
+        runs.spawn(async move { (p, run.await) });
+        owned.insert(p, o);
         return;
     }
     let key = g.claim_key(p);
@@ -482,7 +505,7 @@ async fn finish(g: &Group, owned: &mut HashMap<u32, Owned>, cooldown: &mut HashM
         End::Released { clean: true } => {
             g.claims.update(&key, Bytes::from_static(RELEASED), o.revision).await.map(drop).map_err(|e| e.to_string())
         }
-        End::Failed | End::Released { clean: false } => {
+        End::Failed | End::Released { clean: false } | End::Resync => {
             if matches!(end, End::Failed) {
                 cooldown.insert(p, Instant::now() + FAILED_COOLDOWN);
             }
@@ -497,17 +520,18 @@ async fn finish(g: &Group, owned: &mut HashMap<u32, Owned>, cooldown: &mut HashM
 /// Opens partition `p`'s consumer. On a takeover with unacknowledged messages, the consumer is
 /// re-created at its ack floor: whoever held them may be gone, and JetStream would otherwise
 /// deliver later messages of their keys before redelivering them.
-async fn open_partition(g: &Group, p: u32, mode: Mode) -> Result<Consumer<pull::Config>, NatsError> {
+///
+/// Returns the consumer and the consumer sequence of its last delivery: the next delivery this
+/// member receives must be the one after it (see [`End::Resync`]).
+async fn open_partition(g: &Group, p: u32, mode: Mode) -> Result<(Consumer<pull::Config>, u64), NatsError> {
     let stream = g.broker.stream(&g.topic).await?;
     let name = g.consumer_name(p);
     let config = g.consumer_config(p);
-    let consumer = ensure_consumer(&g.broker, &stream, &g.topic, &name, &config).await?;
-    if mode == Mode::Handover {
-        return Ok(consumer);
-    }
-    let info = consumer.get_info().await.map_err(|e| NatsError::jetstream(format!("looking up consumer {name}"), e))?;
-    if info.num_ack_pending == 0 {
-        return Ok(consumer);
+    let mut consumer = ensure_consumer(&g.broker, &stream, &g.topic, &name, &config).await?;
+    let info = consumer.info().await.map_err(|e| NatsError::jetstream(format!("looking up consumer {name}"), e))?;
+    if mode == Mode::Handover || info.num_ack_pending == 0 {
+        let delivered = info.delivered.consumer_sequence;
+        return Ok((consumer, delivered));
     }
     let floor = info.ack_floor.stream_sequence;
     tracing::info!(
@@ -520,7 +544,11 @@ async fn open_partition(g: &Group, p: u32, mode: Mode) -> Result<Consumer<pull::
     stream.delete_consumer(&name).await.map_err(|e| NatsError::jetstream(format!("deleting consumer {name}"), e))?;
     let restart =
         pull::Config { deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: floor + 1 }, ..config };
-    stream.create_consumer(restart).await.map_err(|e| NatsError::jetstream(format!("re-creating consumer {name}"), e))
+    let consumer = stream
+        .create_consumer(restart)
+        .await
+        .map_err(|e| NatsError::jetstream(format!("re-creating consumer {name}"), e))?;
+    Ok((consumer, 0))
 }
 
 /// A message received and not handed to the application (yet).
@@ -771,8 +799,8 @@ async fn run_partition(
     release: CancellationToken,
     kill: CancellationToken,
 ) -> End {
-    let consumer = match open_partition(&g, p, mode).await {
-        Ok(consumer) => consumer,
+    let (consumer, mut last_delivery) = match open_partition(&g, p, mode).await {
+        Ok(opened) => opened,
         Err(e) => {
             tracing::warn!(error = %e, partition = p, group = %g.group, "opening a partition consumer failed");
             return End::Failed;
@@ -784,6 +812,7 @@ async fn run_partition(
     let mut pulling = false;
     let mut interrupted = false;
     let mut draining: Option<Option<Instant>> = None; // Some(give-up time when stopping)
+    let mut resync = false;
     let mut failures = 0u32;
     let mut progress = tokio::time::interval((g.ack_wait / 3).max(Duration::from_millis(20)));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -831,11 +860,31 @@ async fn run_partition(
                     pulling = false;
                     lock(&g.slots).remove(&p);
                 }
-                Some(Some(Ok(message))) => match receive(&g, message).await {
-                    Received::Held(held) => state.arrive(*held),
-                    Received::Gone { key, seq } => state.gone(&key, seq),
-                    Received::Foreign => {}
-                },
+                Some(Some(Ok(message))) => {
+                    // JetStream numbers a consumer's deliveries; this member is the only one
+                    // pulling, so it must see every number. A gap is a delivery lost on its
+                    // way (a connection or server lost): it comes back only after its ack
+                    // wait, after later messages of its key. Hand out nothing more; once the
+                    // deliveries out are settled, reopen from the ack floor, in stream order.
+                    let delivered = message.info().map_or(last_delivery + 1, |i| i.consumer_sequence);
+                    if delivered != last_delivery + 1 && draining.is_none() {
+                        tracing::warn!(
+                            partition = p, group = %g.group, expected = last_delivery + 1, delivered,
+                            "a delivery of the partition went missing; reopening it from its ack floor"
+                        );
+                        resync = true;
+                        draining = Some(None);
+                        pulling = false;
+                        lock(&g.slots).remove(&p);
+                        continue;
+                    }
+                    last_delivery = delivered;
+                    match receive(&g, message).await {
+                        Received::Held(held) => state.arrive(*held),
+                        Received::Gone { key, seq } => state.gone(&key, seq),
+                        Received::Foreign => {}
+                    }
+                }
                 Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, partition = p, group = %g.group, "pulling from a partition");
                     pulling = false;
@@ -867,6 +916,10 @@ async fn run_partition(
     // Settlements that arrived meanwhile.
     while let Ok(notice) = settled.try_recv() {
         state.settled(notice);
+    }
+    if resync && !g.stop.is_cancelled() && !release.is_cancelled() {
+        // What is held stays pending: the reopened consumer delivers it again.
+        return End::Resync;
     }
     let (expected, mut clean) = state.hand_back(g.ack_wait).await;
     clean &= !interrupted || pending_matches(&consumer, expected).await;

@@ -132,9 +132,15 @@ mod partitioned {
 mod cluster;
 mod partitions;
 mod processes;
+mod support;
 
 /// The failover tests (partition take-overs, a killed server, killed processes) wait on claim
-/// and ack timers; on a 2-core machine, run beside each other they starve each other's
-/// heartbeats. They take this lock so they run one at a time (the rest of the suite still runs
-/// beside them).
+/// and ack timers with bounds of a few TTLs; they take this lock so they run one at a time on a
+/// 2-core machine (the rest of the suite still runs beside them). `NO_FAILOVER_LOCK=1` runs them
+/// side by side, as a stress run (with `TEST_LOG=herald_nats=debug` for the adapter's logs).
 static FAILOVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The lock, unless `NO_FAILOVER_LOCK` is set.
+async fn one_at_a_time() -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    if std::env::var_os("NO_FAILOVER_LOCK").is_some() { None } else { Some(FAILOVER.lock().await) }
+}

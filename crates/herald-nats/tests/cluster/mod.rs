@@ -19,7 +19,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::Message;
@@ -29,13 +29,11 @@ use herald_conformance::faults::{PrivateServer, ServerArgs, Stop, find_binary, f
 use herald_nats::{NatsConfig, Storage};
 use tokio::time::Instant;
 
+use crate::support::{eventually, eventually_explained, group_report, lock, round};
+
 const KEYS: u64 = 16;
 const PER_KEY: u64 = 30;
 const TTL: Duration = Duration::from_secs(2);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// Three `nats-server -js` processes routed to each other as the cluster `herald-test`; `None`
 /// (after a loud skip, or a panic under `CI`) when `nats-server` is missing. Dropping them kills
@@ -124,6 +122,20 @@ struct Ledger {
 
 type Shared = Arc<Mutex<Ledger>>;
 
+impl Ledger {
+    /// What is not acked yet, for a failure report.
+    fn missing(&self, sent: &[MessageId]) -> String {
+        let missing = sent.iter().filter(|id| !self.acked.contains(id)).count();
+        let mut keys: Vec<_> = self.handled.iter().map(|(k, v)| (k.clone(), v.len(), v.last().copied())).collect();
+        keys.sort();
+        format!(
+            "{missing} of {} sent not acked; handled by member {:?}; per key (key, handled, last): {keys:?}",
+            sent.len(),
+            self.by_member
+        )
+    }
+}
+
 async fn handle(member: &'static str, d: Delivery, ledger: Shared) {
     let (key, id) = (d.message.key.clone(), d.message.id);
     let seq: u64 = String::from_utf8_lossy(&d.message.payload).parse().expect("a numeric payload");
@@ -162,12 +174,6 @@ async fn consume(member: &'static str, mut sub: Subscription, ledger: Shared) {
     }
 }
 
-fn round(topic: &str, round: u64) -> Vec<Message> {
-    (0..KEYS)
-        .map(|k| Message::new(topic, "Numbered.v1", round.to_string().into_bytes()).with_key(format!("key-{k}")))
-        .collect()
-}
-
 /// Publishes `batch` until `publish` returns `Ok` (same ids every time), within 30 s.
 async fn publish_until_ok(publisher: &impl Publisher, batch: &[Message]) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -178,14 +184,6 @@ async fn publish_until_ok(publisher: &impl Publisher, batch: &[Message]) -> u32 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     failures
-}
-
-async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn scenario(servers: &mut [PrivateServer]) {
@@ -218,7 +216,7 @@ async fn scenario(servers: &mut [PrivateServer]) {
     let mut failures = 0;
     let mut killed_at = None;
     for r in 0..PER_KEY {
-        let batch = round(topic, r);
+        let batch = round(topic, KEYS, r);
         failures += publish_until_ok(&publisher, &batch).await;
         sent.extend(batch.iter().map(|m| m.id));
         if r == PER_KEY / 3 {
@@ -233,10 +231,20 @@ async fn scenario(servers: &mut [PrivateServer]) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let all_sent = Instant::now();
-    eventually(Duration::from_secs(40), "every message sent to be acked", || {
-        let l = lock(&ledger);
-        sent.iter().all(|id| l.acked.contains(id))
-    })
+    let report_urls = config.servers().join(",");
+    eventually_explained(
+        Duration::from_secs(40),
+        "every message sent to be acked",
+        || {
+            let l = lock(&ledger);
+            sent.iter().all(|id| l.acked.contains(id))
+        },
+        async || {
+            let missing = { lock(&ledger).missing(&sent) };
+            let stream = publisher.stream_name(topic);
+            format!("{missing}\n{}", group_report(&report_urls, "cluster-", &stream, group, 4).await)
+        },
+    )
     .await;
     let l = lock(&ledger);
     println!(
@@ -262,7 +270,9 @@ async fn scenario(servers: &mut [PrivateServer]) {
 
 #[test]
 fn a_three_node_cluster_losing_a_server_keeps_every_message_and_per_key_order() {
-    let _one_at_a_time = crate::FAILOVER.blocking_lock();
+    let _one_at_a_time =
+        if std::env::var_os("NO_FAILOVER_LOCK").is_some() { None } else { Some(crate::FAILOVER.blocking_lock()) };
+    crate::support::init_logs();
     let Some(mut servers) = cluster() else { return };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let limit = Duration::from_secs(90);

@@ -7,7 +7,7 @@
 //! what a `kill -9` leaves behind.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::Message;
@@ -16,6 +16,8 @@ use herald::pubsub::{Delivery, PubSubError, Publisher, SubscribeOptions, Subscri
 use herald_nats::{NatsConfig, Storage};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::support::{eventually, eventually_explained, group_report, lock, round as messages};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -28,10 +30,6 @@ fn config(claim_ttl: Duration) -> NatsConfig {
         .max_age(Duration::from_secs(600))
         .partitions(8)
         .claim_ttl(claim_ttl)
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What the members did, as an application with an inbox sees it: a message is *handled* the
@@ -54,6 +52,20 @@ struct Ledger {
 }
 
 type Shared = Arc<Mutex<Ledger>>;
+
+impl Ledger {
+    /// What is not acked yet, for a failure report.
+    fn missing(&self, sent: &[MessageId]) -> String {
+        let missing = sent.iter().filter(|id| !self.acked.contains(id)).count();
+        let mut keys: Vec<_> = self.handled.iter().map(|(k, v)| (k.clone(), v.len(), v.last().copied())).collect();
+        keys.sort();
+        format!(
+            "{missing} of {} sent not acked; handled by member {:?}; per key (key, handled, last): {keys:?}",
+            sent.len(),
+            self.by_member
+        )
+    }
+}
 
 fn seq_of(m: &Message) -> u64 {
     String::from_utf8_lossy(&m.payload).parse().expect("a numeric payload")
@@ -118,21 +130,6 @@ async fn consume(member: &'static str, mut sub: Subscription, ledger: Shared, st
     drop(sub);
 }
 
-fn messages(topic: &str, keys: u64, round: u64) -> Vec<Message> {
-    (0..keys)
-        .map(|k| Message::new(topic, "Numbered.v1", round.to_string().into_bytes()).with_key(format!("key-{k}")))
-        .collect()
-}
-
-/// Polls `condition` every 20 ms until it holds or `within` passes.
-async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn check_order(ledger: &Ledger, keys: u64, per_key: u64) {
     assert!(ledger.violations.is_empty(), "per-key order broken: {:#?}", ledger.violations);
     let expected: Vec<u64> = (0..per_key).collect();
@@ -151,7 +148,8 @@ fn options(topic: &str, group: &str) -> SubscribeOptions {
 /// within a few seconds and every message ends up acked, each key handled in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
-    let _one_at_a_time = crate::FAILOVER.lock().await;
+    let _one_at_a_time = crate::one_at_a_time().await;
+    crate::support::init_logs();
     const KEYS: u64 = 16;
     const PER_KEY: u64 = 40;
     const TTL: Duration = Duration::from_secs(2);
@@ -224,10 +222,19 @@ async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
     })
     .await;
     let took_over = killed_at.elapsed();
-    eventually(Duration::from_secs(30), "every message to be acked", || {
-        let l = lock(&ledger);
-        sent.iter().all(|id| l.acked.contains(id))
-    })
+    let stream = publisher.stream_name(topic);
+    eventually_explained(
+        Duration::from_secs(30),
+        "every message to be acked",
+        || {
+            let l = lock(&ledger);
+            sent.iter().all(|id| l.acked.contains(id))
+        },
+        async || {
+            let missing = { lock(&ledger).missing(&sent) };
+            format!("{missing}\n{}", group_report(URL, &config.stream_prefix, &stream, group, 8).await)
+        },
+    )
     .await;
     let l = lock(&ledger);
     println!(
@@ -244,7 +251,7 @@ async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
 /// leaves cleanly hands its partitions over at once: long before its claims could expire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_once() {
-    let _one_at_a_time = crate::FAILOVER.lock().await;
+    let _one_at_a_time = crate::one_at_a_time().await;
     const KEYS: u64 = 16;
     const TTL: Duration = Duration::from_secs(30);
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
@@ -327,7 +334,7 @@ async fn a_joining_member_gets_partitions_and_a_leaving_one_hands_them_over_at_o
 /// again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_whose_claim_was_taken_cannot_settle() {
-    let _one_at_a_time = crate::FAILOVER.lock().await;
+    let _one_at_a_time = crate::one_at_a_time().await;
     const TTL: Duration = Duration::from_secs(2);
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
         return;
@@ -362,4 +369,56 @@ async fn a_member_whose_claim_was_taken_cannot_settle() {
     assert_eq!(again.message.id, sent.id);
     again.ack().await.expect("acking the redelivery");
     broker.close().await.unwrap();
+}
+
+/// A connection lost with a delivery on its way: JetStream counts the message delivered (and
+/// redelivers it only after its ack wait), the member reconnects and pulls the key's next
+/// message. The member sees the gap in the consumer's delivery numbers, hands out nothing
+/// more, and reopens the partition from its ack floor: the key's messages are handled in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_lost_with_its_connection_does_not_let_the_key_s_next_message_pass() {
+    use crate::support::Proxy;
+    crate::support::init_logs();
+    if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+        return;
+    }
+    let proxy = Proxy::start("127.0.0.1:4222").await;
+    let config = config(Duration::from_secs(30)).partitions(1);
+    let publisher = config.connect().await.unwrap();
+    let member = NatsConfig { url: proxy.url.clone(), ..config.clone() }.connect().await.unwrap();
+    let (topic, group) = ("orders.events", "billing");
+    // A long ack wait: the lost message would come back only after it.
+    let sub = member.subscribe(SubscribeOptions::new(topic, group).ack_wait(Duration::from_secs(30))).await.unwrap();
+    let ledger = Shared::default();
+    let task = tokio::spawn(consume("member", sub, ledger.clone(), CancellationToken::new()));
+    let send = async |seq: u64| {
+        let message = Message::new(topic, "Numbered.v1", seq.to_string().into_bytes()).with_key("key-0");
+        publisher.publish(&[message]).await.unwrap();
+    };
+    let acked = |n: usize| {
+        let ledger = ledger.clone();
+        move || lock(&ledger).acked.len() >= n
+    };
+
+    send(0).await;
+    eventually(Duration::from_secs(10), "the first message to be handled", acked(1)).await;
+    // The next message leaves the server and is lost with the connection.
+    proxy.hold();
+    send(1).await;
+    let js = async_nats::jetstream::new(async_nats::connect(URL).await.unwrap());
+    let stream = js.get_stream(publisher.stream_name(topic)).await.unwrap();
+    let delivered =
+        async || stream.consumer_info("billing-p0").await.map(|i| i.delivered.consumer_sequence).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while delivered().await < 2 {
+        assert!(Instant::now() < deadline, "the server never sent the second message");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut();
+    send(2).await;
+    eventually(Duration::from_secs(20), "the three messages to be handled", acked(3)).await;
+    let l = lock(&ledger);
+    check_order(&l, 1, 3);
+    drop(l);
+    task.abort();
 }

@@ -23,6 +23,8 @@ use herald_nats::{NatsConfig, Storage};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
+use crate::support::eventually;
+
 const URL: &str = "nats://127.0.0.1:4222";
 const KEYS: u64 = 16;
 const PER_KEY: u64 = 30;
@@ -76,14 +78,6 @@ fn spawn_member(binary: &Path, prefix: &str, output: &Path) -> Child {
         .expect("spawn the partitioned_consumer example")
 }
 
-async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Whether the members are alive; panics with the exit status when one ended by itself.
 fn assert_running(members: &mut [Child]) {
     for (i, member) in members.iter_mut().enumerate() {
@@ -95,7 +89,7 @@ fn assert_running(members: &mut [Child]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_members_in_separate_processes_keep_key_order_when_one_is_killed() {
-    let _one_at_a_time = crate::FAILOVER.lock().await;
+    let _one_at_a_time = crate::one_at_a_time().await;
     if !herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
         return;
     }
