@@ -464,28 +464,11 @@ async fn one_trace_follows_an_order_across_the_processes() {
     let t = &app.t;
     let product = catalog(t).await;
     let customer = register(t, "Ada").await;
-    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": 19.98 })).await.id();
-    let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
-    let add = json!({ "productId": product, "quantity": 2 });
-    eventually("the product reaches the baskets' catalog", || async {
-        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add.clone())).await.status
-            == StatusCode::NO_CONTENT
-    })
-    .await;
     // The kiosk's own span: the root of the trace.
     let (trace_id, kiosk_span) = (format!("{:032x}", fastrand::u128(1..)), format!("{:016x}", fastrand::u64(1..)));
     let traceparent = format!("00-{trace_id}-{kiosk_span}-01");
-    let checkout = t
-        .request(
-            Method::PUT,
-            &format!("/api/baskets/{basket}/checkout"),
-            false,
-            Some(json!({ "paymentId": payment })),
-            &[("traceparent", &traceparent)],
-        )
-        .await;
-    assert_eq!(checkout.status, StatusCode::NO_CONTENT);
-    status_becomes(t, &basket, "approved").await;
+    let order = support::order_with(t, &customer, &product, json!(19.98), &[("traceparent", &traceparent)]).await;
+    status_becomes(t, &order, "approved").await;
 
     let expected = ["baskets", "ordering", "cosec", "customers", "payments", "depot", "notifications"];
     // The trace as collected so far: its services, and its spans whose parent is not in it

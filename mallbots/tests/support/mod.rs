@@ -386,6 +386,11 @@ pub async fn catalog(t: &TestApp) -> String {
 
 /// A customer checks out 2 × the product with a payment of `amount`; returns the order id.
 pub async fn order(t: &TestApp, customer: &str, product: &str, amount: Value) -> String {
+    order_with(t, customer, product, amount, &[]).await
+}
+
+/// [`order`], the checkout request sent with `headers` (e.g. a `traceparent`).
+pub async fn order_with(t: &TestApp, customer: &str, product: &str, amount: Value, headers: &[(&str, &str)]) -> String {
     let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": amount })).await.id();
     let basket = t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
     let add = json!({ "productId": product, "quantity": 2 });
@@ -394,8 +399,15 @@ pub async fn order(t: &TestApp, customer: &str, product: &str, amount: Value) ->
             == StatusCode::NO_CONTENT
     })
     .await;
-    let checkout =
-        t.put(&format!("/api/baskets/{basket}/checkout"), false, Some(json!({ "paymentId": payment }))).await;
+    let checkout = t
+        .request(
+            Method::PUT,
+            &format!("/api/baskets/{basket}/checkout"),
+            false,
+            Some(json!({ "paymentId": payment })),
+            headers,
+        )
+        .await;
     assert_eq!(checkout.status, StatusCode::NO_CONTENT);
     basket
 }

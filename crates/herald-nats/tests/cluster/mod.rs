@@ -122,20 +122,6 @@ struct Ledger {
 
 type Shared = Arc<Mutex<Ledger>>;
 
-impl Ledger {
-    /// What is not acked yet, for a failure report.
-    fn missing(&self, sent: &[MessageId]) -> String {
-        let missing = sent.iter().filter(|id| !self.acked.contains(id)).count();
-        let mut keys: Vec<_> = self.handled.iter().map(|(k, v)| (k.clone(), v.len(), v.last().copied())).collect();
-        keys.sort();
-        format!(
-            "{missing} of {} sent not acked; handled by member {:?}; per key (key, handled, last): {keys:?}",
-            sent.len(),
-            self.by_member
-        )
-    }
-}
-
 async fn handle(member: &'static str, d: Delivery, ledger: Shared) {
     let (key, id) = (d.message.key.clone(), d.message.id);
     let seq: u64 = String::from_utf8_lossy(&d.message.payload).parse().expect("a numeric payload");
@@ -240,7 +226,10 @@ async fn scenario(servers: &mut [PrivateServer]) {
             sent.iter().all(|id| l.acked.contains(id))
         },
         async || {
-            let missing = { lock(&ledger).missing(&sent) };
+            let missing = {
+                let l = lock(&ledger);
+                crate::support::missing(&sent, &l.acked, &l.handled, &l.by_member)
+            };
             let stream = publisher.stream_name(topic);
             format!("{missing}\n{}", group_report(&report_urls, "cluster-", &stream, group, 4).await)
         },

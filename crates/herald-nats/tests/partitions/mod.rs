@@ -53,20 +53,6 @@ struct Ledger {
 
 type Shared = Arc<Mutex<Ledger>>;
 
-impl Ledger {
-    /// What is not acked yet, for a failure report.
-    fn missing(&self, sent: &[MessageId]) -> String {
-        let missing = sent.iter().filter(|id| !self.acked.contains(id)).count();
-        let mut keys: Vec<_> = self.handled.iter().map(|(k, v)| (k.clone(), v.len(), v.last().copied())).collect();
-        keys.sort();
-        format!(
-            "{missing} of {} sent not acked; handled by member {:?}; per key (key, handled, last): {keys:?}",
-            sent.len(),
-            self.by_member
-        )
-    }
-}
-
 fn seq_of(m: &Message) -> u64 {
     String::from_utf8_lossy(&m.payload).parse().expect("a numeric payload")
 }
@@ -231,7 +217,10 @@ async fn a_dead_member_s_partitions_are_taken_over_in_key_order() {
             sent.iter().all(|id| l.acked.contains(id))
         },
         async || {
-            let missing = { lock(&ledger).missing(&sent) };
+            let missing = {
+                let l = lock(&ledger);
+                crate::support::missing(&sent, &l.acked, &l.handled, &l.by_member)
+            };
             format!("{missing}\n{}", group_report(URL, &config.stream_prefix, &stream, group, 8).await)
         },
     )

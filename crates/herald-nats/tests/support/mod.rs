@@ -41,6 +41,23 @@ pub async fn eventually_explained(
     }
 }
 
+/// What is not acked yet, for a failure report: `sent` against the `acked` ids, and per key the
+/// sequence numbers first `handled`.
+pub fn missing(
+    sent: &[herald::message::MessageId],
+    acked: &std::collections::HashSet<herald::message::MessageId>,
+    handled: &std::collections::HashMap<String, Vec<u64>>,
+    by_member: &std::collections::HashMap<&'static str, u64>,
+) -> String {
+    let not_acked = sent.iter().filter(|id| !acked.contains(id)).count();
+    let mut keys: Vec<_> = handled.iter().map(|(k, v)| (k.clone(), v.len(), v.last().copied())).collect();
+    keys.sort();
+    format!(
+        "{not_acked} of {} sent not acked; handled by member {by_member:?}; per key (key, handled, last): {keys:?}",
+        sent.len()
+    )
+}
+
 /// One message per key `key-0` … for round `round`, the round number as payload.
 pub fn round(topic: &str, keys: u64, round: u64) -> Vec<Message> {
     (0..keys)
