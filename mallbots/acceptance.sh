@@ -26,7 +26,7 @@ J="Content-Type: application/json"
 # ACCEPTANCE_DATABASE / ACCEPTANCE_BROKER run it on PostgreSQL and a real broker, e.g.
 #   ACCEPTANCE_DATABASE=postgres://postgres@127.0.0.1/test ACCEPTANCE_BROKER=nats://127.0.0.1:4222
 # (in a namespace of its own, so earlier runs' data never counts).
-"$BIN" serve --http-addr 127.0.0.1:0 --database "${ACCEPTANCE_DATABASE:-sqlite://$DIR/mallbots.db}" \
+"$BIN" serve --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --database "${ACCEPTANCE_DATABASE:-sqlite://$DIR/mallbots.db}" \
   ${ACCEPTANCE_BROKER:+--broker "$ACCEPTANCE_BROKER"} --namespace "acceptance_$(date +%s)_$$" \
   --admin-token "$TOKEN" >"$DIR/serve.log" 2>&1 &
 SERVER=$!

@@ -38,6 +38,8 @@ pub const DEFAULT_NAMESPACE: &str = "mallbots";
 pub struct Config {
     /// Where the HTTP server listens (`127.0.0.1:0` picks a free port).
     pub http_addr: String,
+    /// Where the gRPC server listens (`127.0.0.1:0` picks a free port).
+    pub grpc_addr: String,
     /// The database: `sqlite://path.db` (or a plain path), or `postgres://…`.
     pub database: String,
     /// The broker: `None` (or `sql`) is the SQL broker on the same database; else
@@ -91,6 +93,8 @@ pub struct App {
     publishes_in_tx: bool,
     listener: TcpListener,
     http: axum::Router,
+    grpc_listener: TcpListener,
+    grpc: tonic::service::Routes,
     tasks: Vec<(&'static str, Task)>,
     /// Fires when `run`'s shutdown token does: long requests give up.
     shutting_down: CancellationToken,
@@ -168,6 +172,9 @@ impl App {
         let admin_token: Arc<str> = admin_token.into();
         let listener =
             TcpListener::bind(&config.http_addr).await.with_context(|| format!("listening on {}", config.http_addr))?;
+        let grpc_listener = TcpListener::bind(&config.grpc_addr)
+            .await
+            .with_context(|| format!("listening for gRPC on {}", config.grpc_addr))?;
         let (stop, shutting_down) = (CancellationToken::new(), CancellationToken::new());
         let instance: Arc<str> = module::instance_name().into();
         let modules: Vec<_> = selected
@@ -188,9 +195,11 @@ impl App {
             })
             .collect();
         let (mut http_parts, mut tasks, mut gauges) = (Vec::new(), Vec::new(), Vec::new());
+        let mut grpc = tonic::service::Routes::default();
         for (m, cx) in &modules {
             let parts = (m.start)(cx);
             http_parts.push(parts.http);
+            grpc = parts.grpc.into_iter().fold(grpc, |routes, add| add(routes));
             tasks.extend(parts.tasks);
             gauges.extend(parts.gauges);
         }
@@ -208,6 +217,8 @@ impl App {
             publishes_in_tx,
             listener,
             http,
+            grpc_listener,
+            grpc,
             tasks,
             shutting_down,
             stop,
@@ -220,6 +231,11 @@ impl App {
     pub fn local_addr(&self) -> SocketAddr {
         // A bound listener knows its address; the fallback is never used in practice.
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The address the gRPC server listens on.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The admin bearer token.
@@ -317,7 +333,9 @@ impl App {
 
         tracing::info!(addr = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             modules = ?module::names_of(self.modules.iter().map(|(m, _)| *m)), "MallBots is listening");
+        let grpc_task = tokio::spawn(crate::grpc::serve(self.grpc_listener, self.grpc, shutdown.clone()));
         let served = axum::serve(self.listener, self.http).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let grpc_served = grpc_task.await;
 
         // HTTP has stopped taking work; let in-flight messages finish, then flush the outbox.
         self.shutting_down.cancel();
@@ -348,6 +366,7 @@ impl App {
             db.close().await;
         }
         served.context("serving HTTP")?;
+        grpc_served.context("the gRPC server panicked")??;
         upkept.context("the metrics upkeep panicked")?;
         if !failures.is_empty() {
             bail!("stopping MallBots: {}", failures.join("; "));

@@ -229,7 +229,7 @@ async fn start_process(config: &ClusterConfig, process: &mut Process) -> anyhow:
     let seen = std::fs::metadata(&process.log).map(|m| m.len()).unwrap_or(0);
     let mut command = Command::new(&config.exe);
     command
-        .args(["serve", "--modules", process.module.name, "--http-addr", &process.addr])
+        .args(["serve", "--modules", process.module.name, "--http-addr", &process.addr, "--grpc-addr", "127.0.0.1:0"])
         .args(["--database", &config.database, "--namespace", &config.namespace])
         .args(["--admin-token", &config.admin_token]);
     if let Some(broker) = &config.broker {

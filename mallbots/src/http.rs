@@ -152,6 +152,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `given` is the admin `token` (REST and gRPC alike), compared in constant time.
+pub fn token_matches(given: &str, token: &str) -> bool {
+    constant_time_eq(given.as_bytes(), token.as_bytes())
+}
+
 /// The `Idempotency-Key` header of a creating request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 

@@ -8,6 +8,8 @@
 //!
 //! * [`app`]: the composition root — open the database, wire Herald (store, broker, router with
 //!   inbox and retries, outbox relay) and the HTTP server, run until shut down.
+//! * [`grpc`]: the gRPC layer shared by the modules (generated code, status codes, admin auth,
+//!   reflection); each module serves its service from `proto/<module>.proto`.
 //! * [`http`]: the REST layer shared by the modules (errors, extractors, admin auth,
 //!   idempotency, health, OpenAPI + Swagger UI).
 //! * [`metrics`]: Prometheus `/metrics` (Herald's metrics, HTTP requests, business gauges).
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod db;
 pub mod error;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod module;

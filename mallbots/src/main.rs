@@ -260,6 +260,11 @@ struct ServeArgs {
     #[arg(long, env = "MALLBOTS_HTTP_ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     http_addr: Option<String>,
+    /// Address of the gRPC server: every module's service, with reflection [default:
+    /// 127.0.0.1:9000].
+    #[arg(long, env = "MALLBOTS_GRPC_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_addr: Option<String>,
     /// The database: `sqlite://FILE` (created if missing) or `postgres://USER@HOST:PORT/DB`
     /// (tables in the schemas `<namespace>_<module>`, created if missing) [default:
     /// sqlite://mallbots.db].
@@ -482,9 +487,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // `MallBots on <url>` is what scripts and `simulate` wait for: keep it first on its line.
     println!(
-        "MallBots on http://{} (API docs at http://{}/docs; modules: {})",
+        "MallBots on http://{} (API docs at http://{}/docs; gRPC on {}; modules: {})",
         app.local_addr(),
         app.local_addr(),
+        app.grpc_addr(),
         app.module_names().join(", ")
     );
     let shutdown = CancellationToken::new();

@@ -111,7 +111,30 @@ impl ModuleContext {
     pub fn http_only(&self, routes: OpenApiRouter<AppState>) -> Parts {
         Parts { http: routes.with_state(self.state()), ..Parts::default() }
     }
+
+    /// Parts with the module's HTTP routes and its gRPC service (both bound to its state).
+    pub fn apis<S>(&self, routes: OpenApiRouter<AppState>, grpc: impl FnOnce(AppState) -> S) -> Parts
+    where
+        S: tonic::codegen::Service<axum::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        let service = grpc(self.state());
+        Parts {
+            http: routes.with_state(self.state()),
+            grpc: vec![Box::new(move |routes: tonic::service::Routes| routes.add_service(service))],
+            ..Parts::default()
+        }
+    }
 }
+
+/// Adds a module's gRPC service to the process's routes.
+pub type GrpcService = Box<dyn FnOnce(tonic::service::Routes) -> tonic::service::Routes + Send>;
 
 /// A future a module runs until its context's `stop` fires.
 pub type Task = BoxFuture<'static, anyhow::Result<()>>;
@@ -124,6 +147,8 @@ pub type Gauges = Arc<dyn Fn() -> BoxFuture<'static, AppResult<()>> + Send + Syn
 pub struct Parts {
     /// Its REST endpoints (their state bound) and their OpenAPI.
     pub http: OpenApiRouter,
+    /// Its gRPC services (their state bound), each added to the process's routes.
+    pub grpc: Vec<GrpcService>,
     /// Background tasks (name, future), spawned when the app runs.
     pub tasks: Vec<(&'static str, Task)>,
     /// Its gauges, refreshed at each scrape.

@@ -37,6 +37,23 @@ impl Money {
         if cents < 0 { Err(MoneyError::Negative) } else { Ok(Self(cents)) }
     }
 
+    /// The amount a floating-point number (JSON, protobuf `double`) stands for: at most two
+    /// fraction digits, not negative.
+    pub fn from_f64(v: f64) -> Result<Self, MoneyError> {
+        if !v.is_finite() {
+            return Err(MoneyError::NotANumber);
+        }
+        // `Display` prints the shortest decimal that reads back as this float: for a literal
+        // such as `9.99` that is the literal itself, so the digits checked are the ones the
+        // caller sent.
+        Money::parse(&format!("{v}"))
+    }
+
+    /// The amount as a floating-point number (protobuf `double`).
+    pub fn as_f64(self) -> f64 {
+        self.0 as f64 / 100.0
+    }
+
     /// The amount in cents.
     pub fn cents(self) -> i64 {
         self.0
@@ -114,13 +131,7 @@ impl<'de> Deserialize<'de> for Money {
                 v.checked_mul(100).map(Money).ok_or_else(|| E::custom(MoneyError::TooLarge))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Money, E> {
-                if !v.is_finite() {
-                    return Err(E::custom(MoneyError::NotANumber));
-                }
-                // `Display` prints the shortest decimal that reads back as this float: for a
-                // JSON literal such as `9.99` that is the literal itself, so the digits
-                // checked are the ones the caller sent.
-                Money::parse(&format!("{v}")).map_err(E::custom)
+                Money::from_f64(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Money, E> {
                 Money::parse(v).map_err(E::custom)

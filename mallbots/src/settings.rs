@@ -19,6 +19,8 @@ pub const DEFAULT_FILE: &str = "mallbots.toml";
 pub struct Settings {
     /// Where the HTTP server listens.
     pub http_addr: String,
+    /// Where the gRPC server listens.
+    pub grpc_addr: String,
     /// `sqlite://FILE` or `postgres://USER@HOST:PORT/DB`.
     pub database: String,
     /// `nats://…`, `redis://…`, `amqp://…`; unset = the SQL broker on the database.
@@ -49,6 +51,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             http_addr: "127.0.0.1:8080".into(),
+            grpc_addr: "127.0.0.1:9000".into(),
             database: "sqlite://mallbots.db".into(),
             broker: None,
             namespace: DEFAULT_NAMESPACE.into(),
@@ -98,6 +101,7 @@ impl Settings {
     pub fn app_config(&self) -> Config {
         Config {
             http_addr: self.http_addr.clone(),
+            grpc_addr: self.grpc_addr.clone(),
             database: self.database.clone(),
             broker: self.broker.clone(),
             namespace: self.namespace.clone(),
@@ -127,8 +131,9 @@ fn toml_text(s: &Settings) -> String {
     };
     let modules: Vec<String> = s.modules.iter().map(|m| quote(m)).collect();
     format!(
-        "http_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
+        "http_addr = {}\ngrpc_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
         quote(&s.http_addr),
+        quote(&s.grpc_addr),
         quote(&s.database),
         optional("broker", &s.broker),
         quote(&s.namespace),

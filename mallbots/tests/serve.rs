@@ -42,6 +42,7 @@ async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         http_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
         database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
         admin_token: None,
         ..Config::default()
@@ -182,7 +183,17 @@ async fn start_up_against_unreachable_servers_fails_fast_naming_them_without_pas
     ];
     let runs = cases.into_iter().map(|(what, database, broker)| async move {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mallbots"));
-        command.args(["serve", "--http-addr", "127.0.0.1:0", "--database", &database, "--admin-token", "t"]);
+        command.args([
+            "serve",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--database",
+            &database,
+            "--admin-token",
+            "t",
+        ]);
         if let Some(broker) = &broker {
             command.args(["--broker", broker]);
         }
@@ -214,6 +225,7 @@ async fn the_operations_commands_list_replay_and_discard_dead_letters_and_show_p
     let dir = tempfile::tempdir().expect("temp dir");
     let config = Config {
         http_addr: "127.0.0.1:0".into(),
+        grpc_addr: "127.0.0.1:0".into(),
         database: format!("sqlite://{}", dir.path().join("mallbots.db").display()),
         admin_token: Some("ops-token".into()),
         ..Config::default()

@@ -70,7 +70,17 @@ impl Server {
         });
         let mut command = Command::new(&config.exe);
         command
-            .args(["serve", "--http-addr", "127.0.0.1:0", "--database", &database, "--admin-token", &admin_token])
+            .args([
+                "serve",
+                "--http-addr",
+                "127.0.0.1:0",
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--database",
+                &database,
+                "--admin-token",
+                &admin_token,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("sharing the server log")?)
             .stderr(log);

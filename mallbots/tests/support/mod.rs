@@ -20,6 +20,8 @@ pub struct TestApp {
     pub router: Router,
     /// The gateway of a cluster: requests go there instead of to `router`.
     pub gateway: Option<String>,
+    /// The gRPC server of an app in this process.
+    pub grpc: Option<std::net::SocketAddr>,
     pub token: String,
     pub dir: TempDir,
     /// Where it ran, to remove its schema and streams afterwards.
@@ -77,6 +79,7 @@ impl Backend {
         };
         Config {
             http_addr: "127.0.0.1:0".into(),
+            grpc_addr: "127.0.0.1:0".into(),
             database,
             broker,
             namespace: format!("mb_test_{}", uuid::Uuid::now_v7().simple()),
@@ -112,7 +115,8 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
     let config = backend.config(&dir);
     let app = App::build(config.clone()).await.expect("app builds");
     let router = app.http_router();
-    Some(TestApp { app: Some(app), router, gateway: None, token: TOKEN.into(), dir, backend, config })
+    let grpc = Some(app.grpc_addr());
+    Some(TestApp { app: Some(app), router, gateway: None, grpc, token: TOKEN.into(), dir, backend, config })
 }
 
 /// A response, decoded.
@@ -347,6 +351,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
         app: None,
         router: Router::new(),
         gateway: Some(cluster.url()),
+        grpc: None,
         token: TOKEN.into(),
         dir,
         backend,

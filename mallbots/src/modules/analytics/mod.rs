@@ -101,5 +101,6 @@ fn start(cx: &ModuleContext) -> Parts {
         http: http::routes().with_state(http::AnalyticsState { app: cx.state(), control }),
         tasks: vec![("analytics projection", projection)],
         gauges: Some(gauges),
+        ..Parts::default()
     }
 }

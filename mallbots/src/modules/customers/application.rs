@@ -120,6 +120,11 @@ pub async fn disable(tx: &mut dyn Transaction, id: &str) -> AppResult<()> {
     run(tx, id, CustomerCommand::Disable).await
 }
 
+/// Checks that a customer may shop (exists and is enabled), recording the authorization.
+pub async fn authorize(tx: &mut dyn Transaction, id: &str) -> AppResult<()> {
+    run(tx, id, CustomerCommand::Authorize).await
+}
+
 /// Handles [`api::AuthorizeCustomer`]: success when the customer exists and is enabled, a
 /// failure reply with the reason otherwise. Database trouble is a transient error (retried).
 pub async fn handle_authorize(cx: &mut HandlerContext, command: api::AuthorizeCustomer) -> Result<Reply, HandlerError> {

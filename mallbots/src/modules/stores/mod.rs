@@ -7,6 +7,7 @@
 pub mod api;
 mod application;
 mod domain;
+mod grpc;
 mod http;
 
 use herald_sql::any::Migration;
@@ -41,5 +42,5 @@ const MIGRATIONS: &[Migration] = &[Migration::per_dialect(
 )];
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(http::routes())
+    cx.apis(http::routes(), grpc::service)
 }

@@ -1,0 +1,174 @@
+//! gRPC, end to end over a real socket: each module's service called as a client would (the
+//! happy path, bad input → `InvalidArgument`, an unknown id → `NotFound`, an admin call without
+//! the token → `Unauthenticated`), what it changes seen over REST too (the same application
+//! functions), and server reflection listing every service.
+
+mod support;
+
+use mallbots::grpc::pb::customerspb::customers_service_client::CustomersServiceClient;
+use mallbots::grpc::pb::customerspb::*;
+use mallbots::grpc::pb::storespb::stores_service_client::StoresServiceClient;
+use mallbots::grpc::pb::storespb::*;
+use support::{RunningApp, TOKEN, spawn_running_app};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+async fn channel(app: &RunningApp) -> Channel {
+    let addr = app.t.grpc.expect("an app in this process serves gRPC");
+    Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect over gRPC")
+}
+
+/// `message` with the admin token.
+fn admin<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("ascii"));
+    request
+}
+
+/// Asserts `result` failed with `code`.
+fn refused<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>, code: Code, what: &str) {
+    match result {
+        Err(status) => assert_eq!(status.code(), code, "{what}: {status:?}"),
+        Ok(response) => panic!("{what}: expected {code:?}, got {:?}", response.into_inner()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_over_grpc() {
+    let app = spawn_running_app().await;
+    let mut stores = StoresServiceClient::new(channel(&app).await);
+    let new_store = || CreateStoreRequest { name: "Books".into(), location: "L1".into() };
+
+    refused(stores.create_store(new_store()).await, Code::Unauthenticated, "no token");
+    let mut wrong = Request::new(new_store());
+    wrong.metadata_mut().insert("authorization", "Bearer nope".parse().expect("ascii"));
+    refused(stores.create_store(wrong).await, Code::Unauthenticated, "a wrong token");
+
+    let id = stores.create_store(admin(new_store())).await.expect("create").into_inner().id;
+    stores.enable_participation(admin(EnableParticipationRequest { id: id.clone() })).await.expect("enable");
+    refused(
+        stores.enable_participation(admin(EnableParticipationRequest { id: id.clone() })).await,
+        Code::FailedPrecondition,
+        "enabled twice",
+    );
+    let store = stores.get_store(GetStoreRequest { id: id.clone() }).await.expect("get").into_inner().store;
+    let store = store.expect("a store");
+    assert_eq!((store.name.as_str(), store.location.as_str(), store.participating), ("Books", "L1", true));
+    let participating = stores.get_participating_stores(GetParticipatingStoresRequest {}).await.expect("list");
+    assert_eq!(participating.into_inner().stores.len(), 1);
+
+    let product = AddProductRequest {
+        store_id: id.clone(),
+        name: "Treasury".into(),
+        description: "an island".into(),
+        sku: "T-1".into(),
+        price: 9.99,
+    };
+    let product_id = stores.add_product(admin(product.clone())).await.expect("add product").into_inner().id;
+    stores
+        .increase_product_price(admin(IncreaseProductPriceRequest { id: product_id.clone(), price: 10.5 }))
+        .await
+        .expect("increase");
+    let catalog = stores.get_catalog(GetCatalogRequest { store_id: id.clone() }).await.expect("catalog").into_inner();
+    assert_eq!(catalog.products.len(), 1);
+    assert_eq!((catalog.products[0].id.as_str(), catalog.products[0].price), (product_id.as_str(), 10.5));
+    // The same application functions behind REST.
+    assert_eq!(app.t.get(&format!("/api/stores/products/{product_id}")).await.body["price"], 10.5);
+
+    refused(stores.create_store(admin(CreateStoreRequest::default())).await, Code::InvalidArgument, "a blank name");
+    refused(
+        stores.add_product(admin(AddProductRequest { price: 9.999, ..product.clone() })).await,
+        Code::InvalidArgument,
+        "three fraction digits",
+    );
+    refused(
+        stores.add_product(admin(AddProductRequest { price: -1.0, ..product.clone() })).await,
+        Code::InvalidArgument,
+        "a negative price",
+    );
+    refused(stores.get_store(GetStoreRequest { id: String::new() }).await, Code::InvalidArgument, "no id");
+    refused(stores.get_store(GetStoreRequest { id: "nope".into() }).await, Code::NotFound, "an unknown store");
+    refused(stores.get_product(GetProductRequest { id: "nope".into() }).await, Code::NotFound, "an unknown product");
+    refused(
+        stores.add_product(admin(AddProductRequest { store_id: "nope".into(), ..product })).await,
+        Code::NotFound,
+        "a product of an unknown store",
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_over_grpc() {
+    let app = spawn_running_app().await;
+    let mut customers = CustomersServiceClient::new(channel(&app).await);
+    let id = customers
+        .register_customer(RegisterCustomerRequest { name: "Ada".into(), sms_number: "555 0100".into() })
+        .await
+        .expect("register")
+        .into_inner()
+        .id;
+    customers.authorize_customer(AuthorizeCustomerRequest { id: id.clone() }).await.expect("an enabled customer");
+    customers
+        .change_sms_number(ChangeSmsNumberRequest { id: id.clone(), sms_number: "555 0199".into() })
+        .await
+        .expect("change the number");
+    let customer = customers.get_customer(GetCustomerRequest { id: id.clone() }).await.expect("get").into_inner();
+    let customer = customer.customer.expect("a customer");
+    assert_eq!((customer.name.as_str(), customer.sms_number.as_str(), customer.enabled), ("Ada", "555 0199", true));
+
+    refused(
+        customers.disable_customer(DisableCustomerRequest { id: id.clone() }).await,
+        Code::Unauthenticated,
+        "disabling needs the token",
+    );
+    customers.disable_customer(admin(DisableCustomerRequest { id: id.clone() })).await.expect("disable");
+    refused(
+        customers.authorize_customer(AuthorizeCustomerRequest { id: id.clone() }).await,
+        Code::FailedPrecondition,
+        "a disabled customer",
+    );
+    assert_eq!(app.t.get(&format!("/api/customers/{id}")).await.body["enabled"], false, "REST sees it");
+
+    refused(
+        customers.register_customer(RegisterCustomerRequest { name: " ".into(), sms_number: "555".into() }).await,
+        Code::InvalidArgument,
+        "a blank name",
+    );
+    refused(
+        customers.get_customer(GetCustomerRequest { id: "nope".into() }).await,
+        Code::NotFound,
+        "an unknown customer",
+    );
+    refused(
+        customers.enable_customer(admin(EnableCustomerRequest { id: "nope".into() })).await,
+        Code::NotFound,
+        "enabling an unknown customer",
+    );
+    app.stop().await;
+}
+
+/// A reflection client (what `grpcurl list` does) finds every module's service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let app = spawn_running_app().await;
+    let mut client = ServerReflectionClient::new(channel(&app).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies =
+        client.server_reflection_info(tokio_stream::once(request)).await.expect("reflection").into_inner();
+    let reply = replies.message().await.expect("a reply").expect("not empty");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a list of services: {reply:?}")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["storespb.StoresService", "customerspb.CustomersService", "grpc.reflection.v1.ServerReflection"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    }
+    app.stop().await;
+}
