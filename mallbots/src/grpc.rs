@@ -19,6 +19,15 @@ pub mod pb {
     pub mod customerspb {
         tonic::include_proto!("customerspb");
     }
+    pub mod basketspb {
+        tonic::include_proto!("basketspb");
+    }
+    pub mod orderingpb {
+        tonic::include_proto!("orderingpb");
+    }
+    pub mod paymentspb {
+        tonic::include_proto!("paymentspb");
+    }
 }
 
 /// Every `.proto` file, compiled: what reflection publishes.

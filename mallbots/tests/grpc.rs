@@ -5,8 +5,14 @@
 
 mod support;
 
+use mallbots::grpc::pb::basketspb::basket_service_client::BasketServiceClient;
+use mallbots::grpc::pb::basketspb::{AddItemRequest, CheckoutBasketRequest, GetBasketRequest, StartBasketRequest};
 use mallbots::grpc::pb::customerspb::customers_service_client::CustomersServiceClient;
 use mallbots::grpc::pb::customerspb::*;
+use mallbots::grpc::pb::orderingpb::ordering_service_client::OrderingServiceClient;
+use mallbots::grpc::pb::orderingpb::{CancelOrderRequest, GetOrderRequest};
+use mallbots::grpc::pb::paymentspb::payments_service_client::PaymentsServiceClient;
+use mallbots::grpc::pb::paymentspb::{AuthorizePaymentRequest, GetInvoiceRequest, PayInvoiceRequest};
 use mallbots::grpc::pb::storespb::stores_service_client::StoresServiceClient;
 use mallbots::grpc::pb::storespb::*;
 use support::{RunningApp, TOKEN, spawn_running_app};
@@ -147,6 +153,95 @@ async fn customers_over_grpc() {
     app.stop().await;
 }
 
+/// A kiosk's order over gRPC only: a payment authorized, a basket started, filled and checked
+/// out, the order followed to `approved` and canceled; baskets, ordering and payments refuse bad
+/// input, unknown ids and (invoices) a missing token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_over_grpc() {
+    let app = spawn_running_app().await;
+    let channel = channel(&app).await;
+    let (mut stores, mut customers) =
+        (StoresServiceClient::new(channel.clone()), CustomersServiceClient::new(channel.clone()));
+    let (mut baskets, mut ordering) =
+        (BasketServiceClient::new(channel.clone()), OrderingServiceClient::new(channel.clone()));
+    let mut payments = PaymentsServiceClient::new(channel);
+
+    let store = stores.create_store(admin(CreateStoreRequest { name: "Books".into(), location: "L1".into() })).await;
+    let store = store.expect("store").into_inner().id;
+    stores.enable_participation(admin(EnableParticipationRequest { id: store.clone() })).await.expect("enable");
+    let product = AddProductRequest { store_id: store, name: "Treasury".into(), price: 9.99, ..Default::default() };
+    let product = stores.add_product(admin(product)).await.expect("product").into_inner().id;
+    let customer = customers
+        .register_customer(RegisterCustomerRequest { name: "Ada".into(), sms_number: "555".into() })
+        .await
+        .expect("register")
+        .into_inner()
+        .id;
+
+    let authorize = |amount: f64| AuthorizePaymentRequest { customer_id: customer.clone(), amount };
+    refused(payments.authorize_payment(authorize(1.001)).await, Code::InvalidArgument, "three fraction digits");
+    let payment = payments.authorize_payment(authorize(19.98)).await.expect("authorize").into_inner().id;
+    refused(
+        baskets.start_basket(StartBasketRequest { customer_id: String::new() }).await,
+        Code::InvalidArgument,
+        "no customer",
+    );
+    let basket = baskets.start_basket(StartBasketRequest { customer_id: customer.clone() }).await.expect("start");
+    let basket = basket.into_inner().id;
+    let add = AddItemRequest { id: basket.clone(), product_id: product.clone(), quantity: 2 };
+    // The product reaches the baskets' catalog through the broker.
+    support::eventually("the product reaches the baskets' catalog", || {
+        let (mut baskets, add) = (baskets.clone(), add.clone());
+        async move { baskets.add_item(add).await.is_ok() }
+    })
+    .await;
+    refused(
+        baskets.add_item(AddItemRequest { quantity: 0, ..add.clone() }).await,
+        Code::InvalidArgument,
+        "a quantity of 0",
+    );
+    refused(baskets.get_basket(GetBasketRequest { id: "nope".into() }).await, Code::NotFound, "an unknown basket");
+    let seen = baskets.get_basket(GetBasketRequest { id: basket.clone() }).await.expect("get").into_inner();
+    let seen = seen.basket.expect("a basket");
+    assert_eq!((seen.items.len(), seen.total, seen.status.as_str()), (1, 19.98, "open"));
+    baskets.checkout_basket(CheckoutBasketRequest { id: basket.clone(), payment_id: payment }).await.expect("checkout");
+
+    support::eventually("the order is approved", || {
+        let (mut ordering, id) = (ordering.clone(), basket.clone());
+        async move {
+            ordering.get_order(GetOrderRequest { id }).await.is_ok_and(|r| {
+                r.into_inner().order.is_some_and(|o| o.status == "approved" && !o.shopping_id.is_empty())
+            })
+        }
+    })
+    .await;
+    refused(ordering.get_order(GetOrderRequest { id: "nope".into() }).await, Code::NotFound, "an unknown order");
+    ordering.cancel_order(CancelOrderRequest { id: basket.clone() }).await.expect("cancel");
+    refused(
+        ordering.cancel_order(CancelOrderRequest { id: basket.clone() }).await,
+        Code::FailedPrecondition,
+        "canceled twice",
+    );
+    assert_eq!(app.t.get(&format!("/api/ordering/{basket}")).await.body["status"], "canceled", "REST sees it");
+
+    refused(
+        payments.get_invoice(GetInvoiceRequest { order_id: basket.clone() }).await,
+        Code::Unauthenticated,
+        "invoices need the token",
+    );
+    refused(
+        payments.get_invoice(admin(GetInvoiceRequest { order_id: basket })).await,
+        Code::NotFound,
+        "a canceled order before it was ready has no invoice",
+    );
+    refused(
+        payments.pay_invoice(admin(PayInvoiceRequest { id: "nope".into() })).await,
+        Code::NotFound,
+        "an unknown invoice",
+    );
+    app.stop().await;
+}
+
 /// A reflection client (what `grpcurl list` does) finds every module's service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service() {
@@ -167,7 +262,14 @@ async fn reflection_lists_every_service() {
         panic!("not a list of services: {reply:?}")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["storespb.StoresService", "customerspb.CustomersService", "grpc.reflection.v1.ServerReflection"] {
+    for expected in [
+        "storespb.StoresService",
+        "customerspb.CustomersService",
+        "basketspb.BasketService",
+        "orderingpb.OrderingService",
+        "paymentspb.PaymentsService",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
     }
     app.stop().await;

@@ -8,6 +8,7 @@
 pub mod api;
 mod application;
 mod domain;
+mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
@@ -36,7 +37,7 @@ const MIGRATIONS: &[Migration] = &[Migration::portable(
 )];
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(http::routes())
+    cx.apis(http::routes(), grpc::service)
 }
 
 /// The message routes of baskets: the two feeds of its catalog cache. They start from the

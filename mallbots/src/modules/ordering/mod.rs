@@ -9,6 +9,7 @@
 pub mod api;
 mod application;
 mod domain;
+mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
@@ -31,7 +32,7 @@ pub const MODULE: Module = Module {
 };
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(http::routes())
+    cx.apis(http::routes(), grpc::service)
 }
 
 /// The message routes of ordering: checkouts in, saga commands in.
