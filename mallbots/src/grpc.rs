@@ -28,6 +28,21 @@ pub mod pb {
     pub mod paymentspb {
         tonic::include_proto!("paymentspb");
     }
+    pub mod depotpb {
+        tonic::include_proto!("depotpb");
+    }
+    pub mod notificationspb {
+        tonic::include_proto!("notificationspb");
+    }
+    pub mod searchpb {
+        tonic::include_proto!("searchpb");
+    }
+    pub mod analyticspb {
+        tonic::include_proto!("analyticspb");
+    }
+    pub mod adminpb {
+        tonic::include_proto!("adminpb");
+    }
 }
 
 /// Every `.proto` file, compiled: what reflection publishes.

@@ -242,6 +242,149 @@ async fn an_order_over_grpc() {
     app.stop().await;
 }
 
+/// The admin side over gRPC after an order: depot's shopping list assigned and completed,
+/// payments' invoice paid, notifications' SMS, search's order (the book's request shape),
+/// analytics' figures and projection, and dead letters; every one refuses a call without the
+/// token, an unknown id and bad input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_side_over_grpc() {
+    use mallbots::grpc::pb::adminpb::dead_letters_service_client::DeadLettersServiceClient;
+    use mallbots::grpc::pb::adminpb::{GetDeadLetterRequest, ListDeadLettersRequest};
+    use mallbots::grpc::pb::analyticspb::analytics_service_client::AnalyticsServiceClient;
+    use mallbots::grpc::pb::analyticspb::{GetProjectionRequest, GetSummaryRequest};
+    use mallbots::grpc::pb::depotpb::depot_service_client::DepotServiceClient;
+    use mallbots::grpc::pb::depotpb::{
+        AssignShoppingListRequest, CompleteShoppingListRequest, GetShoppingListRequest, ListShoppingListsRequest,
+    };
+    use mallbots::grpc::pb::notificationspb::ListNotificationsRequest;
+    use mallbots::grpc::pb::notificationspb::notifications_service_client::NotificationsServiceClient;
+    use mallbots::grpc::pb::searchpb::search_service_client::SearchServiceClient;
+    use mallbots::grpc::pb::searchpb::{Filters, SearchOrdersRequest};
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = support::catalog(t).await;
+    let customer = support::register(t, "Ada").await;
+    let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
+    support::status_becomes(t, &order, "approved").await;
+
+    let channel = channel(&app).await;
+    let mut depot = DepotServiceClient::new(channel.clone());
+    refused(depot.list_shopping_lists(ListShoppingListsRequest::default()).await, Code::Unauthenticated, "no token");
+    refused(
+        depot.list_shopping_lists(admin(ListShoppingListsRequest { status: "lost".into() })).await,
+        Code::InvalidArgument,
+        "an unknown status",
+    );
+    let lists = depot.list_shopping_lists(admin(ListShoppingListsRequest { status: "available".into() })).await;
+    let list = lists.expect("lists").into_inner().shopping_lists.into_iter().find(|l| l.order_id == order);
+    let list = list.expect("the order's shopping list");
+    assert_eq!((list.stops.len(), list.stops[0].items[0].quantity), (1, 2));
+    refused(
+        depot.get_shopping_list(admin(GetShoppingListRequest { id: "nope".into() })).await,
+        Code::NotFound,
+        "an unknown list",
+    );
+    refused(
+        depot.complete_shopping_list(admin(CompleteShoppingListRequest { id: list.id.clone() })).await,
+        Code::FailedPrecondition,
+        "completing a list no bot has",
+    );
+    depot
+        .assign_shopping_list(admin(AssignShoppingListRequest { id: list.id.clone(), bot_id: "bot-1".into() }))
+        .await
+        .expect("assign");
+    depot.complete_shopping_list(admin(CompleteShoppingListRequest { id: list.id.clone() })).await.expect("complete");
+    support::status_becomes(t, &order, "ready").await;
+
+    let mut payments = PaymentsServiceClient::new(channel.clone());
+    let invoice = |order: String| admin(GetInvoiceRequest { order_id: order });
+    support::eventually("the invoice exists", || {
+        let (mut payments, request) = (payments.clone(), invoice(order.clone()));
+        async move { payments.get_invoice(request).await.is_ok() }
+    })
+    .await;
+    let found = payments.get_invoice(invoice(order.clone())).await.expect("invoice").into_inner().invoice;
+    let found = found.expect("an invoice");
+    assert_eq!((found.amount, found.status.as_str()), (19.98, "pending"));
+    payments.pay_invoice(admin(PayInvoiceRequest { id: found.id })).await.expect("pay");
+    support::status_becomes(t, &order, "completed").await;
+
+    let mut notifications = NotificationsServiceClient::new(channel.clone());
+    support::eventually("three SMS", || {
+        let mut notifications = notifications.clone();
+        let request = admin(ListNotificationsRequest { customer_id: customer.clone() });
+        async move {
+            notifications.list_notifications(request).await.is_ok_and(|r| r.into_inner().notifications.len() == 3)
+        }
+    })
+    .await;
+    refused(
+        notifications.list_notifications(admin(ListNotificationsRequest::default())).await,
+        Code::InvalidArgument,
+        "no customer",
+    );
+
+    let mut search = SearchServiceClient::new(channel.clone());
+    let by_customer = || SearchOrdersRequest {
+        filters: Some(Filters { customer_id: customer.clone(), status: "completed".into(), ..Default::default() }),
+        next: String::new(),
+        limit: 10,
+    };
+    support::eventually("search shows the completed order", || {
+        let (mut search, request) = (search.clone(), admin(by_customer()));
+        async move { search.search_orders(request).await.is_ok_and(|r| r.into_inner().orders.len() == 1) }
+    })
+    .await;
+    let bad_time = SearchOrdersRequest {
+        filters: Some(Filters { after: "yesterday".into(), ..Default::default() }),
+        ..by_customer()
+    };
+    refused(search.search_orders(admin(bad_time)).await, Code::InvalidArgument, "a time that is not RFC 3339");
+    refused(
+        search.search_orders(admin(SearchOrdersRequest { limit: 101, ..by_customer() })).await,
+        Code::InvalidArgument,
+        "limit 101",
+    );
+    refused(search.search_orders(by_customer()).await, Code::Unauthenticated, "search needs the token");
+
+    let mut analytics = AnalyticsServiceClient::new(channel.clone());
+    support::eventually("analytics counts the completed order", || {
+        let mut analytics = analytics.clone();
+        async move {
+            analytics.get_summary(admin(GetSummaryRequest {})).await.is_ok_and(|r| {
+                let summary = r.into_inner();
+                summary.orders_by_status.get("completed") == Some(&1) && summary.revenue == 19.98
+            })
+        }
+    })
+    .await;
+    let projection = analytics.get_projection(admin(GetProjectionRequest {})).await.expect("projection").into_inner();
+    assert_eq!(projection.name, "analytics-v2");
+    refused(analytics.get_summary(GetSummaryRequest {}).await, Code::Unauthenticated, "analytics needs the token");
+
+    let mut dead_letters = DeadLettersServiceClient::new(channel);
+    let none = dead_letters.list_dead_letters(admin(ListDeadLettersRequest::default())).await.expect("list");
+    assert!(none.into_inner().dead_letters.is_empty());
+    refused(
+        dead_letters
+            .list_dead_letters(admin(ListDeadLettersRequest { status: "lost".into(), ..Default::default() }))
+            .await,
+        Code::InvalidArgument,
+        "an unknown status",
+    );
+    refused(
+        dead_letters.get_dead_letter(admin(GetDeadLetterRequest { id: "not-an-id".into() })).await,
+        Code::InvalidArgument,
+        "a malformed id",
+    );
+    refused(
+        dead_letters.get_dead_letter(admin(GetDeadLetterRequest { id: uuid::Uuid::now_v7().to_string() })).await,
+        Code::NotFound,
+        "an unknown dead letter",
+    );
+    app.stop().await;
+}
+
 /// A reflection client (what `grpcurl list` does) finds every module's service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service() {
@@ -268,6 +411,11 @@ async fn reflection_lists_every_service() {
         "basketspb.BasketService",
         "orderingpb.OrderingService",
         "paymentspb.PaymentsService",
+        "depotpb.DepotService",
+        "notificationspb.NotificationsService",
+        "searchpb.SearchService",
+        "analyticspb.AnalyticsService",
+        "adminpb.DeadLettersService",
         "grpc.reflection.v1.ServerReflection",
     ] {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");

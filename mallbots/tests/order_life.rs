@@ -167,6 +167,22 @@ async fn search_filters_orders_and_pages_with_a_cursor(app: RunningApp) {
     assert_eq!(ids(&search(json!({ "minTotal": 20 })).await.body), Vec::<String>::new());
     assert_eq!(ids(&search(json!({ "maxTotal": 19.98, "createdAfter": "2000-01-01T00:00:00Z" })).await.body).len(), 3);
 
+    // The book's request shape: filters apart from the page.
+    let book = search(json!({ "filters": { "customerId": ada, "status": "approved" }, "limit": 10 })).await;
+    assert_eq!((book.status, ids(&book.body)), (StatusCode::OK, vec![first.clone()]), "{book:?}");
+    let book_page1 = search(json!({ "filters": {}, "limit": 2 })).await.body;
+    let book_page2 = search(json!({ "filters": {}, "next": book_page1["next"], "limit": 2 })).await.body;
+    assert_eq!(ids(&book_page2), vec![third.clone()]);
+    assert_eq!(
+        search(json!({ "filters": { "after": "2000-01-01T00:00:00Z", "minTotal": 1 } })).await.body["orders"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    for bad in [json!({ "filters": { "colour": "red" } }), json!({ "filters": {}, "cursor": "x" })] {
+        assert_eq!(search(bad.clone()).await.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
     let page1 = search(json!({ "limit": 2 })).await.body;
     assert_eq!(ids(&page1), vec![first.clone(), second.clone()]);
     let page2 = search(json!({ "limit": 2, "cursor": page1["next"] })).await.body;

@@ -96,7 +96,7 @@ pub struct ListQuery {
     pub limit: Option<usize>,
 }
 
-fn parse_id(id: &str) -> AppResult<MessageId> {
+pub(super) fn parse_id(id: &str) -> AppResult<MessageId> {
     MessageId::parse(id).map_err(|_| AppError::invalid(format!("{id:?} is not a dead-letter id (a UUID)")))
 }
 
@@ -120,6 +120,11 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> AppResult<Json<Vec<DeadLetterView>>> {
     let Query(query) = query.map_err(|e| AppError::invalid(e.body_text()))?;
+    Ok(Json(list_letters(&state, query).await?))
+}
+
+/// The dead letters `query` asks for (REST and gRPC).
+pub(super) async fn list_letters(state: &AppState, query: ListQuery) -> AppResult<Vec<DeadLetterView>> {
     let mut filter = match query.status.as_deref().unwrap_or("pending") {
         "all" => DeadLetterFilter::all(),
         status => DeadLetterFilter::all().status(status.parse::<DeadLetterStatus>().map_err(|_| {
@@ -138,11 +143,12 @@ async fn list(
         None => Page::first(limit),
     };
     let letters = state.db.dead_letters().list(&filter, &page).await?;
-    Ok(Json(letters.into_iter().map(DeadLetterView::from).collect()))
+    Ok(letters.into_iter().map(DeadLetterView::from).collect())
 }
 
 /// One dead letter.
 #[utoipa::path(get, path = "/api/admin/dead-letters/{id}", tag = "admin", security(("admin" = [])),
+    params(("id" = String, Path, description = "dead letter id")),
     responses((status = OK, body = DeadLetterView), (status = NOT_FOUND, body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn get(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<DeadLetterView>> {
@@ -160,6 +166,7 @@ pub struct Replayed {
 /// Replays a pending dead letter to the group that failed it (only that group sees it; it is
 /// handled under the original message's id, so the inbox still de-duplicates).
 #[utoipa::path(post, path = "/api/admin/dead-letters/{id}/replay", tag = "admin", security(("admin" = [])),
+    params(("id" = String, Path, description = "dead letter id")),
     responses((status = OK, body = Replayed), (status = NOT_FOUND, body = ErrorBody),
         (status = CONFLICT, description = "already replayed or discarded", body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
@@ -170,6 +177,7 @@ async fn replay(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<St
 
 /// Discards a pending dead letter (kept, marked discarded).
 #[utoipa::path(post, path = "/api/admin/dead-letters/{id}/discard", tag = "admin", security(("admin" = [])),
+    params(("id" = String, Path, description = "dead letter id")),
     responses((status = OK, body = DeadLetterView), (status = NOT_FOUND, body = ErrorBody),
         (status = CONFLICT, description = "already replayed or discarded", body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]

@@ -6,6 +6,7 @@
 //! failed group only) or discards them. It runs in the embedded mall and as its own process.
 
 mod dead_letters;
+mod grpc;
 
 use herald::router::Route;
 
@@ -32,5 +33,5 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
 }
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(dead_letters::routes())
+    cx.apis(dead_letters::routes(), grpc::service)
 }

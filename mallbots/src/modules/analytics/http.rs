@@ -59,16 +59,21 @@ pub struct Rebuilt {
     responses((status = OK, body = Rebuilt), (status = UNAUTHORIZED, body = ErrorBody),
         (status = CONFLICT, description = "a rebuild is already running", body = ErrorBody)))]
 async fn rebuild(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Json<Rebuilt>> {
-    let report = state.control.rebuild().await.map_err(|e| match e {
+    Ok(Json(rebuilt(&state.control).await?))
+}
+
+/// Rebuilds (REST and gRPC): see [`rebuild`].
+pub(super) async fn rebuilt(control: &AnalyticsControl) -> AppResult<Rebuilt> {
+    let report = control.rebuild().await.map_err(|e| match e {
         RebuildError::Busy => AppError::conflict(e),
         RebuildError::Failed(e) => AppError::internal(e),
     })?;
-    Ok(Json(Rebuilt {
+    Ok(Rebuilt {
         events: report.events,
         position: report.position,
         elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
         completed: report.completed,
-    }))
+    })
 }
 
 /// Where the analytics projection stands.
@@ -94,8 +99,13 @@ pub struct ProjectionView {
 #[utoipa::path(get, path = "/api/analytics/projection", tag = "analytics", security(("admin" = [])),
     responses((status = OK, body = ProjectionView), (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn projection(_: Admin, State(state): State<AnalyticsState>) -> AppResult<Json<ProjectionView>> {
+    Ok(Json(projection_view(&state.control).await?))
+}
+
+/// Where the projection stands (REST and gRPC).
+pub(super) async fn projection_view(control: &AnalyticsControl) -> AppResult<ProjectionView> {
     use herald::projection::Phase;
-    let status = state.control.runner().status().await?;
+    let status = control.runner().status().await?;
     let phase = match &status.phase {
         Phase::Live => "live".to_owned(),
         Phase::Standby => "standby".to_owned(),
@@ -106,12 +116,12 @@ async fn projection(_: Admin, State(state): State<AnalyticsState>) -> AppResult<
         Phase::CatchingUp => "catching-up".to_owned(),
         Phase::Rebuilding => "rebuilding".to_owned(),
     };
-    Ok(Json(ProjectionView {
+    Ok(ProjectionView {
         name: status.name,
         phase,
         position: status.position,
         head: status.head,
         events_behind: status.events_behind,
         seconds_behind: status.seconds_behind,
-    }))
+    })
 }

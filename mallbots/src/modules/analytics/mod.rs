@@ -10,6 +10,7 @@
 
 mod application;
 mod control;
+mod grpc;
 mod http;
 
 use std::sync::Arc;
@@ -97,10 +98,12 @@ fn start(cx: &ModuleContext) -> Parts {
             }) as futures::future::BoxFuture<'static, _>
         })
     };
+    let state = http::AnalyticsState { app: cx.state(), control };
+    let service = grpc::service(state.clone());
     Parts {
-        http: http::routes().with_state(http::AnalyticsState { app: cx.state(), control }),
+        http: http::routes().with_state(state),
+        grpc: vec![Box::new(move |routes: tonic::service::Routes| routes.add_service(service))],
         tasks: vec![("analytics projection", projection)],
         gauges: Some(gauges),
-        ..Parts::default()
     }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 mod application;
 mod domain;
+mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
@@ -37,7 +38,7 @@ const MIGRATIONS: &[Migration] = &[Migration::portable(
 )];
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(http::routes())
+    cx.apis(http::routes(), grpc::service)
 }
 
 /// The message routes of depot.

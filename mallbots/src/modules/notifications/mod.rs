@@ -8,6 +8,7 @@
 
 pub mod api;
 mod application;
+mod grpc;
 mod http;
 
 use std::sync::Arc;
@@ -62,7 +63,7 @@ fn start(cx: &ModuleContext) -> Parts {
                 Ok(())
             })
         })),
-        ..cx.http_only(http::routes())
+        ..cx.apis(http::routes(), grpc::service)
     }
 }
 

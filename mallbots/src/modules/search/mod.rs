@@ -3,6 +3,7 @@
 //! version left search unimplemented).
 
 mod application;
+mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
@@ -55,7 +56,7 @@ const MIGRATIONS: &[Migration] = &[
 ];
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.http_only(http::routes())
+    cx.apis(http::routes(), grpc::service)
 }
 
 /// The message routes of search.
