@@ -30,6 +30,8 @@ pub struct ClusterConfig {
     pub ephemeral_broker: bool,
     /// Where the gateway listens (`host:port`; port 0 = a free one).
     pub gateway: String,
+    /// Where the gateway listens for gRPC (`host:port`; port 0 = a free one).
+    pub grpc_gateway: String,
     /// Module `i` of [`MODULES`](module::MODULES) listens on `first_module_port + i` (its
     /// replicas on the next free ports); `None` = free ports.
     pub first_module_port: Option<u16>,
@@ -56,6 +58,7 @@ impl ClusterConfig {
             admin_token: String::new(),
             ephemeral_broker: false,
             gateway: "127.0.0.1:0".to_owned(),
+            grpc_gateway: "127.0.0.1:0".to_owned(),
             first_module_port: None,
             replicas: BTreeMap::new(),
             only: Vec::new(),
@@ -73,6 +76,8 @@ pub struct Process {
     pub replica: usize,
     /// `host:port` of its HTTP server (kept across restarts, so the gateway's list holds).
     pub addr: String,
+    /// `host:port` of its gRPC server (kept across restarts too).
+    pub grpc_addr: String,
     pub log: PathBuf,
     child: Option<Child>,
 }
@@ -91,6 +96,7 @@ pub struct Cluster {
     processes: Vec<Process>,
     nginx: Child,
     gateway: String,
+    grpc_gateway: String,
 }
 
 impl Cluster {
@@ -104,8 +110,10 @@ impl Cluster {
             let replicas = if wanted { config.replicas.get(module.name).copied().unwrap_or(1) } else { 0 };
             for replica in 0..replicas {
                 let port = next_port.map_or(0, |p| p + u16::try_from(replica).unwrap_or(0));
+                let grpc_port = if port == 0 { 0 } else { port + crate::gateway::GRPC_PORT_OFFSET };
                 let log = config.dir.join(format!("{}-{replica}.log", module.name));
-                processes.push(Process { module, replica, addr: format!("127.0.0.1:{port}"), log, child: None });
+                let (addr, grpc_addr) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{grpc_port}"));
+                processes.push(Process { module, replica, addr, grpc_addr, log, child: None });
             }
             next_port = next_port.map(|p| p + u16::try_from(replicas.max(1)).unwrap_or(1));
         }
@@ -114,16 +122,18 @@ impl Cluster {
         for process in &mut processes {
             start_process(&config, process).await?;
         }
-        let gateway = free_address(&config.gateway)?;
+        let (gateway, grpc_gateway) = (free_address(&config.gateway)?, free_address(&config.grpc_gateway)?);
+        let of = |m: &'static Module| processes.iter().filter(move |p| p.module.name == m.name);
         let upstreams: Vec<Upstream> = module::MODULES
             .iter()
             .map(|m| Upstream {
                 module: m,
-                servers: processes.iter().filter(|p| p.module.name == m.name).map(|p| p.addr.clone()).collect(),
+                servers: of(m).map(|p| p.addr.clone()).collect(),
+                grpc_servers: of(m).map(|p| p.grpc_addr.clone()).collect(),
             })
             .collect();
         let conf = config.dir.join("nginx.conf");
-        std::fs::write(&conf, nginx_config(&gateway, &upstreams, Some(&config.dir)))
+        std::fs::write(&conf, nginx_config(&gateway, &grpc_gateway, &upstreams, Some(&config.dir)))
             .with_context(|| format!("writing {}", conf.display()))?;
         let nginx = Command::new(&config.nginx)
             .arg("-p")
@@ -136,7 +146,7 @@ impl Cluster {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {} (install Debian's nginx package)", config.nginx.display()))?;
-        let mut cluster = Self { config, processes, nginx, gateway };
+        let mut cluster = Self { config, processes, nginx, gateway, grpc_gateway };
         cluster.wait_for_gateway().await?;
         Ok(cluster)
     }
@@ -161,6 +171,11 @@ impl Cluster {
     /// The gateway's URL (`http://host:port`).
     pub fn url(&self) -> String {
         format!("http://{}", self.gateway)
+    }
+
+    /// The gateway's gRPC address (`host:port`).
+    pub fn grpc_addr(&self) -> &str {
+        &self.grpc_gateway
     }
 
     /// The processes.
@@ -229,7 +244,8 @@ async fn start_process(config: &ClusterConfig, process: &mut Process) -> anyhow:
     let seen = std::fs::metadata(&process.log).map(|m| m.len()).unwrap_or(0);
     let mut command = Command::new(&config.exe);
     command
-        .args(["serve", "--modules", process.module.name, "--http-addr", &process.addr, "--grpc-addr", "127.0.0.1:0"])
+        .args(["serve", "--modules", process.module.name, "--http-addr", &process.addr])
+        .args(["--grpc-addr", &process.grpc_addr])
         .args(["--database", &config.database, "--namespace", &config.namespace])
         .args(["--admin-token", &config.admin_token]);
     if let Some(broker) = &config.broker {
@@ -252,8 +268,11 @@ async fn start_process(config: &ClusterConfig, process: &mut Process) -> anyhow:
     loop {
         let text = std::fs::read_to_string(&process.log).unwrap_or_default();
         let new = text.get(usize::try_from(seen).unwrap_or(0)..).unwrap_or_default();
-        if let Some(url) = new.lines().find_map(|l| l.strip_prefix("MallBots on http://")?.split_whitespace().next()) {
-            process.addr = url.to_owned();
+        if let Some(line) = new.lines().find_map(|l| l.strip_prefix("MallBots on http://")) {
+            process.addr = line.split_whitespace().next().unwrap_or_default().to_owned();
+            if let Some(grpc) = line.split("gRPC on ").nth(1).and_then(|rest| rest.split(';').next()) {
+                grpc.clone_into(&mut process.grpc_addr);
+            }
             process.child = Some(child);
             return Ok(());
         }

@@ -1,7 +1,10 @@
 //! The gateway in front of MallBots' services: an nginx configuration, written from the one
 //! list of modules, that sends each module's REST paths (`/api/stores…`, …) to the processes
 //! running it (round robin; a process that refuses or fails a connection is skipped), and
-//! answers `/healthz` itself.
+//! answers `/healthz` itself; and on a second address (HTTP/2), each module's gRPC services
+//! (`/storespb.StoresService/…`) to its processes' gRPC servers. Every process's reflection
+//! describes all of MallBots' services, so reflection through the gateway (answered by one of
+//! them) lists what the gateway serves.
 //!
 //! `deploy/nginx.conf` is this configuration for the local cluster's fixed ports (a test keeps
 //! it up to date); [`Cluster`](crate::cluster::Cluster) writes one for the ports its processes
@@ -12,17 +15,19 @@ use std::path::Path;
 
 use crate::module::Module;
 
-/// Where a module's processes listen (`host:port` each).
+/// Where a module's processes listen (`host:port` each): HTTP and gRPC.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub module: &'static Module,
     pub servers: Vec<String>,
+    pub grpc_servers: Vec<String>,
 }
 
-/// An nginx configuration listening on `listen`, routing every module's prefixes to its
-/// `upstreams`. `runtime_dir` holds the pid file, logs and temporary files (`None`: nginx's
-/// defaults, as for a system-wide install). Modules without processes answer 503.
-pub fn nginx_config(listen: &str, upstreams: &[Upstream], runtime_dir: Option<&Path>) -> String {
+/// An nginx configuration listening on `listen` (HTTP) and `grpc_listen` (gRPC), routing every
+/// module's prefixes and services to its `upstreams`. `runtime_dir` holds the pid file, logs and
+/// temporary files (`None`: nginx's defaults, as for a system-wide install). Modules without
+/// processes answer 503 (REST) or `UNAVAILABLE` (gRPC).
+pub fn nginx_config(listen: &str, grpc_listen: &str, upstreams: &[Upstream], runtime_dir: Option<&Path>) -> String {
     let mut c = String::new();
     let _ = writeln!(c, "# MallBots gateway: written by `mallbots gateway-config` from the list of modules.");
     let _ = writeln!(c, "worker_processes 1;");
@@ -84,12 +89,62 @@ pub fn nginx_config(listen: &str, upstreams: &[Upstream], runtime_dir: Option<&P
     }
     let _ = writeln!(c, "        location / {{ return 404 '{{\"message\":\"route not found\"}}'; }}");
     let _ = writeln!(c, "    }}");
+    grpc_server(&mut c, grpc_listen, upstreams);
     let _ = writeln!(c, "}}");
     c
 }
 
-/// The local cluster's fixed ports: the gateway on `gateway_port`, and module number `i` of
-/// [`MODULES`](crate::module::MODULES) on `first_module_port + i`.
+/// The gRPC half: an HTTP/2 server routing each service to its module's gRPC servers.
+fn grpc_server(c: &mut String, listen: &str, upstreams: &[Upstream]) {
+    for upstream in upstreams.iter().filter(|u| !u.grpc_servers.is_empty() && !u.module.grpc_services.is_empty()) {
+        let _ = writeln!(c, "    upstream mallbots_{}_grpc {{", upstream.module.name);
+        for server in &upstream.grpc_servers {
+            let _ = writeln!(c, "        server {server} max_fails=1 fail_timeout=2s;");
+        }
+        let _ = writeln!(c, "        keepalive 16;");
+        let _ = writeln!(c, "    }}");
+    }
+    let _ = writeln!(c, "    server {{");
+    let _ = writeln!(c, "        listen {listen} http2;");
+    let _ = writeln!(c, "        grpc_next_upstream error timeout;");
+    let _ = writeln!(c, "        grpc_connect_timeout 2s;");
+    let mut reflection = None;
+    for upstream in upstreams {
+        for service in upstream.module.grpc_services {
+            if upstream.grpc_servers.is_empty() {
+                // grpc-status 14: UNAVAILABLE.
+                let _ = writeln!(
+                    c,
+                    "        location /{service}/ {{ add_header grpc-status 14; add_header grpc-message \"{} is not running\"; \
+                     add_header content-type application/grpc; return 200; }}",
+                    upstream.module.name
+                );
+            } else {
+                reflection.get_or_insert(upstream.module.name);
+                let _ = writeln!(
+                    c,
+                    "        location /{service}/ {{ grpc_pass grpc://mallbots_{}_grpc; }}",
+                    upstream.module.name
+                );
+            }
+        }
+    }
+    if let Some(module) = reflection {
+        for version in ["v1", "v1alpha"] {
+            let _ = writeln!(
+                c,
+                "        location /grpc.reflection.{version}.ServerReflection/ {{ grpc_pass grpc://mallbots_{module}_grpc; }}"
+            );
+        }
+    }
+    let _ = writeln!(c, "    }}");
+}
+
+/// How far a module's gRPC port is from its HTTP port in the local cluster's fixed ports.
+pub const GRPC_PORT_OFFSET: u16 = 1000;
+
+/// The local cluster's fixed ports: module number `i` of [`MODULES`](crate::module::MODULES)
+/// on `first_module_port + i` (HTTP) and [`GRPC_PORT_OFFSET`] above it (gRPC).
 pub fn local_upstreams(first_module_port: u16) -> Vec<Upstream> {
     crate::module::MODULES
         .iter()
@@ -97,17 +152,28 @@ pub fn local_upstreams(first_module_port: u16) -> Vec<Upstream> {
         .map(|(module, port)| Upstream {
             module,
             servers: if module.http_prefixes.is_empty() { Vec::new() } else { vec![format!("127.0.0.1:{port}")] },
+            grpc_servers: if module.grpc_services.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!("127.0.0.1:{}", port + GRPC_PORT_OFFSET)]
+            },
         })
         .collect()
 }
 
-/// Upstreams for containers: module `m` at host `m` (its service name), port `port`.
-pub fn service_upstreams(port: u16) -> Vec<Upstream> {
+/// Upstreams for containers: module `m` at host `m` (its service name), ports `port` (HTTP)
+/// and `grpc_port`.
+pub fn service_upstreams(port: u16, grpc_port: u16) -> Vec<Upstream> {
     crate::module::MODULES
         .iter()
         .map(|module| Upstream {
             module,
             servers: if module.http_prefixes.is_empty() { Vec::new() } else { vec![format!("{}:{port}", module.name)] },
+            grpc_servers: if module.grpc_services.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!("{}:{grpc_port}", module.name)]
+            },
         })
         .collect()
 }
@@ -118,8 +184,14 @@ mod tests {
 
     #[test]
     fn every_prefix_goes_to_its_module_and_the_rest_is_a_json_404() {
-        let conf = nginx_config("127.0.0.1:8080", &local_upstreams(8101), None);
+        let conf = nginx_config("127.0.0.1:8080", "127.0.0.1:9000", &local_upstreams(8101), None);
         assert!(conf.contains("location /api/stores { proxy_pass http://mallbots_stores; }"), "{conf}");
+        assert!(conf.contains("listen 127.0.0.1:9000 http2;"), "{conf}");
+        assert!(
+            conf.contains("location /storespb.StoresService/ { grpc_pass grpc://mallbots_stores_grpc; }"),
+            "{conf}"
+        );
+        assert!(conf.contains("upstream mallbots_stores_grpc {\n        server 127.0.0.1:9101 "), "{conf}");
         assert!(conf.contains("upstream mallbots_stores {\n        server 127.0.0.1:8101 "), "{conf}");
         assert!(conf.contains("location /api/admin { proxy_pass http://mallbots_admin; }"), "{conf}");
         assert!(!conf.contains("mallbots_cosec"), "cosec has no REST paths\n{conf}");
@@ -128,9 +200,11 @@ mod tests {
 
     #[test]
     fn a_module_without_processes_answers_503() {
-        let upstreams = vec![Upstream { module: &crate::modules::stores::MODULE, servers: vec![] }];
-        let conf = nginx_config("127.0.0.1:0", &upstreams, Some(Path::new("/tmp/x")));
+        let upstreams =
+            vec![Upstream { module: &crate::modules::stores::MODULE, servers: vec![], grpc_servers: vec![] }];
+        let conf = nginx_config("127.0.0.1:0", "127.0.0.1:1", &upstreams, Some(Path::new("/tmp/x")));
         assert!(conf.contains("location /api/stores { return 503"), "{conf}");
+        assert!(conf.contains("location /storespb.StoresService/ { add_header grpc-status 14;"), "{conf}");
         assert!(conf.contains("pid /tmp/x/nginx.pid;"), "{conf}");
     }
 
@@ -139,18 +213,18 @@ mod tests {
     fn the_deployed_configuration_is_up_to_date() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf");
         let deployed = std::fs::read_to_string(path).unwrap_or_default();
-        let current = nginx_config("127.0.0.1:8080", &local_upstreams(8101), None);
+        let current = nginx_config("127.0.0.1:8080", "127.0.0.1:9000", &local_upstreams(8101), None);
         assert!(
             deployed == current,
             "deploy/nginx.conf is stale: run `cargo run -p mallbots -- gateway-config > deploy/nginx.conf`"
         );
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.compose.conf");
         let deployed = std::fs::read_to_string(path).unwrap_or_default();
-        let current = nginx_config("0.0.0.0:8080", &service_upstreams(8080), None);
+        let current = nginx_config("0.0.0.0:8080", "0.0.0.0:9000", &service_upstreams(8080, 9000), None);
         assert!(
             deployed == current,
             "deploy/nginx.compose.conf is stale: run `cargo run -p mallbots -- gateway-config --listen 0.0.0.0:8080 \
-             --service-hosts > deploy/nginx.compose.conf`"
+             --grpc-listen 0.0.0.0:9000 --service-hosts > deploy/nginx.compose.conf`"
         );
     }
 }

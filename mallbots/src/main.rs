@@ -132,10 +132,14 @@ struct GatewayArgs {
     /// Where the gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Module number i (in `mallbots serve --help`'s order) listens on this port + i.
+    /// Where the gateway listens for gRPC (HTTP/2).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    grpc_listen: String,
+    /// Module number i (in `mallbots serve --help`'s order) listens on this port + i, and for
+    /// gRPC 1000 above.
     #[arg(long, default_value_t = 8101)]
     first_module_port: u16,
-    /// Containers instead: module `m` is the host `m` (its service name), port 8080.
+    /// Containers instead: module `m` is the host `m` (its service name), ports 8080 and 9000.
     #[arg(long)]
     service_hosts: bool,
 }
@@ -161,6 +165,9 @@ struct ClusterArgs {
     /// Where the gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     gateway: String,
+    /// Where the gateway listens for gRPC.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    grpc_gateway: String,
     /// Module number i listens on this port + i (its replicas on the next ports).
     #[arg(long, default_value_t = 8101)]
     first_module_port: u16,
@@ -363,11 +370,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::GatewayConfig(args) => {
             let upstreams = if args.service_hosts {
-                mallbots::gateway::service_upstreams(8080)
+                mallbots::gateway::service_upstreams(8080, 9000)
             } else {
                 mallbots::gateway::local_upstreams(args.first_module_port)
             };
-            print!("{}", mallbots::gateway::nginx_config(&args.listen, &upstreams, None));
+            print!("{}", mallbots::gateway::nginx_config(&args.listen, &args.grpc_listen, &upstreams, None));
             Ok(())
         }
     }
@@ -428,6 +435,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         namespace: args.namespace,
         admin_token: args.admin_token,
         gateway: args.gateway,
+        grpc_gateway: args.grpc_gateway,
         first_module_port: Some(args.first_module_port),
         replicas: args.replicas.into_iter().collect(),
         ..ClusterConfig::new(std::env::current_exe()?, &args.database, Some(&args.broker), &dir)
@@ -437,7 +445,7 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     for p in cluster.processes() {
         println!("  {:<14} #{}  http://{}  (pid {})", p.module.name, p.replica, p.addr, p.pid().unwrap_or(0));
     }
-    println!("MallBots cluster on {} (the gateway). Ctrl-C stops it.", cluster.url());
+    println!("MallBots cluster on {} (the gateway; gRPC on {}). Ctrl-C stops it.", cluster.url(), cluster.grpc_addr());
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     shutdown.cancelled().await;

@@ -52,6 +52,9 @@ pub struct Module {
     pub about: &'static str,
     /// The REST paths it owns (the gateway sends `<prefix>…` to its processes).
     pub http_prefixes: &'static [&'static str],
+    /// Its gRPC services, by full name (`storespb.StoresService`: `proto/<module>.proto`); the
+    /// gateway sends their calls to its processes.
+    pub grpc_services: &'static [&'static str],
     /// Its tables, version by version (recorded as the app `mallbots-<name>`).
     pub migrations: &'static [Migration],
     /// Its message routes. Building them has no effect (the admin module builds every

@@ -41,7 +41,31 @@ fn refused<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stores_over_grpc() {
-    let app = spawn_running_app().await;
+    stores_scenario(spawn_running_app().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customers_over_grpc() {
+    customers_scenario(spawn_running_app().await).await;
+}
+
+/// The same calls through the gateway (nginx, HTTP/2) to the stores and customers processes of
+/// a cluster; reflection through it lists every service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_and_customers_over_grpc_through_the_gateway() {
+    let Some(app) = support::spawn_cluster_with(&[], &["stores", "customers"], &[]).await else { return };
+    let services = list_services(&app).await;
+    assert!(services.iter().any(|s| s == "searchpb.SearchService"), "{services:?}");
+    let mut stores = StoresServiceClient::new(channel(&app).await);
+    let mut search = mallbots::grpc::pb::searchpb::search_service_client::SearchServiceClient::new(channel(&app).await);
+    let get = mallbots::grpc::pb::searchpb::GetOrderRequest { id: "x".into() };
+    refused(search.get_order(admin(get)).await, Code::Unavailable, "search does not run in this cluster");
+    refused(stores.get_store(GetStoreRequest { id: "nope".into() }).await, Code::NotFound, "through nginx");
+    let app = stores_scenario(app).await;
+    customers_scenario(app).await.stop().await;
+}
+
+async fn stores_scenario(app: RunningApp) -> RunningApp {
     let mut stores = StoresServiceClient::new(channel(&app).await);
     let new_store = || CreateStoreRequest { name: "Books".into(), location: "L1".into() };
 
@@ -100,12 +124,10 @@ async fn stores_over_grpc() {
         Code::NotFound,
         "a product of an unknown store",
     );
-    app.stop().await;
+    app
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn customers_over_grpc() {
-    let app = spawn_running_app().await;
+async fn customers_scenario(app: RunningApp) -> RunningApp {
     let mut customers = CustomersServiceClient::new(channel(&app).await);
     let id = customers
         .register_customer(RegisterCustomerRequest { name: "Ada".into(), sms_number: "555 0100".into() })
@@ -150,7 +172,7 @@ async fn customers_over_grpc() {
         Code::NotFound,
         "enabling an unknown customer",
     );
-    app.stop().await;
+    app
 }
 
 /// A kiosk's order over gRPC only: a payment authorized, a basket started, filled and checked
@@ -388,23 +410,8 @@ async fn the_admin_side_over_grpc() {
 /// A reflection client (what `grpcurl list` does) finds every module's service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reflection_lists_every_service() {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     let app = spawn_running_app().await;
-    let mut client = ServerReflectionClient::new(channel(&app).await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies =
-        client.server_reflection_info(tokio_stream::once(request)).await.expect("reflection").into_inner();
-    let reply = replies.message().await.expect("a reply").expect("not empty");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("not a list of services: {reply:?}")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = list_services(&app).await;
     for expected in [
         "storespb.StoresService",
         "customerspb.CustomersService",
@@ -421,4 +428,24 @@ async fn reflection_lists_every_service() {
         assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
     }
     app.stop().await;
+}
+
+/// The services the app's reflection lists.
+async fn list_services(app: &RunningApp) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel(app).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut replies =
+        client.server_reflection_info(tokio_stream::once(request)).await.expect("reflection").into_inner();
+    let reply = replies.message().await.expect("a reply").expect("not empty");
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        panic!("not a list of services: {reply:?}")
+    };
+    list.service.into_iter().map(|s| s.name).collect()
 }

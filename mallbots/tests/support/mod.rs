@@ -351,7 +351,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
         app: None,
         router: Router::new(),
         gateway: Some(cluster.url()),
-        grpc: None,
+        grpc: cluster.grpc_addr().parse().ok(),
         token: TOKEN.into(),
         dir,
         backend,

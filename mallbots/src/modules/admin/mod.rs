@@ -19,6 +19,7 @@ pub const MODULE: Module = Module {
     name: "admin",
     about: "dead letters of every module: archived, listed, replayed or discarded",
     http_prefixes: &["/api/admin"],
+    grpc_services: &["adminpb.DeadLettersService"],
     migrations: &[],
     routes,
     start,

@@ -30,6 +30,7 @@ pub const MODULE: Module = Module {
     name: "analytics",
     about: "business figures (orders by status, revenue, top products) from the order events, rebuildable",
     http_prefixes: &["/api/analytics"],
+    grpc_services: &["analyticspb.AnalyticsService"],
     migrations: MIGRATIONS,
     routes,
     start,

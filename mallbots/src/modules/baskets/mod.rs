@@ -23,6 +23,7 @@ pub const MODULE: Module = Module {
     name: "baskets",
     about: "shopping baskets at the kiosks, with a local copy of the catalog; checkouts start orders",
     http_prefixes: &["/api/baskets"],
+    grpc_services: &["basketspb.BasketService"],
     migrations: MIGRATIONS,
     routes,
     start,

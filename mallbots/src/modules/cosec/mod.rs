@@ -116,6 +116,7 @@ pub const MODULE: Module = Module {
     name: "cosec",
     about: "the create-order saga: authorizes the customer, books the shopping list, confirms the payment",
     http_prefixes: &[],
+    grpc_services: &[],
     migrations: &[],
     routes: |cx| routes(&orchestrator(cx.store.clone())),
     start,

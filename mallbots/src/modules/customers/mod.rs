@@ -23,6 +23,7 @@ pub const MODULE: Module = Module {
     name: "customers",
     about: "customer registration, SMS numbers, enabling and disabling; authorizes customers for the saga",
     http_prefixes: &["/api/customers"],
+    grpc_services: &["customerspb.CustomersService"],
     migrations: MIGRATIONS,
     routes,
     start,

@@ -24,6 +24,7 @@ pub const MODULE: Module = Module {
     name: "depot",
     about: "shopping lists for the bots: created, canceled and started by the saga, completed by admins",
     http_prefixes: &["/api/depot"],
+    grpc_services: &["depotpb.DepotService"],
     migrations: MIGRATIONS,
     routes,
     start,

@@ -28,6 +28,7 @@ pub const MODULE: Module = Module {
     name: "notifications",
     about: "SMS to customers when their order is created, ready, canceled or completed",
     http_prefixes: &["/api/notifications"],
+    grpc_services: &["notificationspb.NotificationsService"],
     migrations: MIGRATIONS,
     routes,
     start,

@@ -26,6 +26,7 @@ pub const MODULE: Module = Module {
     name: "ordering",
     about: "orders (event-sourced): created at checkout, approved or rejected by the saga, readied, completed, canceled",
     http_prefixes: &["/api/ordering"],
+    grpc_services: &["orderingpb.OrderingService"],
     migrations: &[],
     routes,
     start,

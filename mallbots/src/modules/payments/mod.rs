@@ -22,6 +22,7 @@ pub const MODULE: Module = Module {
     name: "payments",
     about: "payment authorizations and invoices; confirms payments for the saga",
     http_prefixes: &["/api/payments"],
+    grpc_services: &["paymentspb.PaymentsService"],
     migrations: MIGRATIONS,
     routes,
     start,

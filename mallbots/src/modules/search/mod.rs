@@ -19,6 +19,7 @@ pub const MODULE: Module = Module {
     name: "search",
     about: "the order search read model (orders with their customer, items and status), queried with filters",
     http_prefixes: &["/api/search"],
+    grpc_services: &["searchpb.SearchService"],
     migrations: MIGRATIONS,
     routes,
     start,

@@ -19,6 +19,7 @@ pub const MODULE: Module = Module {
     name: "stores",
     about: "stores, their products and their participation in the mall",
     http_prefixes: &["/api/stores"],
+    grpc_services: &["storespb.StoresService"],
     migrations: MIGRATIONS,
     routes: |_| Vec::new(),
     start,
