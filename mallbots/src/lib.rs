@@ -18,6 +18,7 @@
 //! * [`gateway`], [`cluster`]: the nginx gateway's configuration, and the local cluster (one
 //!   process per module behind it) that `mallbots cluster` and the tests run.
 //! * [`modules`]: stores, customers, … each with its public contract in `api.rs`.
+//! * [`bot`]: a shopper bot, a client of the depot's gRPC stream (`mallbots bot`).
 //! * [`simulate`]: the load generator behind `mallbots simulate` (kiosks, admins, a report).
 //!
 //! ```no_run
@@ -32,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bot;
 pub mod cluster;
 pub mod db;
 pub mod error;

@@ -47,6 +47,10 @@ enum Command {
     /// Projections of a running MallBots (over its admin API): where they stand, rebuild one.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Shopper bots: N real clients of the depot's gRPC stream. Each takes the shopping lists
+    /// it is given (oldest first), picks every stop and completes the list, so orders become
+    /// ready with no one at the depot. Runs until Ctrl-C, reporting what the bots did.
+    Bot(BotArgs),
     /// Prints the nginx configuration of the gateway for the local cluster's ports (each
     /// module's REST paths to its process); `deploy/nginx.conf` is its output.
     GatewayConfig(GatewayArgs),
@@ -125,6 +129,25 @@ enum ProjectionsCommand {
         #[command(flatten)]
         target: TargetArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct BotArgs {
+    /// How many bots.
+    #[arg(long, default_value_t = 4)]
+    count: usize,
+    /// The depot's gRPC address: a process running depot, or the gateway.
+    #[arg(long, env = "MALLBOTS_GRPC_URL", default_value = "http://127.0.0.1:9000")]
+    url: String,
+    /// The admin token (bots authenticate with it).
+    #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// How long a bot takes at each stop: milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pick_ms: u64,
+    /// The bots' ids are `<prefix>-1` … `<prefix>-N`.
+    #[arg(long, default_value = "bot")]
+    prefix: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -368,6 +391,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", mallbots::ops_cli::projections(&target.target()?, command, target.json).await?);
             Ok(())
         }
+        Command::Bot(args) => bots(args).await,
         Command::GatewayConfig(args) => {
             let upstreams = if args.service_hosts {
                 mallbots::gateway::service_upstreams(8080, 9000)
@@ -425,6 +449,42 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
     std::fs::write(&args.report, json + "\n").with_context(|| format!("writing {}", args.report.display()))?;
     println!("Report written to {}", args.report.display());
+    Ok(())
+}
+
+async fn bots(args: BotArgs) -> anyhow::Result<()> {
+    use mallbots::bot::{BotConfig, BotStats};
+    use std::sync::atomic::Ordering;
+    anyhow::ensure!((1..=1000).contains(&args.count), "--count must be between 1 and 1000");
+    let stats = std::sync::Arc::new(BotStats::default());
+    let stop = CancellationToken::new();
+    let mut bots = tokio::task::JoinSet::new();
+    for n in 1..=args.count {
+        let config = BotConfig {
+            id: format!("{}-{n}", args.prefix),
+            url: args.url.clone(),
+            token: args.admin_token.clone(),
+            pick: Duration::from_millis(args.pick_ms),
+        };
+        bots.spawn(mallbots::bot::run(config, stats.clone(), stop.clone()));
+    }
+    println!("{} shopper bots on {} (Ctrl-C stops them)", args.count, args.url);
+    tokio::spawn(stop_on_signal(stop.clone()));
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = every.tick() => println!(
+                "lists completed {}, stops picked {}, connections {}",
+                stats.lists_completed.load(Ordering::Relaxed),
+                stats.stops_picked.load(Ordering::Relaxed),
+                stats.connections.load(Ordering::Relaxed)
+            ),
+        }
+    }
+    while bots.join_next().await.is_some() {}
+    println!("Stopped: {} lists completed.", stats.lists_completed.load(Ordering::Relaxed));
     Ok(())
 }
 

@@ -449,3 +449,124 @@ async fn list_services(app: &RunningApp) -> Vec<String> {
     };
     list.service.into_iter().map(|s| s.name).collect()
 }
+
+// --- shopper bots -------------------------------------------------------------------------------
+
+fn bot(app: &RunningApp, id: &str) -> mallbots::bot::BotConfig {
+    mallbots::bot::BotConfig {
+        id: id.into(),
+        url: format!("http://{}", app.t.grpc.expect("gRPC")),
+        token: TOKEN.into(),
+        pick: std::time::Duration::from_millis(20),
+    }
+}
+
+/// Pays the invoice of a ready order (payments, not depot), so it reaches `completed`.
+async fn pay(t: &support::TestApp, order: &str) {
+    let find = format!("/api/payments/invoices?orderId={order}");
+    support::eventually("the invoice exists", || async {
+        t.request(axum::http::Method::GET, &find, true, None, &[]).await.status == axum::http::StatusCode::OK
+    })
+    .await;
+    let invoice = support::admin_get(t, &find).await;
+    let id = invoice["id"].as_str().expect("invoice id");
+    let paid = t.put(&format!("/api/payments/invoices/{id}/pay"), true, None).await;
+    assert_eq!(paid.status, axum::http::StatusCode::NO_CONTENT);
+}
+
+/// N bots connected, M orders placed: every order reaches `completed` with no call to depot —
+/// the bots take the lists over the stream, oldest first, pick every stop and complete them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_complete_every_order_with_no_call_to_depot() {
+    use std::sync::atomic::Ordering;
+    const ORDERS: usize = 6;
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let (stats, stop) =
+        (std::sync::Arc::new(mallbots::bot::BotStats::default()), tokio_util::sync::CancellationToken::new());
+    let bots: Vec<_> = (1..=3)
+        .map(|n| tokio::spawn(mallbots::bot::run(bot(&app, &format!("bot-{n}")), stats.clone(), stop.clone())))
+        .collect();
+    let product = support::catalog(t).await;
+    let mut orders = Vec::new();
+    for i in 0..ORDERS {
+        let customer = support::register(t, &format!("Shopper {i}")).await;
+        orders.push(support::order(t, &customer, &product, serde_json::json!(19.98)).await);
+    }
+    for order in &orders {
+        support::status_becomes(t, order, "ready").await;
+        pay(t, order).await;
+        support::status_becomes(t, order, "completed").await;
+    }
+    assert_eq!(stats.lists_completed.load(Ordering::Relaxed), ORDERS as u64);
+    assert_eq!(stats.stops_picked.load(Ordering::Relaxed), ORDERS as u64, "one stop (one store) per list");
+    let lists = support::admin_get(t, "/api/depot/shopping?status=completed").await;
+    let by_bot: std::collections::BTreeSet<String> =
+        lists.as_array().expect("lists").iter().filter_map(|l| l["botId"].as_str().map(str::to_owned)).collect();
+    assert!(!by_bot.is_empty() && by_bot.iter().all(|b| b.starts_with("bot-")), "{by_bot:?}");
+    stop.cancel();
+    for b in bots {
+        b.await.expect("bot task");
+    }
+    app.stop().await;
+}
+
+/// A bot that takes a list, picks a stop and disconnects loses the list: it is available again
+/// (an event for each step) and another bot completes it. Hellos without the token, or that are
+/// not hellos, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_gone_mid_list_loses_it_to_another() {
+    use mallbots::grpc::pb::depotpb::shopper_bot_client::ShopperBotClient;
+    use mallbots::grpc::pb::depotpb::{BotMessage, Heartbeat, Hello, StopPicked, bot_message, depot_message};
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let hello = |token: &str| BotMessage {
+        message: Some(bot_message::Message::Hello(Hello { bot_id: "lazy".into(), token: token.into() })),
+    };
+    let mut client = ShopperBotClient::new(channel(&app).await);
+    refused(client.connect(tokio_stream::iter([hello("nope")])).await, Code::Unauthenticated, "a wrong token");
+    let heartbeat = BotMessage { message: Some(bot_message::Message::Heartbeat(Heartbeat {})) };
+    refused(client.connect(tokio_stream::iter([heartbeat])).await, Code::InvalidArgument, "no hello");
+
+    let product = support::catalog(t).await;
+    let customer = support::register(t, "Ada").await;
+    let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
+
+    // The lazy bot: takes the list, picks its stop, and goes.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello(TOKEN)).await.expect("send");
+    let mut inbound =
+        client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("connect").into_inner();
+    let list = loop {
+        match inbound.message().await.expect("stream").and_then(|m| m.message) {
+            Some(depot_message::Message::Assignment(list)) => break list,
+            Some(_) => {}
+            None => panic!("the stream ended before an assignment"),
+        }
+    };
+    assert_eq!(list.order_id, order);
+    let picked = StopPicked { shopping_id: list.id.clone(), store_id: list.stops[0].store_id.clone() };
+    tx.send(BotMessage { message: Some(bot_message::Message::StopPicked(picked)) }).await.expect("send");
+    support::eventually("the list is active", || async {
+        support::admin_get(t, &format!("/api/depot/shopping/{}", list.id)).await["status"] == "active"
+    })
+    .await;
+    drop(tx);
+    drop(inbound);
+    support::eventually("the list is available again", || async {
+        let now = support::admin_get(t, &format!("/api/depot/shopping/{}", list.id)).await;
+        now["status"] == "available" && now["botId"].is_null()
+    })
+    .await;
+
+    // A good bot completes it.
+    let (stats, stop) =
+        (std::sync::Arc::new(mallbots::bot::BotStats::default()), tokio_util::sync::CancellationToken::new());
+    let good = tokio::spawn(mallbots::bot::run(bot(&app, "good"), stats.clone(), stop.clone()));
+    support::status_becomes(t, &order, "ready").await;
+    let done = support::admin_get(t, &format!("/api/depot/shopping/{}", list.id)).await;
+    assert_eq!((done["status"].as_str(), done["botId"].as_str()), (Some("completed"), Some("good")));
+    stop.cancel();
+    good.await.expect("bot task");
+    app.stop().await;
+}

@@ -86,6 +86,30 @@ impl Event for ShoppingListAssigned {
     const NAME: &'static str = "depotapi.ShoppingListAssigned.v1";
 }
 
+/// The list's bot picked the items at one store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShoppingListStopPicked {
+    pub id: String,
+    pub order_id: String,
+    pub bot_id: String,
+    pub store_id: String,
+}
+impl Event for ShoppingListStopPicked {
+    const NAME: &'static str = "depotapi.ShoppingListStopPicked.v1";
+}
+
+/// The list's bot let it go (disconnected or fell silent): it is available again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShoppingListReleased {
+    pub id: String,
+    pub order_id: String,
+    pub bot_id: String,
+    pub reason: String,
+}
+impl Event for ShoppingListReleased {
+    const NAME: &'static str = "depotapi.ShoppingListReleased.v1";
+}
+
 /// Everything on the list is at the depot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShoppingListCompleted {
@@ -112,6 +136,8 @@ herald::event_set! {
     pub enum ShoppingListIntegrationEvent {
         Created(ShoppingListCreated),
         Assigned(ShoppingListAssigned),
+        StopPicked(ShoppingListStopPicked),
+        Released(ShoppingListReleased),
         Completed(ShoppingListCompleted),
         Canceled(ShoppingListCanceled),
     }

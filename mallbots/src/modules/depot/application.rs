@@ -21,8 +21,10 @@ impl From<ShoppingError> for AppError {
     fn from(e: ShoppingError) -> Self {
         match e {
             ShoppingError::NotFound => AppError::NotFound("shopping list".into()),
-            ShoppingError::NoItems | ShoppingError::NoBot => AppError::invalid(e),
-            ShoppingError::AlreadyExists | ShoppingError::WrongStatus { .. } => AppError::conflict(e),
+            ShoppingError::NoItems | ShoppingError::NoBot | ShoppingError::NoSuchStop(_) => AppError::invalid(e),
+            ShoppingError::AlreadyExists | ShoppingError::WrongStatus { .. } | ShoppingError::NotYours => {
+                AppError::conflict(e)
+            }
         }
     }
 }
@@ -63,10 +65,18 @@ async fn execute(
     for event in &events {
         list.apply(event);
         let (id, order_id) = (id.to_owned(), list.order_id.clone());
+        let bot_id = list.bot_id.clone().unwrap_or_default();
         let integration: api::ShoppingListIntegrationEvent = match event {
             ShoppingEvent::Created(_) => api::ShoppingListCreated { id, order_id }.into(),
             ShoppingEvent::Available(_) => continue,
             ShoppingEvent::Assigned(e) => api::ShoppingListAssigned { id, order_id, bot_id: e.bot_id.clone() }.into(),
+            ShoppingEvent::StopPicked(e) => {
+                api::ShoppingListStopPicked { id, order_id, bot_id, store_id: e.store_id.clone() }.into()
+            }
+            ShoppingEvent::Released(e) => {
+                let (bot_id, reason) = (e.bot_id.clone(), e.reason.clone());
+                api::ShoppingListReleased { id, order_id, bot_id, reason }.into()
+            }
             ShoppingEvent::Completed(_) => api::ShoppingListCompleted { id, order_id }.into(),
             ShoppingEvent::Canceled(_) => api::ShoppingListCanceled { id, order_id }.into(),
         };
@@ -154,6 +164,18 @@ pub async fn assign(tx: &mut dyn Transaction, id: &str, bot_id: String) -> AppRe
 /// The bot brought everything to the depot.
 pub async fn complete(tx: &mut dyn Transaction, id: &str) -> AppResult<()> {
     execute(tx, id, ShoppingCommand::Complete, None).await??;
+    Ok(())
+}
+
+/// The list's bot picked the items at a store.
+pub async fn pick_stop(tx: &mut dyn Transaction, id: &str, bot_id: String, store_id: String) -> AppResult<()> {
+    execute(tx, id, ShoppingCommand::PickStop { bot_id, store_id }, None).await??;
+    Ok(())
+}
+
+/// The list's bot lets it go: available again for another.
+pub async fn release(tx: &mut dyn Transaction, id: &str, bot_id: String, reason: String) -> AppResult<()> {
+    execute(tx, id, ShoppingCommand::Release { bot_id, reason }, None).await??;
     Ok(())
 }
 

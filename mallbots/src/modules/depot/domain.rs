@@ -70,6 +70,25 @@ impl Event for ShoppingListAssigned {
     const NAME: &'static str = "depot.ShoppingListAssigned.v1";
 }
 
+/// Its bot picked the items at one store (the list is active from the first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShoppingListStopPicked {
+    pub store_id: String,
+}
+impl Event for ShoppingListStopPicked {
+    const NAME: &'static str = "depot.ShoppingListStopPicked.v1";
+}
+
+/// Its bot let it go (disconnected or fell silent): available again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShoppingListReleased {
+    pub bot_id: String,
+    pub reason: String,
+}
+impl Event for ShoppingListReleased {
+    const NAME: &'static str = "depot.ShoppingListReleased.v1";
+}
+
 /// Done.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShoppingListCompleted {}
@@ -91,6 +110,8 @@ herald::event_set! {
         Created(ShoppingListCreated),
         Available(ShoppingListAvailable),
         Assigned(ShoppingListAssigned),
+        StopPicked(ShoppingListStopPicked),
+        Released(ShoppingListReleased),
         Completed(ShoppingListCompleted),
         Canceled(ShoppingListCanceled),
     }
@@ -99,9 +120,24 @@ herald::event_set! {
 /// What can be asked of a shopping list.
 #[derive(Clone, Debug)]
 pub enum ShoppingCommand {
-    Create { order_id: String, items: Vec<ShoppingItem> },
+    Create {
+        order_id: String,
+        items: Vec<ShoppingItem>,
+    },
     Initiate,
-    Assign { bot_id: String },
+    Assign {
+        bot_id: String,
+    },
+    /// The bot `bot_id` picked the items at `store_id`.
+    PickStop {
+        bot_id: String,
+        store_id: String,
+    },
+    /// The bot `bot_id` lets the list go.
+    Release {
+        bot_id: String,
+        reason: String,
+    },
     Complete,
     Cancel,
 }
@@ -117,6 +153,10 @@ pub enum ShoppingError {
     NoItems,
     #[error("a bot id is required")]
     NoBot,
+    #[error("the shopping list is not this bot's")]
+    NotYours,
+    #[error("the shopping list has no stop at store {0}")]
+    NoSuchStop(String),
     #[error("the shopping list is {status}; it cannot be {action}")]
     WrongStatus { status: &'static str, action: &'static str },
 }
@@ -170,6 +210,23 @@ impl Aggregate for ShoppingList {
                 }
                 Ok(vec![ShoppingListAssigned { bot_id: bot_id.to_owned() }.into()])
             }
+            ShoppingCommand::PickStop { bot_id, store_id } => {
+                self.expect(&[Assigned, Active], "picked")?;
+                if self.bot_id.as_deref() != Some(bot_id.as_str()) {
+                    return Err(ShoppingError::NotYours);
+                }
+                if !self.items.iter().any(|i| i.store_id == store_id) {
+                    return Err(ShoppingError::NoSuchStop(store_id));
+                }
+                Ok(vec![ShoppingListStopPicked { store_id }.into()])
+            }
+            ShoppingCommand::Release { bot_id, reason } => {
+                self.expect(&[Assigned, Active], "released")?;
+                if self.bot_id.as_deref() != Some(bot_id.as_str()) {
+                    return Err(ShoppingError::NotYours);
+                }
+                Ok(vec![ShoppingListReleased { bot_id, reason }.into()])
+            }
             ShoppingCommand::Complete => {
                 self.expect(&[Assigned, Active], "completed")?;
                 Ok(vec![ShoppingListCompleted {}.into()])
@@ -194,6 +251,11 @@ impl Aggregate for ShoppingList {
             ShoppingEvent::Assigned(e) => {
                 self.status = ShoppingStatus::Assigned;
                 self.bot_id = Some(e.bot_id.clone());
+            }
+            ShoppingEvent::StopPicked(_) => self.status = ShoppingStatus::Active,
+            ShoppingEvent::Released(_) => {
+                self.status = ShoppingStatus::Available;
+                self.bot_id = None;
             }
             ShoppingEvent::Completed(_) => self.status = ShoppingStatus::Completed,
             ShoppingEvent::Canceled(_) => {
@@ -251,6 +313,32 @@ mod tests {
         ])
         .when(ShoppingCommand::Complete)
         .then_events([ShoppingListCompleted {}.into()]);
+    }
+
+    #[test]
+    fn its_bot_picks_stops_then_completes_or_lets_it_go() {
+        let assigned =
+            || [created(), ShoppingListAvailable {}.into(), ShoppingListAssigned { bot_id: "bot-1".into() }.into()];
+        let pick = |bot: &str, store: &str| ShoppingCommand::PickStop { bot_id: bot.into(), store_id: store.into() };
+        AggregateTest::<ShoppingList>::given(assigned())
+            .when(pick("bot-1", "s-1"))
+            .then_events([ShoppingListStopPicked { store_id: "s-1".into() }.into()]);
+        AggregateTest::<ShoppingList>::given(assigned())
+            .when(pick("bot-2", "s-1"))
+            .then_error_contains("not this bot's");
+        AggregateTest::<ShoppingList>::given(assigned()).when(pick("bot-1", "s-9")).then_error_contains("no stop");
+        let release = ShoppingCommand::Release { bot_id: "bot-1".into(), reason: "gone".into() };
+        AggregateTest::<ShoppingList>::given(assigned()).when(release.clone()).then_events([ShoppingListReleased {
+            bot_id: "bot-1".into(),
+            reason: "gone".into(),
+        }
+        .into()]);
+        let mut released = assigned().to_vec();
+        released.push(ShoppingListReleased { bot_id: "bot-1".into(), reason: "gone".into() }.into());
+        AggregateTest::<ShoppingList>::given(released.clone())
+            .when(ShoppingCommand::Assign { bot_id: "bot-2".into() })
+            .then_events([ShoppingListAssigned { bot_id: "bot-2".into() }.into()]);
+        AggregateTest::<ShoppingList>::given(released).when(release).then_error_contains("is available");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The gRPC service of depot (`depotpb.DepotService`): the same application functions as REST;
 //! every call needs the admin token.
 
-use tonic::Request;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::application::{self as app, ShoppingListView};
+use super::bots::Bots;
 use crate::grpc::pb::depotpb::depot_service_server::{DepotService, DepotServiceServer};
+use crate::grpc::pb::depotpb::shopper_bot_server::{ShopperBot, ShopperBotServer};
 use crate::grpc::pb::depotpb::*;
 use crate::grpc::{RpcResult, admin, ok, required};
 use crate::http::{AppState, write};
@@ -20,7 +22,8 @@ pub struct Depot {
     state: AppState,
 }
 
-fn shopping_list(v: ShoppingListView) -> ShoppingList {
+/// A shopping list as the proto has it.
+pub(super) fn shopping_list(v: ShoppingListView) -> ShoppingList {
     ShoppingList {
         id: v.id,
         order_id: v.order_id,
@@ -82,5 +85,26 @@ impl DepotService for Depot {
         required("id", &id)?;
         write(&self.state, |tx| Box::pin(async move { app::complete(tx, &id).await })).await?;
         ok(CompleteShoppingListResponse {})
+    }
+}
+
+/// The bots' stream, bound to the depot's bots.
+pub fn bot_service(bots: Bots) -> ShopperBotServer<BotStream> {
+    ShopperBotServer::new(BotStream { bots })
+}
+
+/// `depotpb.ShopperBot`: the bots' stream.
+#[derive(Debug)]
+pub struct BotStream {
+    bots: Bots,
+}
+
+#[tonic::async_trait]
+impl ShopperBot for BotStream {
+    type ConnectStream = tokio_stream::wrappers::ReceiverStream<Result<DepotMessage, Status>>;
+
+    async fn connect(&self, request: Request<Streaming<BotMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
+        let outbound = self.bots.connect(request.into_inner()).await?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(outbound)))
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! Handles the saga's `CreateShoppingList` (replying with the list id), `CancelShoppingList`
 //! (idempotent compensation) and `InitiateShopping` (**fix**: it now reaches the list and makes
-//! it available); cancels the list of a canceled order; assignment and completion are admin REST
-//! calls for now (the bot stream comes later). Completion publishes `ShoppingListCompleted`,
-//! which readies the order.
+//! it available); cancels the list of a canceled order. Shopper bots connect over gRPC
+//! (`depotpb.ShopperBot/Connect`, [`bots`]): available lists go to idle bots, oldest first; a bot
+//! reports each stop picked (the list becomes active) and completion; a bot that disconnects or
+//! falls silent loses its list. Admins can still assign and complete by hand (REST, gRPC).
+//! Completion publishes `ShoppingListCompleted`, which readies the order.
 
 pub mod api;
 mod application;
+mod bots;
 mod domain;
 mod grpc;
 mod http;
@@ -24,7 +27,7 @@ pub const MODULE: Module = Module {
     name: "depot",
     about: "shopping lists for the bots: created, canceled and started by the saga, completed by admins",
     http_prefixes: &["/api/depot"],
-    grpc_services: &["depotpb.DepotService"],
+    grpc_services: &["depotpb.DepotService", "depotpb.ShopperBot"],
     migrations: MIGRATIONS,
     routes,
     start,
@@ -39,7 +42,13 @@ const MIGRATIONS: &[Migration] = &[Migration::portable(
 )];
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.apis(http::routes(), grpc::service)
+    let bots = bots::Bots::new(cx.state());
+    let service = grpc::bot_service(bots.clone());
+    let mut parts = cx.apis(http::routes(), grpc::service);
+    parts.grpc.push(Box::new(move |routes: tonic::service::Routes| routes.add_service(service)));
+    let stop = cx.stop.clone();
+    parts.tasks.push(("shopper bot dispatcher", Box::pin(bots.run(stop))));
+    parts
 }
 
 /// The message routes of depot.
