@@ -232,6 +232,13 @@ struct SimulateArgs {
     /// embedded `mallbots serve` in a temporary directory, measured and stopped at the end.
     #[arg(long)]
     target: Option<String>,
+    /// The --target server's gRPC address (`http://HOST:PORT`), for the bots.
+    #[arg(long, requires = "target")]
+    grpc_target: Option<String>,
+    /// Shopper bots on the depot's gRPC stream: they take the shopping lists, pick every stop
+    /// and complete them (0: the admins complete the lists over REST instead).
+    #[arg(long, default_value_t = 0)]
+    bots: usize,
     /// The admin token of the --target server.
     #[arg(long, env = "MALLBOTS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -410,6 +417,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         Some(url) => Target::Url {
             url,
             admin_token: args.admin_token.context("--target needs the server's admin token (--admin-token)")?,
+            grpc_url: args.grpc_target,
         },
         None => Target::Embedded(ServerConfig {
             database: args.database,
@@ -421,6 +429,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let config = simulate::Config {
         kiosks: args.kiosks,
         admins: args.admins,
+        bots: args.bots,
+        bot_pick: Duration::from_millis(20),
         duration: args.duration,
         drain: args.drain,
         target,

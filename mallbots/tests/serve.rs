@@ -121,36 +121,45 @@ async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut
 }
 
 /// `mallbots simulate`'s entry point, briefly, on its own embedded server (the real binary):
-/// orders are placed, approved and completed, without a failed request.
+/// orders are placed, approved and completed, without a failed request — with the admins
+/// completing the shopping lists over REST, and with shopper bots on the gRPC stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulate_drives_orders_to_completed_on_an_embedded_server() {
     use mallbots::simulate::{self, Progress, Target, server::ServerConfig};
-    let config = simulate::Config {
-        kiosks: 2,
-        admins: 1,
-        duration: Duration::from_secs(3),
-        // Ends as soon as every order is final; long only for a slow machine.
-        drain: Duration::from_secs(60),
-        target: Target::Embedded(ServerConfig {
-            exe: env!("CARGO_BIN_EXE_mallbots").into(),
-            database: None,
-            broker: None,
-            namespace: None,
-        }),
-        request_timeout: Duration::from_secs(30),
-        progress: Progress::Quiet,
-    };
-    let report = simulate::run(config, CancellationToken::new()).await.expect("the simulation runs");
-    assert!(report.orders.placed >= 1, "{report}");
-    assert!(report.orders.approved >= 1, "{report}");
-    assert!(report.final_status.completed >= 1, "{report}");
-    assert_eq!(report.errors.total, 0, "{report}");
-    let s = &report.final_status;
-    assert_eq!(s.completed + s.approved + s.rejected + s.other + s.timeout, report.orders.placed, "{report}");
-    assert_eq!(report.checkout_to_completed_ms.count, report.orders.completed, "{report}");
-    if cfg!(target_os = "linux") {
-        let server = report.server.as_ref().expect("the embedded server is measured on Linux");
-        assert!(server.cpu_seconds > 0.0 && server.rss_kib.max > 0, "{report}");
+    for bots in [0, 2] {
+        let config = simulate::Config {
+            kiosks: 2,
+            admins: 1,
+            bots,
+            duration: Duration::from_secs(3),
+            // Ends as soon as every order is final; long only for a slow machine.
+            drain: Duration::from_secs(60),
+            target: Target::Embedded(ServerConfig {
+                exe: env!("CARGO_BIN_EXE_mallbots").into(),
+                database: None,
+                broker: None,
+                namespace: None,
+            }),
+            request_timeout: Duration::from_secs(30),
+            progress: Progress::Quiet,
+            ..simulate::Config::default()
+        };
+        let report = simulate::run(config, CancellationToken::new()).await.expect("the simulation runs");
+        assert!(report.orders.placed >= 1, "{report}");
+        assert!(report.orders.approved >= 1, "{report}");
+        assert!(report.final_status.completed >= 1, "{report}");
+        assert_eq!(report.errors.total, 0, "{report}");
+        let s = &report.final_status;
+        assert_eq!(s.completed + s.approved + s.rejected + s.other + s.timeout, report.orders.placed, "{report}");
+        assert_eq!(report.checkout_to_completed_ms.count, report.orders.completed, "{report}");
+        match &report.bots {
+            Some(b) => assert_eq!(b.lists_completed, s.completed, "the bots completed every list: {report}"),
+            None => assert_eq!(bots, 0, "{report}"),
+        }
+        if cfg!(target_os = "linux") {
+            let server = report.server.as_ref().expect("the embedded server is measured on Linux");
+            assert!(server.cpu_seconds > 0.0 && server.rss_kib.max > 0, "{report}");
+        }
     }
 }
 

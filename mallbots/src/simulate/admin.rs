@@ -1,7 +1,8 @@
-//! An admin worker: the depot staff and the bots. A kiosk hands it each order the saga
-//! approved, with its shopping list, the way a customer walks to the depot with an approved
-//! order; for each, in a task of its own, the admin assigns and completes the list, pays the
-//! invoice once it is issued, and waits for the order to be completed.
+//! An admin worker: the depot staff (and the bots, when the run has none). A kiosk hands it
+//! each order the saga approved, with its shopping list, the way a customer walks to the depot
+//! with an approved order; for each, in a task of its own, the admin assigns and completes the
+//! list (unless bots do), pays the invoice once it is issued, and waits for the order to be
+//! completed.
 //!
 //! Why not pick lists from `GET /api/depot/shopping?status=available`: the saga makes the list
 //! available (step 4) before it approves the order (step 5), and ordering drops a list
@@ -55,6 +56,10 @@ pub async fn run(admin: usize, mut orders: mpsc::Receiver<Approved>, shared: Arc
 async fn fulfil(admin: usize, order: Approved, shared: &Shared) {
     let client = &shared.client;
     let Approved { order_id, shopping_id } = order;
+    if shared.bots {
+        // The bots take the list over their stream; the admin only takes the payment.
+        return settle(&order_id, shared).await;
+    }
     let assigned = client
         .put(
             &format!("/api/depot/shopping/{shopping_id}/assign"),
@@ -73,10 +78,15 @@ async fn fulfil(admin: usize, order: Approved, shared: &Shared) {
     if let Err(e) = completed {
         return shared.stats.error("complete shopping", &e.kind());
     }
-    if let Err((step, e)) = pay(&order_id, shared).await {
+    settle(&order_id, shared).await;
+}
+
+/// Pays the order's invoice once it is issued, then waits for the order to be completed.
+async fn settle(order_id: &str, shared: &Shared) {
+    if let Err((step, e)) = pay(order_id, shared).await {
         return shared.stats.error(step, &e.kind());
     }
-    if let Err(e) = wait_for_completion(&order_id, shared).await {
+    if let Err(e) = wait_for_completion(order_id, shared).await {
         shared.stats.error("poll order", &e.kind());
     }
 }

@@ -1,6 +1,7 @@
 //! `mallbots simulate`: the load generator. N concurrent kiosks place orders (register, basket,
-//! items, authorize the payment, check out) and wait for the saga's decision; admin workers
-//! complete the shopping lists and pay the invoices so orders reach `completed`. At the end, a
+//! items, authorize the payment, check out) and wait for the saga's decision; shopper bots on
+//! the depot's gRPC stream (`--bots`) or else the admin workers complete the shopping lists, and
+//! the admins pay the invoices, so orders reach `completed`. At the end, a
 //! [`Report`]: orders/s, checkout → approved and checkout → completed percentiles, errors by
 //! kind, orders by final status, and, when the simulator started the server itself, the
 //! server's CPU time and resident memory.
@@ -59,6 +60,8 @@ pub enum Target {
         url: String,
         /// Its admin token (the admins need it).
         admin_token: String,
+        /// Its gRPC address, `http://HOST:PORT` (the bots need it).
+        grpc_url: Option<String>,
     },
 }
 
@@ -79,6 +82,11 @@ pub struct Config {
     /// Admin workers completing shopping lists and paying invoices (each works on many orders
     /// at once; the kiosks hand their approved orders to them in turn).
     pub admins: usize,
+    /// Shopper bots on the depot's gRPC stream (0: the admins complete the shopping lists by
+    /// REST instead).
+    pub bots: usize,
+    /// How long a bot takes at each stop.
+    pub bot_pick: Duration,
     /// How long new orders are placed.
     pub duration: Duration,
     /// After that, how long in-flight orders may take to reach a final status.
@@ -95,9 +103,11 @@ impl Default for Config {
         Self {
             kiosks: 16,
             admins: 2,
+            bots: 0,
+            bot_pick: Duration::from_millis(20),
             duration: Duration::from_secs(30),
             drain: Duration::from_secs(10),
-            target: Target::Url { url: "http://127.0.0.1:8080".into(), admin_token: String::new() },
+            target: Target::Url { url: "http://127.0.0.1:8080".into(), admin_token: String::new(), grpc_url: None },
             request_timeout: Duration::from_secs(10),
             progress: Progress::Show,
         }
@@ -123,6 +133,8 @@ struct Shared {
     catalog: Vec<Product>,
     /// Each admin's in-tray of approved orders.
     admins: Vec<mpsc::Sender<admin::Approved>>,
+    /// Bots complete the shopping lists (the admins only pay the invoices).
+    bots: bool,
     /// Cancelled when the load phase ends: kiosks place no new order.
     load: CancellationToken,
     /// Cancelled when the run ends: every worker stops at once.
@@ -158,21 +170,26 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
     anyhow::ensure!(config.kiosks > 0, "at least one kiosk is needed");
     anyhow::ensure!(config.admins > 0, "at least one admin is needed");
     let quiet = config.progress == Progress::Quiet;
-    let (server, url, admin_token) = match &config.target {
+    let (server, url, grpc_url, admin_token) = match &config.target {
         Target::Embedded(server_config) => {
             if !quiet {
                 eprintln!("Starting an embedded server ({} serve)…", server_config.exe.display());
             }
             let server = Server::start(server_config).await?;
-            let (url, token) = (server.url.clone(), server.admin_token.clone());
-            (Some(server), url, token)
+            let (url, grpc, token) = (server.url.clone(), server.grpc_url.clone(), server.admin_token.clone());
+            (Some(server), url, Some(grpc), token)
         }
-        Target::Url { url, admin_token } => {
+        Target::Url { url, admin_token, grpc_url } => {
             anyhow::ensure!(!admin_token.is_empty(), "the admin token of the target is needed (--admin-token)");
-            (None, url.clone(), admin_token.clone())
+            (None, url.clone(), grpc_url.clone(), admin_token.clone())
         }
     };
-    let result = drive(&config, &url, &admin_token, server.as_ref(), stop).await;
+    let grpc_url = match grpc_url.filter(|g| !g.is_empty()) {
+        Some(grpc) => grpc,
+        None if config.bots > 0 => anyhow::bail!("bots need the target's gRPC address (--grpc-target)"),
+        None => String::new(),
+    };
+    let result = drive(&config, &url, &grpc_url, &admin_token, server.as_ref(), stop).await;
     if let Some(server) = server {
         if result.is_err() && !quiet {
             eprintln!("--- server log (tail)\n{}", server.log_tail(20));
@@ -185,6 +202,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<Repo
 async fn drive(
     config: &Config,
     url: &str,
+    grpc_url: &str,
     admin_token: &str,
     server: Option<&Server>,
     stop: CancellationToken,
@@ -203,6 +221,7 @@ async fn drive(
         stats: Stats::new(),
         catalog,
         admins: trays,
+        bots: config.bots > 0,
         load: CancellationToken::new(),
         halt: CancellationToken::new(),
     });
@@ -223,6 +242,16 @@ async fn drive(
     let mut admins = JoinSet::new();
     for (admin, in_tray) in in_trays.into_iter().enumerate() {
         admins.spawn(admin::run(admin, in_tray, shared.clone()));
+    }
+    let bot_stats = Arc::new(crate::bot::BotStats::default());
+    for n in 1..=config.bots {
+        let bot = crate::bot::BotConfig {
+            id: format!("simulated-bot-{n}"),
+            url: grpc_url.to_owned(),
+            token: admin_token.to_owned(),
+            pick: config.bot_pick,
+        };
+        admins.spawn(crate::bot::run(bot, bot_stats.clone(), shared.halt.clone()));
     }
     if !quiet {
         helpers.spawn(show_progress(shared.clone(), started, config.duration));
@@ -294,6 +323,12 @@ async fn drive(
         namespace: server.and_then(|s| s.namespace.clone()),
         kiosks: config.kiosks,
         admins: config.admins,
+        bots: (config.bots > 0).then(|| report::Bots {
+            count: config.bots,
+            lists_completed: bot_stats.lists_completed.load(Ordering::Relaxed),
+            stops_picked: bot_stats.stops_picked.load(Ordering::Relaxed),
+            connections: bot_stats.connections.load(Ordering::Relaxed),
+        }),
         load_seconds: round2(load_seconds),
         drain_seconds: round2(drain_seconds),
         orders_per_second: round2(approved_during_load as f64 / load_seconds.max(0.001)),

@@ -19,6 +19,8 @@ pub struct Report {
     pub namespace: Option<String>,
     pub kiosks: usize,
     pub admins: usize,
+    /// The shopper bots, when they completed the lists.
+    pub bots: Option<Bots>,
     /// How long orders were placed, seconds.
     pub load_seconds: f64,
     /// How long in-flight orders were then given to finish, seconds.
@@ -39,6 +41,16 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     /// The simulator's own CPU seconds over the same time (it shares the machine).
     pub client_cpu_seconds: Option<f64>,
+}
+
+/// What the shopper bots did.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bots {
+    pub count: usize,
+    pub lists_completed: u64,
+    pub stops_picked: u64,
+    /// Streams opened (more than `count`: some reconnected).
+    pub connections: u64,
 }
 
 /// Order counts.
@@ -146,6 +158,16 @@ impl fmt::Display for Report {
             row(f, "namespace", namespace.clone())?;
         }
         row(f, "kiosks / admins", format!("{} / {}", self.kiosks, self.admins))?;
+        if let Some(bots) = &self.bots {
+            row(
+                f,
+                "shopper bots",
+                format!(
+                    "{}: {} lists completed, {} stops picked, {} connections",
+                    bots.count, bots.lists_completed, bots.stops_picked, bots.connections
+                ),
+            )?;
+        }
         row(f, "load / drain", format!("{:.1} s / {:.1} s", self.load_seconds, self.drain_seconds))?;
         row(f, "orders placed", self.orders.placed.to_string())?;
         row(f, "orders/s (approved in load)", format!("{:.1}", self.orders_per_second))?;

@@ -43,6 +43,8 @@ pub struct Server {
     dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
+    /// Its gRPC server, `http://127.0.0.1:PORT`.
+    pub grpc_url: String,
     /// The admin token given to it.
     pub admin_token: String,
     /// What the report shows as the database.
@@ -94,12 +96,16 @@ impl Server {
             command.env("RUST_LOG", "warn");
         }
         let child = command.spawn().with_context(|| format!("starting {} serve", config.exe.display()))?;
-        let mut server = Self { child, dir, url: String::new(), admin_token, database, namespace };
+        let mut server =
+            Self { child, dir, url: String::new(), grpc_url: String::new(), admin_token, database, namespace };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(url) = text.lines().find_map(|l| l.strip_prefix("MallBots on ")?.split_whitespace().next()) {
-                server.url = url.to_owned();
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("MallBots on ")) {
+                server.url = line.split_whitespace().next().unwrap_or_default().to_owned();
+                if let Some(grpc) = line.split("gRPC on ").nth(1).and_then(|rest| rest.split(';').next()) {
+                    server.grpc_url = format!("http://{grpc}");
+                }
                 return Ok(server);
             }
             if let Some(status) = server.child.try_wait().context("watching the server")? {

@@ -173,6 +173,16 @@ pub async fn pick_stop(tx: &mut dyn Transaction, id: &str, bot_id: String, store
     Ok(())
 }
 
+/// The lists a bot holds (assigned or active), e.g. from before a depot process died.
+pub async fn lists_of_bot(db: &AnyDatabase, bot_id: &str) -> AppResult<Vec<String>> {
+    let rows: Vec<(String,)> =
+        query("SELECT id FROM depot_shopping_lists WHERE bot_id = ? AND status IN ('assigned', 'active') ORDER BY id")
+            .bind(bot_id)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
 /// The list's bot lets it go: available again for another.
 pub async fn release(tx: &mut dyn Transaction, id: &str, bot_id: String, reason: String) -> AppResult<()> {
     execute(tx, id, ShoppingCommand::Release { bot_id, reason }, None).await??;

@@ -86,6 +86,17 @@ impl Bots {
         if bot_id.is_empty() {
             return Err(Status::invalid_argument("bot_id is required"));
         }
+        // Lists it still holds from an earlier connection (to a depot process that died) go
+        // back to the pool: the bot starts afresh.
+        for list in app::lists_of_bot(&self.inner.state.db, &bot_id).await? {
+            let (bot, reason) = (bot_id.clone(), "the bot reconnected".to_owned());
+            let released =
+                write(&self.inner.state, |tx| Box::pin(async move { app::release(tx, &list, bot, reason).await }))
+                    .await;
+            if let Err(e @ (AppError::Internal(_) | AppError::Invalid(_) | AppError::Unauthorized)) = released {
+                return Err(e.into());
+            }
+        }
         let (tx, rx) = mpsc::channel(16);
         let connection = self.inner.next_connection.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let silence_ms = u32::try_from(self.inner.silence.as_millis()).unwrap_or(u32::MAX);
