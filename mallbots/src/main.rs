@@ -541,9 +541,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         filter: settings.telemetry.filter.clone(),
         log_format: if settings.telemetry.log_format == "json" { LogFormat::Json } else { LogFormat::Pretty },
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
-        ..TelemetryConfig::default()
+        // Exporting: Herald's spans whatever the logs' filter (the cluster logs only warnings).
+        // Not exporting: the logs' filter, so no span is made only to be dropped (a tracing
+        // layer that sees what the logs do not costs measurably on the embedded hot path).
+        trace_filter: match &settings.telemetry.otlp_endpoint {
+            Some(_) => "info,sqlx=warn".to_owned(),
+            None => settings.telemetry.filter.clone(),
+        },
     })
     .context("installing logs and traces")?;
+    mallbots::metrics::trace_every_request(settings.telemetry.otlp_endpoint.is_some());
     if let Some(file) = &file {
         tracing::info!(file = %file.display(), "settings read");
     }

@@ -545,6 +545,14 @@ async fn a_bot_gone_mid_list_loses_it_to_another() {
         }
     };
     assert_eq!(list.order_id, order);
+    let twin = client.clone().connect(tokio_stream::iter([hello(TOKEN)])).await;
+    refused(twin, Code::AlreadyExists, "a second connection of a connected bot");
+    let held = support::admin_get(t, &format!("/api/depot/shopping/{}", list.id)).await;
+    assert_eq!(
+        (held["status"].as_str(), held["botId"].as_str()),
+        (Some("assigned"), Some("lazy")),
+        "the twin took nothing"
+    );
     let picked = StopPicked { shopping_id: list.id.clone(), store_id: list.stops[0].store_id.clone() };
     tx.send(BotMessage { message: Some(bot_message::Message::StopPicked(picked)) }).await.expect("send");
     support::eventually("the list is active", || async {

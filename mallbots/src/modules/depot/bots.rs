@@ -86,6 +86,9 @@ impl Bots {
         if bot_id.is_empty() {
             return Err(Status::invalid_argument("bot_id is required"));
         }
+        if lock(&self.inner.bots).contains_key(&bot_id) {
+            return Err(Status::already_exists(format!("bot {bot_id} is connected already")));
+        }
         // Lists it still holds from an earlier connection (to a depot process that died) go
         // back to the pool: the bot starts afresh.
         for list in app::lists_of_bot(&self.inner.state.db, &bot_id).await? {
