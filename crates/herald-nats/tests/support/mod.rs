@@ -65,6 +65,22 @@ pub fn round(topic: &str, keys: u64, round: u64) -> Vec<Message> {
         .collect()
 }
 
+/// Whether the partition consumers of `group` have nothing left: no message pending delivery,
+/// none delivered and unacknowledged. The server's word on "every message acked": an ack whose
+/// confirmation was lost with a dying server is acked all the same.
+pub async fn group_settled(urls: &str, stream: &str, group: &str, partitions: u32) -> bool {
+    let Ok(client) = async_nats::connect(urls.split(',').collect::<Vec<_>>()).await else { return false };
+    let js = async_nats::jetstream::new(client);
+    let Ok(stream) = js.get_stream(stream).await else { return false };
+    for p in 0..partitions {
+        match stream.consumer_info(format!("{group}-p{p}")).await {
+            Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// The state of partitioned group `group` on stream `stream`: each partition consumer's
 /// counters and each claim in the bucket `<stream_prefix>partitions`.
 pub async fn group_report(urls: &str, stream_prefix: &str, stream: &str, group: &str, partitions: u32) -> String {
