@@ -268,10 +268,10 @@ async fn start_process(config: &ClusterConfig, process: &mut Process) -> anyhow:
     loop {
         let text = std::fs::read_to_string(&process.log).unwrap_or_default();
         let new = text.get(usize::try_from(seen).unwrap_or(0)..).unwrap_or_default();
-        if let Some(line) = new.lines().find_map(|l| l.strip_prefix("MallBots on http://")) {
-            process.addr = line.split_whitespace().next().unwrap_or_default().to_owned();
-            if let Some(grpc) = line.split("gRPC on ").nth(1).and_then(|rest| rest.split(';').next()) {
-                grpc.clone_into(&mut process.grpc_addr);
+        if let Some((http, grpc)) = new.lines().find_map(crate::grpc::listening) {
+            process.addr = http;
+            if let Some(grpc) = grpc {
+                process.grpc_addr = grpc;
             }
             process.child = Some(child);
             return Ok(());

@@ -72,6 +72,16 @@ pub fn ok<T>(value: T) -> RpcResult<T> {
     Ok(tonic::Response::new(value))
 }
 
+/// Where a `mallbots serve` process listens, from the line it prints at start-up (`MallBots on
+/// http://HOST:PORT (…; gRPC on HOST:PORT; …)`): the HTTP and gRPC `host:port`. The cluster and
+/// the simulator's embedded server read it.
+pub fn listening(line: &str) -> Option<(String, Option<String>)> {
+    let rest = line.strip_prefix("MallBots on http://")?;
+    let http = rest.split_whitespace().next()?.to_owned();
+    let grpc = rest.split("gRPC on ").nth(1).and_then(|r| r.split(';').next()).map(str::to_owned);
+    Some((http, grpc))
+}
+
 /// Refuses the call unless it carries `authorization: Bearer <admin token>` (compared in
 /// constant time, as REST does).
 pub fn admin<T>(request: &tonic::Request<T>, token: &str) -> Result<(), Status> {
@@ -88,6 +98,11 @@ pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
     Ok(value)
+}
+
+/// A proto3 string field as an option: empty means unset.
+pub fn optional(value: String) -> Option<String> {
+    Some(value).filter(|v| !v.is_empty())
 }
 
 /// Serves `routes` and the reflection service on `listener` until `shutdown` fires.

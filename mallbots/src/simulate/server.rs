@@ -101,11 +101,9 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("MallBots on ")) {
-                server.url = line.split_whitespace().next().unwrap_or_default().to_owned();
-                if let Some(grpc) = line.split("gRPC on ").nth(1).and_then(|rest| rest.split(';').next()) {
-                    server.grpc_url = format!("http://{grpc}");
-                }
+            if let Some((http, grpc)) = text.lines().find_map(crate::grpc::listening) {
+                server.url = format!("http://{http}");
+                server.grpc_url = grpc.map(|g| format!("http://{g}")).unwrap_or_default();
                 return Ok(server);
             }
             if let Some(status) = server.child.try_wait().context("watching the server")? {

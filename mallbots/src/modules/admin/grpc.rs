@@ -6,7 +6,7 @@ use tonic::Request;
 use super::dead_letters::{DeadLetterView, ListQuery, list_letters, parse_id};
 use crate::grpc::pb::adminpb::dead_letters_service_server::{DeadLettersService, DeadLettersServiceServer};
 use crate::grpc::pb::adminpb::*;
-use crate::grpc::{RpcResult, admin, ok, required};
+use crate::grpc::{RpcResult, admin, ok, optional, required};
 use crate::http::AppState;
 
 /// The service, bound to the module's state.
@@ -43,19 +43,15 @@ fn dead_letter(v: DeadLetterView) -> DeadLetter {
     }
 }
 
-fn text(value: String) -> Option<String> {
-    Some(value).filter(|v| !v.is_empty())
-}
-
 #[tonic::async_trait]
 impl DeadLettersService for DeadLetters {
     async fn list_dead_letters(&self, request: Request<ListDeadLettersRequest>) -> RpcResult<ListDeadLettersResponse> {
         admin(&request, &self.state.admin_token)?;
         let ListDeadLettersRequest { status, group, after, limit } = request.into_inner();
         let query = ListQuery {
-            status: text(status),
-            group: text(group),
-            after: text(after),
+            status: optional(status),
+            group: optional(group),
+            after: optional(after),
             limit: (limit > 0).then(|| usize::try_from(limit).unwrap_or(usize::MAX)),
         };
         let letters = list_letters(&self.state, query).await?;

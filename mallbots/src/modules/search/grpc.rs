@@ -6,7 +6,7 @@ use tonic::{Request, Status};
 use super::application::{self as app, OrderSummary, SearchOrders};
 use crate::grpc::pb::searchpb::search_service_server::{SearchService, SearchServiceServer};
 use crate::grpc::pb::searchpb::*;
-use crate::grpc::{RpcResult, admin, ok, required};
+use crate::grpc::{RpcResult, admin, ok, optional, required};
 use crate::http::AppState;
 use crate::money::Money;
 
@@ -34,12 +34,8 @@ fn order(v: OrderSummary) -> Order {
     }
 }
 
-fn text(value: String) -> Option<String> {
-    Some(value).filter(|v| !v.is_empty())
-}
-
 fn time(field: &str, value: String) -> Result<Option<chrono::DateTime<chrono::Utc>>, Status> {
-    text(value)
+    optional(value)
         .map(|v| {
             chrono::DateTime::parse_from_rfc3339(&v)
                 .map(|t| t.with_timezone(&chrono::Utc))
@@ -60,15 +56,15 @@ fn filters(request: SearchOrdersRequest) -> Result<SearchOrders, Status> {
         n => Some(u32::try_from(n).map_err(|_| Status::invalid_argument("limit must be between 1 and 100"))?),
     };
     Ok(SearchOrders {
-        customer_id: text(f.customer_id),
+        customer_id: optional(f.customer_id),
         created_after: time("filters.after", f.after)?,
         created_before: time("filters.before", f.before)?,
         store_ids: f.store_ids,
         product_ids: f.product_ids,
         min_total: amount("filters.min_total", f.min_total)?,
         max_total: amount("filters.max_total", f.max_total)?,
-        status: text(f.status),
-        cursor: text(request.next),
+        status: optional(f.status),
+        cursor: optional(request.next),
         limit,
     })
 }
