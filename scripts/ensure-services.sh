@@ -35,6 +35,9 @@ ensure_package curl curl || failed+=(curl)
 ensure_package jq jq || failed+=(jq)
 # The gateway in front of MallBots' services (the tests run their own nginx on port 0-picked ports).
 ensure_package nginx nginx || failed+=(nginx)
+# The admin web app's browser tests: headless Chromium driven over WebDriver.
+ensure_package chromium chromium || failed+=(chromium)
+ensure_package chromedriver chromium-driver || failed+=(chromium-driver)
 
 # PostgreSQL
 if ensure_package pg_ctlcluster postgresql && ensure_package pg_isready postgresql-client; then

@@ -266,6 +266,46 @@ scenarios! {
     ],
 }
 
+/// An order event that overtakes its customer's registration (they travel on different topics;
+/// the customers process may die before relaying it) still gets its SMS once the registration
+/// arrives: it is retried, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_that_overtakes_its_customer_s_registration_still_gets_its_sms() {
+    use herald::Message;
+    use mallbots::modules::{customers::api as customers, ordering::api as ordering};
+    let app = support::spawn_running_app().await;
+    let created = ordering::OrderIntegrationEvent::Created(ordering::OrderCreated {
+        id: "order-early".into(),
+        customer_id: "c-late".into(),
+        payment_id: "p".into(),
+        items: vec![],
+        total_cents: 100,
+    });
+    let created = Message::encode(ordering::EVENT_TOPIC, &created).expect("encodes").with_key("order-early");
+    app.broker.publish(&[created]).await.expect("publish");
+    // The first attempts find no customer.
+    support::eventually("the order event was attempted", || async {
+        let metrics = app.t.get("/metrics").await.body;
+        metrics.as_str().is_some_and(|m| {
+            m.lines().any(|l| l.starts_with("herald_messages_failed_total") && l.contains("notifications-orders"))
+        })
+    })
+    .await;
+    let registered = customers::CustomerIntegrationEvent::Registered(customers::CustomerRegistered {
+        id: "c-late".into(),
+        name: "Grace".into(),
+        sms_number: "555 0100".into(),
+    });
+    let registered = Message::encode(customers::EVENT_TOPIC, &registered).expect("encodes").with_key("c-late");
+    app.broker.publish(&[registered]).await.expect("publish");
+    support::eventually_within("the SMS of the early order", std::time::Duration::from_secs(30), || async {
+        let sent = admin_get(&app.t, "/api/notifications?customerId=c-late").await;
+        sent.as_array().is_some_and(|l| l.len() == 1 && l[0]["orderId"] == "order-early")
+    })
+    .await;
+    app.stop().await;
+}
+
 /// Module processes die (kill -9, no clean shutdown) and come back while orders flow: every
 /// accepted order is approved, then (with notifications and analytics killed and restarted
 /// meanwhile) completed, with one shopping list, one invoice and three SMS (created, ready,
@@ -335,7 +375,7 @@ async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flo
         let invoices = admin_get(t, &format!("/api/payments/invoices?orderId={order}")).await;
         assert_eq!(invoices["status"], "paid", "one paid invoice for order {order}: {invoices}");
         let sent = format!("/api/notifications?customerId={customer}");
-        eventually_within("created, ready and completed SMS", limit, || async {
+        eventually_within(&format!("created, ready and completed SMS for {customer}"), limit, || async {
             admin_get(t, &sent).await.as_array().map(Vec::len) == Some(3)
         })
         .await;

@@ -73,6 +73,11 @@ impl SmsGateway for RecordingGateway {
     }
 }
 
+/// An order event for a customer whose registration has not reached notifications (yet).
+#[derive(Debug, thiserror::Error)]
+#[error("customer {0} is not known to notifications yet (its registration has not arrived)")]
+pub struct CustomerNotKnownYet(pub String);
+
 fn transient(e: impl Into<AppError>) -> HandlerError {
     HandlerError::transient(e.into())
 }
@@ -130,9 +135,11 @@ pub async fn on_order_event(
         .fetch_optional(db::conn(tx).map_err(transient)?)
         .await
         .map_err(transient)?;
+    // The customer's copy comes from another topic, so an order event can overtake it (the
+    // customers process died before relaying the registration, say): wait for it through
+    // retries, and dead-letter with this reason if it never comes. Never drop the SMS.
     let Some((name, to)) = customer else {
-        tracing::warn!(customer = %customer_id, order = %order_id, "no SMS number for this customer; nothing sent");
-        return Ok(());
+        return Err(HandlerError::transient(CustomerNotKnownYet(customer_id.clone())));
     };
     let short = order_id.get(..8).unwrap_or(order_id);
     let text = match kind {

@@ -12,9 +12,10 @@ mod grpc;
 mod http;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use herald::SubscribeOptions;
-use herald::router::{HandlerContext, Route};
+use herald::router::{HandlerContext, Retry, Route};
 use herald_sql::any::{Migration, query};
 
 use crate::module::{Module, ModuleContext, Parts};
@@ -73,7 +74,11 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers"))
             .on(application::on_customer_event),
-        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders")).on_with(
+        Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders"))
+            // An order can overtake its customer's registration (another topic): retry for
+            // about a minute and a half before the message is dead-lettered.
+            .retry(Retry::exponential(Duration::from_millis(200)).max_delay(Duration::from_secs(5)).attempts(25))
+            .on_with(
             RecordingGateway::with_latency(cx.sms_latency),
             async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
                 application::on_order_event(cx, event, gateway).await
