@@ -54,7 +54,11 @@ pub fn nginx_config(listen: &str, grpc_listen: &str, upstreams: &[Upstream], run
     let _ = writeln!(c, "    proxy_buffering off;");
     let _ = writeln!(c, "    proxy_request_buffering off;");
     let _ = writeln!(c, "    proxy_http_version 1.1;");
-    let _ = writeln!(c, "    proxy_set_header Connection \"\";");
+    // Keep-alive connections to the processes, except for a WebSocket (the admin's live feed),
+    // whose upgrade is passed on. Its server pings within nginx's 60 s read timeout.
+    let _ = writeln!(c, "    map $http_upgrade $connection_upgrade {{ default \"\"; websocket upgrade; }}");
+    let _ = writeln!(c, "    proxy_set_header Upgrade $http_upgrade;");
+    let _ = writeln!(c, "    proxy_set_header Connection $connection_upgrade;");
     let _ = writeln!(c, "    proxy_set_header Host $host;");
     let _ = writeln!(c, "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;");
     // A process that died or is restarting: try the module's next one (only for requests that

@@ -33,7 +33,8 @@ enum Command {
     /// complete the shopping lists and pay the invoices so orders reach `completed`. Shows a
     /// live progress bar; at the end prints a report (orders/s, checkout → approved and →
     /// completed percentiles, errors, orders by final status, the server's CPU and memory) and
-    /// writes it as JSON. By default it starts a server of its own in a temporary directory.
+    /// writes it as JSON and as an HTML page with charts over time. By default it starts a
+    /// server of its own in a temporary directory.
     Simulate(SimulateArgs),
     /// Runs MallBots as services on this machine until Ctrl-C: one `mallbots serve --modules
     /// <module>` process per module (each in its own PostgreSQL schema), all on one broker,
@@ -257,7 +258,8 @@ struct SimulateArgs {
     /// The timeout of every request: seconds, or with a unit.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     request_timeout: Duration,
-    /// Where to write the report as JSON.
+    /// Where to write the report as JSON; an HTML page with charts goes beside it, with the
+    /// extension `.html`.
     #[arg(long, default_value = "simulate-report.json")]
     report: PathBuf,
     /// No progress bar or progress lines.
@@ -456,9 +458,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     if let Some(namespace) = &report.namespace {
         println!("The server's data is left in namespace {namespace} (a PostgreSQL schema, broker streams).");
     }
-    let json = serde_json::to_string_pretty(&report).context("encoding the report")?;
-    std::fs::write(&args.report, json + "\n").with_context(|| format!("writing {}", args.report.display()))?;
-    println!("Report written to {}", args.report.display());
+    let html = report.write(&args.report)?;
+    println!("Report written to {} (charts: {})", args.report.display(), html.display());
     Ok(())
 }
 
@@ -571,10 +572,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         TokenSource::Configured => {}
     }
     // `MallBots on <url>` is what scripts and `simulate` wait for: keep it first on its line.
+    let addr = app.local_addr();
+    let web_app = if app.module_names().contains(&"admin") {
+        format!("admin web app at http://{addr}/admin; ")
+    } else {
+        String::new()
+    };
     println!(
-        "MallBots on http://{} (API docs at http://{}/docs; gRPC on {}; modules: {})",
-        app.local_addr(),
-        app.local_addr(),
+        "MallBots on http://{addr} ({web_app}API docs at http://{addr}/docs; gRPC on {}; modules: {})",
         app.grpc_addr(),
         app.module_names().join(", ")
     );

@@ -22,6 +22,9 @@ pub struct TestApp {
     pub gateway: Option<String>,
     /// The gRPC server of an app in this process.
     pub grpc: Option<std::net::SocketAddr>,
+    /// The HTTP server of an app in this process (a real TCP port, once the app runs): what a
+    /// browser loads.
+    pub http: Option<std::net::SocketAddr>,
     pub token: String,
     pub dir: TempDir,
     /// Where it ran, to remove its schema and streams afterwards.
@@ -116,7 +119,8 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
     let app = App::build(config.clone()).await.expect("app builds");
     let router = app.http_router();
     let grpc = Some(app.grpc_addr());
-    Some(TestApp { app: Some(app), router, gateway: None, grpc, token: TOKEN.into(), dir, backend, config })
+    let http = Some(app.local_addr());
+    Some(TestApp { app: Some(app), router, gateway: None, grpc, http, token: TOKEN.into(), dir, backend, config })
 }
 
 /// A response, decoded.
@@ -141,6 +145,12 @@ impl Reply {
 }
 
 impl TestApp {
+    /// The base URL (`http://host:port`) of the app over real HTTP: the gateway of a cluster,
+    /// else the app's own listener.
+    pub fn base_url(&self) -> Option<String> {
+        self.gateway.clone().or_else(|| self.http.map(|addr| format!("http://{addr}")))
+    }
+
     pub async fn request(
         &self,
         method: Method,
@@ -352,6 +362,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
         router: Router::new(),
         gateway: Some(cluster.url()),
         grpc: cluster.grpc_addr().parse().ok(),
+        http: None,
         token: TOKEN.into(),
         dir,
         backend,

@@ -1,14 +1,21 @@
-//! **admin** (**new**): operating the mall — dead letters.
+//! **admin** (**new**): operating the mall — dead letters, the live feed and the web app.
 //!
 //! Every message a MallBots consumer gives up on lands on its route's dead-letter topic; this
 //! module archives every module's dead-letter topics (whichever process runs them) in its own
 //! database, and serves the admin API that lists, shows, replays (through the broker, to the
 //! failed group only) or discards them. It runs in the embedded mall and as its own process.
+//!
+//! It also serves the admin web app (`/admin`, [`web`]) and its live feed of every module's
+//! integration events over a WebSocket (`/api/admin/live`, [`live`]), fed from the broker.
 
 mod dead_letters;
 mod grpc;
+pub mod live;
+mod web;
 
+use axum::routing::get;
 use herald::router::Route;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use dead_letters::ARCHIVE_GROUP;
 
@@ -18,21 +25,32 @@ use crate::module::{MODULES, Module, ModuleContext, Parts};
 pub const MODULE: Module = Module {
     name: "admin",
     about: "dead letters of every module: archived, listed, replayed or discarded",
-    http_prefixes: &["/api/admin"],
+    http_prefixes: &["/api/admin", "/admin"],
     grpc_services: &["adminpb.DeadLettersService"],
-    migrations: &[],
+    migrations: live::MIGRATIONS,
     routes,
     start,
 };
 
-/// An archive route on the dead-letter topic of every other module's routes.
+/// The live feed's routes, and an archive route on the dead-letter topic of every route (the
+/// feed's and every other module's).
 fn routes(cx: &ModuleContext) -> Vec<Route> {
     // Building a module's routes starts nothing: they are only read for their subscriptions.
-    let failing: Vec<Route> = MODULES.iter().filter(|m| m.name != MODULE.name).flat_map(|m| (m.routes)(cx)).collect();
-    let failing: Vec<_> = failing.iter().map(Route::options).collect();
-    cx.db.dead_letters().archive_routes_for(&failing, ARCHIVE_GROUP)
+    let others = MODULES.iter().filter(|m| m.name != MODULE.name).flat_map(|m| (m.routes)(cx));
+    let mut routes = live::routes();
+    let failing: Vec<_> =
+        routes.iter().map(Route::options).cloned().chain(others.map(|r| r.options().clone())).collect();
+    let failing: Vec<_> = failing.iter().collect();
+    routes.extend(cx.db.dead_letters().archive_routes_for(&failing, ARCHIVE_GROUP));
+    routes
 }
 
 fn start(cx: &ModuleContext) -> Parts {
-    cx.apis(dead_letters::routes(), grpc::service)
+    let feed = live::Feed::new(cx.db.clone(), cx.admin_token.clone(), cx.shutdown.clone());
+    let live_routes = OpenApiRouter::new().route("/api/admin/live", get(live::live)).with_state(feed.clone());
+    let mut parts = cx.apis(dead_letters::routes(), grpc::service);
+    parts.http = parts.http.merge(live_routes).merge(OpenApiRouter::from(web::routes()));
+    let stop = cx.stop.clone();
+    parts.tasks.push(("admin live feed", Box::pin(feed.run(stop))));
+    parts
 }
