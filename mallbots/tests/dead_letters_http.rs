@@ -83,53 +83,16 @@ async fn a_poison_message_is_archived_listed_replayed_and_discarded() {
 /// with the last `seq` it saw gets what came after, and nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_feed_pushes_events_as_they_happen_and_resumes_after_a_reconnection() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message as Frame;
-    type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
+    use support::live::{connect, next, until};
     let app = spawn_running_app().await;
     let t = &app.t;
-    let url = format!("ws://{}/api/admin/live", t.http.expect("a real listener"));
-    let connect = |hello: serde_json::Value| {
-        let url = url.clone();
-        async move {
-            let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the WebSocket opens");
-            socket.send(Frame::text(hello.to_string())).await.expect("hello");
-            socket
-        }
-    };
-    // The next JSON frame (pings are answered by the client library).
-    async fn next(socket: &mut Socket) -> Option<Value> {
-        let wait = std::time::Duration::from_secs(10);
-        loop {
-            match tokio::time::timeout(wait, socket.next()).await.expect("a frame within 10 s") {
-                Some(Ok(Frame::Text(text))) => return Some(serde_json::from_str(&text).expect("JSON")),
-                Some(Ok(Frame::Close(_))) | None => return None,
-                Some(Ok(_)) => {}
-                Some(Err(e)) => panic!("the feed failed: {e}"),
-            }
-        }
-    }
-    // Events until one named `name` with key `key`.
-    async fn until(socket: &mut Socket, name: &str, key: &str) -> Vec<Value> {
-        let mut seen = Vec::new();
-        loop {
-            let event = next(socket).await.unwrap_or_else(|| panic!("closed before {name} {key}: {seen:?}"));
-            assert_eq!(event["type"], "event", "{event}");
-            let done = event["name"] == name && event["key"] == key;
-            seen.push(event);
-            if done {
-                return seen;
-            }
-        }
-    }
+    let base = t.base_url().expect("a real listener");
 
-    let mut refused = connect(serde_json::json!({ "token": "wrong", "after": null })).await;
+    let mut refused = support::live::hello(&base, "wrong", None).await;
     let error = next(&mut refused).await.expect("a reason");
     assert_eq!((error["type"].as_str(), next(&mut refused).await), (Some("error"), None), "{error}");
 
-    let mut socket = connect(serde_json::json!({ "token": support::TOKEN, "after": null })).await;
-    assert_eq!(next(&mut socket).await.expect("welcome")["type"], "welcome");
+    let mut socket = connect(&base, support::TOKEN, None).await;
     let product = support::catalog(t).await;
     let customer = support::register(t, "Ada").await;
     let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
@@ -145,8 +108,7 @@ async fn the_live_feed_pushes_events_as_they_happen_and_resumes_after_a_reconnec
 
     // Resuming after the creation: the approval again, and nothing from before.
     let resume_after = created["seq"].as_u64().expect("seq");
-    let mut again = connect(serde_json::json!({ "token": support::TOKEN, "after": resume_after })).await;
-    assert_eq!(next(&mut again).await.expect("welcome")["type"], "welcome");
+    let mut again = connect(&base, support::TOKEN, Some(resume_after)).await;
     let resumed = until(&mut again, "ordersapi.OrderApproved.v1", &order).await;
     assert_eq!(resumed.first().and_then(|e| e["seq"].as_u64()), Some(resume_after + 1), "{resumed:?}");
     assert_eq!(resumed.len(), approved.len(), "the same events: {resumed:?} / {approved:?}");

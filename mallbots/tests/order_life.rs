@@ -15,6 +15,8 @@ use support::{
 
 async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
     let t = &app.t;
+    // The admin's live feed sees the order's life too (through the gateway for services).
+    let mut feed = support::live::connect(&t.base_url().expect("served over TCP"), support::TOKEN, None).await;
     let product = catalog(t).await;
     let customer = register(t, "Ada").await;
     let order = order(t, &customer, &product, json!(19.98)).await;
@@ -77,6 +79,15 @@ async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
     assert_eq!(summary["topProducts"][0]["productName"], "Treasury");
     assert_eq!(summary["topProducts"][0]["quantity"], 2);
     assert_eq!(t.get("/api/analytics/summary").await.status, StatusCode::UNAUTHORIZED);
+
+    let life: Vec<String> = support::live::until(&mut feed, "ordersapi.OrderCompleted.v1", &order)
+        .await
+        .iter()
+        .filter(|e| e["key"] == order.as_str() && e["topic"] == "ordering.events.Order")
+        .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let expected = ["Created", "Approved", "Readied", "Completed"].map(|n| format!("ordersapi.Order{n}.v1"));
+    assert_eq!(life, expected, "the order's life on the live feed");
     app.stop().await;
 }
 

@@ -2,6 +2,8 @@
 //! the real brokers, in a namespace (schema, stream/key/queue prefix) of its own.
 #![allow(dead_code)]
 
+pub mod live;
+
 use std::time::Duration;
 
 use axum::Router;
