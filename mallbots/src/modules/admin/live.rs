@@ -203,7 +203,7 @@ impl Feed {
     /// Sends subscribers the rows after the head, in order, waiting a little at a hole.
     async fn tail(&self, hole_since: &mut Option<Instant>) -> Result<(), AppError> {
         let head = self.inner.head.load(Ordering::SeqCst);
-        let rows: Vec<Row> = query(&format!("{COLUMNS} WHERE seq > ? ORDER BY seq LIMIT 500"))
+        let rows: Vec<Row> = query(format!("{COLUMNS} WHERE seq > ? ORDER BY seq LIMIT 500"))
             .bind(i64::try_from(head).unwrap_or(i64::MAX))
             .fetch_all(&self.inner.db)
             .await?;
@@ -243,7 +243,7 @@ impl Feed {
         let head = i64::try_from(self.inner.head.load(Ordering::SeqCst)).unwrap_or(i64::MAX);
         let rows: Vec<Row> = match after {
             Some(after) => {
-                query(&format!("{COLUMNS} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"))
+                query(format!("{COLUMNS} WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"))
                     .bind(i64::try_from(after).unwrap_or(i64::MAX))
                     .bind(head)
                     .bind(limit)
@@ -251,7 +251,7 @@ impl Feed {
                     .await?
             }
             None => {
-                let mut rows: Vec<Row> = query(&format!("{COLUMNS} WHERE seq <= ? ORDER BY seq DESC LIMIT ?"))
+                let mut rows: Vec<Row> = query(format!("{COLUMNS} WHERE seq <= ? ORDER BY seq DESC LIMIT ?"))
                     .bind(head)
                     .bind(BACKLOG)
                     .fetch_all(&self.inner.db)
