@@ -160,6 +160,27 @@ async fn simulate_drives_orders_to_completed_on_an_embedded_server() {
             let server = report.server.as_ref().expect("the embedded server is measured on Linux");
             assert!(server.cpu_seconds > 0.0 && server.rss_kib.max > 0, "{report}");
         }
+
+        // The JSON report and, beside it, the HTML page with its three charts.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let json_path = dir.path().join("report.json");
+        let html_path = report.write(&json_path).expect("the report is written");
+        assert_eq!(html_path, dir.path().join("report.html"));
+        let html = std::fs::read_to_string(&html_path).expect("the HTML report exists");
+        assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+        assert_eq!(html.matches("<svg").count(), 3, "orders/s, latency, final status");
+        assert!(html.contains("<polyline") && !html.contains("NaN"), "{html}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json_path).expect("the JSON report exists")).expect("JSON");
+        assert_eq!(json["orders"]["placed"], report.orders.placed, "the existing fields stay");
+        let intervals = json["timeline"]["intervals"].as_array().expect("the time series");
+        assert_eq!(json["timeline"]["interval_seconds"], 1.0);
+        assert!((3..=70).contains(&intervals.len()), "a 3 s run and its drain, per second: {intervals:?}");
+        let total = |field: &str| intervals.iter().map(|i| i[field].as_u64().expect("a count")).sum::<u64>();
+        assert_eq!(total("placed"), report.orders.placed, "{intervals:?}");
+        assert_eq!(total("approved"), report.orders.approved, "{intervals:?}");
+        assert_eq!(total("completed"), report.orders.completed, "{intervals:?}");
+        assert!(intervals.iter().any(|i| i["approved_p95_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{intervals:?}");
     }
 }
 

@@ -3,13 +3,15 @@
 //! the depot's gRPC stream (`--bots`) or else the admin workers complete the shopping lists, and
 //! the admins pay the invoices, so orders reach `completed`. At the end, a
 //! [`Report`]: orders/s, checkout → approved and checkout → completed percentiles, errors by
-//! kind, orders by final status, and, when the simulator started the server itself, the
-//! server's CPU time and resident memory.
+//! kind, orders by final status, the same counts and latencies interval by interval, and, when
+//! the simulator started the server itself, the server's CPU time and resident memory; written
+//! as JSON and as an HTML page with charts ([`Report::write`]).
 //!
 //! * [`client`]: a small pooled JSON/HTTP client with a timeout per request.
 //! * `kiosk`, `admin`: the two kinds of worker.
 //! * [`server`]: the embedded server (`mallbots serve` as a child process in a temp dir).
-//! * `stats`, [`report`]: what is measured and how it is reported.
+//! * `stats`, [`report`]: what is measured and how it is reported; `plot`: the HTML page and
+//!   its SVG charts.
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -28,6 +30,7 @@
 mod admin;
 pub mod client;
 mod kiosk;
+mod plot;
 pub mod report;
 pub mod server;
 mod stats;
@@ -218,7 +221,7 @@ async fn drive(
     let (trays, in_trays): (Vec<_>, Vec<_>) = (0..config.admins).map(|_| mpsc::channel(1024)).unzip();
     let shared = Arc::new(Shared {
         client,
-        stats: Stats::new(),
+        stats: Stats::new(config.duration + config.drain),
         catalog,
         admins: trays,
         bots: config.bots > 0,
@@ -234,7 +237,7 @@ async fn drive(
         helpers.spawn(sample_rss(pid, rss_samples.clone(), shared.halt.clone()));
     }
 
-    let started = Instant::now();
+    let started = shared.stats.started();
     let mut kiosks = JoinSet::new();
     for kiosk in 0..config.kiosks {
         kiosks.spawn(kiosk::run(kiosk, shared.clone()));
@@ -283,6 +286,7 @@ async fn drive(
     while kiosks.join_next().await.is_some() {}
     while admins.join_next().await.is_some() {}
     while helpers.join_next().await.is_some() {}
+    let ended = Instant::now();
 
     let server_after = pid.and_then(server::usage);
     let client_after = server::usage(std::process::id());
@@ -356,6 +360,7 @@ async fn drive(
             (Some(before), Some(after)) => Some(round2(after.cpu_seconds - before.cpu_seconds)),
             _ => None,
         },
+        timeline: stats.timeline(ended),
     })
 }
 

@@ -1,8 +1,11 @@
-//! The report of a run: written as JSON (`--report`) and printed as a table.
+//! The report of a run: printed as a table, written as JSON (`--report`) and, beside it, as an
+//! HTML page with charts (drawn by `plot`).
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -41,6 +44,39 @@ pub struct Report {
     pub server: Option<ServerUsage>,
     /// The simulator's own CPU seconds over the same time (it shares the machine).
     pub client_cpu_seconds: Option<f64>,
+    /// The run interval by interval (the charts' data).
+    pub timeline: Timeline,
+}
+
+/// The run cut into intervals of equal length, from the start of the load phase to the end of
+/// the drain. Events are counted in the interval the simulator saw them in.
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeline {
+    /// The intervals' length, seconds: a round number, at least 1, giving at most about 120.
+    pub interval_seconds: f64,
+    pub intervals: Vec<Interval>,
+}
+
+/// One interval of the [`Timeline`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Interval {
+    /// Seconds from the start of the load phase.
+    pub start_seconds: f64,
+    /// Its length, seconds: `interval_seconds`, except the last one (up to the end of the run).
+    pub seconds: f64,
+    /// Orders checked out.
+    pub placed: u64,
+    /// Orders seen approved.
+    pub approved: u64,
+    /// Orders seen completed.
+    pub completed: u64,
+    /// Orders seen rejected.
+    pub rejected: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Checkout → approved of the orders approved in it, milliseconds (unset: none was).
+    pub approved_p50_ms: Option<f64>,
+    pub approved_p95_ms: Option<f64>,
 }
 
 /// What the shopper bots did.
@@ -90,10 +126,15 @@ pub struct Latency {
     pub mean: f64,
 }
 
+/// Microseconds as milliseconds, to two decimals.
+pub(super) fn micros_to_ms(micros: f64) -> f64 {
+    (micros / 10.0).round() / 100.0
+}
+
 impl Latency {
     /// From a histogram of microseconds.
     pub fn of(micros: &Histogram<u64>) -> Self {
-        let ms = |us: f64| (us / 10.0).round() / 100.0;
+        let ms = micros_to_ms;
         let q = |q: f64| if micros.is_empty() { 0.0 } else { ms(micros.value_at_quantile(q) as f64) };
         Self {
             count: micros.len(),
@@ -138,13 +179,24 @@ pub struct Rss {
     pub peak: u64,
 }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let row = |f: &mut fmt::Formatter<'_>, name: &str, value: String| writeln!(f, "  {name:<28} {value}");
+impl Report {
+    /// Writes the report as JSON to `json` and as an HTML page with charts beside it
+    /// ([`html_path`]); returns the page's path.
+    pub fn write(&self, json: &Path) -> anyhow::Result<PathBuf> {
+        let text = serde_json::to_string_pretty(self).context("encoding the report")?;
+        std::fs::write(json, text + "\n").with_context(|| format!("writing {}", json.display()))?;
+        let html = html_path(json);
+        std::fs::write(&html, super::plot::html(self)).with_context(|| format!("writing {}", html.display()))?;
+        Ok(html)
+    }
+
+    /// The figures, as (name, value) rows: the printed table's and the HTML page's. A row with
+    /// no name continues the one above.
+    pub fn rows(&self) -> Vec<(&'static str, String)> {
         let latency = |l: &Latency| {
             format!("p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  ({} orders)", l.p50, l.p95, l.p99, l.max, l.count)
         };
-        writeln!(f, "MallBots simulation report")?;
+        let mut rows = Vec::new();
         let server = match (self.embedded_server, &self.database) {
             (true, Some(db)) => format!(
                 "{} (embedded: {db}{})",
@@ -153,50 +205,49 @@ impl fmt::Display for Report {
             ),
             _ => self.target.clone(),
         };
-        row(f, "server", server)?;
+        rows.push(("server", server));
         if let Some(namespace) = &self.namespace {
-            row(f, "namespace", namespace.clone())?;
+            rows.push(("namespace", namespace.clone()));
         }
-        row(f, "kiosks / admins", format!("{} / {}", self.kiosks, self.admins))?;
+        rows.push(("kiosks / admins", format!("{} / {}", self.kiosks, self.admins)));
         if let Some(bots) = &self.bots {
-            row(
-                f,
+            rows.push((
                 "shopper bots",
                 format!(
                     "{}: {} lists completed, {} stops picked, {} connections",
                     bots.count, bots.lists_completed, bots.stops_picked, bots.connections
                 ),
-            )?;
+            ));
         }
-        row(f, "load / drain", format!("{:.1} s / {:.1} s", self.load_seconds, self.drain_seconds))?;
-        row(f, "orders placed", self.orders.placed.to_string())?;
-        row(f, "orders/s (approved in load)", format!("{:.1}", self.orders_per_second))?;
-        row(f, "checkout → approved, ms", latency(&self.checkout_to_approved_ms))?;
-        row(f, "checkout → completed, ms", latency(&self.checkout_to_completed_ms))?;
+        rows.push(("load / drain", format!("{:.1} s / {:.1} s", self.load_seconds, self.drain_seconds)));
+        rows.push(("orders placed", self.orders.placed.to_string()));
+        rows.push(("orders/s (approved in load)", format!("{:.1}", self.orders_per_second)));
+        rows.push(("checkout → approved, ms", latency(&self.checkout_to_approved_ms)));
+        rows.push(("checkout → completed, ms", latency(&self.checkout_to_completed_ms)));
         let s = &self.final_status;
-        row(
-            f,
+        rows.push((
             "final status",
             format!(
                 "completed {}  approved {}  rejected {}  other {}  timeout {}",
                 s.completed, s.approved, s.rejected, s.other, s.timeout
             ),
-        )?;
-        row(f, "errors", self.errors.total.to_string())?;
+        ));
+        rows.push(("errors", self.errors.total.to_string()));
         for (kind, count) in &self.errors.by_kind {
-            row(f, "", format!("{count} × {kind}"))?;
+            rows.push(("", format!("{count} × {kind}")));
         }
-        row(
-            f,
+        rows.push((
             "HTTP requests",
             format!("{} ({:.1} per order, polls included)", self.requests, self.requests_per_order),
-        )?;
+        ));
         if let Some(server) = &self.server {
-            row(f, "server CPU", format!("{:.1} s ({:.2} ms per order)", server.cpu_seconds, server.cpu_ms_per_order))?;
+            rows.push((
+                "server CPU",
+                format!("{:.1} s ({:.2} ms per order)", server.cpu_seconds, server.cpu_ms_per_order),
+            ));
             let r = &server.rss_kib;
             let mib = |kib: u64| kib as f64 / 1024.0;
-            row(
-                f,
+            rows.push((
                 "server RSS, MiB",
                 format!(
                     "first {:.1}  last {:.1}  min {:.1}  max {:.1}  peak {:.1}",
@@ -206,10 +257,32 @@ impl fmt::Display for Report {
                     mib(r.max),
                     mib(r.peak)
                 ),
-            )?;
+            ));
         }
         if let Some(cpu) = self.client_cpu_seconds {
-            row(f, "simulator CPU", format!("{cpu:.1} s"))?;
+            rows.push(("simulator CPU", format!("{cpu:.1} s")));
+        }
+        rows
+    }
+}
+
+/// Where the HTML page of a JSON report at `json` goes: the same path with `.html` instead of
+/// its extension (`.html` appended when it already is `.html`: neither overwrites the other).
+pub fn html_path(json: &Path) -> PathBuf {
+    let html = json.with_extension("html");
+    if html == json {
+        let mut name = json.as_os_str().to_owned();
+        name.push(".html");
+        return PathBuf::from(name);
+    }
+    html
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "MallBots simulation report")?;
+        for (name, value) in self.rows() {
+            writeln!(f, "  {name:<28} {value}")?;
         }
         Ok(())
     }
