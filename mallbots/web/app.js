@@ -57,8 +57,19 @@ function append(el, children) {
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
+/** Replaces an element's children (null, undefined and false are skipped, as in h()). */
+function replace(el, ...children) {
+  el.replaceChildren();
+  append(el, children);
+}
+
+/**
+ * A short form of an id. MallBots' ids are UUIDv7, whose first characters are a timestamp that
+ * orders placed in the same minute share: the last 8 (random) characters tell them apart.
+ */
 function shortId(id) {
-  return typeof id === 'string' ? id.slice(0, 8) : '—';
+  if (typeof id !== 'string' || !id) return '—';
+  return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id) ? `…${id.slice(-8)}` : id.length > 12 ? `${id.slice(0, 12)}…` : id;
 }
 
 const moneyFormat = new Intl.NumberFormat(undefined, { style: 'currency', currency: 'USD' });
@@ -78,6 +89,16 @@ function fmtTime(value) {
   if (!value) return '—';
   const d = new Date(value);
   return Number.isNaN(d.getTime()) ? String(value) : d.toLocaleTimeString();
+}
+
+/** The time alone for today, else the date and time, local. */
+function fmtWhen(value) {
+  if (!value) return '—';
+  const d = new Date(value);
+  if (Number.isNaN(d.getTime())) return String(value);
+  return d.toDateString() === new Date().toDateString()
+    ? d.toLocaleTimeString()
+    : d.toLocaleString([], { dateStyle: 'short', timeStyle: 'short' });
 }
 
 /** "12s", "5m", "3h", "2d": how long ago. */
@@ -234,6 +255,13 @@ function liveConnect() {
       return;
     }
     if (msg.type === 'welcome') {
+      if (typeof msg.head === 'number' && live.lastSeq !== null && msg.head < live.lastSeq) {
+        // The server's feed restarted (a new database): start again from its backlog.
+        live.lastSeq = null;
+        live.backoff = 1000;
+        ws.close();
+        return;
+      }
       const reconnected = live.welcomed;
       live.welcomed = true;
       live.backoff = 1000;
@@ -375,22 +403,22 @@ const board = {
   },
 
   /** Merges what we learnt about an order; tells the listeners what changed. */
-  upsert(o) {
+  upsert(o, live = false) {
     let order = this.orders.get(o.id);
     let moved = false;
     if (!order) {
-      order = { id: o.id, status: o.status, customerId: null, customerName: null, total: null, createdAt: null };
+      order = { id: o.id, status: o.status, customerId: null, customerName: null, total: null, items: null, createdAt: null };
       this.orders.set(o.id, order);
       moved = true;
     } else if (o.status && RANK[o.status] > RANK[order.status]) {
       order.status = o.status;
       moved = true;
     }
-    for (const key of ['customerId', 'customerName', 'total', 'createdAt']) {
+    for (const key of ['customerId', 'customerName', 'total', 'items', 'createdAt']) {
       if ((order[key] === null || order[key] === undefined) && o[key] !== null && o[key] !== undefined) order[key] = o[key];
     }
     if (moved) this.prune(order.status);
-    this.listeners.forEach((l) => l(order, moved));
+    this.listeners.forEach((l) => l(order, moved, live));
     return order;
   },
 
@@ -400,7 +428,7 @@ const board = {
     const ids = [...this.orders.values()].filter((o) => o.status === status).map((o) => o.id).sort();
     for (const id of ids.slice(0, Math.max(0, ids.length - FINISHED_KEEP))) {
       this.orders.delete(id);
-      this.listeners.forEach((l) => l({ id, removed: true }, true));
+      this.listeners.forEach((l) => l({ id, removed: true }, true, false));
     }
   },
 
@@ -414,6 +442,7 @@ const board = {
     const update = { id, status, customerId: d.customer_id || null };
     if (status === 'pending') {
       update.createdAt = event.at || null;
+      if (Array.isArray(d.items)) update.items = d.items.length;
       if (typeof d.total_cents === 'number') {
         update.total = d.total_cents / 100;
       } else if (Array.isArray(d.items)) {
@@ -421,7 +450,7 @@ const board = {
       }
     }
     const known = this.orders.has(id);
-    const order = this.upsert(update);
+    const order = this.upsert(update, true);
     // An order first seen by a later event: search fills in its customer, total and age.
     if (!known && status !== 'pending') this.fillIn(order.id);
   },
@@ -430,7 +459,7 @@ const board = {
     if (this.fetching.has(id)) return;
     this.fetching.add(id);
     get(`/api/search/orders/${encodeURIComponent(id)}`)
-      .then((o) => this.upsert(fromSearch(o)))
+      .then((o) => this.upsert(fromSearch(o), true))
       .catch(() => {
         // Search may not have it yet; the card shows what the feed said.
       })
@@ -457,7 +486,7 @@ const board = {
       };
       const finished = async (status) => {
         // Search lists oldest first: look back over growing windows until enough are found.
-        for (const minutes of [5, 60, 24 * 60, null]) {
+        for (const minutes of [1, 10, 60, 24 * 60, null]) {
           const filters = { status };
           if (minutes) filters.createdAfter = new Date(Date.now() - minutes * 60000).toISOString();
           const orders = await pages(filters, 5);
@@ -497,6 +526,7 @@ function fromSearch(o) {
     customerId: o.customerId,
     customerName: o.customerName,
     total: o.total,
+    items: Array.isArray(o.productIds) ? o.productIds.length : null,
     createdAt: o.createdAt,
   };
 }
@@ -552,7 +582,7 @@ function route() {
   const param = parts.slice(1).map(decodeURIComponent).join('/') || null;
   if (current) current.ctx.dispose();
   const el = $('#view');
-  el.replaceChildren();
+  replace(el);
   const ctx = makeContext(el);
   current = { name, ctx, onEvent: null };
   document.title = `${VIEWS[name].title} · MallBots Admin`;
@@ -599,20 +629,26 @@ function boardView(ctx) {
     const n = Object.fromEntries(STATUSES.map((st) => [st, 0]));
     for (const o of board.orders.values()) n[o.status] += 1;
     for (const st of STATUSES) counts.get(st).textContent = String(n[st]);
+    if (board.loaded) {
+      const active = ACTIVE.reduce((sum, st) => sum + n[st], 0);
+      status.textContent = board.orders.size
+        ? `${active} active ${active === 1 ? 'order' : 'orders'}, ${board.orders.size - active} recently finished. Click a card for its details.`
+        : 'No orders yet: they appear here as kiosks place them.';
+    }
   };
 
   const fillCard = (card, order) => {
     const name = order.customerName || customers.name(order.customerId, () => {
       if (ctx.alive && cards.get(order.id) === card) fillCard(card, board.orders.get(order.id) || order);
     });
-    card.replaceChildren(
+    replace(card, 
       h('div', { class: 'card-top' },
         h('span', { class: 'mono card-id', title: order.id }, shortId(order.id)),
         h('span', { class: 'card-total' }, fmtMoney(order.total))),
       h('div', { class: 'card-customer', title: order.customerId || '' },
         name || (order.customerId ? `customer ${shortId(order.customerId)}` : 'customer —')),
       h('div', { class: 'card-bottom' },
-        statusBadge(order.status),
+        h('span', { class: 'card-items' }, order.items === null || order.items === undefined ? '' : `${order.items} ${order.items === 1 ? 'item' : 'items'}`),
         h('span', { class: 'age', 'data-at': order.createdAt || '' }, order.createdAt ? `${ago(order.createdAt)} ago` : '')),
     );
   };
@@ -630,7 +666,7 @@ function boardView(ctx) {
     if (card.parentElement !== list || card.nextElementSibling !== before) list.insertBefore(card, before);
   };
 
-  const show = (order, moved) => {
+  const show = (order, moved, live) => {
     if (order.removed) {
       const card = cards.get(order.id);
       if (card) card.remove();
@@ -647,17 +683,19 @@ function boardView(ctx) {
     fillCard(card, order);
     if (moved) {
       place(card, order);
-      card.classList.remove('flash');
-      // Restart the highlight animation.
-      void card.offsetWidth;
-      card.classList.add('flash');
+      if (live) {
+        // Highlight a card the live feed moved (restarting the animation).
+        card.classList.remove('flash');
+        void card.offsetWidth;
+        card.classList.add('flash');
+      }
       updateCounts();
     }
   };
 
   const renderAll = () => {
     const sorted = [...board.orders.values()].sort((a, b) => (a.id < b.id ? 1 : -1));
-    for (const order of sorted) show(order, true);
+    for (const order of sorted) show(order, true, false);
     updateCounts();
   };
 
@@ -665,15 +703,8 @@ function boardView(ctx) {
   ctx.onDispose(() => board.listeners.delete(show));
   renderAll();
 
-  const loaded = () => {
-    status.textContent = board.orders.size
-      ? `${board.orders.size} orders on the board. Click a card for its details.`
-      : 'No orders yet: they appear here as kiosks place them.';
-  };
-  if (board.loaded) {
-    loaded();
-  } else {
-    board.load().then(() => ctx.alive && loaded()).catch((e) => {
+  if (!board.loaded) {
+    board.load().then(() => ctx.alive && updateCounts()).catch((e) => {
       if (!ctx.alive) return;
       status.replaceWith(errorPanel(e, 'Loading the orders failed'));
       toast(`Loading the board failed: ${errorMessage(e)}`);
@@ -721,7 +752,7 @@ function feedView(ctx) {
       details);
     const toggle = () => {
       if (details.firstChild) {
-        details.replaceChildren();
+        replace(details);
         r.classList.remove('open');
       } else {
         details.append(
@@ -749,7 +780,7 @@ function feedView(ctx) {
   };
 
   const renderAll = () => {
-    list.replaceChildren(...feed.events.filter(matches).map(row));
+    replace(list, ...feed.events.filter(matches).map(row));
     updateCount();
   };
   renderAll();
@@ -797,12 +828,13 @@ function ordersView(ctx, id) {
     h('label', null, 'Max total', input('maxTotal', { type: 'number', min: 0, step: '0.01', value: f.maxTotal, placeholder: 'any' })),
     h('div', { class: 'form-actions' },
       h('button', { type: 'submit', class: 'primary' }, 'Search'),
+      h('button', { type: 'button', class: 'ghost', id: 'last-15-minutes', title: 'orders created in the last 15 minutes' }, 'Last 15 min'),
       h('button', { type: 'reset', class: 'ghost' }, 'Clear')));
   const results = h('div', { class: 'results' });
   ctx.el.append(pageHeader('Orders', 'Search every customer\'s orders (oldest first); click one for its details.'), form, results);
 
   const run = async () => {
-    results.replaceChildren(h('p', { class: 'muted' }, 'Searching…'));
+    replace(results, h('p', { class: 'muted' }, 'Searching…'));
     const body = { limit: 25 };
     const fl = ordersSearch.filters;
     if (fl.customerId) body.customerId = fl.customerId;
@@ -820,7 +852,7 @@ function ordersView(ctx, id) {
       show(page);
     } catch (e) {
       if (!ctx.alive) return;
-      results.replaceChildren(errorPanel(e, 'The search failed'));
+      replace(results, errorPanel(e, 'The search failed'));
     }
   };
 
@@ -837,7 +869,7 @@ function ordersView(ctx, id) {
       ordersSearch.page += 1;
       run();
     });
-    results.replaceChildren(
+    replace(results, 
       orders.length === 0
         ? h('p', { class: 'empty' }, 'No order matches.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
@@ -886,11 +918,23 @@ function ordersView(ctx, id) {
     ordersSearch.page = 0;
     run();
   });
-  form.addEventListener('reset', () => {
+  form.querySelector('#last-15-minutes').addEventListener('click', () => {
+    // datetime-local wants local time without a zone.
+    const local = new Date(Date.now() - 15 * 60000 - new Date().getTimezoneOffset() * 60000);
+    form.querySelector('[name="createdAfter"]').value = local.toISOString().slice(0, 19);
+    form.requestSubmit();
+  });
+  form.addEventListener('reset', (ev) => {
+    // The fields' defaults are the previous filters: empty them instead.
+    ev.preventDefault();
+    form.querySelectorAll('input').forEach((i) => {
+      i.value = '';
+    });
+    form.querySelector('select').value = '';
     ordersSearch.filters = {};
     ordersSearch.cursors = [null];
     ordersSearch.page = 0;
-    setTimeout(run);
+    run();
   });
   if (ordersSearch.result && ordersSearch.page >= 0) show(ordersSearch.result);
   run();
@@ -928,7 +972,7 @@ function orderDetailView(ctx, id) {
     if (order.error) parts.push(errorPanel(order.error, 'The order could not be read'));
     if (o) {
       const status = o.status;
-      title.replaceChildren('Order ', h('span', { class: 'mono' }, shortId(id)), ' ', statusBadge(status));
+      replace(title, 'Order ', h('span', { class: 'mono' }, shortId(id)), ' ', statusBadge(status));
       parts.push(h('div', { class: 'grid-2' },
         h('section', { class: 'panel' }, h('h2', null, 'Order'), fields([
           ['Status', statusBadge(status), 'status'],
@@ -961,10 +1005,10 @@ function orderDetailView(ctx, id) {
           h('span', { class: 'feed-time' }, fmtTime(e.at)), ' ',
           h('span', { class: ['topic', `topic-${MODULE_OF_TOPIC(e.topic)}`] }, e.topic), ' ',
           h('span', null, e.name))))));
-    body.replaceChildren(...parts);
+    replace(body, ...parts);
   };
 
-  load().catch((e) => body.replaceChildren(errorPanel(e, 'Loading the order failed')));
+  load().catch((e) => replace(body, errorPanel(e, 'Loading the order failed')));
   const refresh = ctx.debounce(() => load().catch((e) => toast(errorMessage(e))), 400);
   return {
     onEvent(e) {
@@ -1060,7 +1104,7 @@ function depotView(ctx) {
       const results = await Promise.all(statuses.map((st) => get(`/api/depot/shopping?status=${encodeURIComponent(st)}`)));
       if (!ctx.alive) return;
       const all = results.flat().sort((a, b) => (a.id < b.id ? 1 : -1));
-      lists.replaceChildren(all.length === 0
+      replace(lists, all.length === 0
         ? h('p', { class: 'empty' }, 'No shopping list here.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
           h('thead', null, h('tr', null, ['List', 'Order', 'Status', 'Bot', 'Stops'].map((c) => h('th', null, c)))),
@@ -1072,7 +1116,7 @@ function depotView(ctx) {
             h('td', null, stopsList(l.stops))))))),
         all.length >= 500 ? h('p', { class: 'muted small' }, 'The server lists at most 500 lists (the oldest).') : null);
     } catch (e) {
-      if (ctx.alive) lists.replaceChildren(errorPanel(e, 'Loading the shopping lists failed'));
+      if (ctx.alive) replace(lists, errorPanel(e, 'Loading the shopping lists failed'));
     }
   };
 
@@ -1080,7 +1124,7 @@ function depotView(ctx) {
     try {
       const all = await get('/api/depot/bots');
       if (!ctx.alive) return;
-      bots.replaceChildren(!all || all.length === 0
+      replace(bots, !all || all.length === 0
         ? h('p', { class: 'empty' }, 'No bot has connected yet.')
         : h('div', { class: 'bot-grid' }, all.map((b) => h('div', { class: ['bot-card', `bot-${b.status}`], 'data-bot-id': b.id },
           h('div', { class: 'bot-top' }, h('span', { class: 'bot-dot', 'aria-hidden': 'true' }), h('strong', { class: 'mono' }, b.id)),
@@ -1089,7 +1133,7 @@ function depotView(ctx) {
           h('div', { class: 'small muted' }, b.lastSeen ? `seen ${ago(b.lastSeen)} ago` : '')))));
     } catch (e) {
       if (!ctx.alive) return;
-      bots.replaceChildren(e.status === 404
+      replace(bots, e.status === 404
         ? h('p', { class: 'muted' }, 'No bot information (this server does not report its bots).')
         : errorPanel(e, 'Loading the bots failed'));
     }
@@ -1125,12 +1169,17 @@ function invoicesView(ctx) {
     h('section', { class: 'panel' }, h('h2', null, 'To pay'), open),
     h('section', { class: 'panel' }, h('h2', null, 'Find an order\'s invoice'), form, lookup));
 
+  let shown = null;
   const load = async () => {
     try {
       const invoices = await get('/api/payments/open-invoices');
       if (!ctx.alive) return;
       const list = Array.isArray(invoices) ? invoices : (invoices && invoices.invoices) || [];
-      open.replaceChildren(list.length === 0
+      // Re-drawn only when the list changed: a Pay button about to be clicked stays.
+      const signature = JSON.stringify(list.map((inv) => [inv.id, inv.status]));
+      if (signature === shown) return;
+      shown = signature;
+      replace(open, list.length >= 100 ? h('p', { class: 'muted small' }, 'The oldest 100 invoices to pay:') : null, list.length === 0
         ? h('p', { class: 'empty' }, 'Nothing to pay.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
           h('thead', null, h('tr', null, ['Invoice', 'Order', 'Amount', 'Status', ''].map((c) => h('th', null, c)))),
@@ -1142,7 +1191,8 @@ function invoicesView(ctx) {
             h('td', { class: 'actions' }, inv.status === 'pending' || inv.status === undefined ? payButton(inv, load) : null)))))));
     } catch (e) {
       if (!ctx.alive) return;
-      open.replaceChildren(e.status === 404
+      shown = null;
+      replace(open, e.status === 404
         ? h('p', { class: 'muted' }, 'This server does not list open invoices (GET /api/payments/open-invoices answered 404): find one by its order below.')
         : errorPanel(e, 'Loading the invoices failed'));
     }
@@ -1151,18 +1201,18 @@ function invoicesView(ctx) {
   const find = async () => {
     const orderId = orderInput.value.trim();
     if (!orderId) return;
-    lookup.replaceChildren(h('p', { class: 'muted' }, 'Looking…'));
+    replace(lookup, h('p', { class: 'muted' }, 'Looking…'));
     try {
       const inv = await get(`/api/payments/invoices?orderId=${encodeURIComponent(orderId)}`);
       if (!ctx.alive) return;
-      lookup.replaceChildren(fields([
+      replace(lookup, fields([
         ['Invoice', h('span', { class: 'mono' }, inv.id)],
         ['Order', orderLink(inv.orderId)],
         ['Amount', fmtMoney(inv.amount)],
         ['Status', statusBadge(inv.status)],
       ]), inv.status === 'pending' ? payButton(inv, () => { find(); load(); }) : null);
     } catch (e) {
-      if (ctx.alive) lookup.replaceChildren(errorPanel(e, 'No invoice found'));
+      if (ctx.alive) replace(lookup, errorPanel(e, 'No invoice found'));
     }
   };
   form.addEventListener('submit', (ev) => {
@@ -1227,6 +1277,7 @@ function deadLettersView(ctx) {
 
   let letters = [];
   let more = false;
+  let shown = null;
 
   const query = (after) => {
     const params = new URLSearchParams({ status: deadLetterState.status, limit: '100' });
@@ -1241,31 +1292,36 @@ function deadLettersView(ctx) {
       if (!ctx.alive) return;
       letters = append ? letters.concat(page) : page;
       more = page.length === 100;
-      renderList();
+      // Re-drawn only when something changed: a row being clicked stays where it is.
+      const signature = JSON.stringify([more, letters.map((d) => [d.id, d.status])]);
+      if (signature !== shown) renderList();
+      shown = signature;
     } catch (e) {
-      if (ctx.alive) list.replaceChildren(errorPanel(e, 'Loading the dead letters failed'));
+      if (!ctx.alive) return;
+      shown = null;
+      replace(list, errorPanel(e, 'Loading the dead letters failed'));
     }
   };
 
   const renderList = () => {
     if (letters.length === 0) {
-      list.replaceChildren(h('p', { class: 'empty' }, deadLetterState.status === 'pending' ? 'No pending dead letter: every consumer is keeping up.' : 'None.'));
+      replace(list, h('p', { class: 'empty' }, deadLetterState.status === 'pending' ? 'No pending dead letter: every consumer is keeping up.' : 'None.'));
       return;
     }
     const loadMore = h('button', { type: 'button', class: 'ghost' }, 'Load more');
     loadMore.addEventListener('click', () => load(true));
-    list.replaceChildren(
+    replace(list, 
       h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
-        h('thead', null, h('tr', null, ['Dead-lettered', 'Group', 'Message', 'Key', 'Tries', 'Status', 'Reason'].map((c) => h('th', null, c)))),
+        h('thead', null, h('tr', null, ['When', 'Message and reason', 'Group', 'Tries', 'Status'].map((c) => h('th', null, c)))),
         h('tbody', null, letters.map((d) => {
           const tr = h('tr', { class: ['dead-letter-row', deadLetterState.selected === d.id && 'selected'], 'data-id': d.id, 'data-status': d.status, tabindex: 0 },
-            h('td', { title: d.deadLetteredAt }, fmtDateTime(d.deadLetteredAt)),
-            h('td', { class: 'mono' }, d.group),
-            h('td', null, h('div', null, d.message.name), h('div', { class: 'muted small' }, d.message.topic)),
-            h('td', { class: 'mono', title: d.message.key }, shortId(d.message.key)),
+            h('td', { class: 'nowrap', title: fmtDateTime(d.deadLetteredAt) }, fmtWhen(d.deadLetteredAt), h('div', { class: 'muted small' }, `${ago(d.deadLetteredAt)} ago`)),
+            h('td', { class: 'dl-message' },
+              h('div', { class: 'dl-name' }, d.message.name),
+              h('div', { class: 'muted small dl-reason', title: d.reason }, d.reason)),
+            h('td', { class: 'mono small' }, d.group),
             h('td', { class: 'num' }, String(d.attempts)),
-            h('td', null, statusBadge(d.status)),
-            h('td', { class: 'reason', title: d.reason }, d.reason));
+            h('td', null, statusBadge(d.status)));
           const open = () => select(d.id);
           tr.addEventListener('click', open);
           tr.addEventListener('keydown', (ev) => ev.key === 'Enter' && open());
@@ -1290,7 +1346,7 @@ function deadLettersView(ctx) {
       discard.addEventListener('click', () => act(d, 'discard', replay, discard));
       detail.dataset.id = d.id;
       detail.dataset.status = d.status;
-      detail.replaceChildren(
+      replace(detail, 
         h('div', { class: 'detail-head' }, h('h2', null, d.message.name), statusBadge(d.status)),
         fields([
           ['Dead letter', h('span', { class: 'mono' }, d.id), 'id'],
@@ -1309,7 +1365,7 @@ function deadLettersView(ctx) {
         jsonBlock(d.message.payload),
         h('div', { class: 'detail-actions' }, replay, discard));
     } catch (e) {
-      if (ctx.alive) detail.replaceChildren(errorPanel(e, 'Loading the dead letter failed'));
+      if (ctx.alive) replace(detail, errorPanel(e, 'Loading the dead letter failed'));
     }
   };
 
@@ -1355,17 +1411,26 @@ function deadLettersView(ctx) {
 // ---------------------------------------------------------------------------------------------
 // Charts: SVG, drawn here. Data marks are rect.bar and path.line (the tests count them).
 
-function niceMax(value) {
-  if (!(value > 0)) return 1;
-  const exp = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) {
-    if (value <= m * exp) return m * exp;
+/** An axis from 0 past `value`: at most 5 steps of 1, 2 or 5 × 10^k (whole steps for counts). */
+function axis(value, whole = true) {
+  if (!(value > 0)) return { max: whole ? 4 : 1, step: whole ? 1 : 0.25, ticks: 4 };
+  let exp = 10 ** Math.floor(Math.log10(value / 5));
+  if (whole) exp = Math.max(1, exp);
+  for (;;) {
+    for (const m of [1, 2, 5]) {
+      const step = m * exp;
+      const ticks = Math.ceil(value / step - 1e-9);
+      if (ticks <= 5) return { max: step * ticks, step, ticks: Math.max(1, ticks) };
+    }
+    exp *= 10;
   }
-  return 10 * exp;
 }
 
 function fmtTick(v, money) {
-  if (money) return v >= 1000 ? `$${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k` : `$${Math.round(v)}`;
+  if (money) {
+    if (v >= 1000) return `$${(v / 1000).toFixed(v >= 10000 ? 0 : 1)}k`;
+    return v >= 10 || v === 0 ? `$${Math.round(v)}` : `$${v.toFixed(2)}`;
+  }
   return v >= 1000 ? `${(v / 1000).toFixed(1)}k` : String(Math.round(v * 100) / 100);
 }
 
@@ -1379,15 +1444,15 @@ function chartFrame(name, width, height) {
 /** Vertical bars: [{label, value, cls}]. */
 function barChart(name, data, { money = false } = {}) {
   const W = 480;
-  const H = 260;
-  const pad = { l: 44, r: 12, t: 16, b: 36 };
+  const H = 220;
+  const pad = { l: 48, r: 12, t: 18, b: 30 };
   const svg = chartFrame(name, W, H);
-  const max = niceMax(Math.max(0, ...data.map((d) => d.value)));
+  const { max, step, ticks } = axis(Math.max(0, ...data.map((d) => d.value)), !money);
   const ih = H - pad.t - pad.b;
   const iw = W - pad.l - pad.r;
-  for (let i = 0; i <= 4; i += 1) {
-    const v = (max * i) / 4;
-    const y = pad.t + ih - (ih * i) / 4;
+  for (let i = 0; i <= ticks; i += 1) {
+    const v = step * i;
+    const y = pad.t + ih - (ih * v) / max;
     svg.append(s('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: y, y2: y }),
       s('text', { class: 'tick', x: pad.l - 6, y: y + 4, 'text-anchor': 'end' }, fmtTick(v, money)));
   }
@@ -1401,7 +1466,7 @@ function barChart(name, data, { money = false } = {}) {
       s('rect', { class: ['bar', d.cls], x, y, width: bw, height: Math.max(0, bh), rx: 3, 'data-label': d.label, 'data-value': d.value },
         s('title', null, `${d.label}: ${money ? fmtMoney(d.value) : d.value}`)),
       s('text', { class: 'value', x: x + bw / 2, y: y - 5, 'text-anchor': 'middle' }, money ? fmtMoney(d.value) : String(d.value)),
-      s('text', { class: 'label', x: x + bw / 2, y: H - pad.b + 18, 'text-anchor': 'middle' }, d.label));
+      s('text', { class: 'label', x: x + bw / 2, y: H - pad.b + 17, 'text-anchor': 'middle' }, d.label));
   });
   svg.append(s('line', { class: 'axis', x1: pad.l, x2: W - pad.r, y1: pad.t + ih, y2: pad.t + ih }));
   return svg;
@@ -1414,7 +1479,7 @@ function hbarChart(name, data) {
   const pad = { l: 150, r: 60, t: 8, b: 8 };
   const H = pad.t + pad.b + row * Math.max(1, data.length);
   const svg = chartFrame(name, W, H);
-  const max = niceMax(Math.max(0, ...data.map((d) => d.value)));
+  const { max } = axis(Math.max(0, ...data.map((d) => d.value)));
   const iw = W - pad.l - pad.r;
   data.forEach((d, i) => {
     const y = pad.t + row * i;
@@ -1431,8 +1496,8 @@ function hbarChart(name, data) {
 
 /** A line over time: [{t: Date, v}]. */
 function lineChart(name, points, { money = true } = {}) {
-  const W = 960;
-  const H = 260;
+  const W = 1200;
+  const H = 280;
   const pad = { l: 56, r: 16, t: 16, b: 32 };
   const svg = chartFrame(name, W, H);
   const ih = H - pad.t - pad.b;
@@ -1441,11 +1506,11 @@ function lineChart(name, points, { money = true } = {}) {
   if (pts.length === 1) pts.unshift({ t: new Date(pts[0].t.getTime() - 60000), v: pts[0].v });
   const t0 = pts.length ? pts[0].t.getTime() : Date.now() - 60000;
   const t1 = pts.length ? Math.max(pts[pts.length - 1].t.getTime(), t0 + 1000) : Date.now();
-  const max = niceMax(Math.max(0, ...pts.map((p) => p.v)));
+  const { max, step, ticks } = axis(Math.max(0, ...pts.map((p) => p.v)), false);
   const x = (t) => pad.l + (iw * (t.getTime() - t0)) / (t1 - t0);
   const y = (v) => pad.t + ih - (ih * v) / max;
-  for (let i = 0; i <= 4; i += 1) {
-    const v = (max * i) / 4;
+  for (let i = 0; i <= ticks; i += 1) {
+    const v = step * i;
     svg.append(s('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v) }),
       s('text', { class: 'tick', x: pad.l - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtTick(v, money)));
   }
@@ -1467,6 +1532,56 @@ function lineChart(name, points, { money = true } = {}) {
   return svg;
 }
 
+/** Bars over time, one a minute: [{t: Date, v}]. */
+function timeBarChart(name, points) {
+  const W = 480;
+  const H = 220;
+  const pad = { l: 40, r: 8, t: 18, b: 30 };
+  const svg = chartFrame(name, W, H);
+  const ih = H - pad.t - pad.b;
+  const iw = W - pad.l - pad.r;
+  const { max, step, ticks } = axis(Math.max(0, ...points.map((p) => p.v)));
+  const y = (v) => pad.t + ih - (ih * v) / max;
+  for (let i = 0; i <= ticks; i += 1) {
+    const v = step * i;
+    svg.append(s('line', { class: 'grid', x1: pad.l, x2: W - pad.r, y1: y(v), y2: y(v) }),
+      s('text', { class: 'tick', x: pad.l - 6, y: y(v) + 4, 'text-anchor': 'end' }, fmtTick(v, false)));
+  }
+  const slot = iw / Math.max(1, points.length);
+  const bw = Math.max(1, Math.min(28, slot * 0.75));
+  const every = Math.max(1, Math.ceil(points.length / 6));
+  points.forEach((p, i) => {
+    const x = pad.l + slot * i + (slot - bw) / 2;
+    svg.append(s('rect', { class: 'bar', x, y: y(p.v), width: bw, height: Math.max(0, pad.t + ih - y(p.v)), rx: 2, 'data-value': p.v },
+      s('title', null, `${p.t.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })}: ${p.v}`)));
+    if (i % every === 0) {
+      svg.append(s('text', { class: 'tick', x: x + bw / 2, y: H - 10, 'text-anchor': 'middle' },
+        p.t.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })));
+    }
+  });
+  svg.append(s('line', { class: 'axis', x1: pad.l, x2: W - pad.r, y1: pad.t + ih, y2: pad.t + ih }));
+  return svg;
+}
+
+/** Per-minute figures with the minutes that had none filled in as 0, at most the last `span`. */
+function fillMinutes(list, span) {
+  const byMinute = new Map();
+  for (const m of list) {
+    const t = new Date(m.minute).getTime();
+    if (!Number.isNaN(t)) byMinute.set(Math.floor(t / 60000), m);
+  }
+  if (byMinute.size === 0) return [];
+  const keys = [...byMinute.keys()];
+  const last = Math.max(...keys, Math.floor(Date.now() / 60000));
+  const first = Math.max(Math.min(...keys), last - span + 1);
+  const out = [];
+  for (let k = first; k <= last; k += 1) {
+    const m = byMinute.get(k);
+    out.push({ t: new Date(k * 60000), revenue: m ? Number(m.revenue) || 0 : 0, orders: m ? Number(m.orders) || 0 : 0 });
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Analytics (#/analytics)
 
@@ -1479,6 +1594,9 @@ function analyticsView(ctx) {
   const revenue = h('div', { class: 'chart-body' });
   const revenueNote = h('p', { class: 'muted small' });
   const top = h('div', { class: 'chart-body' });
+  const topCard = h('section', { class: 'panel chart-card' }, h('h2', null, 'Top products (quantity ordered)'), top);
+  const perMinute = h('div', { class: 'chart-body' });
+  const perMinuteCard = h('section', { class: 'panel chart-card', hidden: true }, h('h2', null, 'Orders completed per minute'), perMinute);
   const saga = h('div', { class: 'chart-body' });
   const error = h('div');
   const card = (title, body, ...extra) => h('section', { class: 'panel chart-card' }, h('h2', null, title), body, extra);
@@ -1490,7 +1608,8 @@ function analyticsView(ctx) {
       card('Orders by status', byStatus),
       card('Saga outcomes', saga),
       h('section', { class: 'panel chart-card wide' }, h('h2', null, 'Revenue over time'), revenue, revenueNote),
-      card('Top products (quantity ordered)', top)));
+      perMinuteCard,
+      topCard));
 
   const kpi = (label, value, cls) => h('div', { class: ['kpi', cls] }, h('div', { class: 'kpi-value' }, value), h('div', { class: 'kpi-label' }, label));
 
@@ -1499,60 +1618,67 @@ function analyticsView(ctx) {
     try {
       summary = await get('/api/analytics/summary');
     } catch (e) {
-      if (ctx.alive) error.replaceChildren(errorPanel(e, 'Loading the figures failed'));
+      if (ctx.alive) replace(error, errorPanel(e, 'Loading the figures failed'));
       return;
     }
     if (!ctx.alive) return;
-    error.replaceChildren();
+    replace(error);
     const counts = summary.ordersByStatus || {};
     const total = Object.values(counts).reduce((a, b) => a + b, 0);
     const outcomes = summary.sagaOutcomes;
-    kpis.replaceChildren(
+    replace(kpis, 
       kpi('orders', String(total)),
       kpi('revenue (completed)', fmtMoney(summary.revenue), 'kpi-money'),
       kpi('in progress', String((counts.pending || 0) + (counts.approved || 0) + (counts.ready || 0))),
       kpi('completed', String(counts.completed || 0), 'kpi-ok'),
       kpi('rejected', String(counts.rejected || 0), 'kpi-bad'));
 
-    byStatus.replaceChildren(barChart('orders-by-status', STATUSES.map((st) => ({ label: st, value: counts[st] || 0, cls: `status-${st}` }))));
+    replace(byStatus, barChart('orders-by-status', STATUSES.map((st) => ({ label: st, value: counts[st] || 0, cls: `status-${st}` }))));
 
     if (outcomes && typeof outcomes === 'object') {
       const approved = outcomes.approved || 0;
       const rejected = outcomes.rejected || 0;
       const all = approved + rejected;
-      saga.replaceChildren(
+      replace(saga, 
         barChart('saga-outcomes', [
-          { label: 'approved', value: approved, cls: 'status-approved' },
+          { label: 'approved', value: approved, cls: 'status-completed' },
           { label: 'rejected', value: rejected, cls: 'status-rejected' },
         ]),
         h('p', { class: 'muted small' }, all ? `${((100 * approved) / all).toFixed(1)}% of the orders the saga decided were approved.` : 'The saga has decided no order yet.'));
     } else {
-      saga.replaceChildren(h('p', { class: 'muted' }, 'This server does not report saga outcomes.'));
+      replace(saga, h('p', { class: 'muted' }, 'This server does not report saga outcomes.'));
     }
 
     let points;
     if (Array.isArray(summary.revenueByMinute)) {
-      points = summary.revenueByMinute.map((p) => ({ t: new Date(p.minute), v: Number(p.revenue) || 0, orders: p.orders }))
-        .filter((p) => !Number.isNaN(p.t.getTime()));
-      revenueNote.textContent = 'Revenue of completed orders per minute.';
+      const minutes = fillMinutes(summary.revenueByMinute, 120);
+      points = minutes.map((m) => ({ t: m.t, v: m.revenue }));
+      revenueNote.textContent = 'Revenue of the orders completed each minute (the last two hours at most).';
+      perMinuteCard.hidden = false;
+      topCard.classList.remove('wide');
+      replace(perMinute, minutes.length
+        ? timeBarChart('orders-per-minute', minutes.map((m) => ({ t: m.t, v: m.orders })))
+        : h('p', { class: 'empty' }, 'No order completed yet.'));
     } else {
+      perMinuteCard.hidden = true;
+      topCard.classList.add('wide');
       analyticsState.samples.push({ t: new Date(), v: Number(summary.revenue) || 0 });
       if (analyticsState.samples.length > 720) analyticsState.samples.shift();
       points = analyticsState.samples;
       revenueNote.textContent = 'Total revenue of completed orders, sampled while this page is open (the server does not report revenue by minute).';
     }
-    revenue.replaceChildren(points.length
+    replace(revenue, points.length
       ? lineChart('revenue', points)
       : h('p', { class: 'empty' }, 'No revenue yet.'));
 
     const products = summary.topProducts || [];
-    top.replaceChildren(products.length
+    replace(top, products.length
       ? hbarChart('top-products', products.map((p) => ({ label: p.productName, value: p.quantity, note: `${p.quantity} ordered in ${p.orders} orders, ${fmtMoney(p.orderedValue)}` })))
       : h('p', { class: 'empty' }, 'No product ordered yet.'));
 
     get('/api/analytics/projection').then((p) => {
       if (!ctx.alive) return;
-      projection.textContent = `projection ${p.name}: ${p.phase}, ${p.eventsBehind} events behind`;
+      projection.textContent = `projection ${p.name}: ${p.phase}, ${p.eventsBehind} ${p.eventsBehind === 1 ? 'event' : 'events'} behind`;
     }).catch(() => {
       projection.textContent = '';
     });
@@ -1577,11 +1703,11 @@ function storesView(ctx, selectedId) {
   ctx.el.append(pageHeader('Stores', 'The mall\'s stores and their catalogs.'), h('div', { class: 'split' }, h('section', { class: 'panel' }, stores), products));
 
   const showProducts = async (store) => {
-    products.replaceChildren(h('h2', null, store.name), h('p', { class: 'muted' }, 'Loading…'));
+    replace(products, h('h2', null, store.name), h('p', { class: 'muted' }, 'Loading…'));
     try {
       const list = await get(`/api/stores/${encodeURIComponent(store.id)}/products`);
       if (!ctx.alive) return;
-      products.replaceChildren(
+      replace(products, 
         h('h2', null, store.name),
         h('p', { class: 'muted small' }, `${store.location} · `, h('span', { class: 'mono' }, store.id)),
         list.length === 0
@@ -1594,7 +1720,7 @@ function storesView(ctx, selectedId) {
               h('td', { class: 'num' }, fmtMoney(p.price)),
               h('td', { class: 'muted' }, p.description || '')))))));
     } catch (e) {
-      if (ctx.alive) products.replaceChildren(h('h2', null, store.name), errorPanel(e, 'Loading the products failed'));
+      if (ctx.alive) replace(products, h('h2', null, store.name), errorPanel(e, 'Loading the products failed'));
     }
   };
 
@@ -1602,7 +1728,7 @@ function storesView(ctx, selectedId) {
     try {
       const list = await get('/api/stores');
       if (!ctx.alive) return;
-      stores.replaceChildren(list.length === 0
+      replace(stores, list.length === 0
         ? h('p', { class: 'empty' }, 'No store yet.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
           h('thead', null, h('tr', null, ['Store', 'Location', 'Participating'].map((c) => h('th', null, c)))),
@@ -1622,7 +1748,7 @@ function storesView(ctx, selectedId) {
             return tr;
           })))));
     } catch (e) {
-      if (ctx.alive) stores.replaceChildren(errorPanel(e, 'Loading the stores failed'));
+      if (ctx.alive) replace(stores, errorPanel(e, 'Loading the stores failed'));
     }
   };
   load();
