@@ -6,9 +6,11 @@
 use herald_sql::any::query;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
@@ -16,8 +18,10 @@ use herald::{Store, Transaction};
 use herald_sql::AnyDatabase;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Ref, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::openapi::{ContentBuilder, ResponseBuilder};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -160,6 +164,31 @@ pub fn token_matches(given: &str, token: &str) -> bool {
 /// The `Idempotency-Key` header of a creating request.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+/// The `Idempotency-Key` header as the OpenAPI document shows it (what [`idempotency_key`]
+/// takes; HTTP trims a header value, and it must be visible ASCII to be text).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// Makes the creation repeat-safe: a repeat with this key gets the first answer back (a
+    /// repeat with another body, a 409). 1 to 200 visible ASCII characters.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 200, pattern = "^[!-~]([ -~]*[!-~])?$")]
+    pub key: Option<String>,
+}
+
+/// The schema of a text that must be one of `values` (`nullable`: or null), for a field that
+/// the server checks against a list (`#[schema(schema_with = …)]`, which drops the field's doc
+/// comment: hence the `description`).
+pub fn one_of(description: &str, values: &[&str], nullable: bool) -> Object {
+    let mut allowed: Vec<serde_json::Value> = values.iter().map(|v| (*v).into()).collect();
+    let types = if nullable {
+        allowed.push(serde_json::Value::Null);
+        SchemaType::Array(vec![Type::String, Type::Null])
+    } else {
+        SchemaType::Type(Type::String)
+    };
+    ObjectBuilder::new().schema_type(types).description(Some(description)).enum_values(Some(allowed)).build()
+}
+
 /// The `Idempotency-Key` header, if any (at most 200 characters).
 pub fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
     match headers.get(IDEMPOTENCY_KEY) {
@@ -268,13 +297,71 @@ async fn not_found() -> AppError {
     AppError::NotFound("route".into())
 }
 
+/// Why a request with the NUL character is refused.
+const NUL_REFUSED: &str = "no text may hold the NUL character (U+0000)";
+
+/// The largest JSON body read (axum's default limit of the JSON extractor).
+const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// Refuses, with a 400, a request whose path, query or JSON body holds the NUL character
+/// (`%00`, `\u0000`): no text of the API may hold one, and PostgreSQL cannot store one (the
+/// statement would fail, a 500; or an event would carry it to consumers that fail on it).
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let uri = request.uri();
+    if uri.path().contains("%00") || uri.query().is_some_and(|q| q.contains("%00")) {
+        return AppError::invalid(NUL_REFUSED).into_response();
+    }
+    let json =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
+    if !json {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(e) => return AppError::invalid(format!("the body could not be read (at most 2 MiB): {e}")).into_response(),
+    };
+    if holds_nul(&bytes) {
+        return AppError::invalid(NUL_REFUSED).into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// Whether JSON text holds the NUL character: JSON can only write it as the escape `\u0000`
+/// (a backslash not itself escaped, i.e. after an even number of backslashes).
+fn holds_nul(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(at, window)| {
+        window == br"\u0000" && json[..at].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0
+    })
+}
+
+/// Documents the 400 of every operation that takes input and does not say so yet: any text
+/// with the NUL character is refused (see [`refuse_nul`]), whatever the operation.
+fn document_bad_requests(api: &mut utoipa::openapi::OpenApi) {
+    let bad_request = ResponseBuilder::new()
+        .description("invalid input (e.g. text with the NUL character)")
+        .content("application/json", ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build())
+        .build();
+    for item in api.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let takes_input =
+                operation.request_body.is_some() || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+            if takes_input {
+                operation.responses.responses.entry("400".into()).or_insert_with(|| bad_request.clone().into());
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "MallBots",
         description = "The kiosk and admin REST API of MallBots, Herald's reference application. \
         Admin endpoints need `Authorization: Bearer <admin token>`. Amounts are decimal numbers with at most two \
-        fraction digits. Creating requests honour an `Idempotency-Key` header."
+        fraction digits. Creating requests honour an `Idempotency-Key` header. No text may hold the NUL character \
+        (U+0000): a request with one is a 400."
     ),
     components(schemas(ErrorBody, Created))
 )]
@@ -289,6 +376,7 @@ pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
         .routes(utoipa_axum::routes!(crate::metrics::scrape))
         .with_state(ops);
     let (router, mut api) = modules.into_iter().fold(process, OpenApiRouter::merge).split_for_parts();
+    document_bad_requests(&mut api);
     if let Some(components) = api.components.as_mut() {
         components.add_security_scheme(
             "admin",
@@ -298,12 +386,21 @@ pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
     router
         .fallback(not_found)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .layer(axum::middleware::from_fn(refuse_nul))
         .layer(axum::middleware::from_fn(crate::metrics::observe_http))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nul_character_is_found_in_json_only_where_it_is_one() {
+        assert!(holds_nul(br#"{"name":"a\u0000b"}"#));
+        assert!(holds_nul(br#"{"name":"\\\u0000"}"#), "an escaped backslash, then NUL");
+        assert!(!holds_nul(br#"{"name":"\\u0000"}"#), "a backslash, then the text u0000");
+        assert!(!holds_nul(br#"{"name":"u0000 \u0001"}"#));
+    }
 
     #[test]
     fn tokens_compare_equal_only_when_identical() {

@@ -23,14 +23,19 @@ pub enum MoneyError {
     /// More than two digits after the point.
     #[error("an amount has at most two digits after the decimal point")]
     TooPrecise,
-    /// Beyond what cents in an `i64` hold.
-    #[error("the amount is too large")]
+    /// Above [`Money::MAX`].
+    #[error("an amount must be at most 9999999999999.99")]
     TooLarge,
 }
 
 impl Money {
     /// Zero.
     pub const ZERO: Money = Money(0);
+
+    /// The largest amount the API takes, 9 999 999 999 999.99: every amount up to it has at
+    /// most 15 significant digits, so a JSON number (an IEEE double) carries it exactly; beyond
+    /// it, cents would be lost on the way. (The OpenAPI document states it as `maximum`.)
+    pub const MAX: Money = Money(999_999_999_999_999);
 
     /// An amount of `cents`, if not negative.
     pub fn from_cents(cents: i64) -> Result<Self, MoneyError> {
@@ -78,7 +83,12 @@ impl Money {
         }
         let whole: i64 = whole.parse().map_err(|_| MoneyError::TooLarge)?;
         let fraction: i64 = format!("{fraction:0<2}").parse().map_err(|_| MoneyError::NotANumber)?;
-        whole.checked_mul(100).and_then(|c| c.checked_add(fraction)).map(Self).ok_or(MoneyError::TooLarge)
+        Self::at_most_max(whole.checked_mul(100).and_then(|c| c.checked_add(fraction)))
+    }
+
+    /// `cents` (`None`: overflowed) as an amount of the API, at most [`Money::MAX`].
+    fn at_most_max(cents: Option<i64>) -> Result<Self, MoneyError> {
+        cents.map(Self).filter(|m| *m <= Self::MAX).ok_or(MoneyError::TooLarge)
     }
 
     /// Adds, failing on overflow.
@@ -118,17 +128,13 @@ impl<'de> Deserialize<'de> for Money {
                 f.write_str("a decimal amount with at most two fraction digits")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
-                i64::try_from(v)
-                    .ok()
-                    .and_then(|v| v.checked_mul(100))
-                    .map(Money)
-                    .ok_or_else(|| E::custom(MoneyError::TooLarge))
+                Money::at_most_max(i64::try_from(v).ok().and_then(|v| v.checked_mul(100))).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
                 if v < 0 {
                     return Err(E::custom(MoneyError::Negative));
                 }
-                v.checked_mul(100).map(Money).ok_or_else(|| E::custom(MoneyError::TooLarge))
+                Money::at_most_max(v.checked_mul(100)).map_err(E::custom)
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Money, E> {
                 Money::from_f64(v).map_err(E::custom)
@@ -157,6 +163,8 @@ mod tests {
         assert_eq!(Money::parse("inf"), Err(MoneyError::NotANumber));
         assert_eq!(Money::parse("1."), Err(MoneyError::NotANumber));
         assert_eq!(Money::parse("99999999999999999999"), Err(MoneyError::TooLarge));
+        assert_eq!(Money::parse("9999999999999.99"), Ok(Money::MAX));
+        assert_eq!(Money::parse("10000000000000"), Err(MoneyError::TooLarge));
     }
 
     #[test]
@@ -169,6 +177,10 @@ mod tests {
         assert!(serde_json::from_str::<Money>("9.999").is_err());
         assert!(serde_json::from_str::<Money>("-0.5").is_err());
         assert!(serde_json::from_str::<Money>("1e400").is_err());
+        // The largest amount, as a JSON number, arrives to the cent; one cent more is refused.
+        assert_eq!(serde_json::from_str::<Money>("9999999999999.99").ok(), Some(Money::MAX));
+        assert!(serde_json::from_str::<Money>("10000000000000").is_err());
+        assert!(serde_json::from_str::<Money>("10000000000000.0").is_err());
         assert_eq!(serde_json::to_string(&Money(999)).expect("encode"), "9.99");
         assert_eq!(serde_json::to_string(&Money(1000)).expect("encode"), "10.0");
         assert_eq!(Money(5).to_string(), "0.05");

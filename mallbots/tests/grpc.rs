@@ -12,7 +12,9 @@ use mallbots::grpc::pb::customerspb::*;
 use mallbots::grpc::pb::orderingpb::ordering_service_client::OrderingServiceClient;
 use mallbots::grpc::pb::orderingpb::{CancelOrderRequest, GetOrderRequest};
 use mallbots::grpc::pb::paymentspb::payments_service_client::PaymentsServiceClient;
-use mallbots::grpc::pb::paymentspb::{AuthorizePaymentRequest, GetInvoiceRequest, PayInvoiceRequest};
+use mallbots::grpc::pb::paymentspb::{
+    AuthorizePaymentRequest, GetInvoiceRequest, ListOpenInvoicesRequest, PayInvoiceRequest,
+};
 use mallbots::grpc::pb::storespb::stores_service_client::StoresServiceClient;
 use mallbots::grpc::pb::storespb::*;
 use support::{RunningApp, TOKEN, spawn_running_app};
@@ -328,7 +330,17 @@ async fn the_admin_side_over_grpc() {
     let found = payments.get_invoice(invoice(order.clone())).await.expect("invoice").into_inner().invoice;
     let found = found.expect("an invoice");
     assert_eq!((found.amount, found.status.as_str()), (19.98, "pending"));
+    let open = payments.list_open_invoices(admin(ListOpenInvoicesRequest { limit: 0 })).await.expect("open invoices");
+    assert_eq!(open.into_inner().invoices, std::slice::from_ref(&found));
+    refused(
+        payments.list_open_invoices(admin(ListOpenInvoicesRequest { limit: 101 })).await,
+        Code::InvalidArgument,
+        "limit 101",
+    );
+    refused(payments.list_open_invoices(ListOpenInvoicesRequest::default()).await, Code::Unauthenticated, "no token");
     payments.pay_invoice(admin(PayInvoiceRequest { id: found.id })).await.expect("pay");
+    let open = payments.list_open_invoices(admin(ListOpenInvoicesRequest { limit: 10 })).await.expect("open invoices");
+    assert!(open.into_inner().invoices.is_empty(), "the paid invoice is not open");
     support::status_becomes(t, &order, "completed").await;
 
     let mut notifications = NotificationsServiceClient::new(channel.clone());
@@ -380,8 +392,13 @@ async fn the_admin_side_over_grpc() {
         }
     })
     .await;
+    let summary = analytics.get_summary(admin(GetSummaryRequest {})).await.expect("summary").into_inner();
+    let minutes: Vec<(f64, i64)> = summary.revenue_by_minute.iter().map(|m| (m.revenue, m.orders)).collect();
+    assert_eq!(minutes, [(19.98, 1)], "{:?}", summary.revenue_by_minute);
+    let outcomes = summary.saga_outcomes.expect("saga outcomes");
+    assert_eq!((outcomes.approved, outcomes.rejected), (1, 0));
     let projection = analytics.get_projection(admin(GetProjectionRequest {})).await.expect("projection").into_inner();
-    assert_eq!(projection.name, "analytics-v2");
+    assert_eq!(projection.name, mallbots::modules::analytics::PROJECTION);
     refused(analytics.get_summary(GetSummaryRequest {}).await, Code::Unauthenticated, "analytics needs the token");
 
     let mut dead_letters = DeadLettersServiceClient::new(channel);
@@ -576,5 +593,170 @@ async fn a_bot_gone_mid_list_loses_it_to_another() {
     assert_eq!((done["status"].as_str(), done["botId"].as_str()), (Some("completed"), Some("good")));
     stop.cancel();
     good.await.expect("bot task");
+    app.stop().await;
+}
+
+/// The depot's bots over REST (`GET /api/depot/bots`) and gRPC (`ListBots`): a bot that says
+/// hello is idle, busy with the list it is given, idle again once it completes it, and offline
+/// when it disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_depot_shows_its_bots_idle_busy_and_offline() {
+    use mallbots::grpc::pb::depotpb::depot_service_client::DepotServiceClient;
+    use mallbots::grpc::pb::depotpb::shopper_bot_client::ShopperBotClient;
+    use mallbots::grpc::pb::depotpb::{
+        BotMessage, Heartbeat, Hello, ListBotsRequest, ListCompleted, bot_message, depot_message,
+    };
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let bots = |query: &str| {
+        let uri = format!("/api/depot/bots{query}");
+        async move { support::admin_get(t, &uri).await }
+    };
+    assert_eq!(bots("").await, serde_json::json!([]));
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let hello = Hello { bot_id: "bot-a".into(), token: TOKEN.into() };
+    tx.send(BotMessage { message: Some(bot_message::Message::Hello(hello)) }).await.expect("send");
+    let mut client = ShopperBotClient::new(channel(&app).await);
+    let mut inbound =
+        client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("connect").into_inner();
+    // Heartbeats, so a slow test machine does not make the bot fall silent.
+    let heartbeats = tokio::spawn({
+        let tx = tx.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let beat = BotMessage { message: Some(bot_message::Message::Heartbeat(Heartbeat {})) };
+                if tx.send(beat).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    support::eventually("the bot is idle", || async {
+        let all = bots("").await;
+        all.as_array().is_some_and(|b| b.len() == 1)
+            && all[0]["id"] == "bot-a"
+            && all[0]["status"] == "idle"
+            && all[0]["shoppingId"].is_null()
+    })
+    .await;
+    let seen = bots("").await[0]["lastSeen"].as_str().expect("lastSeen").to_owned();
+    assert!(chrono::DateTime::parse_from_rfc3339(&seen).is_ok(), "RFC 3339: {seen}");
+
+    let product = support::catalog(t).await;
+    let customer = support::register(t, "Ada").await;
+    let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
+    let list = loop {
+        match inbound.message().await.expect("stream").and_then(|m| m.message) {
+            Some(depot_message::Message::Assignment(list)) => break list,
+            Some(_) => {}
+            None => panic!("the stream ended before an assignment"),
+        }
+    };
+    assert_eq!(list.order_id, order);
+    support::eventually("the bot is busy with the list", || async {
+        let busy = bots("?status=busy").await;
+        busy.as_array().is_some_and(|b| b.len() == 1) && busy[0]["shoppingId"] == list.id.as_str()
+    })
+    .await;
+    assert_eq!(bots("?status=idle").await, serde_json::json!([]));
+    let mut depot = DepotServiceClient::new(channel(&app).await);
+    let listed = depot.list_bots(admin(ListBotsRequest { status: "busy".into() })).await.expect("ListBots");
+    let listed = listed.into_inner().bots;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].id.as_str(), listed[0].shopping_id.as_str()), ("bot-a", list.id.as_str()));
+    assert!(!listed[0].last_seen.is_empty());
+    refused(depot.list_bots(ListBotsRequest::default()).await, Code::Unauthenticated, "no token");
+    refused(
+        depot.list_bots(admin(ListBotsRequest { status: "lost".into() })).await,
+        Code::InvalidArgument,
+        "an unknown status",
+    );
+
+    let done = ListCompleted { shopping_id: list.id.clone() };
+    tx.send(BotMessage { message: Some(bot_message::Message::Completed(done)) }).await.expect("send");
+    support::status_becomes(t, &order, "ready").await;
+    support::eventually("the bot is idle again", || async {
+        let all = bots("").await;
+        all[0]["status"] == "idle" && all[0]["shoppingId"].is_null()
+    })
+    .await;
+
+    heartbeats.abort();
+    let _ = heartbeats.await;
+    drop(tx);
+    drop(inbound);
+    support::eventually("the bot is offline", || async {
+        let all = bots("?status=offline").await;
+        all.as_array().is_some_and(|b| b.len() == 1) && all[0]["id"] == "bot-a" && all[0]["shoppingId"].is_null()
+    })
+    .await;
+    let unknown = t.request(axum::http::Method::GET, "/api/depot/bots?status=lost", true, None, &[]).await;
+    assert_eq!(unknown.status, axum::http::StatusCode::BAD_REQUEST);
+    assert_eq!(t.get("/api/depot/bots").await.status, axum::http::StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+/// A bot that never comes back after its depot process died (kill -9: no disconnect handled,
+/// its row left busy and no longer vouched for) goes offline, and its list is released
+/// (`ShoppingListReleased`, available again), by whichever depot process runs. The dead
+/// process's row is written here as it would have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bots_of_a_dead_depot_process_go_offline_and_lose_their_lists() {
+    use herald::codec::EventSet;
+    use herald::{StartFrom, SubscribeOptions};
+    use herald_sql::any::{Conn, query};
+    use mallbots::modules::depot::api::{EVENT_TOPIC, ShoppingListIntegrationEvent};
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let product = support::catalog(t).await;
+    let customer = support::register(t, "Ada").await;
+    let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
+    support::status_becomes(t, &order, "approved").await;
+    let list = support::shopping_list(t, &order).await;
+    let id = list["id"].as_str().expect("shopping list id").to_owned();
+    let assign =
+        t.put(&format!("/api/depot/shopping/{id}/assign"), true, Some(serde_json::json!({ "botId": "ghost" }))).await;
+    assert_eq!(assign.status, axum::http::StatusCode::NO_CONTENT);
+
+    // On SQLite every module shares the database: analytics' store reaches depot's tables.
+    let mut tx = app.store.begin().await.expect("tx");
+    query(
+        "INSERT INTO depot_bots (id, status, shopping_id, instance, last_seen)
+         VALUES ('ghost', 'busy', ?, 'a-dead-depot-process', '2000-01-01T00:00:00.000Z')",
+    )
+    .bind(id.as_str())
+    .execute(Conn::of(&mut *tx).expect("SQL"))
+    .await
+    .expect("insert");
+    tx.commit().await.expect("commit");
+
+    support::eventually("the ghost's list is available again", || async {
+        let now = support::admin_get(t, &format!("/api/depot/shopping/{id}")).await;
+        now["status"] == "available" && now["botId"].is_null()
+    })
+    .await;
+    let ghost = support::admin_get(t, "/api/depot/bots").await;
+    assert_eq!((ghost[0]["id"].as_str(), ghost[0]["status"].as_str()), (Some("ghost"), Some("offline")), "{ghost}");
+    assert!(ghost[0]["shoppingId"].is_null(), "{ghost}");
+
+    let mut events = app
+        .broker
+        .subscribe(SubscribeOptions::new(EVENT_TOPIC, "test").start(StartFrom::Beginning))
+        .await
+        .expect("subscribe");
+    let released = loop {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+            .await
+            .expect("in time")
+            .expect("a message");
+        let event = ShoppingListIntegrationEvent::decode(&d.message.name, &d.message.payload).expect("decodes");
+        d.ack().await.expect("ack");
+        if let ShoppingListIntegrationEvent::Released(e) = event {
+            break e;
+        }
+    };
+    assert_eq!((released.id.as_str(), released.bot_id.as_str()), (id.as_str(), "ghost"));
     app.stop().await;
 }

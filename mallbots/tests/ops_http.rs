@@ -1,7 +1,12 @@
 //! Operations endpoints over a running app: `/metrics` (Herald's metrics, HTTP request
-//! metrics, business gauges) and the analytics rebuild.
+//! metrics, business gauges) and the analytics rebuild; and the whole REST API against its
+//! OpenAPI document (`fuzz`).
 
 mod support;
+
+// The REST API against its OpenAPI document (in this binary: a test binary more is link time).
+#[path = "ops_http/fuzz.rs"]
+mod fuzz;
 
 use axum::http::{Method, StatusCode};
 use herald_sql::any::{Conn, query};
@@ -142,11 +147,22 @@ async fn rebuild_scenario(app: RunningApp) {
     status_becomes(t, &second, "rejected").await;
     eventually("analytics sees both orders", || async {
         let summary = admin_get(t, "/api/analytics/summary").await;
-        summary["ordersByStatus"]["completed"] == 1 && summary["ordersByStatus"]["rejected"] == 1
+        summary["ordersByStatus"]["completed"] == 1
+            && summary["ordersByStatus"]["rejected"] == 1
+            && summary["sagaOutcomes"] == json!({ "approved": 1, "rejected": 1 })
     })
     .await;
     let before = admin_get(t, "/api/analytics/summary").await;
     assert_eq!(before["revenue"], 19.98);
+    // The completed order's revenue, in the minute it completed (by the event's time).
+    let minutes = before["revenueByMinute"].as_array().expect("revenue by minute");
+    assert_eq!(minutes.len(), 1, "{before}");
+    assert_eq!((&minutes[0]["revenue"], &minutes[0]["orders"]), (&json!(19.98), &json!(1)), "{before}");
+    let minute = minutes[0]["minute"].as_str().expect("a minute");
+    let start = chrono::DateTime::parse_from_rfc3339(minute).expect("RFC 3339");
+    assert_eq!(start.timestamp() % 60, 0, "a minute's start: {minute}");
+    let age = chrono::Utc::now().signed_duration_since(start);
+    assert!(age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::minutes(5), "{minute}");
 
     let doc = t.get("/openapi.json").await.body;
     let documented = &doc["paths"]["/api/analytics/rebuild"]["post"];
@@ -164,7 +180,9 @@ async fn rebuild_scenario(app: RunningApp) {
         .execute(Conn::of(&mut *tx).expect("SQL"))
         .await
         .expect("update");
-    query("DELETE FROM analytics_products").execute(Conn::of(&mut *tx).expect("SQL")).await.expect("delete");
+    for table in ["analytics_products", "analytics_completions", "analytics_saga_outcomes"] {
+        query(format!("DELETE FROM {table}")).execute(Conn::of(&mut *tx).expect("SQL")).await.expect("delete");
+    }
     tx.commit().await.expect("commit");
     let broken = admin_get(t, "/api/analytics/summary").await;
     assert_ne!(broken, before);
@@ -190,7 +208,8 @@ async fn rebuild_scenario(app: RunningApp) {
     let third = order(t, &ada, &product, json!(1)).await;
     status_becomes(t, &third, "rejected").await;
     eventually("the restarted projection sees a new order", || async {
-        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["rejected"] == 2
+        let summary = admin_get(t, "/api/analytics/summary").await;
+        summary["ordersByStatus"]["rejected"] == 2 && summary["sagaOutcomes"] == json!({ "approved": 1, "rejected": 2 })
     })
     .await;
     app.stop().await;

@@ -69,13 +69,19 @@ async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
     let missing = t.request(Method::GET, "/api/notifications", true, None, &[]).await;
     assert_eq!(missing.status, StatusCode::BAD_REQUEST);
 
-    // analytics (a projection of the order streams) counts it and its revenue.
+    // analytics (a projection of the order streams) counts it, the saga's approval and its
+    // revenue (in all, and in the minute it completed).
     eventually("analytics sees the completed order", || async {
-        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["completed"] == 1
+        let summary = admin_get(t, "/api/analytics/summary").await;
+        summary["ordersByStatus"]["completed"] == 1 && summary["sagaOutcomes"]["approved"] == 1
     })
     .await;
     let summary = admin_get(t, "/api/analytics/summary").await;
     assert_eq!(summary["revenue"], 19.98);
+    assert_eq!(summary["sagaOutcomes"], json!({ "approved": 1, "rejected": 0 }));
+    let minutes = summary["revenueByMinute"].as_array().expect("revenue by minute");
+    assert_eq!(minutes.len(), 1, "{summary}");
+    assert_eq!((&minutes[0]["revenue"], &minutes[0]["orders"]), (&json!(19.98), &json!(1)), "{summary}");
     assert_eq!(summary["topProducts"][0]["productName"], "Treasury");
     assert_eq!(summary["topProducts"][0]["quantity"], 2);
     assert_eq!(t.get("/api/analytics/summary").await.status, StatusCode::UNAUTHORIZED);
@@ -99,9 +105,13 @@ async fn a_disabled_customer_s_order_is_rejected(app: RunningApp) {
     let order = order(t, &customer, &product, json!(19.98)).await;
     status_becomes(t, &order, "rejected").await;
     eventually("analytics counts the rejection", || async {
-        admin_get(t, "/api/analytics/summary").await["ordersByStatus"]["rejected"] == 1
+        let summary = admin_get(t, "/api/analytics/summary").await;
+        summary["ordersByStatus"]["rejected"] == 1 && summary["sagaOutcomes"]["rejected"] == 1
     })
     .await;
+    let summary = admin_get(t, "/api/analytics/summary").await;
+    assert_eq!(summary["sagaOutcomes"], json!({ "approved": 0, "rejected": 1 }));
+    assert_eq!(summary["revenueByMinute"], json!([]), "nothing completed");
     app.stop().await;
 }
 

@@ -60,3 +60,61 @@ async fn confirm_payment_succeeds_only_for_a_known_payment_of_the_exact_amount()
     }
     app.stop().await;
 }
+
+/// Readies an approved order by hand (assign and complete its shopping list) and waits for its
+/// invoice.
+async fn ready(t: &support::TestApp, order: &str) {
+    support::status_becomes(t, order, "approved").await;
+    let list = support::shopping_list(t, order).await;
+    let id = list["id"].as_str().expect("shopping list id");
+    let assign = t.put(&format!("/api/depot/shopping/{id}/assign"), true, Some(json!({ "botId": "bot-1" }))).await;
+    assert_eq!(assign.status, StatusCode::NO_CONTENT);
+    assert_eq!(t.put(&format!("/api/depot/shopping/{id}/complete"), true, None).await.status, StatusCode::NO_CONTENT);
+    let find = format!("/api/payments/invoices?orderId={order}");
+    support::eventually("the invoice exists", || async {
+        t.request(axum::http::Method::GET, &find, true, None, &[]).await.status == StatusCode::OK
+    })
+    .await;
+}
+
+/// The invoices to pay: pending ones only, oldest (issued first) first, in the shape of one
+/// invoice; `limit` 1 to 100; admin only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_invoices_are_the_pending_ones_oldest_first() {
+    let app = spawn_running_app().await;
+    let t = &app.t;
+    let open = || support::admin_get(t, "/api/payments/open-invoices");
+    assert_eq!(open().await, json!([]));
+    let product = support::catalog(t).await;
+    let customer = support::register(t, "Ada").await;
+    let (first, second) = (
+        support::order(t, &customer, &product, json!(19.98)).await,
+        support::order(t, &customer, &product, json!(19.98)).await,
+    );
+    // The second order is readied (invoiced) first.
+    ready(t, &second).await;
+    ready(t, &first).await;
+    let both = open().await;
+    let one = support::admin_get(t, &format!("/api/payments/invoices?orderId={second}")).await;
+    assert_eq!(both[0], one, "the same shape as one invoice");
+    let orders: Vec<&str> = both.as_array().expect("a list").iter().filter_map(|i| i["orderId"].as_str()).collect();
+    assert_eq!(orders, [second.as_str(), first.as_str()], "oldest invoice first");
+    assert_eq!(support::admin_get(t, "/api/payments/open-invoices?limit=1").await, json!([one]));
+
+    let paid = t.put(&format!("/api/payments/invoices/{}/pay", one["id"].as_str().expect("id")), true, None).await;
+    assert_eq!(paid.status, StatusCode::NO_CONTENT);
+    let left = open().await;
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!((left[0]["orderId"].as_str(), left[0]["status"].as_str()), (Some(first.as_str()), Some("pending")));
+
+    for bad in ["0", "101", "-1", "many"] {
+        let reply = t
+            .request(axum::http::Method::GET, &format!("/api/payments/open-invoices?limit={bad}"), true, None, &[])
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "limit={bad}: {reply:?}");
+    }
+    assert_eq!(t.get("/api/payments/open-invoices").await.status, StatusCode::UNAUTHORIZED);
+    let doc = t.get("/openapi.json").await.body;
+    assert!(doc["paths"]["/api/payments/open-invoices"]["get"].is_object(), "documented");
+    app.stop().await;
+}

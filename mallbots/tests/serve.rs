@@ -51,7 +51,7 @@ async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut
     let token = app.admin_token().to_owned();
     let stored = std::fs::read_to_string(dir.path().join(mallbots::app::ADMIN_TOKEN_FILE)).expect("token kept");
     assert_eq!(stored, token, "a generated token is kept next to the database");
-    let (addr, broker) = (app.local_addr(), app.broker());
+    let (addr, grpc, broker) = (app.local_addr(), app.grpc_addr(), app.broker());
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(app.run(shutdown.clone()));
 
@@ -112,12 +112,29 @@ async fn serve_answers_http_publishes_events_and_authorizes_customers_until_shut
     assert_eq!(outcomes[&bob], (Some(Outcome::Failure), Some("the customer is disabled".into())));
     assert_eq!(outcomes["nobody"], (Some(Outcome::Failure), Some("customer not found".into())));
 
+    // Streams open at shutdown (a shopper bot, a browser on the live feed) do not hold it up.
+    let bot = mallbots::bot::BotConfig {
+        id: "bot-1".into(),
+        url: format!("http://{grpc}"),
+        token: token.clone(),
+        pick: Duration::from_millis(10),
+    };
+    let stats = std::sync::Arc::new(mallbots::bot::BotStats::default());
+    let bot_stop = CancellationToken::new();
+    let bot_task = tokio::spawn(mallbots::bot::run(bot, stats.clone(), bot_stop.clone()));
+    support::eventually("the bot is connected", || async {
+        stats.connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+    })
+    .await;
+    let _feed = support::live::connect(&format!("http://{addr}"), &token, None).await;
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(15), running)
         .await
         .expect("stops in time")
         .expect("no panic")
         .expect("clean stop");
+    bot_stop.cancel();
+    bot_task.await.expect("the bot stops");
 }
 
 /// `mallbots simulate`'s entry point, briefly, on its own embedded server (the real binary):

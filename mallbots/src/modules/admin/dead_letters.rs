@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, ApiPath, AppState, ErrorBody};
+use crate::http::{Admin, ApiPath, AppState, ErrorBody, one_of};
 
 /// The consumer group of the archive routes.
 pub const ARCHIVE_GROUP: &str = "mallbots-dead-letter-archive";
@@ -87,13 +87,21 @@ impl From<DeadLetter> for DeadLetterView {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// pending (default), replayed, discarded or all.
+    #[param(schema_with = statuses)]
     pub status: Option<String>,
     /// Only this consumer group.
     pub group: Option<String>,
     /// The id of the last dead letter of the previous page.
+    #[param(format = Uuid)]
     pub after: Option<String>,
     /// 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100, default = 50)]
     pub limit: Option<usize>,
+}
+
+/// The statuses a listing takes (those `DeadLetterStatus` parses, and `all`).
+fn statuses() -> utoipa::openapi::Object {
+    one_of("Only dead letters of this status (default pending).", &["pending", "replayed", "discarded", "all"], false)
 }
 
 pub(super) fn parse_id(id: &str) -> AppResult<MessageId> {
@@ -148,8 +156,10 @@ pub(super) async fn list_letters(state: &AppState, query: ListQuery) -> AppResul
 
 /// One dead letter.
 #[utoipa::path(get, path = "/api/admin/dead-letters/{id}", tag = "admin", security(("admin" = [])),
-    params(("id" = String, Path, description = "dead letter id")),
-    responses((status = OK, body = DeadLetterView), (status = NOT_FOUND, body = ErrorBody),
+    params(("id" = String, Path, description = "dead letter id", format = Uuid)),
+    responses((status = OK, body = DeadLetterView),
+        (status = BAD_REQUEST, description = "not a dead-letter id (a UUID)", body = ErrorBody),
+        (status = NOT_FOUND, body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn get(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<DeadLetterView>> {
     Ok(Json(state.db.dead_letters().get(parse_id(&id)?).await?.into()))
@@ -166,8 +176,10 @@ pub struct Replayed {
 /// Replays a pending dead letter to the group that failed it (only that group sees it; it is
 /// handled under the original message's id, so the inbox still de-duplicates).
 #[utoipa::path(post, path = "/api/admin/dead-letters/{id}/replay", tag = "admin", security(("admin" = [])),
-    params(("id" = String, Path, description = "dead letter id")),
-    responses((status = OK, body = Replayed), (status = NOT_FOUND, body = ErrorBody),
+    params(("id" = String, Path, description = "dead letter id", format = Uuid)),
+    responses((status = OK, body = Replayed),
+        (status = BAD_REQUEST, description = "not a dead-letter id (a UUID)", body = ErrorBody),
+        (status = NOT_FOUND, body = ErrorBody),
         (status = CONFLICT, description = "already replayed or discarded", body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn replay(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<Replayed>> {
@@ -177,8 +189,10 @@ async fn replay(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<St
 
 /// Discards a pending dead letter (kept, marked discarded).
 #[utoipa::path(post, path = "/api/admin/dead-letters/{id}/discard", tag = "admin", security(("admin" = [])),
-    params(("id" = String, Path, description = "dead letter id")),
-    responses((status = OK, body = DeadLetterView), (status = NOT_FOUND, body = ErrorBody),
+    params(("id" = String, Path, description = "dead letter id", format = Uuid)),
+    responses((status = OK, body = DeadLetterView),
+        (status = BAD_REQUEST, description = "not a dead-letter id (a UUID)", body = ErrorBody),
+        (status = NOT_FOUND, body = ErrorBody),
         (status = CONFLICT, description = "already replayed or discarded", body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn discard(

@@ -16,8 +16,9 @@ use crate::modules::ordering::api::OrderIntegrationEvent;
 use crate::money::Money;
 
 /// The projection's name (its checkpoint key). v2 reads analytics' own copy of the order
-/// events (v1 read ordering's event store).
-pub const PROJECTION: &str = "analytics-v2";
+/// events (v1 read ordering's event store); v3 adds revenue by minute and the saga's outcomes
+/// (a new name replays the log into the new tables).
+pub const PROJECTION: &str = "analytics-v3";
 
 /// Analytics keeps every order event it receives in its own event store, in a stream per
 /// order named with this prefix; the projection reads those streams. So analytics depends on
@@ -37,7 +38,9 @@ pub async fn record_order_event(cx: &mut HandlerContext, event: OrderIntegration
         OrderIntegrationEvent::Completed(e) => &e.id,
     };
     let stream = format!("{STREAM_PREFIX}{order_id}");
-    let recorded = NewEvent::encode(&event).map_err(HandlerError::permanent)?.caused_by(cx.message());
+    let mut recorded = NewEvent::encode(&event).map_err(HandlerError::permanent)?.caused_by(cx.message());
+    // When it happened, not when analytics heard of it: the figures by time come from this.
+    recorded.metadata.occurred_at = cx.message().metadata.occurred_at;
     cx.tx()?.append(&stream, ExpectedVersion::Any, vec![recorded]).await?;
     Ok(())
 }
@@ -55,6 +58,10 @@ fn db(e: herald_sql::SqlError) -> ProjectionError {
 /// a late `approved` must not overwrite `completed`.
 const RANK: &str = "CASE {} WHEN 'pending' THEN 0 WHEN 'approved' THEN 1 WHEN 'ready' THEN 2 \
     WHEN 'rejected' THEN 3 WHEN 'canceled' THEN 3 WHEN 'completed' THEN 4 ELSE -1 END";
+
+/// Every table of the read model: what a rebuild clears.
+pub const TABLES: &[&str] =
+    &["analytics_orders", "analytics_products", "analytics_completions", "analytics_saga_outcomes"];
 
 #[async_trait]
 impl Projection for AnalyticsProjection {
@@ -109,6 +116,34 @@ impl Projection for AnalyticsProjection {
             OrderIntegrationEvent::Canceled(_) => "canceled",
             OrderIntegrationEvent::Completed(_) => "completed",
         };
+        match status {
+            // How the saga decided, once per order (the first decision seen stands).
+            "approved" | "rejected" => {
+                query(
+                    "INSERT INTO analytics_saga_outcomes (order_id, outcome) VALUES (?, ?)
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&order_id)
+                .bind(status)
+                .execute(&mut conn)
+                .await
+                .map_err(db)?;
+            }
+            // The minute it completed, by the event's own time (so a rebuild gives the same).
+            "completed" => {
+                let minute = event.metadata.occurred_at.format("%Y-%m-%dT%H:%M:00Z").to_string();
+                query(
+                    "INSERT INTO analytics_completions (order_id, minute) VALUES (?, ?)
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&order_id)
+                .bind(minute)
+                .execute(&mut conn)
+                .await
+                .map_err(db)?;
+            }
+            _ => {}
+        }
         // An order's first event to arrive may be a later one: insert it without a total (its
         // OrderCreated sets it), and never move a status backwards.
         let sql = format!(
@@ -124,8 +159,9 @@ impl Projection for AnalyticsProjection {
 
     async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
         let mut conn = Conn::of(tx).map_err(ProjectionError::permanent)?;
-        query("DELETE FROM analytics_orders").execute(&mut conn).await.map_err(db)?;
-        query("DELETE FROM analytics_products").execute(conn).await.map_err(db)?;
+        for table in TABLES {
+            query(format!("DELETE FROM {table}")).execute(&mut conn).await.map_err(db)?;
+        }
         Ok(())
     }
 }
@@ -143,6 +179,31 @@ pub struct ProductFigures {
     pub ordered_value: Money,
 }
 
+/// The orders completed in one minute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MinuteRevenue {
+    /// The minute's start (RFC 3339, UTC).
+    #[schema(example = "2025-01-31T14:05:00Z")]
+    pub minute: String,
+    /// The total of the orders completed in it.
+    #[schema(value_type = f64)]
+    pub revenue: Money,
+    /// How many orders completed in it.
+    pub orders: i64,
+}
+
+/// How the create-order saga decided: each order counted once, whatever became of it after.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SagaOutcomes {
+    pub approved: i64,
+    pub rejected: i64,
+}
+
+/// The most minutes [`Summary::revenue_by_minute`] has.
+pub const REVENUE_MINUTES: i64 = 60;
+
 /// The business summary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -154,6 +215,11 @@ pub struct Summary {
     pub revenue: Money,
     /// The five products ordered most (by quantity).
     pub top_products: Vec<ProductFigures>,
+    /// Completed orders' revenue by the minute they completed (by the events' time): the last
+    /// 60 minutes that have any, oldest first.
+    pub revenue_by_minute: Vec<MinuteRevenue>,
+    /// Orders the saga approved and rejected.
+    pub saga_outcomes: SagaOutcomes,
 }
 
 /// The summary, from the read model.
@@ -171,6 +237,18 @@ pub async fn summary(db: &AnyDatabase) -> AppResult<Summary> {
     )
     .fetch_all(db)
     .await?;
+    let mut by_minute: Vec<(String, i64, i64)> = query(
+        "SELECT c.minute, CAST(COALESCE(SUM(o.total_cents), 0) AS BIGINT), COUNT(*)
+         FROM analytics_completions c JOIN analytics_orders o ON o.order_id = c.order_id
+         GROUP BY c.minute ORDER BY c.minute DESC LIMIT ?",
+    )
+    .bind(REVENUE_MINUTES)
+    .fetch_all(db)
+    .await?;
+    by_minute.reverse();
+    let outcomes: Vec<(String, i64)> =
+        query("SELECT outcome, COUNT(*) FROM analytics_saga_outcomes GROUP BY outcome").fetch_all(db).await?;
+    let outcome = |name: &str| outcomes.iter().find(|(o, _)| o == name).map_or(0, |(_, n)| *n);
     let money = |cents| Money::from_cents(cents).map_err(AppError::internal);
     Ok(Summary {
         orders_by_status: by_status.into_iter().collect(),
@@ -181,5 +259,10 @@ pub async fn summary(db: &AnyDatabase) -> AppResult<Summary> {
                 Ok(ProductFigures { product_id, product_name, orders, quantity, ordered_value: money(cents)? })
             })
             .collect::<AppResult<_>>()?,
+        revenue_by_minute: by_minute
+            .into_iter()
+            .map(|(minute, cents, orders)| Ok(MinuteRevenue { minute, revenue: money(cents)?, orders }))
+            .collect::<AppResult<_>>()?,
+        saga_outcomes: SagaOutcomes { approved: outcome("approved"), rejected: outcome("rejected") },
     })
 }

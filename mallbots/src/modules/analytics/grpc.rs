@@ -39,6 +39,15 @@ impl AnalyticsService for Analytics {
                     ordered_value: p.ordered_value.as_f64(),
                 })
                 .collect(),
+            revenue_by_minute: summary
+                .revenue_by_minute
+                .into_iter()
+                .map(|m| MinuteRevenue { minute: m.minute, revenue: m.revenue.as_f64(), orders: m.orders })
+                .collect(),
+            saga_outcomes: Some(SagaOutcomes {
+                approved: summary.saga_outcomes.approved,
+                rejected: summary.saga_outcomes.rejected,
+            }),
         })
     }
 

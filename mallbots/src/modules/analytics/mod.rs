@@ -1,5 +1,6 @@
-//! **analytics** (**new**): business figures — orders by status (so the saga's outcomes),
-//! revenue, top products — as a [`Projection`](herald::projection::Projection).
+//! **analytics** (**new**): business figures — orders by status, the saga's outcomes
+//! (approved, rejected), revenue (in all and by minute), top products — as a
+//! [`Projection`](herald::projection::Projection).
 //!
 //! It depends on nothing but ordering's integration events on the broker: each one is kept in
 //! analytics' own event store (a stream per order, in the transaction that records it in the
@@ -28,7 +29,7 @@ use crate::modules::ordering::api as ordering;
 /// analytics in the list of modules.
 pub const MODULE: Module = Module {
     name: "analytics",
-    about: "business figures (orders by status, revenue, top products) from the order events, rebuildable",
+    about: "business figures (orders by status, saga outcomes, revenue by minute, top products) from the order events, rebuildable",
     http_prefixes: &["/api/analytics"],
     grpc_services: &["analyticspb.AnalyticsService"],
     migrations: MIGRATIONS,
@@ -52,6 +53,16 @@ const MIGRATIONS: &[Migration] = &[
         2,
         "analytics from the broker: start the read model afresh",
         "DELETE FROM analytics_orders; DELETE FROM analytics_products",
+    ),
+    // analytics-v3 adds revenue by minute and the saga's outcomes, and builds every table anew
+    // (the new ones from the first event on).
+    Migration::portable(
+        3,
+        "analytics_completions, analytics_saga_outcomes; start the read model afresh",
+        "CREATE TABLE IF NOT EXISTS analytics_completions (order_id TEXT PRIMARY KEY, minute TEXT NOT NULL);
+         CREATE INDEX IF NOT EXISTS analytics_completions_by_minute ON analytics_completions (minute);
+         CREATE TABLE IF NOT EXISTS analytics_saga_outcomes (order_id TEXT PRIMARY KEY, outcome TEXT NOT NULL);
+         DELETE FROM analytics_orders; DELETE FROM analytics_products",
     ),
 ];
 

@@ -11,12 +11,14 @@ use utoipa_axum::routes;
 
 use super::application::{self as app, BasketView};
 use crate::error::AppResult;
-use crate::http::{ApiJson, ApiPath, AppState, Created, ErrorBody, create, write};
+use crate::http::{ApiJson, ApiPath, AppState, Created, ErrorBody, IdempotencyKeyHeader, create, write};
 
 /// A new basket.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StartBasketRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub customer_id: String,
 }
 
@@ -25,7 +27,8 @@ pub struct StartBasketRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ItemRequest {
     pub product_id: String,
-    /// At least 1.
+    /// 1 to 10 000 (a basket holds at most 10 000 of one product).
+    #[schema(minimum = 1, maximum = 10000, example = 2)]
     pub quantity: u32,
 }
 
@@ -33,6 +36,8 @@ pub struct ItemRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckoutRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub payment_id: String,
 }
 
@@ -50,8 +55,9 @@ const TAG: &str = "baskets";
 
 /// Starts a basket for a customer.
 #[utoipa::path(post, path = "/api/baskets", tag = TAG, request_body = StartBasketRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe creation")),
-    responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody)))]
+    params(IdempotencyKeyHeader),
+    responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody),
+        (status = CONFLICT, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn start_basket(
     State(state): State<AppState>,
     headers: HeaderMap,

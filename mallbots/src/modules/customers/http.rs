@@ -12,13 +12,17 @@ use utoipa_axum::routes;
 
 use super::application::{self as app, CustomerView};
 use crate::error::AppResult;
-use crate::http::{Admin, ApiJson, ApiPath, AppState, Created, ErrorBody, create, write};
+use crate::http::{Admin, ApiJson, ApiPath, AppState, Created, ErrorBody, IdempotencyKeyHeader, create, write};
 
 /// A new customer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterCustomerRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Ada")]
     pub name: String,
+    /// Digits, spaces, `+`, `-`, `(` and `)`, with 3 to 20 digits.
+    #[schema(min_length = 3, pattern = "^[ +()-]*([0-9][ +()-]*){3,20}$", example = "+44 555 0100")]
     pub sms_number: String,
 }
 
@@ -26,6 +30,8 @@ pub struct RegisterCustomerRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChangeSmsRequest {
+    /// Digits, spaces, `+`, `-`, `(` and `)`, with 3 to 20 digits.
+    #[schema(min_length = 3, pattern = "^[ +()-]*([0-9][ +()-]*){3,20}$", example = "+44 555 0100")]
     pub sms_number: String,
 }
 
@@ -43,8 +49,9 @@ const TAG: &str = "customers";
 
 /// Registers a customer (enabled).
 #[utoipa::path(post, path = "/api/customers", tag = TAG, request_body = RegisterCustomerRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe creation")),
-    responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody)))]
+    params(IdempotencyKeyHeader),
+    responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody),
+        (status = CONFLICT, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn register_customer(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::api::{self, ShoppingItem};
-use super::domain::{ShoppingCommand, ShoppingError, ShoppingEvent, ShoppingList, ShoppingStatus};
+use super::domain::{BotStatus, ShoppingCommand, ShoppingError, ShoppingEvent, ShoppingList, ShoppingStatus};
 use crate::db;
 use crate::error::{AppError, AppResult};
 use crate::modules::ordering::api as ordering;
@@ -270,4 +270,130 @@ pub async fn list(db: &AnyDatabase, status: Option<&str>) -> AppResult<Vec<Shopp
     rows.into_iter()
         .map(|(id, order_id, status, bot_id, items)| Ok(view(id, from_row((order_id, status, bot_id, items))?)))
         .collect()
+}
+
+// --- the shopper bots' table -------------------------------------------------------------------
+
+/// Now, as `depot_bots.last_seen` holds it: RFC 3339 in UTC with milliseconds, one fixed width,
+/// so the text sorts (and compares) as the time does.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A bot's row as the depot process holding its stream sees it: `status` (with its list when
+/// busy), this process as its `instance`, seen `at`.
+pub async fn save_bot(
+    db: &AnyDatabase,
+    id: &str,
+    status: BotStatus,
+    shopping_id: Option<&str>,
+    instance: &str,
+    at: &str,
+) -> AppResult<()> {
+    query(
+        "INSERT INTO depot_bots (id, status, shopping_id, instance, last_seen) VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, shopping_id = excluded.shopping_id,
+         instance = excluded.instance, last_seen = excluded.last_seen",
+    )
+    .bind(id)
+    .bind(status.as_str())
+    .bind(shopping_id)
+    .bind(instance)
+    .bind(at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The bot left this process (`instance`): offline, unless its row is another process's now.
+pub async fn bot_offline(db: &AnyDatabase, id: &str, instance: &str) -> AppResult<()> {
+    query("UPDATE depot_bots SET status = 'offline', shopping_id = NULL WHERE id = ? AND instance = ?")
+        .bind(id)
+        .bind(instance)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Every bot connected to this process (`instance`) was seen `at`: one statement for them all.
+/// Returns how many rows it touched.
+pub async fn refresh_bots(db: &AnyDatabase, instance: &str, at: &str) -> AppResult<u64> {
+    Ok(query("UPDATE depot_bots SET last_seen = ? WHERE instance = ? AND status <> 'offline'")
+        .bind(at)
+        .bind(instance)
+        .execute(db)
+        .await?)
+}
+
+/// Bots not offline whose depot process has not vouched for them since `before` (it died).
+pub async fn stale_bots(db: &AnyDatabase, before: &str) -> AppResult<Vec<String>> {
+    let rows: Vec<(String,)> =
+        query("SELECT id FROM depot_bots WHERE status <> 'offline' AND last_seen < ? ORDER BY id LIMIT 100")
+            .bind(before)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// A bot whose depot process is gone (its row still unseen since `before`) goes offline, and
+/// the lists it holds are released (`ShoppingListReleased`, available again). `false` if it was
+/// seen again meanwhile (it came back, through another process): nothing changes then.
+pub async fn retire_bot(tx: &mut dyn Transaction, id: &str, before: &str) -> AppResult<bool> {
+    let retired = query(
+        "UPDATE depot_bots SET status = 'offline', shopping_id = NULL
+         WHERE id = ? AND status <> 'offline' AND last_seen < ?",
+    )
+    .bind(id)
+    .bind(before)
+    .execute(db::conn(tx)?)
+    .await?;
+    if retired == 0 {
+        return Ok(false);
+    }
+    let lists: Vec<(String,)> =
+        query("SELECT id FROM depot_shopping_lists WHERE bot_id = ? AND status IN ('assigned', 'active') ORDER BY id")
+            .bind(id)
+            .fetch_all(db::conn(tx)?)
+            .await?;
+    for (list,) in lists {
+        let command = ShoppingCommand::Release { bot_id: id.to_owned(), reason: "its depot process is gone".into() };
+        match execute(tx, &list, command, None).await? {
+            // Completed or canceled meanwhile: nothing to give back.
+            Ok(_) | Err(ShoppingError::WrongStatus { .. } | ShoppingError::NotYours | ShoppingError::NotFound) => {}
+            Err(refusal) => return Err(refusal.into()),
+        }
+    }
+    Ok(true)
+}
+
+/// A shopper bot as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotView {
+    pub id: String,
+    /// idle, busy or offline.
+    pub status: String,
+    /// The list it works on (when busy).
+    pub shopping_id: Option<String>,
+    /// When its depot process last saw it connected (RFC 3339; vouched for every second).
+    pub last_seen: String,
+}
+
+/// The shopper bots, optionally of one status (`status` must be a known one), by id.
+pub async fn list_bots(db: &AnyDatabase, status: Option<&str>) -> AppResult<Vec<BotView>> {
+    let rows: Vec<(String, String, Option<String>, String)> = match status {
+        Some(status) => {
+            let status = BotStatus::parse(status)
+                .ok_or_else(|| AppError::invalid(format!("unknown status {status:?}: idle, busy or offline")))?;
+            query("SELECT id, status, shopping_id, last_seen FROM depot_bots WHERE status = ? ORDER BY id")
+                .bind(status.as_str())
+                .fetch_all(db)
+                .await?
+        }
+        None => query("SELECT id, status, shopping_id, last_seen FROM depot_bots ORDER BY id").fetch_all(db).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, shopping_id, last_seen)| BotView { id, status, shopping_id, last_seen })
+        .collect())
 }

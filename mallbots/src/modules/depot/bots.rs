@@ -6,6 +6,12 @@
 //! list to two bots (the second assignment is refused and the dispatcher tries the next list).
 //! A bot that disconnects, or sends nothing for [`SILENCE`], loses its list: it is released
 //! (`ShoppingListReleased`) and available again.
+//!
+//! The table `depot_bots` shows the bots to admins: each one's status (idle, busy, offline), its
+//! list and the depot process holding its stream. The dispatcher writes a bot's row when its
+//! status changes (hello, assignment, completion, disconnection), and vouches for all of its
+//! bots at once every [`UPKEEP`]; a depot process that dies (kill -9) stops vouching, and after
+//! [`STALE`] any depot process marks its bots offline and releases their lists.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -17,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::application as app;
+use super::domain::BotStatus;
 use super::grpc::shopping_list;
 use crate::error::AppError;
 use crate::grpc::pb::depotpb::{BotMessage, DepotMessage, Released, Welcome, bot_message, depot_message};
@@ -26,6 +33,11 @@ use crate::http::{AppState, token_matches, write};
 pub const SILENCE: Duration = Duration::from_secs(5);
 /// How often the dispatcher looks for idle bots and silent ones without being woken.
 const TICK: Duration = Duration::from_millis(250);
+/// How often a depot process vouches for its bots (`last_seen`) and looks for stale ones.
+const UPKEEP: Duration = Duration::from_secs(1);
+/// How long a bot's row may go unvouched for before it is taken for the row of a dead depot
+/// process's bot: offline, its lists released.
+pub const STALE: Duration = Duration::from_secs(3 * SILENCE.as_secs());
 
 /// What the depot sends a bot.
 pub type Outbound = mpsc::Receiver<Result<DepotMessage, Status>>;
@@ -43,7 +55,13 @@ pub struct Bots {
 #[derive(Debug)]
 struct Inner {
     state: AppState,
+    /// This process (`ModuleContext::instance`): the `instance` of its bots' rows.
+    instance: Arc<str>,
     bots: Mutex<HashMap<String, Bot>>,
+    /// Bots gone since the last sync, whose rows are still to be marked offline.
+    gone: Mutex<Vec<String>>,
+    /// When the last upkeep (vouching, stale sweep) ran.
+    upkept: Mutex<Option<Instant>>,
     wake: Notify,
     silence: Duration,
     next_connection: std::sync::atomic::AtomicU64,
@@ -57,14 +75,27 @@ struct Bot {
     /// The list it works on.
     list: Option<String>,
     last_seen: Instant,
+    /// What its row says (as this process last wrote it), `None` until written.
+    written: Option<(BotStatus, Option<String>)>,
+}
+
+impl Bot {
+    /// What its row should say.
+    fn wanted(&self) -> (BotStatus, Option<String>) {
+        let status = if self.list.is_some() { BotStatus::Busy } else { BotStatus::Idle };
+        (status, self.list.clone())
+    }
 }
 
 impl Bots {
-    pub fn new(state: AppState) -> Self {
+    pub fn new(state: AppState, instance: Arc<str>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state,
+                instance,
                 bots: Mutex::new(HashMap::new()),
+                gone: Mutex::new(Vec::new()),
+                upkept: Mutex::new(None),
                 wake: Notify::new(),
                 silence: SILENCE,
                 next_connection: std::sync::atomic::AtomicU64::new(1),
@@ -110,7 +141,8 @@ impl Bots {
             if bots.contains_key(&bot_id) {
                 return Err(Status::already_exists(format!("bot {bot_id} is connected already")));
             }
-            bots.insert(bot_id.clone(), Bot { connection, tx, list: None, last_seen: Instant::now() });
+            let bot = Bot { connection, tx, list: None, last_seen: Instant::now(), written: None };
+            bots.insert(bot_id.clone(), bot);
         }
         tracing::info!(bot = %bot_id, "shopper bot connected");
         let this = self.clone();
@@ -175,6 +207,7 @@ impl Bots {
         };
         let Some(bot) = removed else { return };
         tracing::info!(bot = %bot_id, reason, "shopper bot gone");
+        lock(&self.inner.gone).push(bot_id.to_owned());
         if let Some(list) = bot.list {
             let (bot_id, reason) = (bot_id.to_owned(), reason.to_owned());
             let released =
@@ -191,10 +224,13 @@ impl Bots {
 
     /// The dispatcher, until `stop`: drops silent bots, tells bots whose list was canceled, and
     /// gives available lists to idle bots.
-    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
+    /// When the process begins to shut down (`shutdown`), every bot is told and its stream
+    /// ends: an open stream would hold the gRPC server's graceful shutdown forever.
+    pub async fn run(self, stop: CancellationToken, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
+                () = shutdown.cancelled() => break,
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep(TICK) => {}
             }
@@ -203,8 +239,11 @@ impl Bots {
             }
         }
         // The streams end with the process; their lists are released when the bots come back
-        // (or by another depot process, once they are silent there).
-        lock(&self.inner.bots).clear();
+        // (or by another depot process, once they are silent there, or once their rows are
+        // stale: they are left as they are).
+        for (_, bot) in lock(&self.inner.bots).drain() {
+            let _ = bot.tx.try_send(Err(Status::unavailable("the depot process is shutting down; connect again")));
+        }
         Ok(())
     }
 
@@ -218,7 +257,87 @@ impl Bots {
             self.disconnect(&bot_id, connection, "fell silent").await;
         }
         self.release_finished().await?;
-        self.assign_idle().await
+        // A bot is given a list once its row is this process's (so no other process takes it
+        // for a dead one's), and its row says so right after.
+        self.sync().await?;
+        self.assign_idle().await?;
+        self.sync().await?;
+        let due = {
+            let mut upkept = lock(&self.inner.upkept);
+            let due = upkept.is_none_or(|at| at.elapsed() >= UPKEEP);
+            if due {
+                *upkept = Some(Instant::now());
+            }
+            due
+        };
+        if due { self.upkeep().await } else { Ok(()) }
+    }
+
+    /// Brings the rows of this process's bots up to date: gone ones offline, the others as
+    /// they are now (only those that changed). All in this task, one after the other, so the
+    /// rows end up as the bots are whatever the order of their messages.
+    async fn sync(&self) -> Result<(), AppError> {
+        let (db, instance) = (&self.inner.state.db, &*self.inner.instance);
+        let gone = std::mem::take(&mut *lock(&self.inner.gone));
+        for (n, bot_id) in gone.iter().enumerate() {
+            // Back already: its new row is written below.
+            if lock(&self.inner.bots).contains_key(bot_id) {
+                continue;
+            }
+            if let Err(e) = app::bot_offline(db, bot_id, instance).await {
+                lock(&self.inner.gone).extend(gone[n..].iter().cloned());
+                return Err(e);
+            }
+        }
+        let changed: Vec<(String, u64, (BotStatus, Option<String>))> = lock(&self.inner.bots)
+            .iter()
+            .filter_map(|(id, b)| {
+                let wanted = b.wanted();
+                (b.written.as_ref() != Some(&wanted)).then(|| (id.clone(), b.connection, wanted))
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let now = app::timestamp(chrono::Utc::now());
+        for (bot_id, connection, (status, list)) in changed {
+            app::save_bot(db, &bot_id, status, list.as_deref(), instance, &now).await?;
+            if let Some(bot) = lock(&self.inner.bots).get_mut(&bot_id).filter(|b| b.connection == connection) {
+                bot.written = Some((status, list));
+            }
+        }
+        Ok(())
+    }
+
+    /// Vouches for this process's bots (one statement), and retires the bots of depot
+    /// processes that stopped vouching for theirs [`STALE`] ago.
+    async fn upkeep(&self) -> Result<(), AppError> {
+        let (db, instance) = (&self.inner.state.db, &*self.inner.instance);
+        let now = chrono::Utc::now();
+        let written = lock(&self.inner.bots).values().filter(|b| b.written.is_some()).count();
+        if written > 0 {
+            let vouched = app::refresh_bots(db, instance, &app::timestamp(now)).await?;
+            if vouched != written as u64 {
+                // A row changed behind this process's back (another process took it for a dead
+                // one's, or it is gone): rewrite them all at the next sync.
+                lock(&self.inner.bots).values_mut().for_each(|b| b.written = None);
+                self.inner.wake.notify_one();
+            }
+        }
+        let stale = chrono::Duration::from_std(STALE).map_err(AppError::internal)?;
+        let before = app::timestamp(now - stale);
+        for bot_id in app::stale_bots(db, &before).await? {
+            if lock(&self.inner.bots).contains_key(&bot_id) {
+                continue; // connected here (its row is rewritten at the next sync)
+            }
+            let (id, before) = (bot_id.clone(), before.clone());
+            let retired =
+                write(&self.inner.state, |tx| Box::pin(async move { app::retire_bot(tx, &id, &before).await })).await?;
+            if retired {
+                tracing::info!(bot = %bot_id, "shopper bot of a gone depot process: offline, its lists released");
+            }
+        }
+        Ok(())
     }
 
     /// Busy bots whose list was canceled (or completed by an admin) are told and become idle.
@@ -248,7 +367,7 @@ impl Bots {
     async fn assign_idle(&self) -> Result<(), AppError> {
         let mut idle: Vec<(Instant, String)> = lock(&self.inner.bots)
             .iter()
-            .filter(|(_, b)| b.list.is_none())
+            .filter(|(_, b)| b.list.is_none() && b.written.is_some())
             .map(|(id, b)| (b.last_seen, id.clone()))
             .collect();
         if idle.is_empty() {

@@ -44,6 +44,33 @@ impl ShoppingStatus {
     }
 }
 
+/// What a shopper bot is doing, as the depot's table of bots shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BotStatus {
+    /// Connected, without a list.
+    Idle,
+    /// Connected, working on a list.
+    Busy,
+    /// Not connected (or its depot process is gone).
+    Offline,
+}
+
+impl BotStatus {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Busy => "busy",
+            Self::Offline => "offline",
+        }
+    }
+
+    /// From what [`as_str`](Self::as_str) wrote; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Idle, Self::Busy, Self::Offline].into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// The list was made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShoppingListCreated {

@@ -86,6 +86,23 @@ impl DepotService for Depot {
         write(&self.state, |tx| Box::pin(async move { app::complete(tx, &id).await })).await?;
         ok(CompleteShoppingListResponse {})
     }
+
+    async fn list_bots(&self, request: Request<ListBotsRequest>) -> RpcResult<ListBotsResponse> {
+        admin(&request, &self.state.admin_token)?;
+        let status = request.into_inner().status;
+        let bots = app::list_bots(&self.state.db, Some(status.as_str()).filter(|s| !s.is_empty())).await?;
+        ok(ListBotsResponse {
+            bots: bots
+                .into_iter()
+                .map(|b| Bot {
+                    id: b.id,
+                    status: b.status,
+                    shopping_id: b.shopping_id.unwrap_or_default(),
+                    last_seen: b.last_seen,
+                })
+                .collect(),
+        })
+    }
 }
 
 /// The bots' stream, bound to the depot's bots.

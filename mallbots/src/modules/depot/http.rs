@@ -8,22 +8,35 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::application::{self as app, ShoppingListView};
+use super::application::{self as app, BotView, ShoppingListView};
 use crate::error::{AppError, AppResult};
-use crate::http::{Admin, ApiJson, ApiPath, AppState, ErrorBody, write};
+use crate::http::{Admin, ApiJson, ApiPath, AppState, ErrorBody, one_of, write};
 
 /// The bot taking a list.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "bot-1")]
     pub bot_id: String,
 }
 
 /// Which lists.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// pending, available, assigned, active, completed or canceled.
+    #[param(schema_with = list_statuses)]
     pub status: Option<String>,
+}
+
+/// The statuses a list can be asked by (those `ShoppingStatus::parse` knows).
+fn list_statuses() -> utoipa::openapi::Object {
+    one_of(
+        "Only lists of this status.",
+        &["pending", "available", "assigned", "active", "completed", "canceled"],
+        false,
+    )
 }
 
 /// The routes of depot.
@@ -33,6 +46,21 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_shopping))
         .routes(routes!(assign_shopping))
         .routes(routes!(complete_shopping))
+        .routes(routes!(list_bots))
+}
+
+/// Which bots.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BotQuery {
+    /// idle, busy or offline.
+    #[param(schema_with = bot_statuses)]
+    pub status: Option<String>,
+}
+
+/// The statuses a bot can be asked by (those `BotStatus::parse` knows).
+fn bot_statuses() -> utoipa::openapi::Object {
+    one_of("Only bots of this status.", &["idle", "busy", "offline"], false)
 }
 
 const TAG: &str = "depot";
@@ -90,4 +118,17 @@ async fn complete_shopping(
 ) -> AppResult<StatusCode> {
     write(&state, |tx| Box::pin(async move { app::complete(tx, &id).await })).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The shopper bots (idle, busy with a list, or offline), by id, optionally of one status.
+#[utoipa::path(get, path = "/api/depot/bots", tag = TAG, security(("admin" = [])), params(BotQuery),
+    responses((status = OK, body = Vec<BotView>), (status = BAD_REQUEST, body = ErrorBody),
+        (status = UNAUTHORIZED, body = ErrorBody)))]
+async fn list_bots(
+    _: Admin,
+    State(state): State<AppState>,
+    query: Result<Query<BotQuery>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Vec<BotView>>> {
+    let Query(query) = query.map_err(|e| AppError::Invalid(e.body_text()))?;
+    Ok(Json(app::list_bots(&state.db, query.status.as_deref()).await?))
 }

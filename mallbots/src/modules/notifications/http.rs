@@ -14,8 +14,10 @@ use crate::http::{Admin, AppState, ErrorBody};
 /// Whose notifications.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct NotificationQuery {
-    /// The customer.
+    /// The customer (required, not blank).
+    #[param(required = true, min_length = 1, pattern = "\\S")]
     pub customer_id: Option<String>,
 }
 

@@ -79,10 +79,10 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
             // about a minute and a half before the message is dead-lettered.
             .retry(Retry::exponential(Duration::from_millis(200)).max_delay(Duration::from_secs(5)).attempts(25))
             .on_with(
-            RecordingGateway::with_latency(cx.sms_latency),
-            async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
-                application::on_order_event(cx, event, gateway).await
-            },
-        ),
+                RecordingGateway::with_latency(cx.sms_latency),
+                async |cx: &mut HandlerContext, event: ordering::OrderIntegrationEvent, gateway: &RecordingGateway| {
+                    application::on_order_event(cx, event, gateway).await
+                },
+            ),
     ]
 }

@@ -97,14 +97,17 @@ async fn execute(
         }
         messages.push(message);
     }
+    // `issued_at` is set when the invoice is made and kept after.
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     query(
-        "INSERT INTO payments_invoices (id, order_id, amount_cents, status) VALUES (?, ?, ?, ?)
+        "INSERT INTO payments_invoices (id, order_id, amount_cents, status, issued_at) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (id) DO UPDATE SET status = excluded.status",
     )
     .bind(id)
     .bind(&invoice.order_id)
     .bind(invoice.amount_cents)
     .bind(invoice.status.as_str())
+    .bind(now)
     .execute(db::conn(tx)?)
     .await?;
     tx.enqueue(messages).await?;
@@ -159,4 +162,34 @@ pub async fn find_invoice(db: &AnyDatabase, order_id: &str) -> AppResult<Invoice
             .await?;
     let (id, order_id, amount_cents, status) = row.ok_or_else(|| AppError::NotFound("invoice".into()))?;
     Ok(InvoiceView { id, order_id, amount: Money::from_cents(amount_cents).map_err(AppError::internal)?, status })
+}
+
+/// The most open invoices [`open_invoices`] answers (and its default).
+pub const OPEN_INVOICES_LIMIT: u32 = 100;
+
+/// The invoices still to pay (pending), oldest first: at most `limit` (1 to 100; 100 if
+/// `None`).
+pub async fn open_invoices(db: &AnyDatabase, limit: Option<u32>) -> AppResult<Vec<InvoiceView>> {
+    let limit = limit.unwrap_or(OPEN_INVOICES_LIMIT);
+    if !(1..=OPEN_INVOICES_LIMIT).contains(&limit) {
+        return Err(AppError::invalid(format!("limit must be between 1 and {OPEN_INVOICES_LIMIT}")));
+    }
+    let rows: Vec<(String, String, i64, String)> = query(
+        "SELECT id, order_id, amount_cents, status FROM payments_invoices WHERE status = ?
+         ORDER BY issued_at, id LIMIT ?",
+    )
+    .bind(InvoiceStatus::Pending.as_str())
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter()
+        .map(|(id, order_id, amount_cents, status)| {
+            Ok(InvoiceView {
+                id,
+                order_id,
+                amount: Money::from_cents(amount_cents).map_err(AppError::internal)?,
+                status,
+            })
+        })
+        .collect()
 }

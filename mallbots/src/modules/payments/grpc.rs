@@ -54,4 +54,14 @@ impl PaymentsService for Payments {
         write(&self.state, |tx| Box::pin(async move { app::pay_invoice(tx, &id).await })).await?;
         ok(PayInvoiceResponse {})
     }
+
+    async fn list_open_invoices(
+        &self,
+        request: Request<ListOpenInvoicesRequest>,
+    ) -> RpcResult<ListOpenInvoicesResponse> {
+        admin(&request, &self.state.admin_token)?;
+        let limit = Some(request.into_inner().limit).filter(|&n| n != 0);
+        let invoices = app::open_invoices(&self.state.db, limit).await?;
+        ok(ListOpenInvoicesResponse { invoices: invoices.into_iter().map(invoice).collect() })
+    }
 }

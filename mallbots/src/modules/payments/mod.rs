@@ -28,14 +28,24 @@ pub const MODULE: Module = Module {
     start,
 };
 
-const MIGRATIONS: &[Migration] = &[Migration::portable(
-    1,
-    "payments_payments, payments_invoices (invoice id = order id)",
-    "CREATE TABLE IF NOT EXISTS payments_payments (
+/// `payments_invoices.issued_at` is RFC 3339 text of one width, so it sorts as the time does
+/// (empty for invoices issued before it was kept: they come first).
+const MIGRATIONS: &[Migration] = &[
+    Migration::portable(
+        1,
+        "payments_payments, payments_invoices (invoice id = order id)",
+        "CREATE TABLE IF NOT EXISTS payments_payments (
         id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, amount_cents BIGINT NOT NULL);
      CREATE TABLE IF NOT EXISTS payments_invoices (
         id TEXT PRIMARY KEY, order_id TEXT NOT NULL UNIQUE, amount_cents BIGINT NOT NULL, status TEXT NOT NULL)",
-)];
+    ),
+    Migration::portable(
+        2,
+        "payments_invoices.issued_at (open invoices, oldest first)",
+        "ALTER TABLE payments_invoices ADD COLUMN issued_at TEXT NOT NULL DEFAULT '';
+         CREATE INDEX IF NOT EXISTS payments_invoices_by_status ON payments_invoices (status, issued_at, id)",
+    ),
+];
 
 fn start(cx: &ModuleContext) -> Parts {
     cx.apis(http::routes(), grpc::service)

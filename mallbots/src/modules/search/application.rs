@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
+use crate::http::one_of;
 use crate::modules::customers::api as customers;
 use crate::modules::ordering::api as ordering;
 use crate::money::Money;
@@ -100,23 +101,38 @@ pub struct SearchOrders {
     pub created_after: Option<chrono::DateTime<chrono::Utc>>,
     /// RFC 3339; orders created before.
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
-    /// Orders with an item from any of these stores.
+    /// Orders with an item from any of these stores (at most 100).
     #[serde(default)]
+    #[schema(default = json!([]), max_items = 100)]
     pub store_ids: Vec<String>,
-    /// Orders with any of these products.
+    /// Orders with any of these products (at most 100).
     #[serde(default)]
+    #[schema(default = json!([]), max_items = 100)]
     pub product_ids: Vec<String>,
-    #[schema(value_type = Option<f64>)]
+    /// Decimal amount, at most two fraction digits, not negative, not above `maxTotal`.
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 9999999999999.99, multiple_of = 0.01)]
     pub min_total: Option<Money>,
-    #[schema(value_type = Option<f64>)]
+    /// Decimal amount, at most two fraction digits, not negative.
+    #[schema(value_type = Option<f64>, minimum = 0, maximum = 9999999999999.99, multiple_of = 0.01)]
     pub max_total: Option<Money>,
     /// pending, approved, rejected, ready, completed or canceled.
+    #[schema(schema_with = order_statuses)]
     pub status: Option<String>,
     /// The `next` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 100 (default 20).
+    #[schema(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
 }
+
+/// The statuses a search takes, or null.
+fn order_statuses() -> utoipa::openapi::Object {
+    one_of("Only orders of this status.", &STATUSES, true)
+}
+
+/// The most store ids, and product ids, a search takes (each id is a bound parameter of its
+/// query: the database's limit on them must never be what refuses a request).
+pub const MAX_IDS: usize = 100;
 
 /// An order as search shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
@@ -177,6 +193,9 @@ pub async fn search(db: &AnyDatabase, filters: SearchOrders) -> AppResult<Search
         && !STATUSES.contains(&status.as_str())
     {
         return Err(AppError::invalid(format!("unknown status {status:?}")));
+    }
+    if filters.store_ids.len() > MAX_IDS || filters.product_ids.len() > MAX_IDS {
+        return Err(AppError::invalid(format!("at most {MAX_IDS} store ids and {MAX_IDS} product ids")));
     }
     if let (Some(min), Some(max)) = (filters.min_total, filters.max_total)
         && min > max

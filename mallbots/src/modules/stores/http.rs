@@ -12,14 +12,18 @@ use utoipa_axum::routes;
 
 use super::application::{self as app, NewProduct, ProductView, StoreView};
 use crate::error::AppResult;
-use crate::http::{Admin, ApiJson, ApiPath, AppState, Created, ErrorBody, create, write};
+use crate::http::{Admin, ApiJson, ApiPath, AppState, Created, ErrorBody, IdempotencyKeyHeader, create, write};
 use crate::money::Money;
 
 /// A new store.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateStoreRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Books")]
     pub name: String,
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Level 1")]
     pub location: String,
 }
 
@@ -27,6 +31,8 @@ pub struct CreateStoreRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RebrandStoreRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Books & Maps")]
     pub name: String,
 }
 
@@ -34,13 +40,17 @@ pub struct RebrandStoreRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddProductRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Treasure Island")]
     pub name: String,
     #[serde(default)]
+    #[schema(default = "")]
     pub description: String,
     #[serde(default)]
+    #[schema(default = "")]
     pub sku: String,
     /// Decimal amount, at most two fraction digits, not negative.
-    #[schema(value_type = f64, example = 9.99)]
+    #[schema(value_type = f64, minimum = 0, maximum = 9999999999999.99, multiple_of = 0.01, example = 9.99)]
     pub price: Money,
 }
 
@@ -48,8 +58,11 @@ pub struct AddProductRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RebrandProductRequest {
+    /// Not blank (trimmed).
+    #[schema(min_length = 1, pattern = "\\S", example = "Treasure Island")]
     pub name: String,
     #[serde(default)]
+    #[schema(default = "")]
     pub description: String,
 }
 
@@ -58,7 +71,7 @@ pub struct RebrandProductRequest {
 #[serde(rename_all = "camelCase")]
 pub struct ChangePriceRequest {
     /// Decimal amount, at most two fraction digits, not negative.
-    #[schema(value_type = f64, example = 10.99)]
+    #[schema(value_type = f64, minimum = 0, maximum = 9999999999999.99, multiple_of = 0.01, example = 10.99)]
     pub price: Money,
 }
 
@@ -81,10 +94,10 @@ const TAG: &str = "stores";
 
 /// Creates a store (not yet participating).
 #[utoipa::path(post, path = "/api/stores", tag = TAG, request_body = CreateStoreRequest,
-    security(("admin" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeat-safe creation")),
+    security(("admin" = [])), params(IdempotencyKeyHeader),
     responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody),
-        (status = UNAUTHORIZED, body = ErrorBody)))]
+        (status = UNAUTHORIZED, body = ErrorBody),
+        (status = CONFLICT, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn create_store(
     _: Admin,
     State(state): State<AppState>,
@@ -162,11 +175,11 @@ async fn rebrand_store(
 
 /// Adds a product to a store.
 #[utoipa::path(post, path = "/api/stores/{id}/products", tag = TAG, security(("admin" = [])),
-    params(("id" = String, Path, description = "store id"),
-        ("Idempotency-Key" = Option<String>, Header, description = "repeat-safe creation")),
+    params(("id" = String, Path, description = "store id"), IdempotencyKeyHeader),
     request_body = AddProductRequest,
     responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody),
-        (status = NOT_FOUND, body = ErrorBody), (status = UNAUTHORIZED, body = ErrorBody)))]
+        (status = NOT_FOUND, body = ErrorBody), (status = UNAUTHORIZED, body = ErrorBody),
+        (status = CONFLICT, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn add_product(
     _: Admin,
     State(state): State<AppState>,
