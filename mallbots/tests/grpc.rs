@@ -478,6 +478,20 @@ fn bot(app: &RunningApp, id: &str) -> mallbots::bot::BotConfig {
     }
 }
 
+/// The next shopping list the depot assigns on a bot's stream (other messages skipped).
+async fn assignment(
+    inbound: &mut tonic::Streaming<mallbots::grpc::pb::depotpb::DepotMessage>,
+) -> mallbots::grpc::pb::depotpb::ShoppingList {
+    use mallbots::grpc::pb::depotpb::depot_message::Message;
+    loop {
+        match inbound.message().await.expect("stream").and_then(|m| m.message) {
+            Some(Message::Assignment(list)) => return list,
+            Some(_) => {}
+            None => panic!("the stream ended before an assignment"),
+        }
+    }
+}
+
 /// Pays the invoice of a ready order (payments, not depot), so it reaches `completed`.
 async fn pay(t: &support::TestApp, order: &str) {
     let find = format!("/api/payments/invoices?orderId={order}");
@@ -554,13 +568,7 @@ async fn a_bot_gone_mid_list_loses_it_to_another() {
     tx.send(hello(TOKEN)).await.expect("send");
     let mut inbound =
         client.connect(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("connect").into_inner();
-    let list = loop {
-        match inbound.message().await.expect("stream").and_then(|m| m.message) {
-            Some(depot_message::Message::Assignment(list)) => break list,
-            Some(_) => {}
-            None => panic!("the stream ended before an assignment"),
-        }
-    };
+    let list = assignment(&mut inbound).await;
     assert_eq!(list.order_id, order);
     let twin = client.clone().connect(tokio_stream::iter([hello(TOKEN)])).await;
     refused(twin, Code::AlreadyExists, "a second connection of a connected bot");
@@ -647,13 +655,7 @@ async fn the_depot_shows_its_bots_idle_busy_and_offline() {
     let product = support::catalog(t).await;
     let customer = support::register(t, "Ada").await;
     let order = support::order(t, &customer, &product, serde_json::json!(19.98)).await;
-    let list = loop {
-        match inbound.message().await.expect("stream").and_then(|m| m.message) {
-            Some(depot_message::Message::Assignment(list)) => break list,
-            Some(_) => {}
-            None => panic!("the stream ended before an assignment"),
-        }
-    };
+    let list = assignment(&mut inbound).await;
     assert_eq!(list.order_id, order);
     support::eventually("the bot is busy with the list", || async {
         let busy = bots("?status=busy").await;

@@ -53,6 +53,18 @@ fn db(e: herald_sql::SqlError) -> ProjectionError {
     ProjectionError::transient(e)
 }
 
+/// `insert` (`INSERT INTO table (order_id, column)`) of `value` for an order, unless the order
+/// has one already: the first fact seen stands, and a replayed event changes nothing.
+async fn record_once(conn: &mut Conn<'_>, insert: &str, order_id: &str, value: &str) -> Result<(), ProjectionError> {
+    query(format!("{insert} VALUES (?, ?) ON CONFLICT (order_id) DO NOTHING"))
+        .bind(order_id)
+        .bind(value)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
 /// Orders move forward only (pending → approved → ready → completed; rejected and canceled
 /// end them): on a broker without per-key order an order's events can arrive out of order, and
 /// a late `approved` must not overwrite `completed`.
@@ -119,28 +131,14 @@ impl Projection for AnalyticsProjection {
         match status {
             // How the saga decided, once per order (the first decision seen stands).
             "approved" | "rejected" => {
-                query(
-                    "INSERT INTO analytics_saga_outcomes (order_id, outcome) VALUES (?, ?)
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(&order_id)
-                .bind(status)
-                .execute(&mut conn)
-                .await
-                .map_err(db)?;
+                record_once(&mut conn, "INSERT INTO analytics_saga_outcomes (order_id, outcome)", &order_id, status)
+                    .await?;
             }
             // The minute it completed, by the event's own time (so a rebuild gives the same).
             "completed" => {
                 let minute = event.metadata.occurred_at.format("%Y-%m-%dT%H:%M:00Z").to_string();
-                query(
-                    "INSERT INTO analytics_completions (order_id, minute) VALUES (?, ?)
-                     ON CONFLICT (order_id) DO NOTHING",
-                )
-                .bind(&order_id)
-                .bind(minute)
-                .execute(&mut conn)
-                .await
-                .map_err(db)?;
+                record_once(&mut conn, "INSERT INTO analytics_completions (order_id, minute)", &order_id, &minute)
+                    .await?;
             }
             _ => {}
         }
