@@ -548,7 +548,7 @@ async fn bots_complete_every_order_with_no_call_to_depot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bot_gone_mid_list_loses_it_to_another() {
     use mallbots::grpc::pb::depotpb::shopper_bot_client::ShopperBotClient;
-    use mallbots::grpc::pb::depotpb::{BotMessage, Heartbeat, Hello, StopPicked, bot_message, depot_message};
+    use mallbots::grpc::pb::depotpb::{BotMessage, Heartbeat, Hello, StopPicked, bot_message};
     let app = spawn_running_app().await;
     let t = &app.t;
     let hello = |token: &str| BotMessage {
@@ -611,9 +611,7 @@ async fn a_bot_gone_mid_list_loses_it_to_another() {
 async fn the_depot_shows_its_bots_idle_busy_and_offline() {
     use mallbots::grpc::pb::depotpb::depot_service_client::DepotServiceClient;
     use mallbots::grpc::pb::depotpb::shopper_bot_client::ShopperBotClient;
-    use mallbots::grpc::pb::depotpb::{
-        BotMessage, Heartbeat, Hello, ListBotsRequest, ListCompleted, bot_message, depot_message,
-    };
+    use mallbots::grpc::pb::depotpb::{BotMessage, Heartbeat, Hello, ListBotsRequest, ListCompleted, bot_message};
     let app = spawn_running_app().await;
     let t = &app.t;
     let bots = |query: &str| {
