@@ -21,6 +21,11 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+/** A table's header row of column titles. */
+function tableHead(titles) {
+  return h('thead', null, h('tr', null, titles.map((c) => h('th', null, c))));
+}
+
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 /** An SVG element, with presentation attributes (never a style attribute). */
@@ -873,7 +878,7 @@ function ordersView(ctx, id) {
       orders.length === 0
         ? h('p', { class: 'empty' }, 'No order matches.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
-          h('thead', null, h('tr', null, ['Order', 'Customer', 'Status', 'Total', 'Stores', 'Products', 'Created'].map((c) => h('th', null, c)))),
+          tableHead(['Order', 'Customer', 'Status', 'Total', 'Stores', 'Products', 'Created']),
           h('tbody', null, orders.map((o) => {
             const tr = h('tr', { class: 'order-row', 'data-order-id': o.id, tabindex: 0 },
               h('td', null, h('span', { class: 'mono', title: o.id }, shortId(o.id))),
@@ -986,7 +991,7 @@ function orderDetailView(ctx, id) {
         h('section', { class: 'panel' }, h('h2', null, 'Invoice'), invoicePanel(invoice, load))));
       parts.push(h('section', { class: 'panel' }, h('h2', null, 'Items'),
         h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
-          h('thead', null, h('tr', null, ['Product', 'Store', 'Price', 'Quantity', 'Line total'].map((c) => h('th', null, c)))),
+          tableHead(['Product', 'Store', 'Price', 'Quantity', 'Line total']),
           h('tbody', null, (o.items || []).map((i) => h('tr', null,
             h('td', null, i.productName),
             h('td', null, i.storeName),
@@ -1107,7 +1112,7 @@ function depotView(ctx) {
       replace(lists, all.length === 0
         ? h('p', { class: 'empty' }, 'No shopping list here.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
-          h('thead', null, h('tr', null, ['List', 'Order', 'Status', 'Bot', 'Stops'].map((c) => h('th', null, c)))),
+          tableHead(['List', 'Order', 'Status', 'Bot', 'Stops']),
           h('tbody', null, all.map((l) => h('tr', { class: 'shopping-row', 'data-id': l.id },
             h('td', null, h('span', { class: 'mono', title: l.id }, shortId(l.id))),
             h('td', null, orderLink(l.orderId)),
@@ -1182,7 +1187,7 @@ function invoicesView(ctx) {
       replace(open, list.length >= 100 ? h('p', { class: 'muted small' }, 'The oldest 100 invoices to pay:') : null, list.length === 0
         ? h('p', { class: 'empty' }, 'Nothing to pay.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
-          h('thead', null, h('tr', null, ['Invoice', 'Order', 'Amount', 'Status', ''].map((c) => h('th', null, c)))),
+          tableHead(['Invoice', 'Order', 'Amount', 'Status', '']),
           h('tbody', null, list.map((inv) => h('tr', { class: 'invoice-row', 'data-id': inv.id },
             h('td', null, h('span', { class: 'mono', title: inv.id }, shortId(inv.id))),
             h('td', null, orderLink(inv.orderId)),
@@ -1312,7 +1317,7 @@ function deadLettersView(ctx) {
     loadMore.addEventListener('click', () => load(true));
     replace(list, 
       h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
-        h('thead', null, h('tr', null, ['When', 'Message and reason', 'Group', 'Tries', 'Status'].map((c) => h('th', null, c)))),
+        tableHead(['When', 'Message and reason', 'Group', 'Tries', 'Status']),
         h('tbody', null, letters.map((d) => {
           const tr = h('tr', { class: ['dead-letter-row', deadLetterState.selected === d.id && 'selected'], 'data-id': d.id, 'data-status': d.status, tabindex: 0 },
             h('td', { class: 'nowrap', title: fmtDateTime(d.deadLetteredAt) }, fmtWhen(d.deadLetteredAt), h('div', { class: 'muted small' }, `${ago(d.deadLetteredAt)} ago`)),
@@ -1713,7 +1718,7 @@ function storesView(ctx, selectedId) {
         list.length === 0
           ? h('p', { class: 'empty' }, 'No product.')
           : h('div', { class: 'table-wrap' }, h('table', { class: 'table' },
-            h('thead', null, h('tr', null, ['Product', 'SKU', 'Price', 'Description'].map((c) => h('th', null, c)))),
+            tableHead(['Product', 'SKU', 'Price', 'Description']),
             h('tbody', null, list.map((p) => h('tr', { class: 'product-row', 'data-id': p.id },
               h('td', null, p.name),
               h('td', { class: 'mono' }, p.sku || '—'),
@@ -1731,7 +1736,7 @@ function storesView(ctx, selectedId) {
       replace(stores, list.length === 0
         ? h('p', { class: 'empty' }, 'No store yet.')
         : h('div', { class: 'table-wrap' }, h('table', { class: 'table clickable' },
-          h('thead', null, h('tr', null, ['Store', 'Location', 'Participating'].map((c) => h('th', null, c)))),
+          tableHead(['Store', 'Location', 'Participating']),
           h('tbody', null, list.map((st) => {
             const tr = h('tr', { class: ['store-row', selectedId === st.id && 'selected'], 'data-id': st.id, tabindex: 0 },
               h('td', null, st.name),
