@@ -814,6 +814,10 @@ async fn run_partition(
     let mut draining: Option<Option<Instant>> = None; // Some(give-up time when stopping)
     let mut resync = false;
     let mut failures = 0u32;
+    // The connection's count of (re)connects when deliveries were last known complete: a
+    // reconnect can lose deliveries that no later delivery reveals (see `lost_deliveries`).
+    let connects = g.broker.js.client().statistics();
+    let mut connects_checked = connects.connects.load(std::sync::atomic::Ordering::Relaxed);
     let mut progress = tokio::time::interval((g.ack_wait / 3).max(Duration::from_millis(20)));
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -859,6 +863,21 @@ async fn run_partition(
                 Some(None) => {
                     pulling = false;
                     lock(&g.slots).remove(&p);
+                    let now = connects.connects.load(std::sync::atomic::Ordering::Relaxed);
+                    if now != connects_checked && draining.is_none() {
+                        let lost = lost_deliveries(&consumer, last_delivery).await;
+                        if lost.is_some() {
+                            connects_checked = now;
+                        }
+                        if lost == Some(true) {
+                            tracing::warn!(
+                                partition = p, group = %g.group,
+                                "deliveries of the partition were lost with the connection; reopening it from its ack floor"
+                            );
+                            resync = true;
+                            draining = Some(None);
+                        }
+                    }
                 }
                 Some(Some(Ok(message))) => {
                     // JetStream numbers a consumer's deliveries; this member is the only one
@@ -924,6 +943,21 @@ async fn run_partition(
     let (expected, mut clean) = state.hand_back(g.ack_wait).await;
     clean &= !interrupted || pending_matches(&consumer, expected).await;
     End::Released { clean }
+}
+
+/// Whether the server counts more deliveries than this member received. A delivery lost with
+/// the connection shows as a gap only when a later one arrives; if the key's next message was
+/// lost too (sent to the old connection's pull request), nothing arrives until the ack wait
+/// ends. So after a reconnect, an empty pull asks the server.
+/// `None` when the server could not be asked (the next empty pull asks again).
+async fn lost_deliveries(consumer: &Consumer<pull::Config>, last_delivery: u64) -> Option<bool> {
+    match consumer.get_info().await {
+        Ok(info) => Some(info.delivered.consumer_sequence > last_delivery),
+        Err(e) => {
+            tracing::debug!(error = %e, "checking a partition's deliveries after a reconnect");
+            None
+        }
+    }
 }
 
 /// Whether the consumer counts no more unacknowledged messages than this member knows of (so

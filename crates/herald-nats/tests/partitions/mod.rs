@@ -362,8 +362,11 @@ async fn a_member_whose_claim_was_taken_cannot_settle() {
 
 /// A connection lost with a delivery on its way: JetStream counts the message delivered (and
 /// redelivers it only after its ack wait), the member reconnects and pulls the key's next
-/// message. The member sees the gap in the consumer's delivery numbers, hands out nothing
-/// more, and reopens the partition from its ack floor: the key's messages are handled in order.
+/// message. The member sees the gap in the consumer's delivery numbers (or, when the next
+/// message was lost with the connection too, an empty pull after the reconnect finds the
+/// server counting more deliveries than it received), hands out nothing more, and reopens the
+/// partition from its ack floor: the key's messages are handled in order, without waiting for
+/// the ack wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_lost_with_its_connection_does_not_let_the_key_s_next_message_pass() {
     use crate::support::Proxy;
