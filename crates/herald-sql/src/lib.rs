@@ -71,6 +71,7 @@
 #![forbid(unsafe_code)]
 
 pub mod any;
+pub mod changes;
 mod config;
 mod dead_letters;
 mod error;

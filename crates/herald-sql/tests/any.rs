@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[path = "any/changes.rs"]
+mod changes;
+
 use herald::projection::ProjectionError;
 use herald::router::HandlerError;
 use herald::{ExpectedVersion, NewEvent, Store, Transaction};

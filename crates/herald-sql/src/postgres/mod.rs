@@ -75,6 +75,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub(crate) const SEQUENCER_LOCK: i32 = 0x4852_4c01;
 /// The broker's message log.
 pub(crate) const BROKER_LOCK: i32 = 0x4852_4c02;
+/// A captured table's changes (`herald_sql::changes`; the second key is the table's hash).
+pub(crate) const CAPTURE_LOCK: i32 = 0x4852_4c03;
 
 /// The `LISTEN`/`NOTIFY` channel announcing commits; the payload is `<schema>:store` or
 /// `<schema>:queue`.
