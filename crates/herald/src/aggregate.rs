@@ -3,6 +3,11 @@
 //! aggregate from its latest snapshot plus the events after it, and saves new events with the
 //! version it loaded as the expected version, so concurrent writers cannot both win.
 //!
+//! Old shapes on the way in: events stored under an old name are upcast through the
+//! repository's [`Registry`] as the stream loads, and a snapshot carries its aggregate's
+//! [`Aggregate::SNAPSHOT_VERSION`] (in a small envelope inside the payload), so a snapshot of an
+//! older state shape is ignored and the stream replayed from the start (ADR 0020).
+//!
 //! [`testing::AggregateTest`] checks domain rules in the given/when/then style without any store.
 
 use std::fmt;
@@ -23,6 +28,13 @@ use crate::store::{ExpectedVersion, NewEvent, RecordedEvent, Snapshot, Store, St
 pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The type name; streams are named `"{TYPE}-{id}"`.
     const TYPE: &'static str;
+    /// The version of the aggregate's snapshot shape (its serialised state). Bump it when the
+    /// snapshot shape changes — a field added, removed, renamed or re-typed in the state —
+    /// so that old snapshots are ignored instead of misread: a [`Repository`] loading a
+    /// snapshot of another version replays the stream from its first event (through the
+    /// upcasters), and the next save that crosses the snapshot interval writes a snapshot of
+    /// the current version. Default 1; snapshots written before versions existed count as 1.
+    const SNAPSHOT_VERSION: u32 = 1;
     /// What can be asked of it.
     type Command: Send;
     /// What it records.
@@ -193,8 +205,16 @@ impl<A: Aggregate> Repository<A> {
         // The snapshot and the first batch of events after it in one read.
         let (snapshot, mut events) = source.load_stream(&stream, BATCH).await?;
         let (mut state, mut version) = match snapshot {
-            Some(s) => (decode_json::<A>(A::TYPE, &s.payload)?, s.version),
             None => (A::default(), 0),
+            Some(s) => match decode_snapshot::<A>(&stream, &s)? {
+                Some(state) => (state, s.version),
+                None => {
+                    // A snapshot of another shape version: the events after it are not enough,
+                    // replay the whole stream.
+                    events = source.read_stream(&stream, 1, BATCH).await?;
+                    (A::default(), 0)
+                }
+            },
         };
         loop {
             let n = events.len();
@@ -232,7 +252,7 @@ impl<A: Aggregate> Repository<A> {
         }
         loaded.version = result.next_expected_version;
         if self.snapshot_due(before, loaded.version) {
-            let payload = encode_json(A::TYPE, &loaded.state)?;
+            let payload = encode_snapshot(&loaded.state)?;
             tx.save_snapshot(Snapshot { stream, version: loaded.version, payload }).await?;
         }
         Ok(())
@@ -395,6 +415,59 @@ impl<A: Aggregate> Repository<A> {
             messages = messages.into_iter().map(|m| m.caused_by(cause)).collect();
         }
         tx.enqueue(messages).await
+    }
+}
+
+/// A snapshot's payload as written: the state in a small JSON envelope with its shape's version,
+/// `{"heraldSnapshotVersion":2,"state":{…}}`, so that the version travels inside the payload
+/// and no store needs a schema change. The key is one no aggregate state has by accident.
+#[derive(Serialize)]
+struct SnapshotEnvelope<'a, A> {
+    #[serde(rename = "heraldSnapshotVersion")]
+    version: u32,
+    state: &'a A,
+}
+
+/// A snapshot payload read back in its envelope (whose version was checked first).
+#[derive(serde::Deserialize)]
+struct StoredSnapshot<A> {
+    state: A,
+}
+
+/// Only the version of a snapshot payload (the state is skipped, not built): `None` for a
+/// payload written before snapshots had versions (the bare state, which has no such key).
+#[derive(serde::Deserialize)]
+struct SnapshotVersion {
+    #[serde(rename = "heraldSnapshotVersion", default)]
+    version: Option<u32>,
+}
+
+fn encode_snapshot<A: Aggregate>(state: &A) -> Result<Vec<u8>, CodecError> {
+    encode_json(A::TYPE, &SnapshotEnvelope { version: A::SNAPSHOT_VERSION, state })
+}
+
+/// The state in a snapshot of `stream`, or `None` when the snapshot is of another
+/// [`Aggregate::SNAPSHOT_VERSION`] (the caller replays the stream from the start). A payload
+/// without an envelope (written before snapshots had versions) is version 1.
+fn decode_snapshot<A: Aggregate>(stream: &str, snapshot: &Snapshot) -> Result<Option<A>, CodecError> {
+    let payload = snapshot.payload.as_slice();
+    // Only an object can be an envelope (a struct also decodes from an array, field by field).
+    let is_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let version = if is_object { decode_json::<SnapshotVersion>(A::TYPE, payload)?.version } else { None };
+    let found = version.unwrap_or(1);
+    if found != A::SNAPSHOT_VERSION {
+        tracing::info!(
+            stream,
+            snapshot.version = snapshot.version,
+            found,
+            current = A::SNAPSHOT_VERSION,
+            "ignoring a snapshot of another shape version; replaying the stream from the start"
+        );
+        return Ok(None);
+    }
+    match version {
+        Some(_) => Ok(Some(decode_json::<StoredSnapshot<A>>(A::TYPE, payload)?.state)),
+        None => Ok(Some(decode_json::<A>(A::TYPE, payload)?)),
     }
 }
 

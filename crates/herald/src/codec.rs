@@ -5,6 +5,11 @@
 //!   events declared with [`event_set!`](crate::event_set). Aggregates and handlers use it.
 //! * [`Registry`] holds [upcasters](Registry::upcast): when a stored or in-flight payload still
 //!   has an old name, it is transformed step by step into the current shape before decoding.
+//!   Give the same registry to every reader (ADR 0020): the [`Repository`](crate::aggregate::Repository)
+//!   upcasts a stream as it loads it, the [`Router`](crate::router::Router) upcasts a message
+//!   *before* it chooses the handler (so a `…v1` in flight, or a replayed dead letter, reaches
+//!   the handler of `…v2`), and a [`ProjectionRunner`](crate::projection::ProjectionRunner)
+//!   upcasts the log before its filter and projection see an event.
 //!
 //! Decoding never panics: an unknown name or a payload that does not fit is a [`CodecError`],
 //! which the router treats as permanent and sends to the dead-letter topic with the reason.
@@ -200,6 +205,13 @@ macro_rules! events {
     };
 }
 
+/// Header (in [`Metadata::headers`](crate::message::Metadata)) on a message or event that
+/// Herald upcast before handing it on: the name it was sent, stored or dead-lettered under.
+/// The reader sees the current name and payload; this header is for diagnostics. The router
+/// also names the old name in a debug event of the `handle` span. Dead letters and the log
+/// keep what was written (old name, old payload), so a replay is upcast again.
+pub const UPCAST_FROM: &str = "herald-upcast-from";
+
 type UpcastFn = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 
 /// Known upcasters, from an old event name to the next name and shape. Cheap to clone.
@@ -244,6 +256,42 @@ impl Registry {
         }
         let (name, payload) = self.upgrade(name, payload, &known)?;
         S::decode(&name, &payload)
+    }
+
+    /// Whether an upcaster is registered from `name` (it is an old name).
+    pub fn has_upcaster(&self, name: &str) -> bool {
+        self.upcasters.contains_key(name)
+    }
+
+    /// The names `name` becomes, step by step, through the registered upcasters — the next
+    /// name first, the current name last; empty when `name` has no upcaster. Runs no upcaster
+    /// (it only reads the chain), so a consumer can decide where to stop before paying for the
+    /// transformation: the router stops at the first name a route has a handler for, a
+    /// projection at the first name its filter accepts (see [`upcast_to`](Self::upcast_to)).
+    /// A cycle ends the chain before its first repeated name.
+    pub fn upcast_chain(&self, name: &str) -> Vec<&str> {
+        let mut chain: Vec<&str> = Vec::new();
+        let mut current = name;
+        while let Some((next, _)) = self.upcasters.get(current) {
+            if next == name || chain.contains(&next.as_str()) || chain.len() >= MAX_UPCAST_STEPS {
+                break;
+            }
+            chain.push(next);
+            current = next;
+        }
+        chain
+    }
+
+    /// Upcasts a payload named `name` into the shape named `target` (a name on
+    /// [`upcast_chain`](Self::upcast_chain)), running each upcaster on the way; the payload
+    /// unchanged when `name` is `target`.
+    ///
+    /// # Errors
+    /// [`CodecError::Upcast`] when an upcaster refuses the payload, [`CodecError::Decode`]
+    /// when the payload is not JSON, [`CodecError::UnknownEvent`] when `target` is not on the
+    /// chain of `name`.
+    pub fn upcast_to(&self, name: &str, payload: &[u8], target: &str) -> Result<Vec<u8>, CodecError> {
+        self.upgrade(name, payload, &[target]).map(|(_, payload)| payload)
     }
 
     /// Follows upcasters from `name` until a name in `target` is reached.
@@ -318,6 +366,28 @@ mod tests {
     fn a_payload_that_does_not_decode_is_an_error_naming_the_event() {
         let err = registry().decode::<PriceSet>("PriceSet.v3", b"not json").unwrap_err();
         assert!(err.to_string().contains("PriceSet.v3"), "{err}");
+    }
+
+    #[test]
+    fn the_chain_names_every_later_name_without_running_an_upcaster() {
+        let registry =
+            registry()
+                .upcast("Loop.v1", "Loop.v2", |_| Err("never run".into()))
+                .upcast("Loop.v2", "Loop.v1", |_| Err("never run".into()));
+        assert_eq!(registry.upcast_chain("PriceSet.v1"), ["PriceSet.v2", "PriceSet.v3"]);
+        assert_eq!(registry.upcast_chain("PriceSet.v2"), ["PriceSet.v3"]);
+        assert!(registry.upcast_chain("PriceSet.v3").is_empty());
+        assert!(registry.has_upcaster("PriceSet.v1") && !registry.has_upcaster("PriceSet.v3"));
+        assert_eq!(registry.upcast_chain("Loop.v1"), ["Loop.v2"], "a cycle ends before repeating");
+    }
+
+    #[test]
+    fn upcasting_stops_at_the_target_name() {
+        let v2 = registry().upcast_to("PriceSet.v1", br#"{"amount": 1.5}"#, "PriceSet.v2").unwrap();
+        let v2: Value = serde_json::from_slice(&v2).unwrap();
+        assert_eq!((v2["cents"].as_i64(), v2.get("currency")), (Some(150), None));
+        let err = registry().upcast_to("PriceSet.v3", b"{}", "PriceSet.v1").unwrap_err();
+        assert!(matches!(err, CodecError::UnknownEvent { .. }), "{err}");
     }
 
     #[test]

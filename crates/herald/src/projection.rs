@@ -90,13 +90,23 @@
 //!   replays the log from the beginning up to the head it saw at the start, reporting
 //!   [`Progress`]. Readers see the read model empty and then growing while it rebuilds.
 //!
+//! # Old event shapes
+//!
+//! Events stay in the log under the name and shape they were written with. Give the runner the
+//! application's upcasters ([`RunnerConfig::registry`]) and every event is upcast before the
+//! [`EventFilter`] and the projection see it — live, catching up and in a [rebuild](ProjectionRunner::rebuild)
+//! alike — so a projection only knows the current names (ADR 0020). Projections read the
+//! store's log only; messages from a broker topic reach a read model through a
+//! [`Router`](crate::router::Router) route, which upcasts the same way.
+//!
 //! # Failures
 //!
 //! * A **transient** error ([`ProjectionError::is_transient`]: a database error, a conflict, or
 //!   [`ProjectionError::Transient`]) rolls the batch back and retries it with exponential,
 //!   jittered backoff ([`RunnerConfig::retry`]), for ever unless [`RunnerConfig::max_attempts`]
 //!   is set; [`ProjectionRunner::status`] shows [`Phase::Retrying`] meanwhile.
-//! * A **permanent** error from the projection on one event (an undecodable payload, a bug)
+//! * A **permanent** error from the projection on one event (an undecodable payload, an
+//!   upcaster that refuses it, a bug)
 //!   **stops the runner**: the batch is rolled back, replayed one event at a time to find the
 //!   failing event, the events before it are committed with their checkpoint, and [`ProjectionRunner::run`] returns [`RunError::Event`] with the
 //!   event's position, stream and name; the status shows [`Phase::Failed`]. Nothing is skipped
@@ -110,6 +120,7 @@
 //! of the last projected event (events carry no separate recorded-at time).
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,7 +132,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::CodecError;
+use crate::codec::{CodecError, Registry, UPCAST_FROM};
 use crate::lease::{self, Singleton};
 use crate::router::RetryPolicy;
 use crate::store::{RecordedEvent, Store, StoreError, Transaction};
@@ -295,12 +306,53 @@ impl EventFilter {
         self.stream_prefix(format!("{}-", A::TYPE))
     }
 
-    /// Whether the projection wants `event`.
+    /// Whether the projection wants `event` (as it is: a runner with a
+    /// [`registry`](RunnerConfig::registry) asks with the event upcast).
     pub fn matches(&self, event: &RecordedEvent) -> bool {
-        let name_ok = self.names.as_ref().is_none_or(|names| names.contains(&event.name));
-        let stream_ok =
-            self.stream_prefixes.is_empty() || self.stream_prefixes.iter().any(|p| event.stream.starts_with(p));
-        name_ok && stream_ok
+        self.accepts_name(&event.name) && self.accepts_stream(&event.stream)
+    }
+
+    fn accepts_name(&self, name: &str) -> bool {
+        self.names.as_ref().is_none_or(|names| names.contains(name))
+    }
+
+    fn accepts_stream(&self, stream: &str) -> bool {
+        self.stream_prefixes.is_empty() || self.stream_prefixes.iter().any(|p| stream.starts_with(p))
+    }
+
+    /// The event as the projection gets it, or `None` if the filter rejects it. With upcasters
+    /// for its name, it is upcast first, to the first name of its chain the filter accepts by
+    /// name (a filter naming `…v2` gets a `…v1` as `…v2`), or to the chain's last, current
+    /// name when the filter names no events. A name the filter accepts as it is stays as it
+    /// is. Only the upcasters up to that name run, and only for events the filter wants.
+    fn prepare<'e>(
+        &self,
+        registry: &Registry,
+        event: &'e RecordedEvent,
+    ) -> Result<Option<Cow<'e, RecordedEvent>>, CodecError> {
+        if !self.accepts_stream(&event.stream) {
+            return Ok(None);
+        }
+        let chain = registry.upcast_chain(&event.name);
+        let target = match &self.names {
+            _ if chain.is_empty() => return Ok(self.accepts_name(&event.name).then_some(Cow::Borrowed(event))),
+            Some(names) if names.contains(&event.name) => return Ok(Some(Cow::Borrowed(event))),
+            Some(names) => chain.into_iter().find(|name| names.contains(*name)),
+            None => chain.last().copied(),
+        };
+        let Some(target) = target else { return Ok(None) };
+        let payload = registry.upcast_to(&event.name, &event.payload, target)?;
+        let mut metadata = event.metadata.clone();
+        metadata.headers.insert(UPCAST_FROM.to_owned(), event.name.clone());
+        Ok(Some(Cow::Owned(RecordedEvent {
+            stream: event.stream.clone(),
+            version: event.version,
+            position: event.position,
+            id: event.id,
+            name: target.to_owned(),
+            payload,
+            metadata,
+        })))
     }
 }
 
@@ -351,7 +403,7 @@ pub fn downcast_tx<T: Any + Send>(tx: &mut dyn Transaction) -> Result<&mut T, Pr
         .ok_or_else(|| ProjectionError::permanent(format!("the transaction is not a {}", std::any::type_name::<T>())))
 }
 
-/// How a runner batches and retries.
+/// How a runner batches, retries and upcasts.
 #[derive(Clone, Debug)]
 pub struct RunnerConfig {
     /// Events per transaction (at most). Bigger batches amortise the commit; smaller ones hold
@@ -363,6 +415,13 @@ pub struct RunnerConfig {
     pub max_attempts: Option<u32>,
     /// Log progress (`tracing::info!`) every this many events while catching up or rebuilding.
     pub log_every: u64,
+    /// Upcasters applied to every event read from the log — live, catching up and rebuilding —
+    /// *before* the [`EventFilter`] and the projection see it, so a projection written for
+    /// `…v2` (filtering on it, matching on the name, decoding it) also projects the `…v1`
+    /// events still in the log. The event keeps its stream, version, position and id, and names
+    /// its stored name in the [`UPCAST_FROM`] header. An upcaster that fails is a permanent
+    /// error on that event: the runner stops there (see the module docs). Default: none.
+    pub registry: Registry,
 }
 
 impl Default for RunnerConfig {
@@ -377,6 +436,7 @@ impl Default for RunnerConfig {
             },
             max_attempts: None,
             log_every: 10_000,
+            registry: Registry::new(),
         }
     }
 }
@@ -407,6 +467,14 @@ impl RunnerConfig {
     #[must_use]
     pub fn log_every(mut self, n: u64) -> Self {
         self.log_every = n.max(1);
+        self
+    }
+
+    /// Sets the upcasters applied to events before the projection sees them
+    /// ([`registry`](Self::registry)).
+    #[must_use]
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
         self
     }
 }
@@ -1199,7 +1267,12 @@ impl ProjectionRunner {
         };
         let name = &self.inner.name;
         let mut tx = self.inner.store.begin().await.map_err(BatchFailure::store)?;
-        let accepted: Vec<&RecordedEvent> = batch.iter().filter(|e| self.inner.filter.matches(e)).collect();
+        let prepared: Vec<Cow<'_, RecordedEvent>> =
+            batch.iter().filter_map(|e| self.prepare(e).transpose()).collect::<Result<_, _>>().map_err(|e| {
+                // An upcaster refused an event: permanent; `fail_in_batch` finds which one.
+                BatchFailure::Projection(ProjectionError::Codec(e))
+            })?;
+        let accepted: Vec<&RecordedEvent> = prepared.iter().map(AsRef::as_ref).collect();
         if !accepted.is_empty() {
             self.inner.projection.handle_batch(tx.as_mut(), &accepted).await.map_err(|error| {
                 if error.is_transient() { BatchFailure::Retry(error) } else { BatchFailure::Projection(error) }
@@ -1207,6 +1280,11 @@ impl ProjectionRunner {
         }
         tx.save_checkpoint_if(name, expected, last.position, fence).await.map_err(BatchFailure::store)?;
         tx.commit().await.map_err(BatchFailure::store)
+    }
+
+    /// `event` as the projection gets it (upcast), or `None` if its filter rejects it.
+    fn prepare<'e>(&self, event: &'e RecordedEvent) -> Result<Option<Cow<'e, RecordedEvent>>, CodecError> {
+        self.inner.filter.prepare(&self.inner.config.registry, event)
     }
 
     /// The projection failed permanently on the batch: find the failing event by replaying the
@@ -1254,10 +1332,12 @@ impl ProjectionRunner {
     async fn locate_failure(&self, batch: &[RecordedEvent]) -> Option<(usize, ProjectionError)> {
         let mut tx = self.inner.store.begin().await.ok()?;
         for (index, event) in batch.iter().enumerate() {
-            if !self.inner.filter.matches(event) {
-                continue;
-            }
-            if let Err(error) = self.inner.projection.handle_batch(tx.as_mut(), &[event]).await {
+            let event = match self.prepare(event) {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
+                Err(e) => return Some((index, ProjectionError::Codec(e))),
+            };
+            if let Err(error) = self.inner.projection.handle_batch(tx.as_mut(), &[event.as_ref()]).await {
                 return (!error.is_transient()).then_some((index, error));
             }
         }

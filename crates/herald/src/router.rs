@@ -13,6 +13,11 @@
 //!   arrival order. Brokers with [`Capabilities::per_key_order`](crate::Capabilities) also hold
 //!   back later messages of a key while one is being retried, so a failing key never blocks
 //!   other keys and is never overtaken by its own later messages.
+//! * **Versioned dispatch.** With a [`Registry`] ([`Router::registry`]), a message sent under
+//!   an old name (`…v1`: in flight during a deploy, replayed from the dead letters, re-read by a
+//!   new group) is upcast to the name a route has a handler for (`…v2`) *before* the handler
+//!   is chosen, and remembers its old name in the [`UPCAST_FROM`] header; a failing upcaster
+//!   dead-letters it with the reason (ADR 0020).
 //! * **Retries** are broker redeliveries: a failed attempt is nacked with an exponential,
 //!   jittered delay ([`RetryPolicy`]), so a retrying message holds no worker while it waits. The
 //!   subscription's `max_deliveries` is the attempt limit; after it the broker dead-letters the
@@ -30,6 +35,7 @@
 //!   waits for in-flight handlers up to the shutdown timeout, and releases queued deliveries
 //!   for immediate redelivery.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -751,28 +757,94 @@ impl Route {
         self
     }
 
-    /// Handles every message whose name has no handler of its own (e.g. a saga's replies,
-    /// whatever their names). Replaces [`ignore_unknown`](Self::ignore_unknown).
+    /// Handles every message whose name has no handler of its own, nor an upcast chain that
+    /// reaches one (e.g. a saga's replies, whatever their names). The fallback gets the message
+    /// as sent, never upcast (it takes any name, so which shape it wants is its own call:
+    /// [`HandlerContext::decode`] upcasts). Replaces [`ignore_unknown`](Self::ignore_unknown).
     #[must_use]
     pub fn fallback(mut self, handler: impl Handler + 'static) -> Self {
         self.fallback = Some(Arc::new(handler));
         self
     }
 
-    /// By default a message no handler knows is acknowledged and skipped (topics carry events
-    /// for many consumers). With `false`, it is dead-lettered as unknown instead.
+    /// By default a message no handler knows — not under its own name, nor under a later name
+    /// the router's [`Registry`] upcasts it to — is acknowledged and skipped (topics carry
+    /// events for many consumers). With `false`, it is dead-lettered as unknown instead.
     #[must_use]
     pub fn ignore_unknown(mut self, ignore: bool) -> Self {
         self.ignore_unknown = ignore;
         self
     }
 
-    fn handler_for(&self, name: &str) -> Option<Arc<dyn Handler>> {
-        self.handlers.get(name).map(|r| r.handler.clone()).or_else(|| self.fallback.clone())
+    /// Chooses the handler for `message` and the message as that handler gets it:
+    ///
+    /// 1. a handler registered for the message's own name gets it as sent;
+    /// 2. otherwise, if `registry` upcasts the name, the first name along its chain
+    ///    ([`Registry::upcast_chain`]) that has a handler here wins: the message is upcast to
+    ///    that name (name and payload; the upcasters run only now, and only that far) and
+    ///    carries the name it was sent under in the [`UPCAST_FROM`] header;
+    /// 3. otherwise the fallback gets it as sent (a fallback takes any name, so the router
+    ///    cannot know which shape it wants: it decodes through
+    ///    [`HandlerContext::decode`], which upcasts);
+    /// 4. otherwise it is unknown, as before upcasting existed.
+    fn select<'m>(&self, registry: &Registry, message: &'m Message) -> Selection<'m> {
+        if let Some(registered) = self.handlers.get(&message.name) {
+            return Selection::Handle(registered.handler.clone(), Cow::Borrowed(message));
+        }
+        let target = registry.upcast_chain(&message.name).into_iter().find(|name| self.handlers.contains_key(*name));
+        if let Some((target, registered)) = target.and_then(|t| self.handlers.get_key_value(t)) {
+            return match registry.upcast_to(&message.name, &message.payload, target) {
+                Ok(payload) => {
+                    Selection::Handle(registered.handler.clone(), Cow::Owned(upcast(message, target, payload)))
+                }
+                Err(e) => Selection::UpcastFailed(format!(
+                    "route `{}`: upcasting message `{}` to `{target}` (the name its handler is registered for) failed: {e}",
+                    self.name, message.name
+                )),
+            };
+        }
+        match &self.fallback {
+            Some(fallback) => Selection::Handle(fallback.clone(), Cow::Borrowed(message)),
+            None => Selection::Unknown,
+        }
     }
 
     fn all_handlers(&self) -> impl Iterator<Item = &Arc<dyn Handler>> {
         self.handlers.values().map(|r| &r.handler).chain(self.fallback.as_ref())
+    }
+}
+
+/// The header naming what an upcast message was sent as (defined with the codec, where the
+/// projections find it too).
+pub use crate::codec::UPCAST_FROM;
+
+/// What a route does with a message ([`Route::select`]).
+// Lives for one dispatch on the stack; boxing the big variant would cost an allocation per
+// delivery to save a few hundred bytes of stack.
+#[allow(clippy::large_enum_variant)]
+enum Selection<'m> {
+    /// Run this handler on this message: as sent, or upcast to the handler's name.
+    Handle(Arc<dyn Handler>, Cow<'m, Message>),
+    /// No handler, no upcast chain that reaches one, no fallback: skipped or dead-lettered, as
+    /// [`Route::ignore_unknown`] says.
+    Unknown,
+    /// A handler waits under a later name, but an upcaster refused the message (the reason):
+    /// a permanent error, dead-lettered at once.
+    UpcastFailed(String),
+}
+
+/// `message` renamed to `name` with the upcast `payload`, remembering its old name in
+/// [`UPCAST_FROM`]; id, topic, key and the rest of the metadata unchanged.
+fn upcast(message: &Message, name: &str, payload: Vec<u8>) -> Message {
+    let mut metadata = message.metadata.clone();
+    metadata.headers.insert(UPCAST_FROM.to_owned(), message.name.clone());
+    Message {
+        id: message.id,
+        name: name.to_owned(),
+        topic: message.topic.clone(),
+        key: message.key.clone(),
+        payload,
+        metadata,
     }
 }
 
@@ -848,7 +920,12 @@ impl Router {
         self
     }
 
-    /// Upcasters used when decoding.
+    /// Upcasters, used twice: *before* a route chooses its handler — a message whose name has
+    /// no handler but an upcast chain that reaches one is upcast (name and payload) and handled
+    /// by the handler of its current name (see [`UPCAST_FROM`]; an upcaster that fails
+    /// dead-letters the message with the reason) — and when a handler decodes
+    /// ([`HandlerContext::decode`]). Without it (an empty registry) messages are dispatched by
+    /// the name they were sent under.
     #[must_use]
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = registry;
@@ -1010,15 +1087,19 @@ impl Router {
         let Some(r) = self.routes.iter().find(|r| &*r.name == route) else {
             return Err(HandlerError::permanent(format!("no route named `{route}`")));
         };
-        let Some(handler) = r.handler_for(&message.name) else {
-            return Err(HandlerError::permanent(format!("route `{route}` has no handler for `{}`", message.name)));
+        let (handler, handled) = match r.select(&self.registry, &message) {
+            Selection::Handle(handler, handled) => (handler, crate::dead_letters::as_handled(&handled)),
+            Selection::Unknown => {
+                return Err(HandlerError::permanent(format!("route `{route}` has no handler for `{}`", message.name)));
+            }
+            Selection::UpcastFailed(reason) => return Err(HandlerError::permanent(reason)),
         };
         let tx = match &self.store {
             Some(store) => Some(store.begin().await?),
             None => None,
         };
         let mut cx = HandlerContext {
-            message: crate::dead_letters::as_handled(&message),
+            message: handled,
             attempt: 1,
             handler: r.name.clone(),
             registry: self.registry.clone(),
@@ -1205,26 +1286,50 @@ impl Dispatcher {
             log_settle_error(delivery.ack().await);
             return;
         }
-        let Some(handler) = self.route.handler_for(&delivery.message.name) else {
-            let name = delivery.message.name.clone();
-            let result = if self.route.ignore_unknown {
-                self.activity.update(|s| s.skipped += 1);
-                delivery.ack().await
-            } else {
-                self.metrics.record_unhandled_dead_letter();
-                self.activity.update(|s| s.dead_lettered += 1);
-                let reason = format!("route `{}` has no handler for message `{name}`", self.route.name);
-                delivery.dead_letter(reason).await
-            };
-            log_settle_error(result);
-            return;
+        let (handler, span, message) = match self.route.select(&self.registry, &delivery.message) {
+            Selection::Handle(handler, handled) => {
+                // The span names the message as the handler gets it (its transport id, its
+                // current name); an upcast one also says what it was sent as.
+                let span = observability::handle_span(&handled, &self.route.name, delivery.attempt);
+                if let Cow::Owned(upcast) = &handled {
+                    tracing::debug!(
+                        parent: &span, message.upcast_from = %delivery.message.name, message.name = %upcast.name,
+                        "message upcast to the name its handler is registered for"
+                    );
+                }
+                (handler, span, crate::dead_letters::as_handled(&handled))
+            }
+            Selection::Unknown => {
+                let name = delivery.message.name.clone();
+                let result = if self.route.ignore_unknown {
+                    self.activity.update(|s| s.skipped += 1);
+                    delivery.ack().await
+                } else {
+                    self.metrics.record_unhandled_dead_letter();
+                    self.activity.update(|s| s.dead_lettered += 1);
+                    let reason = format!("route `{}` has no handler for message `{name}`", self.route.name);
+                    delivery.dead_letter(reason).await
+                };
+                log_settle_error(result);
+                return;
+            }
+            Selection::UpcastFailed(reason) => {
+                // Permanent: the same bytes through the same upcaster fail the same way. The
+                // dead letter keeps the message as sent, so a replay after the upcaster is
+                // fixed goes through it again.
+                let span = observability::handle_span(&delivery.message, &self.route.name, delivery.attempt);
+                span.in_scope(|| self.record(&delivery, &HandlerError::permanent(reason.clone()), Instant::now()));
+                log_settle_error(delivery.dead_letter(reason).instrument(span).await);
+                return;
+            }
         };
-        let span = observability::handle_span(&delivery.message, &self.route.name, delivery.attempt);
-        self.handle(delivery, handler).instrument(span).await;
+        self.handle(delivery, handler, message).instrument(span).await;
     }
 
-    /// Runs the chain for one delivery (inside its `handle` span), commits, settles, records.
-    async fn handle(&self, delivery: Delivery, handler: Arc<dyn Handler>) {
+    /// Runs the chain for one delivery (inside its `handle` span) on `message` (the delivered
+    /// message as its handler sees it: upcast, under its original id if it is a replay),
+    /// commits, settles, records.
+    async fn handle(&self, delivery: Delivery, handler: Arc<dyn Handler>, message: Message) {
         let started = Instant::now();
         let tx = match &self.store {
             Some(store) => match store.begin().await {
@@ -1240,7 +1345,7 @@ impl Dispatcher {
             None => None,
         };
         let mut cx = HandlerContext {
-            message: crate::dead_letters::as_handled(&delivery.message),
+            message,
             attempt: delivery.attempt,
             handler: self.route.name.clone(),
             registry: self.registry.clone(),

@@ -1,6 +1,7 @@
 //! Dead letters end to end in memory: the router's replay rules (skip replays for other groups,
 //! handle them under the original id) and the archive route, with the in-memory broker, store
-//! and archive. The same flow on SQLite is `herald-sql/tests/dead_letters.rs`.
+//! and archive; a replayed dead letter of an old message version reaching the current handler.
+//! The same flow on SQLite is `herald-sql/tests/dead_letters.rs`.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -13,8 +14,8 @@ use herald::dead_letters::{DeadLetter, DeadLetterError, DeadLetterFilter, DeadLe
 use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{Publisher, StartFrom, SubscribeOptions};
-use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router};
-use herald::{Message, MessageId};
+use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, UPCAST_FROM};
+use herald::{Event, Message, MessageId, Registry};
 use tokio_util::sync::CancellationToken;
 
 type Seen = Arc<Mutex<Vec<MessageId>>>;
@@ -119,4 +120,81 @@ async fn a_dead_letter_without_a_group_is_not_replayable() {
     assert_eq!(dead_letters.replay_all(&DeadLetterFilter::all()).await.unwrap(), 0);
     assert_eq!(dead_letters.get(stray.id).await.unwrap().status, DeadLetterStatus::Pending);
     assert_eq!(dead_letters.discard(stray.id).await.unwrap().status, DeadLetterStatus::Discarded);
+}
+
+/// Version 2 of an order placement (v1 had no currency).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct PlacedV2 {
+    total: i64,
+    currency: String,
+}
+impl Event for PlacedV2 {
+    const NAME: &'static str = "Placed.v2";
+}
+
+/// What the v2 handler saw: the id it was handled under, the order, the [`UPCAST_FROM`] header.
+type HandledV2 = Arc<Mutex<Vec<(MessageId, PlacedV2, Option<String>)>>>;
+
+/// A v1 message published before the deploy that introduced v2 (and forgot its upcaster) is
+/// dead-lettered as "no handler"; once the upcaster is deployed, its replay — the v1 message
+/// as sent — is upcast by the router and reaches the v2 handler, under the original id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_v1_dead_letter_reaches_the_v2_handler_through_the_routers_upcasting() {
+    let broker = MemoryBroker::in_memory();
+    let store = Arc::new(MemoryStore::new());
+    let dead_letters = DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new()));
+    let options = SubscribeOptions::new("orders-v", "billing").start(StartFrom::Beginning).max_deliveries(2);
+    let handled = HandledV2::default();
+    let router = |registry: Registry| {
+        let route = Route::new(options.clone()).ignore_unknown(false).on_with(
+            handled.clone(),
+            async |cx: &mut HandlerContext, placed: PlacedV2, handled: &HandledV2| {
+                let from = cx.message().header(UPCAST_FROM).map(str::to_owned);
+                handled.lock().unwrap().push((cx.message().id, placed, from));
+                Ok(())
+            },
+        );
+        let router = Router::new(Arc::new(broker.clone())).store(store.clone()).middleware(Inbox).registry(registry);
+        dead_letters.archive_routes_for(&[&options], "archive").into_iter().fold(router.route(route), Router::route)
+    };
+
+    // Before: a v2 handler and no upcaster.
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(router(Registry::new()).run(stop.clone()));
+    let original = Message::new("orders-v", "Placed.v1", br#"{"total":42}"#.to_vec()).with_key("o-7");
+    broker.publish(std::slice::from_ref(&original)).await.unwrap();
+    let pending = DeadLetterFilter::pending().group("billing");
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    eventually("the v1 message is dead-lettered and archived", async || {
+        letters = dead_letters.list(&pending, &Page::default()).await.unwrap();
+        !letters.is_empty()
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let letter = letters.remove(0);
+    assert!(letter.reason.contains("no handler for message `Placed.v1`"), "{}", letter.reason);
+    assert_eq!(letter.message.name, "Placed.v1");
+
+    // After: the upcaster is deployed; the dead letter is replayed through the outbox.
+    let upcasters = Registry::new().upcast("Placed.v1", PlacedV2::NAME, |mut v| {
+        v["currency"] = serde_json::Value::from("EUR");
+        Ok(v)
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(router(upcasters).run(stop.clone()));
+    let relay = tokio::spawn(OutboxRelay::new(store.clone(), Arc::new(broker.clone())).run(stop.clone()));
+    let replay = dead_letters.replay(letter.id).await.unwrap();
+    assert_eq!(replay.name, "Placed.v1", "a replay republishes the message as it was sent");
+    eventually("the v2 handler handles the replay", async || !handled.lock().unwrap().is_empty()).await;
+    let seen = handled.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(original.id, PlacedV2 { total: 42, currency: "EUR".into() }, Some("Placed.v1".to_owned()))],
+        "upcast, under the original id"
+    );
+    assert_eq!(dead_letters.get(letter.id).await.unwrap().status, DeadLetterStatus::Replayed);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    relay.await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! Projections on the in-memory store: catch-up, live, resume, independence, late start,
-//! rebuild with progress, the failure policy and lag.
+//! rebuild with progress, the failure policy, lag, and old event shapes upcast before the
+//! projection sees them.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
+use herald::codec::UPCAST_FROM;
 use herald::memory::MemoryStore;
 use herald::projection::{
     EventFilter, Phase, Progress, Projection, ProjectionError, ProjectionRunner, RunError, RunnerConfig, run_all,
@@ -572,4 +574,132 @@ async fn leased_replicas_take_turns_and_hand_over_on_a_clean_stop() {
     b_task.await.unwrap().unwrap();
     assert_eq!(b.phase(), Phase::Stopped);
     assert_eq!(store.load_checkpoint("leased-balances").await.unwrap(), Some(800));
+}
+
+/// Version 2 of [`Deposited`]: cents instead of whole units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct DepositedV2 {
+    cents: i64,
+}
+impl Event for DepositedV2 {
+    const NAME: &'static str = "bank.Deposited.v2";
+}
+
+/// `bank.Deposited.v1` → `bank.Deposited.v2`; refuses a negative amount.
+fn deposit_upcasters() -> Registry {
+    Registry::new().upcast(Deposited::NAME, DepositedV2::NAME, |v| {
+        let amount = v["amount"].as_i64().ok_or("amount missing")?;
+        if amount < 0 {
+            return Err(format!("a deposit of {amount} cannot be upcast"));
+        }
+        Ok(serde_json::json!({ "cents": amount * 100 }))
+    })
+}
+
+/// A projection written for v2 only: it accepts only `bank.Deposited.v2` by name and decodes it
+/// without any registry of its own. Sums the cents and counts the events that were upcast.
+struct CentsV2 {
+    /// Its name (its checkpoint's).
+    name: &'static str,
+    /// (total cents, events that arrived upcast from v1)
+    model: Arc<Mutex<(i64, u64)>>,
+}
+
+impl CentsV2 {
+    fn new(name: &'static str) -> Self {
+        Self { name, model: Arc::default() }
+    }
+}
+
+#[async_trait]
+impl Projection for CentsV2 {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn filter(&self) -> EventFilter {
+        EventFilter::all().names([DepositedV2::NAME])
+    }
+
+    async fn handle(&self, tx: &mut dyn Transaction, event: &RecordedEvent) -> Result<(), ProjectionError> {
+        let cents = event.decode::<DepositedV2>()?.cents;
+        let upcast = u64::from(event.metadata.headers.get(UPCAST_FROM).is_some_and(|from| from == Deposited::NAME));
+        let model = self.model.clone();
+        tx.on_commit(Box::new(move || {
+            let mut m = model.lock().unwrap();
+            m.0 += cents;
+            m.1 += upcast;
+        }));
+        Ok(())
+    }
+
+    async fn reset(&self, tx: &mut dyn Transaction) -> Result<(), ProjectionError> {
+        let model = self.model.clone();
+        tx.on_commit(Box::new(move || *model.lock().unwrap() = (0, 0)));
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_events_in_the_log_reach_a_v2_projection_upcast_live_and_in_a_rebuild() {
+    let store = MemoryStore::new();
+    // History: v1 deposits of 1..=10 (5500 cents), then a v2 deposit of 7 cents.
+    append_deposits(&store, 1, 10, 2).await;
+    store
+        .append("acct-0", ExpectedVersion::Any, vec![NewEvent::encode(&DepositedV2 { cents: 7 }).unwrap()])
+        .await
+        .unwrap();
+    let projection = Arc::new(CentsV2::new("cents-v2"));
+    let runner = ProjectionRunner::with_config(
+        Arc::new(store.clone()),
+        projection.clone(),
+        config(4).registry(deposit_upcasters()),
+    );
+    let cancel = CancellationToken::new();
+    let task = runner.spawn(cancel.clone());
+    wait_until("history projected", || *projection.model.lock().unwrap() == (5507, 10)).await;
+
+    // Live: a v1 event written by a producer that was not redeployed yet.
+    store.append("acct-1", ExpectedVersion::Any, vec![deposit(3)]).await.unwrap();
+    wait_until("the live v1 event projected", || *projection.model.lock().unwrap() == (5807, 11)).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+
+    // Replay: the rebuild upcasts the same way and ends equal.
+    projection.model.lock().unwrap().0 = -1;
+    let report = runner.rebuild(CancellationToken::new()).await.unwrap();
+    assert!(report.completed);
+    assert_eq!(report.events, 12);
+    assert_eq!(*projection.model.lock().unwrap(), (5807, 11), "rebuilt through the upcaster");
+
+    // Without the upcasters the same projection sees only the v2 event: the filter drops v1.
+    let bare = Arc::new(CentsV2::new("cents-v2-without-upcasters"));
+    ProjectionRunner::with_config(Arc::new(store.clone()), bare.clone(), config(4))
+        .catch_up(CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(*bare.model.lock().unwrap(), (7, 0));
+}
+
+#[tokio::test]
+async fn a_v1_event_whose_upcaster_fails_stops_the_projection_at_that_event() {
+    let store = MemoryStore::new();
+    for amount in [1, 2, -3, 4] {
+        store.append("acct-0", ExpectedVersion::Any, vec![deposit(amount)]).await.unwrap();
+    }
+    let projection = Arc::new(CentsV2::new("cents-v2"));
+    let runner = ProjectionRunner::with_config(
+        Arc::new(store.clone()),
+        projection.clone(),
+        config(10).registry(deposit_upcasters()),
+    );
+    match runner.run(CancellationToken::new()).await {
+        Err(RunError::Event { position: 3, event, source, .. }) => {
+            assert_eq!(event, Deposited::NAME, "reported under its stored name");
+            assert!(source.to_string().contains("cannot be upcast"), "{source}");
+        }
+        other => panic!("expected a failure on the event at position 3, got {other:?}"),
+    }
+    assert_eq!(*projection.model.lock().unwrap(), (300, 2), "the events before it are committed");
+    assert_eq!(store.load_checkpoint("cents-v2").await.unwrap(), Some(2));
 }

@@ -1,5 +1,6 @@
-//! The router against the in-memory broker and store: dispatch by name, retries, dead letters,
-//! per-key order, the unit of work with inbox and outbox, shutdown.
+//! The router against the in-memory broker and store: dispatch by name (upcasting old names
+//! first), retries, dead letters, per-key order, the unit of work with inbox and outbox,
+//! shutdown.
 
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
@@ -12,9 +13,9 @@ use herald::memory::{MemoryBroker, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{DLQ_REASON, Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::router::{
-    Handler, HandlerContext, HandlerError, Inbox, Retry, RetryPolicy, Route, Router, StartError, Timeout,
+    Handler, HandlerContext, HandlerError, Inbox, Retry, RetryPolicy, Route, Router, StartError, Timeout, UPCAST_FROM,
 };
-use herald::{Event, Message, Store};
+use herald::{Event, Message, Registry, Store};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -478,4 +479,98 @@ async fn a_running_router_reports_when_everything_published_is_settled() {
     assert_eq!((stats.handled, stats.dead_lettered, stats.skipped), (5, 1, 1), "{stats:?}");
     stop.cancel();
     running.wait().await;
+}
+
+/// Version 2 of [`Ping`]: the same fact, with a label added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PingV2 {
+    n: u32,
+    label: String,
+}
+impl Event for PingV2 {
+    const NAME: &'static str = "test.Ping.v2";
+}
+
+/// `test.Ping.v1` → `test.Ping.v2`: labels the ping with its number, refuses 13.
+fn ping_upcasters() -> Registry {
+    Registry::new().upcast(Ping::NAME, PingV2::NAME, |mut v| {
+        let n = v["n"].as_u64().ok_or("n missing")?;
+        if n == 13 {
+            return Err("13 is unlucky".into());
+        }
+        v["label"] = serde_json::Value::from(format!("ping {n}"));
+        Ok(v)
+    })
+}
+
+/// What a v2 handler saw: the ping, the message's name and its [`UPCAST_FROM`] header.
+type SeenV2 = Arc<Mutex<Vec<(PingV2, String, Option<String>)>>>;
+
+fn v2_route(topic: &str, seen: &SeenV2) -> Route {
+    Route::new(options(topic)).ignore_unknown(false).on_with(
+        seen.clone(),
+        async |cx: &mut HandlerContext, p: PingV2, seen: &SeenV2| {
+            let (name, from) = (cx.message().name.clone(), cx.message().header(UPCAST_FROM).map(str::to_owned));
+            seen.lock().unwrap().push((p, name, from));
+            Ok(())
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_message_in_flight_reaches_the_v2_handler_after_upcasting() {
+    let broker = MemoryBroker::in_memory();
+    let seen = SeenV2::default();
+    // The route handles only v2, and dead-letters what it does not know: without the upcasting
+    // the v1 message would be dead-lettered as "no handler".
+    let router = Router::new(Arc::new(broker.clone())).registry(ping_upcasters()).route(v2_route("versions", &seen));
+    let stop = CancellationToken::new();
+    let running = router.start(stop.clone()).await.unwrap();
+    let v2 = PingV2 { n: 2, label: "sent as v2".into() };
+    broker.publish(&[ping("versions", "k", 1), Message::encode("versions", &v2).unwrap().with_key("k")]).await.unwrap();
+    let stats = tokio::time::timeout(Duration::from_secs(10), running.wait_until(|s| s.settled() == 2 && s.is_idle()))
+        .await
+        .expect("both settled");
+    assert_eq!((stats.handled, stats.dead_lettered, stats.skipped), (2, 0, 0), "{stats:?}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (PingV2 { n: 1, label: "ping 1".into() }, PingV2::NAME.to_owned(), Some(Ping::NAME.to_owned())),
+            (v2, PingV2::NAME.to_owned(), None),
+        ],
+        "the v1 message was upcast (name and payload) and remembers its old name; the v2 one is as sent"
+    );
+    stop.cancel();
+    running.wait().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_message_whose_upcaster_fails_is_dead_lettered_as_sent_with_the_reason() {
+    let broker = MemoryBroker::in_memory();
+    let seen = SeenV2::default();
+    let router = Router::new(Arc::new(broker.clone())).registry(ping_upcasters()).route(v2_route("unlucky", &seen));
+    let mut dlq = dead_letters(&broker, "unlucky").await;
+    let (stop, task) = start(router);
+    let sent = ping("unlucky", "k", 13);
+    broker.publish(std::slice::from_ref(&sent)).await.unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(5), dlq.next()).await.unwrap().unwrap();
+    let reason = dead.message.header(DLQ_REASON).unwrap();
+    assert!(reason.contains("upcasting") && reason.contains("13 is unlucky"), "{reason}");
+    assert!(reason.contains(Ping::NAME) && reason.contains(PingV2::NAME), "names both versions: {reason}");
+    assert_eq!(dead.message.header(herald::pubsub::DLQ_ATTEMPTS), Some("1"), "permanent: not retried");
+    assert_eq!((dead.message.name.as_str(), &dead.message.payload), (Ping::NAME, &sent.payload), "kept as sent");
+    assert!(seen.lock().unwrap().is_empty());
+    stop.cancel();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_chain_run_by_hand_upcasts_like_a_delivery() {
+    let seen = SeenV2::default();
+    let router =
+        Router::new(Arc::new(MemoryBroker::in_memory())).registry(ping_upcasters()).route(v2_route("by-hand", &seen));
+    router.handle_now("workers", ping("by-hand", "k", 5)).await.unwrap();
+    assert_eq!(seen.lock().unwrap()[0].0, PingV2 { n: 5, label: "ping 5".into() });
+    let err = router.handle_now("workers", ping("by-hand", "k", 13)).await.expect_err("the upcaster refuses");
+    assert!(err.is_permanent() && err.to_string().contains("13 is unlucky"), "{err}");
 }
