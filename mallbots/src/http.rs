@@ -1,7 +1,7 @@
 //! The HTTP layer shared by every module: the state handlers see, the error → status mapping,
 //! extractors that turn bad input into a 400 with a JSON message (never a 500 or a panic), the
-//! admin bearer-token check, idempotent creation, health and readiness, and the OpenAPI document
-//! with its Swagger UI.
+//! admin bearer-token check, idempotent creation, health and readiness, the OpenAPI document
+//! with its Swagger UI, and the AsyncAPI document of the messages (`/asyncapi.json`).
 
 use herald_sql::any::query;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
+use herald::asyncapi::{AsyncApi, AsyncApiError};
 use herald::{Store, Transaction};
 use herald_sql::AnyDatabase;
 use serde::de::DeserializeOwned;
@@ -27,7 +28,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::db;
 use crate::error::{AppError, AppResult};
-use crate::module::Gauges;
+use crate::module::{self, Gauges};
 
 /// What a module's handlers can reach: its own store and database. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -367,9 +368,23 @@ fn document_bad_requests(api: &mut utoipa::openapi::OpenApi) {
 )]
 struct ApiDoc;
 
+/// The AsyncAPI document of the messages of `modules` (by name): what each publishes, what each
+/// of its consumer groups handles, every payload's JSON Schema (ADR 0022).
+pub fn asyncapi(modules: &[&str]) -> Result<serde_json::Value, AsyncApiError> {
+    let doc = AsyncApi::new("MallBots", env!("CARGO_PKG_VERSION")).description(
+        "The messages of MallBots' modules (those this process runs): integration events, and the create-order \
+        saga's commands and replies. Payloads are JSON; Herald's headers carry each message's name, ordering key \
+        and metadata (correlation, causation, W3C trace context).",
+    );
+    modules.iter().filter_map(|name| module::find(name)).fold(doc, |doc, m| (m.messages)(doc)).build()
+}
+
 /// The HTTP application of a process: its modules' routes (their state bound), the ops
-/// endpoints, `/openapi.json` (of what this process serves) and Swagger UI at `/docs`.
+/// endpoints, `/openapi.json` (of what this process serves) and Swagger UI at `/docs`, and
+/// `/asyncapi.json` (the messages of the modules it runs).
 pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
+    // Built once: a description that contradicts itself is a bug, answered as a 500 naming it.
+    let asyncapi = Arc::new(asyncapi(&ops.modules).map_err(|e| e.to_string()));
     let process: OpenApiRouter = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(utoipa_axum::routes!(healthz))
         .routes(utoipa_axum::routes!(readyz))
@@ -384,6 +399,18 @@ pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
         );
     }
     router
+        .route(
+            "/asyncapi.json",
+            axum::routing::get(move || {
+                let asyncapi = asyncapi.clone();
+                async move {
+                    match asyncapi.as_ref() {
+                        Ok(doc) => Json(doc.clone()).into_response(),
+                        Err(e) => AppError::internal(e.clone()).into_response(),
+                    }
+                }
+            }),
+        )
         .fallback(not_found)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .layer(axum::middleware::from_fn(refuse_nul))
@@ -392,6 +419,8 @@ pub fn router(ops: Ops, modules: Vec<OpenApiRouter>) -> Router {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -400,6 +429,46 @@ mod tests {
         assert!(holds_nul(br#"{"name":"\\\u0000"}"#), "an escaped backslash, then NUL");
         assert!(!holds_nul(br#"{"name":"\\u0000"}"#), "a backslash, then the text u0000");
         assert!(!holds_nul(br#"{"name":"u0000 \u0001"}"#));
+    }
+
+    /// Every route of every module is a receive operation of the AsyncAPI document (same topic,
+    /// same group), and every receive operation is a route: the two lists cannot drift apart.
+    /// (Admin's archive routes are left out: they follow the other routes' dead-letter topics.)
+    #[tokio::test]
+    async fn the_asyncapi_document_has_every_route_of_every_module() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("routes.db");
+        let db: AnyDatabase =
+            herald_sql::SqliteConfig::new(path.to_string_lossy()).open().await.expect("opens SQLite").into();
+        let cx = module::ModuleContext {
+            store: db.store(),
+            broker: db.broker(),
+            db,
+            admin_token: "token".into(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            sms_latency: std::time::Duration::ZERO,
+            instance: "test".into(),
+        };
+        let routes: BTreeSet<(String, String)> = module::MODULES
+            .iter()
+            .flat_map(|m| (m.routes)(&cx))
+            .map(|r| (r.options().topic.clone(), r.options().group.clone()))
+            .filter(|(_, group)| group != crate::modules::admin::ARCHIVE_GROUP)
+            .collect();
+        let doc = asyncapi(&module::names_of(module::MODULES.iter())).expect("a consistent description");
+        let described: BTreeSet<(String, String)> = doc["operations"]
+            .as_object()
+            .expect("operations")
+            .values()
+            .filter(|o| o["action"] == "receive")
+            .map(|o| {
+                let channel = o["channel"]["$ref"].as_str().and_then(|r| doc.pointer(&r[1..])).expect("its channel");
+                let group = o["x-herald-group"].as_str().expect("a group");
+                (channel["address"].as_str().expect("an address").to_owned(), group.to_owned())
+            })
+            .collect();
+        assert_eq!(described, routes);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The one list of MallBots' modules, and what a module is.
 //!
 //! Each module describes itself once, as a [`Module`]: its name, the REST paths it owns, its
-//! tables (migrations), its message routes, and what it starts in a process (HTTP endpoints
-//! with their OpenAPI, background tasks, metrics gauges). The composition root
+//! tables (migrations), its message routes (and the messages it publishes and handles, for the
+//! AsyncAPI document), and what it starts in a process (HTTP endpoints with their OpenAPI,
+//! background tasks, metrics gauges). The composition root
 //! ([`App`](crate::app::App)) runs any subset of [`MODULES`] in one process —
 //! `mallbots serve --modules ordering,cosec` — so the same binary is the embedded mall (every
 //! module on one SQLite file) and each service of the distributed one (one module per
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use herald::Store;
+use herald::asyncapi::AsyncApi;
 use herald::pubsub::Broker;
 use herald::router::Route;
 use herald_sql::AnyDatabase;
@@ -60,6 +62,9 @@ pub struct Module {
     /// Its message routes. Building them has no effect (the admin module builds every
     /// module's routes to learn their dead-letter topics), so this must not start anything.
     pub routes: fn(&ModuleContext) -> Vec<Route>,
+    /// What it publishes and what its consumer groups handle, added to the process's AsyncAPI
+    /// document (`/asyncapi.json`): the topics and groups of its `routes`, with their types.
+    pub messages: fn(AsyncApi) -> AsyncApi,
     /// What it runs in a process beside its routes.
     pub start: fn(&ModuleContext) -> Parts,
 }

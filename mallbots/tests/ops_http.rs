@@ -1,12 +1,15 @@
 //! Operations endpoints over a running app: `/metrics` (Herald's metrics, HTTP request
-//! metrics, business gauges) and the analytics rebuild; and the whole REST API against its
-//! OpenAPI document (`fuzz`).
+//! metrics, business gauges) and the analytics rebuild; the whole REST API against its
+//! OpenAPI document (`fuzz`); and the AsyncAPI document of the messages (`asyncapi`).
 
 mod support;
 
 // The REST API against its OpenAPI document (in this binary: a test binary more is link time).
 #[path = "ops_http/fuzz.rs"]
 mod fuzz;
+// The AsyncAPI document of the messages (in this binary for the same reason).
+#[path = "ops_http/asyncapi.rs"]
+mod asyncapi;
 
 use axum::http::{Method, StatusCode};
 use herald_sql::any::{Conn, query};
@@ -95,6 +98,12 @@ async fn metrics_scenario(app: RunningApp, relayed: bool) {
         sample(&text, "herald_projection_lag", &[("projection", mallbots::modules::analytics::PROJECTION)]).is_some(),
         "{text}"
     );
+    // The consumer lag of ordering's group on the baskets' topic, sampled by its subscription;
+    // and the admin module's archive: no dead letter pending for that group.
+    let ordering = [("topic", "baskets.events.Basket"), ("group", "ordering-baskets")];
+    let lag = sample(&text, "herald_consumer_lag", &ordering);
+    assert!(lag.is_some(), "consumer lag: {lag:?}\n{text}");
+    assert_eq!(sample(&text, "herald_dead_letters_pending", &ordering), Some(0.0), "{text}");
 
     // HTTP: counted per route template (not per basket id) and status.
     let created = sample(

@@ -1,10 +1,12 @@
 //! [`AmqpBroker`]: one AMQP connection, the channels it publishes and declares on, and the
 //! names it derives from topics and groups.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use herald::pubsub::PubSubError;
@@ -50,6 +52,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// The subscriptions' consume tasks and the hand-backs, so `close` can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// Per group queue: deliveries this process's subscriptions hold unacknowledged, for the
+    /// consumer lag (AMQP does not report a queue's unacknowledged messages; see
+    /// [`Inner::unacked`]).
+    unacked: std::sync::Mutex<HashMap<String, Arc<AtomicU64>>>,
 }
 
 impl fmt::Debug for AmqpBroker {
@@ -95,6 +101,7 @@ impl AmqpBroker {
             closed: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            unacked: std::sync::Mutex::new(HashMap::new()),
         };
         let channel = inner.admin_channel().await?;
         inner.declare_exchange(&channel).await?;
@@ -274,6 +281,40 @@ impl Inner {
             Err(AmqpError::Amqp { source, .. }) if is_not_found(&source) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The count of deliveries of `queue` that this process's subscriptions hold
+    /// unacknowledged, shared by the group's subscriptions in this process (each delivery adds
+    /// one while its lease is pending; see the subscriber's `Lease`).
+    pub(crate) fn unacked(&self, queue: &str) -> Arc<AtomicU64> {
+        let mut unacked = self.unacked.lock().unwrap_or_else(PoisonError::into_inner);
+        unacked.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// The consumer lag of the group whose queue is `queue`: its ready messages (a passive
+    /// declare reports them; they have not been delivered to the group yet) plus the deliveries
+    /// this process holds unacknowledged ([`unacked`](Self::unacked)). AMQP 0-9-1 does not
+    /// report a queue's unacknowledged messages (only the management API does), so deliveries
+    /// held by *other* processes are not counted, nor messages waiting out a nack delay in a
+    /// retry queue: with one process per group the gauge means what it means on the other
+    /// brokers (not delivered plus not acknowledged); with several, each reports the ready
+    /// messages plus its own share. `None` when the queue is gone (it is declared again by the
+    /// subscription).
+    pub(crate) async fn group_lag(&self, queue: &str) -> Result<Option<u64>, AmqpError> {
+        let channel = self.admin_channel().await?;
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let declared = self
+            .op(
+                || format!("counting the messages of queue {queue}"),
+                channel.queue_declare(short(queue)?, options, FieldTable::default()),
+            )
+            .await;
+        let ready = match declared {
+            Ok(q) => u64::from(q.message_count()),
+            Err(AmqpError::Amqp { source, .. }) if is_not_found(&source) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(Some(ready.saturating_add(self.unacked(queue).load(Ordering::Acquire))))
     }
 
     /// Declares (or re-declares, which keeps an unused one alive) the retry queue for

@@ -50,6 +50,14 @@
 //!   is dropped. Settling a delivery that came over the lost connection fails with `LeaseLost`:
 //!   the server redelivers the message. `tests/restart.rs` restarts a private node mid-stream
 //!   and checks that no confirmed message is lost.
+//! * **Consumer lag** (`herald_consumer_lag{topic,group}`, sampled every second by each
+//!   subscription with a passive declare of its group queue) counts the queue's *ready*
+//!   messages plus the deliveries *this process* holds unacknowledged. AMQP 0-9-1 reports only
+//!   a queue's ready messages (unacknowledged ones are in RabbitMQ's management API, which the
+//!   adapter does not use), so the deliveries held by other processes, and messages waiting out
+//!   a nack delay in a retry queue, are not counted: with a group's consumers in one process the
+//!   gauge means what it means on the other brokers (not delivered plus not acknowledged); with
+//!   several, each process reports the ready messages plus its own share.
 //!
 //! What the adapter cannot promise is declared in
 //! [`Capabilities`](herald::pubsub::Capabilities): see [`AmqpBroker`]'s `capabilities`. In

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
@@ -89,6 +89,9 @@ struct Group {
     max_deliveries: u32,
     ack_wait: Duration,
     prefetch: u16,
+    /// Deliveries of the group queue this process holds unacknowledged (shared with the
+    /// group's other subscriptions in this process), for the consumer lag.
+    unacked: Arc<AtomicU64>,
 }
 
 /// What a session's deliveries need to settle themselves.
@@ -117,6 +120,10 @@ struct Lease {
     state: AtomicU8,
     attempt: u32,
     message: Message,
+    /// The group's count of unacknowledged deliveries in this process: one while this lease
+    /// is pending (counted in [`Lease::new`], uncounted by the [`take`](Lease::take) that
+    /// ends it).
+    unacked: Arc<AtomicU64>,
 }
 
 const PENDING: u8 = 0;
@@ -124,9 +131,19 @@ const SETTLED: u8 = 1;
 const EXPIRED: u8 = 2;
 
 impl Lease {
+    /// A pending lease on a delivery of the group's queue.
+    fn new(acker: Acker, attempt: u32, message: Message, unacked: &Arc<AtomicU64>) -> Self {
+        unacked.fetch_add(1, Ordering::AcqRel);
+        Self { acker, state: AtomicU8::new(PENDING), attempt, message, unacked: unacked.clone() }
+    }
+
     /// Takes the lease for `to`; false if it was settled or expired already.
     fn take(&self, to: u8) -> bool {
-        self.state.compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        let taken = self.state.compare_exchange(PENDING, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if taken {
+            self.unacked.fetch_sub(1, Ordering::AcqRel);
+        }
+        taken
     }
 
     fn is_pending(&self) -> bool {
@@ -164,6 +181,7 @@ impl Subscriber for AmqpBroker {
         let group = Group {
             broker: inner.clone(),
             topic: options.topic.clone(),
+            unacked: inner.unacked(&queue),
             queue,
             group: options.group.clone(),
             dead_letter_topic,
@@ -177,6 +195,7 @@ impl Subscriber for AmqpBroker {
         // Registered before the subscription is handed out, so even a drop before the task
         // first runs cancels the consumer at once.
         let registration = cancel_on_drop(&session.shared, &stop);
+        sample_lag(inner, &options.topic, &options.group, &session.shared.queue, stop.child_token());
         inner.tasks.spawn(run(session, registration, tx, stop.clone()));
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
     }
@@ -184,6 +203,19 @@ impl Subscriber for AmqpBroker {
     async fn close(&self) -> Result<(), PubSubError> {
         AmqpBroker::close(self).await
     }
+}
+
+/// Samples the consumer lag of `group` on `topic`, whose queue is `queue` (see
+/// [`Inner::group_lag`] for what it counts), into `herald_consumer_lag` once per
+/// [`CONSUMER_LAG_INTERVAL`](herald::observability::CONSUMER_LAG_INTERVAL), in a task that ends
+/// when `stop` is cancelled.
+fn sample_lag(broker: &Arc<Inner>, topic: &str, group: &str, queue: &str, stop: CancellationToken) {
+    let (sampler, lag_queue) = (broker.clone(), queue.to_owned());
+    let sample = move || {
+        let (broker, queue) = (sampler.clone(), lag_queue.clone());
+        async move { broker.group_lag(&queue).await }
+    };
+    broker.tasks.spawn(herald::observability::sample_consumer_lag(topic.to_owned(), group.to_owned(), stop, sample));
 }
 
 /// One consumer on one channel: what a subscription runs on until the connection is lost.
@@ -510,7 +542,7 @@ async fn to_delivery(delivery: lapin::message::Delivery, shared: &Arc<Shared>) -
             return None;
         }
     };
-    let lease = Arc::new(Lease { acker: delivery.acker, state: AtomicU8::new(PENDING), attempt, message });
+    let lease = Arc::new(Lease::new(delivery.acker, attempt, message, &shared.unacked));
     if attempt > shared.max_deliveries {
         // Requeued by the server after its last allowed delivery (its consumer went away):
         // this delivery exists only to dead-letter it.

@@ -23,3 +23,12 @@ async fn rabbitmq() -> PubSubFixture {
 }
 
 herald_conformance::pubsub_suite!(rabbitmq, requires: ("RabbitMQ", "127.0.0.1:5672"));
+
+/// `herald_consumer_lag` on RabbitMQ: the group queue's ready messages plus the deliveries this
+/// process holds unacknowledged.
+#[test]
+fn consumer_lag_counts_messages_the_group_has_not_settled() {
+    if herald_conformance::support::server_available(("RabbitMQ", "127.0.0.1:5672")) {
+        herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(rabbitmq);
+    }
+}

@@ -14,10 +14,11 @@ use herald::dead_letters::{
     REPLAY_FOR_GROUP, REPLAY_OF, REPLAYED_DEAD_LETTER, Resolution,
 };
 use herald::message::{Message, MessageId};
+use herald::observability::names;
 use herald::queue::dead_letter_for;
 use herald::store::{Store, StoreError};
 
-use crate::support::{rich_message, unique};
+use crate::support::{Gauges, rich_message, unique};
 
 /// What a dead-letter scenario runs against: a fresh archive and the store it lives in.
 pub struct DeadLetterFixture {
@@ -331,4 +332,54 @@ pub async fn of_two_concurrent_resolutions_exactly_one_wins<F: Future<Output = D
             other => panic!("exactly one resolution must win, got {other:?}"),
         }
     }
+}
+
+/// `herald_dead_letters_pending{topic,group}` follows the archive: archiving a dead letter
+/// raises its pair's count, a replay and a discard lower it, `replay_all` brings it to 0, and a
+/// fresh sample (what a restarted process takes at start) reports the archive's count, also for
+/// changes this process did not make.
+pub async fn pending_dead_letters_gauge_follows_archive_replay_and_discard<F: Future<Output = DeadLetterFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    // `run` polls the scenario on this thread, and the dead-letter API records from it.
+    let gauges = Gauges::new();
+    let _local = metrics::set_default_local_recorder(&gauges);
+    let fx = setup().await;
+    let api = fx.api();
+    let topic = unique("orders");
+    let dead = |group: &str| {
+        let original = rich_message(&topic, "key-1");
+        dead_letter_for(&original, group, 3, "boom", &format!("{topic}.{group}.dl"))
+    };
+    let pending = |group: &str| gauges.get(names::DEAD_LETTERS_PENDING, &topic, group);
+
+    let billing: Vec<Message> = (0..3).map(|_| dead("billing")).collect();
+    for d in &billing {
+        assert!(api.archive_message(d).await.expect("archive"));
+    }
+    assert!(!api.archive_message(&billing[0]).await.expect("archive again"), "a duplicate is not archived");
+    assert!(api.archive_message(&dead("shipping")).await.expect("archive"));
+    assert_eq!(pending("billing"), Some(3.0), "each archived dead letter counts once");
+    assert_eq!(pending("shipping"), Some(1.0), "per group");
+
+    api.replay(billing[0].id).await.expect("replay");
+    assert_eq!(pending("billing"), Some(2.0), "a replayed dead letter is no longer pending");
+    api.discard(billing[1].id).await.expect("discard");
+    assert_eq!(pending("billing"), Some(1.0), "nor is a discarded one");
+
+    // Another process resolves one behind this process's back: only a sample sees it.
+    let mut tx = fx.store.begin().await.expect("begin");
+    let resolved = fx.archive.resolve(&mut *tx, billing[2].id, DeadLetterStatus::Discarded, None).await;
+    assert!(matches!(resolved.expect("resolve"), Resolution::Resolved(_)));
+    tx.commit().await.expect("commit");
+    assert_eq!(pending("billing"), Some(1.0), "unchanged until sampled");
+    let counts = fx.archive.pending_counts().await.expect("pending_counts");
+    let mine: Vec<_> = counts.iter().filter(|c| c.topic == topic).map(|c| (c.group.as_str(), c.pending)).collect();
+    assert_eq!(mine, vec![("shipping", 1)], "pending_counts leaves out pairs with nothing pending");
+    api.record_pending().await.expect("record_pending");
+    assert_eq!(pending("billing"), Some(0.0), "a pair with nothing pending left is reported as 0");
+    assert_eq!(pending("shipping"), Some(1.0));
+
+    assert_eq!(api.replay_all(&DeadLetterFilter::all().topic(&topic)).await.expect("replay_all"), 1);
+    assert_eq!(pending("shipping"), Some(0.0), "replay_all updates the gauge too");
 }

@@ -12,9 +12,10 @@
 //!   10,000 messages handled effectively once with the inbox.
 //! * [`store_suite!`] checks a [`Store`]: streams and optimistic concurrency, the global log
 //!   under concurrent writers, atomic multi-stream appends, snapshots, the outbox and its relay
-//!   (including crashes between commit, publish and remove), the inbox, checkpoints and sagas,
-//!   named leases with fencing tokens, conditional (fenced) checkpoint saves, and two leased
-//!   runners of one projection applying every event exactly once.
+//!   (including crashes between commit, publish and remove), scheduled messages (published
+//!   once at their time, never before, holding nothing back, surviving a restart), the inbox,
+//!   checkpoints and sagas, named leases with fencing tokens, conditional (fenced) checkpoint
+//!   saves, and two leased runners of one projection applying every event exactly once.
 //! * [`dead_letter_suite!`] checks a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
 //!   in its store: transactional, idempotent archiving; filtered, paged listing; a pending dead
 //!   letter resolved once, also under concurrency; replays committed with their outbox rows.
@@ -91,10 +92,13 @@ pub use dead_letters::DeadLetterFixture;
 
 pub mod dead_letters;
 pub mod faults;
+pub mod lag;
 pub mod lease;
 pub mod outbox;
 pub mod pubsub;
 pub mod saga;
+#[cfg(feature = "shredding")]
+pub mod shredding;
 pub mod store;
 pub mod support;
 
@@ -299,6 +303,9 @@ macro_rules! store_suite {
             outbox::a_crash_between_commit_and_publish_loses_nothing,
             outbox::a_crash_between_publish_and_remove_is_absorbed_by_the_inbox,
             outbox::several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one,
+            outbox::a_scheduled_message_is_published_once_at_its_time_not_before,
+            outbox::a_scheduled_message_holds_back_nothing_and_a_past_time_means_now,
+            outbox::a_scheduled_message_survives_a_restart,
             lease::a_held_lease_is_refused_to_others_and_renewal_keeps_its_token,
             lease::a_released_lease_hands_over_at_once_with_a_larger_token,
             lease::an_expired_lease_hands_over_with_a_larger_token,
@@ -356,6 +363,7 @@ macro_rules! dead_letter_suite {
             dead_letters::a_replay_commits_with_its_outbox_message,
             dead_letters::replay_all_replays_each_matching_pending_dead_letter_once,
             dead_letters::of_two_concurrent_resolutions_exactly_one_wins,
+            dead_letters::pending_dead_letters_gauge_follows_archive_replay_and_discard,
         );
     };
 }

@@ -1,6 +1,7 @@
 //! The outbox scenarios (part of [`store_suite!`](crate::store_suite)): rows appear at commit in
 //! order, vanish on rollback, and the [`OutboxRelay`] loses nothing when it crashes between
-//! commit and publish or between publish and remove.
+//! commit and publish or between publish and remove. Scheduled messages are published once at
+//! or after their time, never before, hold nothing back, and outlive a relay's restart.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use herald::memory::MemoryBroker;
 use herald::message::{Message, MessageId};
 use herald::outbox::{OutboxRelay, RelayError};
@@ -334,4 +336,139 @@ pub async fn several_relays_take_turns_and_a_standby_takes_over_from_a_dead_one<
         assert_eq!(got, expected, "key {key}: every message, first seen in commit order");
     }
     assert!(pending_on(&*fx.store, &topic).await.is_empty(), "the outbox is empty");
+}
+
+/// Commits `messages` scheduled for `at`, alongside an event (the state change).
+async fn commit_scheduled(store: &dyn Store, messages: Vec<Message>, at: DateTime<Utc>) {
+    let mut tx = store.begin().await.expect("begin");
+    tx.append(&unique("scheduled-state"), ExpectedVersion::NoStream, vec![event(1)]).await.expect("append");
+    tx.schedule(messages, at).await.expect("schedule");
+    tx.commit().await.expect("commit");
+}
+
+/// How far ahead the timing scenarios schedule: long enough to look at the outbox before the
+/// time, short enough to keep the suite quick.
+const AHEAD: Duration = Duration::from_millis(1500);
+
+/// A message scheduled for a time is not listed, counted or published before it, even by a
+/// running relay woken by the commit; at its time the relay publishes it, intact, once, and
+/// nothing is left scheduled.
+pub async fn a_scheduled_message_is_published_once_at_its_time_not_before<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("scheduled");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "reader")).await.expect("subscribe");
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).run(stop.clone()));
+
+    let message = rich_message(&topic, "k");
+    let at = Utc::now() + AHEAD;
+    commit_scheduled(&*fx.store, vec![message.clone()], at).await;
+
+    let listed = pending_on(&*fx.store, &topic).await;
+    let stats = fx.store.outbox_stats().await.expect("outbox_stats");
+    let next = fx.store.next_scheduled().await.expect("next_scheduled");
+    if Utc::now() < at {
+        // Every read above ran before the time, by any clock in step with this one.
+        assert!(listed.is_empty(), "listed before its time: {listed:?}");
+        assert_eq!(stats.backlog, 0, "a message waiting for its time is no backlog: {stats:?}");
+        let next = next.expect("the scheduled message's due time");
+        assert!(next <= AHEAD, "due in {next:?}, scheduled {AHEAD:?} ahead");
+    }
+
+    let delivery = next_delivery(&mut sub, WAIT, "the scheduled message").await;
+    let received = Utc::now();
+    assert!(received >= at, "published at {received}, before its time {at}");
+    assert_eq!(delivery.message, message, "published intact");
+    delivery.ack().await.expect("ack");
+    expect_nothing(&mut sub, QUIET, "a scheduled message is published once").await;
+    assert!(pending_on(&*fx.store, &topic).await.is_empty(), "removed once published");
+    assert_eq!(fx.store.next_scheduled().await.expect("next_scheduled"), None, "nothing left scheduled");
+    stop.cancel();
+    relay.await.expect("the relay stopped cleanly");
+}
+
+/// Scheduled messages hold nothing back: a message scheduled for later stays put while
+/// messages enqueued after it (same key) are published; one scheduled in the past is due at
+/// once, in outbox order among the due; one scheduled in a dropped unit of work never exists.
+pub async fn a_scheduled_message_holds_back_nothing_and_a_past_time_means_now<F: Future<Output = StoreFixture>>(
+    setup: impl FnOnce() -> F,
+) {
+    let fx = setup().await;
+    let store = &*fx.store;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("scheduled-order");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "reader")).await.expect("subscribe");
+    let relay = OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).holder("relay-a");
+
+    {
+        let mut tx = store.begin().await.expect("begin");
+        tx.schedule(vec![numbered(&topic, "k", 0)], Utc::now()).await.expect("schedule");
+    }
+    assert_eq!(store.next_scheduled().await.expect("next_scheduled"), None, "a dropped unit schedules nothing");
+
+    let later = numbered(&topic, "k", 1);
+    commit_scheduled(store, vec![later.clone()], Utc::now() + chrono::Duration::hours(1)).await;
+    let immediate: Vec<Message> = (2..4).map(|i| numbered(&topic, "k", i)).collect();
+    commit_outbox(store, immediate.clone()).await;
+    assert_eq!(relay.publish_pending().await.expect("publish_pending"), immediate.len(), "only the due messages");
+    let got = collect_acking(&mut sub, immediate.len(), WAIT).await;
+    let got: Vec<Message> = got.into_iter().map(|a| a.message).collect();
+    assert_eq!(message_ids(&got), message_ids(&immediate), "enqueued after it, published before it");
+    assert!(pending_on(store, &topic).await.is_empty(), "the later one is not listed");
+    assert_eq!(store.outbox_stats().await.expect("outbox_stats").backlog, 0, "nor counted");
+    let next = store.next_scheduled().await.expect("next_scheduled").expect("still scheduled");
+    assert!(next > Duration::from_secs(3000), "due in about an hour, not {next:?}");
+
+    // A past time means now, and the outbox order holds among due messages.
+    let past = numbered(&topic, "k", 4);
+    commit_scheduled(store, vec![past.clone()], Utc::now() - chrono::Duration::hours(1)).await;
+    let after = numbered(&topic, "k", 5);
+    commit_outbox(store, vec![after.clone()]).await;
+    let listed: Vec<Message> = pending_on(store, &topic).await.into_iter().map(|r| r.message).collect();
+    assert_eq!(message_ids(&listed), message_ids(&[past.clone(), after.clone()]), "due at once, in outbox order");
+    assert_eq!(store.outbox_stats().await.expect("outbox_stats").backlog, 2, "both count as backlog");
+    relay.publish_pending().await.expect("publish_pending");
+    let got: Vec<Message> = collect_acking(&mut sub, 2, WAIT).await.into_iter().map(|a| a.message).collect();
+    assert_eq!(message_ids(&got), message_ids(&[past, after]), "published in outbox order");
+    expect_nothing(&mut sub, QUIET, "the hour-later message stays scheduled").await;
+    let next = store.next_scheduled().await.expect("next_scheduled").expect("the later one is left");
+    assert!(next > Duration::from_secs(3000), "the later one is left, due in {next:?}");
+}
+
+/// Scheduled messages are durable: scheduled through one handle, with the relay there stopped
+/// before their time, a relay started later on another handle (a restarted process) publishes
+/// them at their time, each once.
+pub async fn a_scheduled_message_survives_a_restart<F: Future<Output = StoreFixture>>(setup: impl FnOnce() -> F) {
+    let fx = setup().await;
+    let broker = MemoryBroker::in_memory();
+    let topic = unique("scheduled-restart");
+    let mut sub = broker.subscribe(SubscribeOptions::new(&topic, "reader")).await.expect("subscribe");
+    let stop_first = CancellationToken::new();
+    let first = tokio::spawn(OutboxRelay::new(fx.store.clone(), Arc::new(broker.clone())).run(stop_first.clone()));
+
+    let sent: Vec<Message> = (0..3).map(|i| numbered(&topic, &format!("k{i}"), i)).collect();
+    let at = Utc::now() + AHEAD;
+    commit_scheduled(&*fx.store, sent.clone(), at).await;
+    stop_first.cancel();
+    first.await.expect("the first relay stopped cleanly");
+    let stopped = Utc::now();
+
+    let stop = CancellationToken::new();
+    let restarted = tokio::spawn(OutboxRelay::new(fx.other.clone(), Arc::new(broker.clone())).run(stop.clone()));
+    let got = collect_acking(&mut sub, sent.len(), WAIT).await;
+    let received = Utc::now();
+    assert!(received >= at, "published at {received}, before its time {at}");
+    let got: Vec<Message> = got.into_iter().map(|a| a.message).collect();
+    assert_eq!(message_ids(&got), message_ids(&sent), "every scheduled message, in outbox order");
+    expect_nothing(&mut sub, QUIET, "each published once").await;
+    assert!(
+        stopped < at || fx.store.next_scheduled().await.expect("next_scheduled").is_none(),
+        "the messages outlived the first relay"
+    );
+    assert_eq!(fx.other.next_scheduled().await.expect("next_scheduled"), None, "nothing left scheduled");
+    stop.cancel();
+    restarted.await.expect("the restarted relay stopped cleanly");
 }

@@ -322,3 +322,63 @@ impl io::Write for Captured {
         Ok(())
     }
 }
+
+/// A metrics recorder that keeps gauges (and ignores counters and histograms), for scenarios
+/// that check Herald's gauges labelled `topic` and `group` (consumer lag, pending dead letters).
+/// Install it as the thread's local recorder (`metrics::set_default_local_recorder`) and run
+/// everything that records on that thread (a current-thread runtime). Not `metrics_util`'s
+/// debugging recorder: its snapshot zeroes every gauge it reads, so a gauge polled twice reads 0
+/// the second time although nobody set it; here a gauge reads what it was last set to.
+#[derive(Clone)]
+pub struct Gauges {
+    registry: Arc<metrics_util::registry::Registry<metrics::Key, metrics_util::registry::AtomicStorage>>,
+}
+
+impl Gauges {
+    /// A recorder with no gauges yet.
+    pub fn new() -> Self {
+        Self { registry: Arc::new(metrics_util::registry::Registry::atomic()) }
+    }
+
+    /// The gauge `name{topic, group}` as last set, or `None` if it never was.
+    pub fn get(&self, name: &str, topic: &str, group: &str) -> Option<f64> {
+        use herald::observability::names;
+        self.registry.get_gauge_handles().into_iter().find_map(|(key, gauge)| {
+            let label = |k: &str| key.labels().find(|l| l.key() == k).map(|l| l.value().to_owned());
+            let matches = key.name() == name
+                && label(names::TOPIC).as_deref() == Some(topic)
+                && label(names::GROUP).as_deref() == Some(group);
+            matches.then(|| f64::from_bits(gauge.load(std::sync::atomic::Ordering::Acquire)))
+        })
+    }
+}
+
+impl Default for Gauges {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Gauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gauges").finish_non_exhaustive()
+    }
+}
+
+impl metrics::Recorder for Gauges {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+
+    fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        self.registry.get_or_create_gauge(key, |gauge| metrics::Gauge::from_arc(gauge.clone()))
+    }
+
+    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}

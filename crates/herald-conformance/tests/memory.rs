@@ -32,3 +32,15 @@ async fn memory_dead_letters() -> DeadLetterFixture {
 }
 
 herald_conformance::dead_letter_suite!(memory_dead_letters);
+
+/// The reference for the gauge every broker reports (`herald_consumer_lag`).
+#[test]
+fn consumer_lag_counts_messages_the_group_has_not_settled() {
+    herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(memory_broker);
+}
+
+#[tokio::test]
+async fn a_forgotten_subject_s_fields_read_as_forgotten_never_an_error() {
+    let keys = Arc::new(herald::shredding::MemoryKeyStore::default());
+    herald_conformance::shredding::a_forgotten_subject_s_fields_read_as_forgotten_never_an_error(keys).await;
+}

@@ -22,6 +22,10 @@
 //!   then the original is terminated (`+TERM`). The consumer allows one delivery more than
 //!   `max_deliveries`, so that a message whose last lease expired comes back once more, only to
 //!   be dead-lettered by the adapter instead of being handed out.
+//! * **Consumer lag** (`herald_consumer_lag{topic,group}`) is sampled every second by each
+//!   subscription from the group's consumer info: `num_pending + num_ack_pending` (not yet
+//!   delivered plus delivered and not yet acknowledged), summed over the partition consumers of
+//!   a partitioned group.
 //!
 //! # Per-key order: partitioned groups
 //!

@@ -205,7 +205,15 @@ pub(crate) async fn subscribe(
     let registration = drop_pulls_on_cancel(&group.slots, &stop, inner);
     let (ready_tx, ready_rx) = oneshot::channel();
     let wait = group.ttl.min(Duration::from_secs(3));
-    inner.tasks.spawn(coordinate(group, registration, ready_tx));
+    // The group's lag is the sum over its partition consumers; sampled until the coordinator
+    // ends (with the subscription).
+    let consumers = (0..group.partitions).map(|p| group.consumer_name(p)).collect();
+    let sampling = stop.child_token();
+    crate::subscriber::sample_lag(inner, &options.topic, &options.group, consumers, sampling.clone());
+    inner.tasks.spawn(async move {
+        let _sampling = sampling.drop_guard();
+        coordinate(group, registration, ready_tx).await;
+    });
     // Not an error when it takes longer (a dead member's claims are still live): the member
     // gets its partitions when they expire.
     let _ = tokio::time::timeout(wait, ready_rx).await;

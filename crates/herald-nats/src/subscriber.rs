@@ -132,7 +132,14 @@ impl Subscriber for NatsBroker {
         // first runs unsubscribes at once.
         let slot: StreamSlot = Arc::new(Mutex::new(Some(messages)));
         let registration = unsubscribe_on_cancel(&slot, &stop, inner);
-        inner.tasks.spawn(pull_loop(slot, registration, source, tx, shared, stop.clone()));
+        // The lag sampler ends with the subscription, or with the pull loop if it ends first.
+        let sampling = stop.child_token();
+        sample_lag(inner, &options.topic, &options.group, vec![source.durable.clone()], sampling.clone());
+        let pulling = stop.clone();
+        inner.tasks.spawn(async move {
+            let _sampling = sampling.drop_guard();
+            pull_loop(slot, registration, source, tx, shared, pulling).await;
+        });
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
     }
 
@@ -158,6 +165,52 @@ pub(crate) async fn earlier_if_new(
         }
         Err(e) => Err(NatsError::jetstream(format!("looking up consumer {durable}"), e)),
     }
+}
+
+/// The consumer lag of the group whose durable consumers on the stream of `topic` are
+/// `consumers` (one, or one per partition): the sum of each consumer's `num_pending` (messages
+/// of its subject not delivered yet) and `num_ack_pending` (delivered, not acknowledged yet) —
+/// what the SQL broker counts too (the group's cursor and pending rows). A message waiting out a
+/// nack delay is still unacknowledged, so it counts; a terminated (dead-lettered) one does not.
+/// `None` when a consumer is missing: the server lost it and the subscription re-creates it.
+pub(crate) async fn group_lag(broker: &Inner, topic: &str, consumers: &[String]) -> Result<Option<u64>, NatsError> {
+    let name = broker.stream_name(topic);
+    // No request: a handle that names the stream, for the consumer-info requests below.
+    let stream = broker
+        .js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|e| NatsError::jetstream(format!("naming stream {name}"), e))?;
+    let mut lag = 0u64;
+    for consumer in consumers {
+        match stream.consumer_info(consumer).await {
+            Ok(info) => {
+                let unacked = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+                lag = lag.saturating_add(info.num_pending).saturating_add(unacked);
+            }
+            Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => return Ok(None),
+            Err(e) => return Err(NatsError::jetstream(format!("reading consumer {consumer} of {name}"), e)),
+        }
+    }
+    Ok(Some(lag))
+}
+
+/// Samples the consumer lag of `group` on `topic` (see [`group_lag`]) into
+/// `herald_consumer_lag` once per [`CONSUMER_LAG_INTERVAL`](herald::observability::CONSUMER_LAG_INTERVAL),
+/// in a task of the broker's that ends when `stop` is cancelled.
+pub(crate) fn sample_lag(
+    broker: &Arc<Inner>,
+    topic: &str,
+    group: &str,
+    consumers: Vec<String>,
+    stop: CancellationToken,
+) {
+    let (sampler, lag_topic) = (broker.clone(), topic.to_owned());
+    let sample = move || {
+        let (broker, topic, consumers) = (sampler.clone(), lag_topic.clone(), consumers.clone());
+        async move { group_lag(&broker, &topic, &consumers).await }
+    };
+    broker.tasks.spawn(herald::observability::sample_consumer_lag(topic.to_owned(), group.to_owned(), stop, sample));
 }
 
 /// What a subscription pulls from, so that its pull stream can be opened again.

@@ -100,6 +100,14 @@ async fn subscribing_again_updates_the_group_s_consumer() {
     js.delete_stream(broker.stream_name("updates.events")).await.unwrap();
 }
 
+/// `herald_consumer_lag` on JetStream: `num_pending + num_ack_pending` of the group's consumer.
+#[test]
+fn consumer_lag_counts_messages_the_group_has_not_settled() {
+    if herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+        herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(nats);
+    }
+}
+
 /// The same suite with partitioned subjects and consumers (`NatsConfig::partitions`), where the
 /// adapter declares per-key order across processes.
 mod partitioned {
@@ -127,6 +135,14 @@ mod partitioned {
 
     use herald::pubsub::Subscriber as _;
     herald_conformance::pubsub_suite!(nats_partitioned, requires: ("NATS", "127.0.0.1:4222"));
+
+    /// The lag of a partitioned group is the sum over its partition consumers.
+    #[test]
+    fn consumer_lag_counts_messages_the_group_has_not_settled() {
+        if herald_conformance::support::server_available(("NATS", "127.0.0.1:4222")) {
+            herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(nats_partitioned);
+        }
+    }
 }
 
 mod cluster;

@@ -19,6 +19,10 @@
 //!   per-group hash that claims honour.
 //! * **Dead letters** are an `XADD` to the dead-letter topic's stream and an `XACK` of the
 //!   original, in one transaction.
+//! * **Consumer lag** (`herald_consumer_lag{topic,group}`) is sampled every second by each
+//!   subscription with `XINFO GROUPS`: the group's `lag` (entries not delivered to it yet) plus
+//!   its `pending` (delivered, not acknowledged yet). Redis reports no lag after entries were
+//!   deleted or trimmed past the group's last delivered one; the gauge then keeps its last value.
 //!
 //! **Redis Pub/Sub** is available as a declared fire-and-forget mode:
 //! [`RedisConfig::connect_channels`] gives a [`RedisChannels`] (no groups, nothing retained);

@@ -137,6 +137,7 @@ impl Subscriber for RedisBroker {
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let stop = inner.shutdown.child_token();
         let slots = Arc::new(Semaphore::new(options.max_in_flight));
+        sample_lag(inner, &options.topic, &options.group, stop.child_token());
         inner.tasks.spawn(read_loop(reader, tx, shared, slots, stop.clone()));
         Ok(Subscription::new(rx, Some(stop.drop_guard())))
     }
@@ -144,6 +145,50 @@ impl Subscriber for RedisBroker {
     async fn close(&self) -> Result<(), PubSubError> {
         RedisBroker::close(self).await
     }
+}
+
+/// The consumer lag of `group` on `stream`, from `XINFO GROUPS` (one O(groups) command): its
+/// `lag` (entries not delivered to the group yet) plus its `pending` (delivered, not
+/// acknowledged yet: held by a subscription, or handed back after a nack and waiting to be
+/// claimed again) — what the SQL broker counts too (the group's cursor and pending rows).
+/// `None` when Redis cannot tell the lag (after entries were deleted or trimmed between the
+/// group's last delivered entry and the end of the stream, it reports none) or the group is
+/// gone (the subscription re-creates it).
+async fn group_lag(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<Option<u64>, RedisError> {
+    let reply: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .map_err(|e| RedisError::command(format!("XINFO GROUPS on {stream}"), e))?;
+    for info in array(&reply) {
+        // A map in RESP3, a flat field/value array in RESP2.
+        let fields: Vec<(String, &Value)> = match info {
+            Value::Map(pairs) => pairs.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+            other => array(other).chunks(2).filter_map(|kv| Some((text(kv.first()?)?, kv.get(1)?))).collect(),
+        };
+        let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        if field("name").and_then(text).as_deref() != Some(group) {
+            continue;
+        }
+        let (Some(lag), Some(pending)) = (field("lag").and_then(int), field("pending").and_then(int)) else {
+            return Ok(None);
+        };
+        return Ok(Some(lag.saturating_add(pending)));
+    }
+    Ok(None)
+}
+
+/// Samples the consumer lag of `group` on `topic` (see [`group_lag`]) into
+/// `herald_consumer_lag` once per [`CONSUMER_LAG_INTERVAL`](herald::observability::CONSUMER_LAG_INTERVAL),
+/// on the broker's shared connection, in a task that ends when `stop` is cancelled.
+fn sample_lag(broker: &Arc<Inner>, topic: &str, group: &str, stop: CancellationToken) {
+    let (conn, stream, lag_group) = (broker.conn.clone(), broker.stream_key(topic), group.to_owned());
+    let sample = move || {
+        let (mut conn, stream, group) = (conn.clone(), stream.clone(), lag_group.clone());
+        async move { group_lag(&mut conn, &stream, &group).await }
+    };
+    broker.tasks.spawn(herald::observability::sample_consumer_lag(topic.to_owned(), group.to_owned(), stop, sample));
 }
 
 /// Creates consumer group `group` on `stream` (and the stream if needed) starting after

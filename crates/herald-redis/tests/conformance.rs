@@ -18,3 +18,11 @@ async fn redis() -> PubSubFixture {
 }
 
 herald_conformance::pubsub_suite!(redis, requires: ("Redis", "127.0.0.1:6379"));
+
+/// `herald_consumer_lag` on Redis Streams: `XINFO GROUPS` `lag + pending` of the group.
+#[test]
+fn consumer_lag_counts_messages_the_group_has_not_settled() {
+    if herald_conformance::support::server_available(("Redis", "127.0.0.1:6379")) {
+        herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(redis);
+    }
+}

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use herald::MessageId;
-use herald::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterStatus};
+use herald::dead_letters::{DeadLetter, DeadLetterFilter, DeadLetterStatus, PendingCount};
 
 use crate::error::SqlError;
 use crate::rows::{MessageColumns, MessageRow};
@@ -47,6 +47,18 @@ pub(crate) const RESOLVE: &str = "UPDATE herald_dead_letters SET status = $1, re
      replay_id, message_id AS id, name, topic, key, payload, metadata";
 
 pub(crate) const STATUS: &str = "SELECT status FROM herald_dead_letters WHERE id = $1";
+
+/// The pending dead letters per original topic and group (`topic`, `grp`, count), for the
+/// `herald_dead_letters_pending` gauge: one pass over the `(status, id)` index.
+pub(crate) const PENDING_COUNTS: &str = "SELECT topic, grp, CAST(COUNT(*) AS BIGINT) FROM herald_dead_letters \
+     WHERE status = 'pending' GROUP BY topic, grp";
+
+/// [`PendingCount`]s from `(topic, grp, count)` rows.
+pub(crate) fn pending_counts(rows: Vec<(String, String, i64)>) -> Vec<PendingCount> {
+    rows.into_iter()
+        .map(|(topic, group, n)| PendingCount { topic, group, pending: u64::try_from(n).unwrap_or(0) })
+        .collect()
+}
 
 /// A row of `herald_dead_letters`.
 #[derive(Debug, sqlx::FromRow)]

@@ -77,6 +77,8 @@ mod dead_letters;
 mod error;
 pub mod postgres;
 mod rows;
+#[cfg(feature = "shredding")]
+pub mod shredding;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;

@@ -41,6 +41,15 @@ pub(crate) fn now_millis() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A due time in milliseconds since the Unix epoch, rounded up, so a message scheduled for a
+/// time inside a millisecond is never published before it. Times before the epoch are long
+/// past, which means now: stored as 0 (the due scan relies on due times not being negative).
+pub(crate) fn due_millis(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    let floor = at.timestamp_millis();
+    let ceil = if at.timestamp_subsec_nanos().is_multiple_of(1_000_000) { floor } else { floor.saturating_add(1) };
+    ceil.max(0)
+}
+
 /// A duration in milliseconds (time to live of a lease), saturating.
 pub(crate) fn ttl_millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

@@ -14,11 +14,58 @@ pub(crate) const SAVE_SNAPSHOT: &str = "INSERT INTO herald_snapshots (stream, ve
 
 pub(crate) const LOAD_SNAPSHOT: &str = "SELECT stream, version, payload FROM herald_snapshots WHERE stream = $1";
 
-/// The outbox's size and its oldest `enqueued_at` (milliseconds), for the relay's gauges.
-pub(crate) const OUTBOX_STATS: &str = "SELECT count(*), min(enqueued_at) FROM herald_outbox";
+/// The due outbox, oldest first: up to `$1` rows of `herald_outbox` (its primary key, in
+/// sequence order, as before scheduled messages existed) and of `herald_outbox_scheduled` due
+/// by `$now` (the dialect's clock in unix milliseconds, floored: the due-time index), merged in
+/// sequence order (the two tables share one sequence). Not-due scheduled rows are never walked.
+///
+/// The due condition is a two-sided range (`due_at >= 0`: stored due times are never negative)
+/// on purpose: on a table PostgreSQL has no statistics for yet, it estimates a one-sided
+/// inequality to match a third of the rows and scans the whole table, but a range a 200th,
+/// and takes the index.
+macro_rules! outbox_pending {
+    ($($now:tt)+) => {
+        concat!(
+            "SELECT sequence, id, name, topic, key, payload, metadata FROM \
+               (SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
+                ORDER BY sequence LIMIT $1) AS o \
+             UNION ALL \
+             SELECT sequence, id, name, topic, key, payload, metadata FROM \
+               (SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox_scheduled \
+                WHERE due_at >= 0 AND due_at <= ",
+            $($now)+,
+            " ORDER BY sequence LIMIT $1) AS s \
+             ORDER BY sequence LIMIT $1"
+        )
+    };
+}
+pub(crate) use outbox_pending;
 
-pub(crate) const OUTBOX_PENDING: &str = "SELECT sequence, id, name, topic, key, payload, metadata FROM herald_outbox \
-     ORDER BY sequence LIMIT $1";
+/// The due outbox's size and its oldest time (milliseconds: `enqueued_at`, or `due_at` for a
+/// scheduled message, when it joined the backlog), for the relay's gauges; `$now` as in
+/// [`outbox_pending!`].
+macro_rules! outbox_stats {
+    ($($now:tt)+) => {
+        concat!(
+            "SELECT count(*), min(t) FROM \
+               (SELECT enqueued_at AS t FROM herald_outbox \
+                UNION ALL \
+                SELECT due_at FROM herald_outbox_scheduled WHERE due_at >= 0 AND due_at <= ",
+            $($now)+,
+            ") AS w"
+        )
+    };
+}
+pub(crate) use outbox_stats;
+
+/// Milliseconds until the earliest scheduled message falls due (negative: already due; NULL:
+/// none), by `$now` as in [`outbox_pending!`]: the first entry of the due-time index.
+macro_rules! next_scheduled {
+    ($($now:tt)+) => {
+        concat!("SELECT MIN(due_at) - ", $($now)+, " FROM herald_outbox_scheduled")
+    };
+}
+pub(crate) use next_scheduled;
 
 /// On PostgreSQL a concurrent uncommitted insert of the same pair makes this wait for that
 /// transaction: if it commits, this inserts nothing (`false`); if it rolls back, this inserts.
@@ -100,8 +147,6 @@ const ALL: &[&str] = &[
     READ_ALL,
     SAVE_SNAPSHOT,
     LOAD_SNAPSHOT,
-    OUTBOX_STATS,
-    OUTBOX_PENDING,
     CHECKPOINT_AND_TOKEN,
     RECORD_HANDLED,
     SAVE_CHECKPOINT,

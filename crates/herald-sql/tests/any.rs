@@ -7,6 +7,8 @@
 
 #[path = "any/changes.rs"]
 mod changes;
+#[path = "any/shredding.rs"]
+mod shredding;
 
 use herald::projection::ProjectionError;
 use herald::router::HandlerError;

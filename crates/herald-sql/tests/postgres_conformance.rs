@@ -250,6 +250,70 @@ fn another_processs_enqueue_wakes_this_processs_relay() {
     });
 }
 
+/// Another process's schedule wakes this process's relay on `scheduled_changes` (its own
+/// signal, so immediate enqueues do not make the relay ask for the next due time), and a relay
+/// already running here publishes the message at its time, not at its next poll.
+#[test]
+fn another_processs_schedule_wakes_this_processs_relay_for_its_time() {
+    if !herald_conformance::support::server_available(SERVER) {
+        return;
+    }
+    herald_conformance::run(async {
+        use herald::outbox::OutboxRelay;
+        let here = fresh().await;
+        let there = open(here.schema()).await;
+        let (relay_side, writer) = (here.store(), there.store());
+
+        let message = Message::new("t", "Scheduled", b"{}".to_vec());
+        {
+            let woken = relay_side.scheduled_changes().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            writer.schedule(vec![message.clone()], chrono::Utc::now()).await.expect("schedule");
+            tokio::time::timeout(Duration::from_secs(5), woken)
+                .await
+                .expect("no wake-up from the other process's schedule");
+        }
+        assert!(
+            !std::ptr::eq(relay_side.scheduled_changes(), relay_side.outbox_changes()),
+            "immediate enqueues must not wake the scheduling signal"
+        );
+
+        let broker = herald::memory::MemoryBroker::in_memory();
+        let mut sub = broker
+            .subscribe(SubscribeOptions::new("t", "reader").start(StartFrom::Beginning))
+            .await
+            .expect("subscribe");
+        let stop = tokio_util::sync::CancellationToken::new();
+        let relay = tokio::spawn(OutboxRelay::new(Arc::new(relay_side), Arc::new(broker.clone())).run(stop.clone()));
+        let first =
+            tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time").expect("a delivery");
+        assert_eq!(first.message.id, message.id, "a past time means now");
+        first.ack().await.expect("ack");
+
+        // The relay is idle now, sleeping for its poll interval (1 s); the other process's
+        // schedule must make it sleep only until the message's time.
+        let at = chrono::Utc::now() + chrono::Duration::milliseconds(300);
+        let later = Message::new("t", "Later", b"{}".to_vec());
+        writer.schedule(vec![later.clone()], at).await.expect("schedule");
+        let second =
+            tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("in time").expect("a delivery");
+        let received = chrono::Utc::now();
+        assert_eq!(second.message.id, later.id);
+        assert!(received >= at, "published at {received}, before its time {at}");
+        assert!(
+            received - at < chrono::Duration::milliseconds(700),
+            "published {} ms after its time: the relay waited for its poll instead of the due time",
+            (received - at).num_milliseconds()
+        );
+        second.ack().await.expect("ack");
+        stop.cancel();
+        relay.await.expect("the relay stopped cleanly");
+        here.close().await;
+        there.close().await;
+    });
+}
+
 /// The consumer lag the subscription reports as `herald_consumer_lag`.
 #[test]
 fn the_broker_knows_each_groups_consumer_lag() {

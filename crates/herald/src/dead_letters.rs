@@ -65,6 +65,9 @@ use crate::pubsub::{DLQ_ATTEMPTS, DLQ_GROUP, DLQ_ORIGINAL_ID, DLQ_ORIGINAL_TOPIC
 use crate::router::{Handler, HandlerContext, HandlerError, Route};
 use crate::store::{Store, StoreError, Transaction};
 
+mod pending;
+pub use pending::PendingCount;
+
 /// Header on a replay: the id of the original message (the replay has its own transport id).
 pub const REPLAY_OF: &str = "herald-replay-of";
 /// Header on a replay: the only consumer group that should handle it.
@@ -328,6 +331,13 @@ pub trait DeadLetterArchive: Send + Sync + fmt::Debug + 'static {
     /// How many dead letters match `filter`.
     async fn count(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError>;
 
+    /// How many dead letters are pending, per original topic and group (pairs with none left
+    /// out): what the `herald_dead_letters_pending` gauge reports. The default pages through
+    /// [`list`](Self::list); an archive that can count in one grouped query should.
+    async fn pending_counts(&self) -> Result<Vec<PendingCount>, StoreError> {
+        pending::count_by_listing(self).await
+    }
+
     /// In `tx`: moves the pending dead letter `id` to `status` (replayed or discarded),
     /// recording now as its resolution time and `replay_id`. A `status` of pending is refused
     /// with [`StoreError::Invalid`].
@@ -419,9 +429,13 @@ impl DeadLetters {
     /// Archives a dead-letter message received by other means than
     /// [`archive_route`](Self::archive_route); `false` if it was already archived.
     pub async fn archive_message(&self, dead: &Message) -> Result<bool, DeadLetterError> {
+        let letter = DeadLetter::from_message(dead);
         let mut tx = self.store.begin().await?;
-        let added = self.archive.archive(&mut *tx, &DeadLetter::from_message(dead)).await?;
+        let added = self.archive.archive(&mut *tx, &letter).await?;
         tx.commit().await?;
+        if added {
+            pending::record_pending_of(&*self.archive, &letter.message.topic, &letter.group).await;
+        }
         Ok(added)
     }
 
@@ -432,6 +446,7 @@ impl DeadLetters {
         let mut tx = self.store.begin().await?;
         let replay = self.replay_in(&mut *tx, id).await?;
         tx.commit().await?;
+        self.record_pending_of_letter(id).await;
         Ok(replay)
     }
 
@@ -461,7 +476,10 @@ impl DeadLetters {
         let mut replayed = 0;
         loop {
             let batch = self.archive.list(&filter, &page).await?;
-            let Some(last) = batch.last() else { return Ok(replayed) };
+            let Some(last) = batch.last() else {
+                self.record_pending_after_many().await;
+                return Ok(replayed);
+            };
             page = Page::after(last.id, BATCH);
             let mut tx = self.store.begin().await?;
             let mut in_batch = 0;
@@ -486,6 +504,7 @@ impl DeadLetters {
         let mut tx = self.store.begin().await?;
         let letter = self.resolve(&mut *tx, id, DeadLetterStatus::Discarded, None).await?;
         tx.commit().await?;
+        pending::record_pending_of(&*self.archive, &letter.message.topic, &letter.group).await;
         Ok(letter)
     }
 
@@ -515,6 +534,7 @@ impl DeadLetters {
     /// options of the routes whose dead letters should be archived), in group `group`, reading
     /// each dead-letter topic from its beginning.
     pub fn archive_routes_for(&self, failing: &[&SubscribeOptions], group: &str) -> Vec<Route> {
+        pending::watch(failing);
         let mut topics: Vec<String> = failing.iter().map(|o| o.effective_dead_letter_topic()).collect();
         topics.sort();
         topics.dedup();
@@ -544,6 +564,7 @@ impl Handler for Archiver {
         let added = self.archive.archive(&mut *tx, &letter).await?;
         tx.commit().await?;
         if added {
+            pending::record_pending_of(&*self.archive, &letter.message.topic, &letter.group).await;
             tracing::info!(
                 dead_letter.id = %letter.id,
                 message.id = %letter.message.id,

@@ -31,6 +31,8 @@
 //! ```
 
 pub mod aggregate;
+#[cfg(feature = "asyncapi")]
+pub mod asyncapi;
 pub mod codec;
 pub mod command;
 pub mod dead_letters;
@@ -45,6 +47,8 @@ pub mod pubsub;
 pub mod queue;
 pub mod router;
 pub mod saga;
+#[cfg(feature = "shredding")]
+pub mod shredding;
 pub mod store;
 pub mod transient;
 

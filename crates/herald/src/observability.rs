@@ -41,7 +41,10 @@
 //! place that records them, for the router, the relay, the brokers, and for projections and
 //! sagas.
 
+use std::future::Future;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::message::{Message, Metadata};
 
@@ -70,9 +73,22 @@ pub mod names {
     pub const OUTBOX_OLDEST_AGE: &str = "herald_outbox_oldest_age_seconds";
     /// Counter: messages the outbox relay published.
     pub const OUTBOX_RELAYED: &str = "herald_outbox_relayed_total";
-    /// Gauge, labels `topic`, `group`: messages of the topic the group has not settled yet,
-    /// where the broker knows it (the queue broker over memory, SQLite and PostgreSQL does).
+    /// Gauge, labels `topic`, `group`: messages of the topic the group has not settled yet —
+    /// not yet delivered to it plus delivered and not yet acknowledged — sampled every
+    /// [`CONSUMER_LAG_INTERVAL`](super::CONSUMER_LAG_INTERVAL) by each open subscription: the
+    /// queue broker (memory, SQLite, PostgreSQL: the group's cursor and pending rows), NATS
+    /// JetStream (`num_pending + num_ack_pending` of the group's consumer, summed over its
+    /// partition consumers), Redis Streams (`XINFO GROUPS` `lag + pending`), RabbitMQ (the group
+    /// queue's ready messages plus those this process holds unacknowledged; see `herald-amqp`).
     pub const CONSUMER_LAG: &str = "herald_consumer_lag";
+    /// Gauge, labels `topic` (the original topic), `group` (the group that failed them):
+    /// archived dead letters neither replayed nor discarded yet. Set by
+    /// [`DeadLetters`](crate::dead_letters::DeadLetters) after every change it commits (archive,
+    /// replay, discard) and by [`DeadLetters::record_pending`](crate::dead_letters::DeadLetters::record_pending),
+    /// which a process calls at start (or at each scrape) so that it reports the archive's
+    /// count, not what it changed since it started. The archive is shared: every process that
+    /// reports it reports the same number (aggregate with `max`, not `sum`).
+    pub const DEAD_LETTERS_PENDING: &str = "herald_dead_letters_pending";
     /// Gauge, labels `projection`: events of the global log the projection has not applied yet
     /// (head position minus its checkpoint; `ProjectionStatus::events_behind`).
     pub const PROJECTION_LAG: &str = "herald_projection_lag";
@@ -110,6 +126,7 @@ pub mod names {
         (OUTBOX_OLDEST_AGE, "gauge", "Age of the oldest message waiting in the outbox, in seconds."),
         (OUTBOX_RELAYED, "counter", "Messages published by the outbox relay."),
         (CONSUMER_LAG, "gauge", "Messages not yet settled by a consumer group."),
+        (DEAD_LETTERS_PENDING, "gauge", "Archived dead letters not yet replayed or discarded, per topic and group."),
         (PROJECTION_LAG, "gauge", "Events of the global log a projection has not applied yet."),
         (PROJECTION_LAG_SECONDS, "gauge", "How far behind the newest event a projection is, in seconds."),
         (SAGAS_STARTED, "counter", "Saga instances started."),
@@ -238,6 +255,47 @@ pub fn record_relayed(n: usize) {
 pub fn record_consumer_lag(topic: &str, group: &str, lag: u64) {
     metrics::gauge!(names::CONSUMER_LAG, names::TOPIC => topic.to_owned(), names::GROUP => group.to_owned())
         .set(lag as f64);
+}
+
+/// How often an open subscription samples its group's consumer lag, on every broker: often
+/// enough for a dashboard, and one cheap request (or query) per subscription per interval.
+pub const CONSUMER_LAG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Samples a group's consumer lag with `sample` every [`CONSUMER_LAG_INTERVAL`] (the first
+/// at once) and records it ([`record_consumer_lag`]) until `stop` is cancelled: the task a
+/// broker adapter runs beside each subscription, off the delivery path, ended with the
+/// subscription. A sample of `Ok(None)` (the broker cannot tell just now) leaves the gauge as it
+/// was; a failed one is logged at `debug` and retried at the next interval.
+pub async fn sample_consumer_lag<F, Fut, E>(topic: String, group: String, stop: CancellationToken, mut sample: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<u64>, E>>,
+    E: std::fmt::Display,
+{
+    let mut ticks = tokio::time::interval(CONSUMER_LAG_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let sampled = tokio::select! {
+            biased;
+            () = stop.cancelled() => return,
+            sampled = async {
+                ticks.tick().await;
+                sample().await
+            } => sampled,
+        };
+        match sampled {
+            Ok(Some(lag)) => record_consumer_lag(&topic, &group, lag),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(%topic, %group, error = %e, "sampling the consumer lag failed"),
+        }
+    }
+}
+
+/// Sets the number of archived dead letters of `topic` failed by `group` that are still
+/// pending (neither replayed nor discarded).
+pub fn record_dead_letters_pending(topic: &str, group: &str, pending: u64) {
+    metrics::gauge!(names::DEAD_LETTERS_PENDING, names::TOPIC => topic.to_owned(), names::GROUP => group.to_owned())
+        .set(pending as f64);
 }
 
 /// How many messages of its topic a new consumer group will never receive because it starts

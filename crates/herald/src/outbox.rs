@@ -16,6 +16,15 @@
 //! cleanly it releases the lease and a standby takes over at once (at its next poll), and when
 //! it dies the lease runs out after the time to live. ADR 0004 has the reasoning (and why not
 //! `FOR UPDATE SKIP LOCKED` batches), ADR 0015 the general lease.
+//!
+//! # Scheduled messages
+//!
+//! Messages [scheduled](crate::Transaction::schedule) for a time sit in the outbox until they
+//! are due; [`Store::outbox_pending`] lists them from then on, so every pass publishes them like
+//! any other. Between passes the active relay sleeps until the earliest one falls due
+//! ([`Store::next_scheduled`], asked again when a commit scheduled something:
+//! [`Store::scheduled_changes`]) or until woken, whichever comes first: no polling for them, and
+//! a relay that takes the lease over (after a restart) asks at once. ADR 0021.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,19 +235,40 @@ impl OutboxRelay {
         }
     }
 
-    /// The active relay's loop: a pass on every commit notification (and every poll interval),
-    /// backing off after failures, until `cancel`.
+    /// The active relay's loop: a pass on every commit notification, when the next scheduled
+    /// message falls due, and every poll interval, backing off after failures, until `cancel`.
     async fn relay_while_held(&self, cancel: &CancellationToken) {
         let mut failures = 0u32;
         let idle = self.store.poll_interval();
+        // A store that announces scheduling commits on the outbox signal itself: any outbox
+        // commit may have scheduled something.
+        let shared_signal = std::ptr::eq(self.store.scheduled_changes(), self.store.outbox_changes());
+        // When the earliest scheduled message falls due (`None`: nothing scheduled), and
+        // whether that must be asked again after the next pass (at first: this relay may have
+        // just taken over from one that knew).
+        let mut next_due: Option<Instant> = None;
+        let mut ask = true;
         while !cancel.is_cancelled() {
             let changed = self.store.outbox_changes().notified();
-            tokio::pin!(changed);
+            let scheduled = self.store.scheduled_changes().notified();
+            tokio::pin!(changed, scheduled);
             changed.as_mut().enable();
+            scheduled.as_mut().enable();
             let wait = match self.pass(Some(cancel)).await {
                 Ok(_) => {
                     failures = 0;
-                    idle
+                    if ask {
+                        // After the pass, so what it published is no longer counted.
+                        match self.store.next_scheduled().await {
+                            Ok(due) => {
+                                // Too far ahead to represent: the poll interval comes first anyway.
+                                next_due = due.and_then(|d| Instant::now().checked_add(d));
+                                ask = false;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "reading the next scheduled time failed; will retry"),
+                        }
+                    }
+                    next_due.map_or(idle, |at| idle.min(at.saturating_duration_since(Instant::now())))
                 }
                 Err(e) => {
                     failures += 1;
@@ -248,8 +278,11 @@ impl OutboxRelay {
             };
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = &mut changed, if failures == 0 => {}
-                () = tokio::time::sleep(wait) => {}
+                () = &mut changed, if failures == 0 => ask |= shared_signal,
+                () = &mut scheduled, if failures == 0 => ask = true,
+                // A scheduled message fell due (published by the next pass; then the one after
+                // it is asked for), or the poll interval passed (others' schedules unannounced).
+                () = tokio::time::sleep(wait) => ask = true,
             }
         }
     }

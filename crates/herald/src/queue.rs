@@ -35,8 +35,8 @@ use crate::pubsub::{
     Publisher, Settle, Settlement, StartFrom, SubscribeOptions, Subscriber, Subscription,
 };
 
-/// How often a subscription records its group's consumer lag.
-const LAG_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a subscription records its group's consumer lag (the same on every broker).
+const LAG_INTERVAL: Duration = observability::CONSUMER_LAG_INTERVAL;
 
 /// How long a busy subscription waits at most for a quarter of its in-flight window to free up
 /// before claiming anyway (claims in batches instead of once per ack).

@@ -22,6 +22,13 @@
 //!   nothing does.
 //! * **Outbox.** Enqueued messages become visible to the relay at commit, oldest first, and stay
 //!   until [`Store::outbox_remove`] is called after the broker accepted them.
+//! * **Scheduled messages.** [`Transaction::schedule`] puts messages in the outbox with a due
+//!   time: they commit (or not) with the rest of the unit, and [`Store::outbox_pending`] lists
+//!   them only from their due time on, by the store's clock (so processes with skewed clocks
+//!   agree); a due time in the past means now. Among due messages the outbox order applies (a
+//!   scheduled message keeps the place it took when it was scheduled), and a scheduled message
+//!   never holds back messages enqueued after it. [`Store::next_scheduled`] says how long until
+//!   the next one falls due, so the relay sleeps until then. ADR 0021.
 //! * **Leases.** [`Store::acquire_lease`] grants a named lease to one holder at a time, across
 //!   every process sharing the store, until its time to live runs out; the holder renews it by
 //!   acquiring again, and [`Store::release_lease`] hands it over at once. Every grant carries a
@@ -293,13 +300,14 @@ pub struct OutboxRecord {
     pub message: Message,
 }
 
-/// How far behind the outbox relay is: what [`Store::outbox_stats`] reports.
+/// How far behind the outbox relay is: what [`Store::outbox_stats`] reports. Scheduled messages
+/// count only once they are due: one waiting for its time is not a backlog.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxStats {
-    /// Messages waiting in the outbox.
+    /// Messages waiting in the outbox (immediate ones and scheduled ones that are due).
     pub backlog: u64,
-    /// When the oldest of them was enqueued (or, where the store does not record that, when it
-    /// occurred); `None` when the outbox is empty.
+    /// When the oldest of them was enqueued, or for a scheduled one when it fell due (or, where
+    /// the store does not record that, when it occurred); `None` when nothing is waiting.
     pub oldest: Option<DateTime<Utc>>,
 }
 
@@ -386,6 +394,19 @@ pub trait Transaction: Send {
 
     /// Queues messages for publication after commit.
     async fn enqueue(&mut self, messages: Vec<Message>) -> Result<(), StoreError>;
+
+    /// Queues messages for publication at `at`: they commit atomically with the rest of the
+    /// unit of work (and vanish with it on rollback), and the relay publishes them once at or
+    /// after `at` by the store's clock, never before — at least once, like every outbox
+    /// message, so a consumer's inbox makes it once. A time in the past means now. They take
+    /// their place in the outbox order now, so once due they go out before messages enqueued
+    /// after them that are still waiting; until then they hold nothing back. They are durable:
+    /// a restarted process (or another relay on the same store) publishes them on time.
+    ///
+    /// Publication is the [`OutboxRelay`](crate::outbox::OutboxRelay)'s, as for
+    /// [`enqueue`](Self::enqueue): a store that skips the relay for immediate messages (SQLite's
+    /// `publish_to_sql_broker`) still needs one running for scheduled ones.
+    async fn schedule(&mut self, messages: Vec<Message>, at: DateTime<Utc>) -> Result<(), StoreError>;
 
     // --- inbox ---
 
@@ -489,15 +510,32 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// before `now_millis` (milliseconds since the Unix epoch), earliest deadline first.
     async fn due_sagas(&self, name: &str, now_millis: u64, limit: usize) -> Result<Vec<SagaRecord>, StoreError>;
 
-    /// Up to `limit` outbox messages, oldest first.
+    /// Up to `limit` outbox messages that are due, oldest first (in outbox order): every
+    /// [enqueued](Transaction::enqueue) one and the [scheduled](Transaction::schedule) ones
+    /// whose time has come by the store's clock.
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
 
-    /// Removes published messages from the outbox.
+    /// Removes published messages from the outbox (immediate or scheduled).
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError>;
 
-    /// The outbox's backlog and the age of its oldest message, for the relay's gauges. The
-    /// default reads up to [`OUTBOX_STATS_SCAN`] pending messages and dates them by their
-    /// `occurred_at`; stores override it with a cheap count.
+    /// How long until the earliest scheduled outbox message falls due, by the store's clock
+    /// (zero if one is due already); `None` when none is scheduled. The relay sleeps this long
+    /// (or until woken), so it neither polls for scheduled messages nor needs a clock in step
+    /// with the database's. Cheap: one look at the due-time index.
+    async fn next_scheduled(&self) -> Result<Option<Duration>, StoreError>;
+
+    /// Queues messages for publication at `at` in a unit of work of their own (see
+    /// [`Transaction::schedule`]).
+    async fn schedule(&self, messages: Vec<Message>, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        tx.schedule(messages, at).await?;
+        tx.commit().await
+    }
+
+    /// The outbox's backlog and the age of its oldest message, for the relay's gauges (due
+    /// messages only: see [`OutboxStats`]). The default reads up to [`OUTBOX_STATS_SCAN`]
+    /// pending messages and dates them by their `occurred_at`; stores override it with a cheap
+    /// count.
     async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let pending = self.outbox_pending(OUTBOX_STATS_SCAN).await?;
         Ok(OutboxStats {
@@ -538,6 +576,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// backend that notifies `changes` only for events must override this.
     fn outbox_changes(&self) -> &Notify {
         self.changes()
+    }
+
+    /// Notified after commits that [scheduled](Transaction::schedule) messages (here and, where
+    /// the backend can tell, in other processes), so the relay asks
+    /// [`next_scheduled`](Self::next_scheduled) again. The default is [`outbox_changes`](Self::outbox_changes):
+    /// a store whose `next_scheduled` costs no round trip may let the relay ask after every
+    /// outbox commit; one where it does (PostgreSQL) notifies this only for scheduling commits,
+    /// so immediate messages pay nothing for scheduled ones.
+    fn scheduled_changes(&self) -> &Notify {
+        self.outbox_changes()
     }
 
     /// How often readers poll for commits no notification announced (other processes without

@@ -5,13 +5,16 @@
 use async_trait::async_trait;
 use herald::MessageId;
 use herald::dead_letters::{
-    DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, Resolution, check_resolution,
+    DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, PendingCount, Resolution, check_resolution,
 };
 use herald::store::{StoreError, Transaction};
 use sqlx::PgConnection;
 
 use super::{PostgresStore, PostgresTransaction};
-use crate::dead_letters::{COUNT, DeadLetterRow, FilterValues, GET, INSERT, LIST, LetterColumns, RESOLVE, STATUS};
+use crate::dead_letters::{
+    COUNT, DeadLetterRow, FilterValues, GET, INSERT, LIST, LetterColumns, PENDING_COUNTS, RESOLVE, STATUS,
+    pending_counts,
+};
 use crate::error::SqlError;
 use crate::rows::{limit, now_millis};
 
@@ -87,6 +90,12 @@ impl DeadLetterArchive for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn pending_counts(&self) -> Result<Vec<PendingCount>, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as(PENDING_COUNTS).fetch_all(self.database().pool()).await.map_err(backend)?;
+        Ok(pending_counts(rows))
     }
 
     async fn resolve(

@@ -32,7 +32,8 @@
 //! `QueueBackend::changed` are notified at once after this process's commits (for events: after
 //! the sequencer gave them positions). Sequencer runs that assigned positions, commits that
 //! enqueue outbox messages and commits that publish broker messages also send
-//! `pg_notify('herald_changes', '<schema>:store' | '<schema>:outbox' | '<schema>:queue')`
+//! `pg_notify('herald_changes', '<schema>:store' | '<schema>:outbox' | '<schema>:queue')`, and
+//! commits that schedule outbox messages `'<schema>:scheduled'` (`Store::scheduled_changes`)
 //! (delivered at commit; the outbox's with the enqueueing statement itself, no extra round trip),
 //! and, unless [`PostgresConfig::listen`] is off, each database runs one listener task (one
 //! pooled connection) that forwards those notifications to the same signals, so readers in other
@@ -105,6 +106,10 @@ struct Shared {
     /// Notified after this process's commits that enqueued outbox messages, and by the
     /// listener for other processes' (`Store::outbox_changes`): wakes the relay only.
     outbox_changes: Arc<Notify>,
+    /// Notified after this process's commits that scheduled outbox messages, and by the
+    /// listener for other processes' (`Store::scheduled_changes`): the relay asks for the next
+    /// due time again.
+    scheduled_changes: Arc<Notify>,
     /// Notified when broker messages were appended or released in this process, and by the
     /// listener for other processes' publishes (`QueueBackend::changed`).
     queue_changed: Arc<Notify>,
@@ -114,6 +119,7 @@ struct Shared {
     /// The `NOTIFY` payloads this schema's commits send.
     store_payload: String,
     outbox_payload: String,
+    scheduled_payload: String,
     queue_payload: String,
     /// Gives committed events their positions (a task, woken after appending commits).
     sequencer: Arc<Sequencer>,
@@ -170,10 +176,12 @@ impl PostgresDatabase {
             lock_key: schema_lock_key(&config.schema),
             store_changes: Arc::new(Notify::new()),
             outbox_changes: Arc::new(Notify::new()),
+            scheduled_changes: Arc::new(Notify::new()),
             queue_changed: Arc::new(Notify::new()),
             queue_doorbells: herald::queue::Doorbells::default(),
             store_payload: format!("{}:store", config.schema),
             outbox_payload: format!("{}:outbox", config.schema),
+            scheduled_payload: format!("{}:scheduled", config.schema),
             queue_payload: format!("{}:queue", config.schema),
             sequencer: Arc::new(Sequencer::new()),
             stop: CancellationToken::new(),
@@ -194,6 +202,7 @@ impl PostgresDatabase {
             let forward = Forward {
                 store: (shared.store_payload.clone(), shared.store_changes.clone()),
                 outbox: (shared.outbox_payload.clone(), shared.outbox_changes.clone()),
+                scheduled: (shared.scheduled_payload.clone(), shared.scheduled_changes.clone()),
                 queue: (shared.queue_payload.clone(), shared.queue_changed.clone()),
             };
             shared.tasks.spawn(listen(listener, forward, shared.stop.clone()));
@@ -250,6 +259,12 @@ impl PostgresDatabase {
         &self.shared.outbox_payload
     }
 
+    /// The `NOTIFY` payload announcing this schema's new scheduled outbox rows to other
+    /// processes.
+    pub(crate) fn scheduled_payload(&self) -> &str {
+        &self.shared.scheduled_payload
+    }
+
     /// Announces this transaction's broker publishes to other processes at commit.
     pub(crate) async fn announce_queue(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         sqlx::query(sql::NOTIFY).bind(CHANNEL).bind(&self.shared.queue_payload).execute(conn).await?;
@@ -286,6 +301,10 @@ impl PostgresDatabase {
         &self.shared.outbox_changes
     }
 
+    pub(crate) fn scheduled_changes(&self) -> &Notify {
+        &self.shared.scheduled_changes
+    }
+
     pub(crate) fn queue_changed(&self) -> &Notify {
         &self.shared.queue_changed
     }
@@ -296,10 +315,11 @@ impl PostgresDatabase {
 }
 
 /// Where the listener forwards notifications: (payload, signal) for sequenced events, outbox
-/// rows and the queue.
+/// rows, scheduled outbox rows and the queue.
 struct Forward {
     store: (String, Arc<Notify>),
     outbox: (String, Arc<Notify>),
+    scheduled: (String, Arc<Notify>),
     queue: (String, Arc<Notify>),
 }
 
@@ -325,6 +345,8 @@ async fn listen(mut listener: PgListener, forward: Forward, stop: CancellationTo
                     forward.store.1.notify_waiters();
                 } else if n.payload() == forward.outbox.0 {
                     forward.outbox.1.notify_waiters();
+                } else if n.payload() == forward.scheduled.0 {
+                    forward.scheduled.1.notify_waiters();
                 } else if n.payload() == forward.queue.0 {
                     forward.queue.1.notify_waiters();
                 }

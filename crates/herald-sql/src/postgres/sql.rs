@@ -3,9 +3,8 @@
 
 pub(super) use crate::sql::{
     ACK_IF_CURRENT, ADVANCE_GROUP, CHECKPOINT_AND_TOKEN, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT,
-    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
-    READ_ALL, RECORD_HANDLED, RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
-    TAKE_NEW,
+    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, PUBLISH, READ_ALL, RECORD_HANDLED,
+    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE, TAKE_NEW,
 };
 
 // --- the global-log locks (docs/adr/0003-postgres-global-log.md) ---
@@ -107,7 +106,35 @@ pub(super) const ENQUEUE: &str = "WITH ins AS (INSERT INTO herald_outbox (id, na
        ORDER BY t.n) \
      SELECT pg_notify($8, $9)";
 
-pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence = ANY($1)";
+/// Removes published messages, immediate or scheduled (the tables share the sequences), in one
+/// statement.
+pub(super) const OUTBOX_REMOVE: &str = "WITH o AS (DELETE FROM herald_outbox WHERE sequence = ANY($1)) \
+     DELETE FROM herald_outbox_scheduled WHERE sequence = ANY($1)";
+
+/// Now, in unix milliseconds of the server's clock (floored, so a message is never due early).
+/// `statement_timestamp()`, not the leases' `clock_timestamp()`: it is stable within the
+/// statement, so PostgreSQL can compare the due-time index with it (a volatile value cannot be
+/// an index condition, and the scan would walk every scheduled row).
+macro_rules! now_millis {
+    () => {
+        "FLOOR(EXTRACT(EPOCH FROM statement_timestamp()) * 1000)::BIGINT"
+    };
+}
+
+pub(super) const OUTBOX_PENDING: &str = crate::sql::outbox_pending!(now_millis!());
+pub(super) const OUTBOX_STATS: &str = crate::sql::outbox_stats!(now_millis!());
+pub(super) const NEXT_SCHEDULED: &str = crate::sql::next_scheduled!(now_millis!());
+
+/// Schedules a batch of messages for `$1` (unix milliseconds) in one statement, in array order
+/// (`sequence`, from the outbox's own sequence, follows `ORDINALITY`), and announces it on
+/// channel `$9` with payload `$10` at commit (the relay then asks for the next due time).
+pub(super) const SCHEDULE: &str = "WITH ins AS (INSERT INTO herald_outbox_scheduled \
+       (due_at, id, name, topic, key, payload, metadata, enqueued_at) \
+       SELECT $1, t.id, t.name, t.topic, t.key, t.payload, t.metadata, $8 \
+       FROM UNNEST($2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::BYTEA[], $7::TEXT[]) \
+            WITH ORDINALITY AS t(id, name, topic, key, payload, metadata, n) \
+       ORDER BY t.n) \
+     SELECT pg_notify($9, $10)";
 
 /// Takes or renews lease `$1` for holder `$2`, `$3` ms of time to live. Returns the fencing
 /// token only if `$2` holds the lease afterwards: kept on a renewal in time, one more on any

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use super::{PostgresDatabase, sql};
 use crate::error::SqlError;
 use crate::rows::{
-    EventRow, LoadStreamRow, MessageColumns, OutboxRow, ReadAllRow, SagaRow, SnapshotRow, bound, limit, metadata_json,
-    now_millis, to_i64, to_u64, ttl_millis,
+    EventRow, LoadStreamRow, MessageColumns, OutboxRow, ReadAllRow, SagaRow, SnapshotRow, bound, due_millis, limit,
+    metadata_json, now_millis, to_i64, to_u64, ttl_millis,
 };
 
 /// How many times an `ExpectedVersion::Any` append re-reads the stream's version after other
@@ -76,6 +76,7 @@ impl PostgresStore {
             appended: false,
             failed: false,
             enqueued: false,
+            scheduled: false,
         })
     }
 }
@@ -110,6 +111,9 @@ pub struct PostgresTransaction {
     /// (other processes' relays by the `pg_notify` sent with the rows). Events are announced by
     /// the sequencer once they have positions.
     enqueued: bool,
+    /// Whether this transaction scheduled outbox messages: the commit tells this process's relay
+    /// to ask for the next due time (other processes' by the statement's `pg_notify`).
+    scheduled: bool,
 }
 
 impl std::fmt::Debug for PostgresTransaction {
@@ -355,6 +359,47 @@ impl Transaction for PostgresTransaction {
         Ok(())
     }
 
+    async fn schedule(
+        &mut self,
+        mut messages: Vec<Message>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for m in &mut messages {
+            herald::observability::fill_current(&mut m.metadata);
+        }
+        let columns: Vec<MessageColumns<'_>> =
+            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
+        let (mut ids, mut names, mut topics, mut keys, mut payloads, mut metadata) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for c in columns {
+            ids.push(c.id);
+            names.push(c.name);
+            topics.push(c.topic);
+            keys.push(c.key);
+            payloads.push(c.payload);
+            metadata.push(c.metadata);
+        }
+        let done = sqlx::query(sql::SCHEDULE)
+            .bind(due_millis(at))
+            .bind(ids)
+            .bind(names)
+            .bind(topics)
+            .bind(keys)
+            .bind(payloads)
+            .bind(metadata)
+            .bind(now_millis())
+            .bind(super::CHANNEL)
+            .bind(self.db.scheduled_payload())
+            .execute(&mut *self.tx)
+            .await;
+        self.track(done).map_err(backend)?;
+        self.scheduled = true;
+        Ok(())
+    }
+
     async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError> {
         // If a concurrent transaction inserted the pair, this waits for it: nothing inserted
         // (false) if it commits, inserted if it rolls back. A deadlock with that transaction
@@ -472,7 +517,7 @@ impl Transaction for PostgresTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
-        let Self { tx, db, hooks, failed, appended, enqueued } = *self;
+        let Self { tx, db, hooks, failed, appended, enqueued, scheduled } = *self;
         if failed {
             tx.rollback().await.map_err(backend)?;
             return Err(StoreError::Invalid(
@@ -487,6 +532,9 @@ impl Transaction for PostgresTransaction {
         }
         if enqueued {
             db.outbox_changes().notify_waiters();
+        }
+        if scheduled {
+            db.scheduled_changes().notify_waiters();
         }
         for hook in hooks {
             hook();
@@ -641,6 +689,12 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn next_scheduled(&self) -> Result<Option<Duration>, StoreError> {
+        let millis: Option<i64> =
+            sqlx::query_scalar(sql::NEXT_SCHEDULED).fetch_one(self.db.pool()).await.map_err(backend)?;
+        Ok(millis.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
+    }
+
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<LeaseGrant>, StoreError> {
         let token: Option<i64> = sqlx::query_scalar(sql::ACQUIRE_LEASE)
             .bind(name)
@@ -665,6 +719,12 @@ impl Store for PostgresStore {
 
     fn outbox_changes(&self) -> &Notify {
         self.db.outbox_changes()
+    }
+
+    fn scheduled_changes(&self) -> &Notify {
+        // Its own signal: `next_scheduled` is a round trip, which the relay then makes only
+        // after commits that scheduled something, not after every outbox commit.
+        self.db.scheduled_changes()
     }
 
     fn poll_interval(&self) -> Duration {

@@ -5,13 +5,16 @@
 use async_trait::async_trait;
 use herald::MessageId;
 use herald::dead_letters::{
-    DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, Resolution, check_resolution,
+    DeadLetter, DeadLetterArchive, DeadLetterFilter, DeadLetterStatus, Page, PendingCount, Resolution, check_resolution,
 };
 use herald::store::{StoreError, Transaction};
 use rusqlite::{OptionalExtension, params};
 
 use super::{SqliteStore, SqliteTransaction};
-use crate::dead_letters::{COUNT, DeadLetterRow, FilterValues, GET, INSERT, LIST, LetterColumns, RESOLVE, STATUS};
+use crate::dead_letters::{
+    COUNT, DeadLetterRow, FilterValues, GET, INSERT, LIST, LetterColumns, PENDING_COUNTS, RESOLVE, STATUS,
+    pending_counts,
+};
 use crate::error::SqlError;
 use crate::rows::{self, limit, now_millis};
 
@@ -104,6 +107,18 @@ impl DeadLetterArchive for SqliteStore {
             .read(|c| c.prepare_cached(COUNT)?.query_row(params![f.topic, f.group, f.status], |r| r.get(0)))
             .map_err(backend)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn pending_counts(&self) -> Result<Vec<PendingCount>, StoreError> {
+        let rows = self
+            .database()
+            .read(|c| {
+                c.prepare_cached(PENDING_COUNTS)?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(backend)?;
+        Ok(pending_counts(rows))
     }
 
     async fn resolve(

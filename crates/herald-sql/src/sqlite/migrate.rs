@@ -34,6 +34,7 @@ const SCRIPTS: &[Script] = &[
     script!(4, "0004_saga_deadlines"),
     script!(5, "0005_dead_letters"),
     script!(7, "0007_named_leases"),
+    script!(8, "0008_scheduled_outbox"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS herald_schema_migrations \

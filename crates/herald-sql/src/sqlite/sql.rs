@@ -4,9 +4,8 @@
 
 pub(super) use crate::sql::{
     ACK_IF_CURRENT, ADVANCE_GROUP, CHECKPOINT_AND_TOKEN, CREATE_GROUP, EARLIER_MESSAGES, GROUP_LAG, GROUP_NEXT,
-    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, OUTBOX_PENDING, OUTBOX_STATS, PUBLISH,
-    READ_ALL, RECORD_HANDLED, RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE,
-    TAKE_NEW,
+    LAST_NEW_POSITION, LOAD_CHECKPOINT, LOAD_SAGA, LOAD_SNAPSHOT, MESSAGE_AT, PUBLISH, READ_ALL, RECORD_HANDLED,
+    RELEASE_IF_CURRENT, SAGA_VERSION, SAVE_CHECKPOINT, SAVE_SNAPSHOT, SETTLE_DELETE, TAKE_NEW,
 };
 
 // --- event store ---
@@ -26,6 +25,39 @@ pub(super) const ENQUEUE: &str = "INSERT INTO herald_outbox (id, name, topic, ke
 
 /// `?1` is a JSON array of sequences.
 pub(super) const OUTBOX_REMOVE: &str = "DELETE FROM herald_outbox WHERE sequence IN (SELECT value FROM json_each(?1))";
+
+/// [`OUTBOX_REMOVE`] for scheduled messages (the same sequences: the tables share them).
+pub(super) const OUTBOX_REMOVE_SCHEDULED: &str =
+    "DELETE FROM herald_outbox_scheduled WHERE sequence IN (SELECT value FROM json_each(?1))";
+
+/// Now, in unix milliseconds of SQLite's clock (floored), as the leases read it.
+macro_rules! now_millis {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+
+pub(super) const OUTBOX_PENDING: &str = crate::sql::outbox_pending!(now_millis!());
+pub(super) const OUTBOX_STATS: &str = crate::sql::outbox_stats!(now_millis!());
+pub(super) const NEXT_SCHEDULED: &str = crate::sql::next_scheduled!(now_millis!());
+
+/// Reserves `?1` outbox sequences for scheduled messages: raises `herald_outbox`'s
+/// AUTOINCREMENT counter (migration 0008 made sure its row exists) and returns the last one
+/// reserved. The writer is held, so nobody takes a number in between.
+pub(super) const RESERVE_SEQUENCES: &str =
+    "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'herald_outbox' RETURNING seq";
+
+/// [`RESERVE_SEQUENCES`] when the counter's row is missing (deleted by hand): starts it above
+/// every sequence either table holds.
+pub(super) const RESERVE_FIRST_SEQUENCES: &str = "INSERT INTO sqlite_sequence (name, seq) \
+     SELECT 'herald_outbox', MAX(COALESCE((SELECT MAX(sequence) FROM herald_outbox), 0), \
+                                 COALESCE((SELECT MAX(sequence) FROM herald_outbox_scheduled), 0)) + ?1 \
+     RETURNING seq";
+
+/// A scheduled message: sequence `?1` (reserved), due at `?2` (unix milliseconds).
+pub(super) const SCHEDULE: &str = "INSERT INTO herald_outbox_scheduled \
+     (sequence, due_at, id, name, topic, key, payload, metadata, enqueued_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 
 /// Takes or renews lease `?1` for holder `?2`, `?3` ms of time to live. Returns the fencing
 /// token only if `?2` holds the lease afterwards: kept on a renewal in time, one more on any

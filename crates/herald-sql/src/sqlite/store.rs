@@ -15,7 +15,9 @@ use tokio::sync::Notify;
 
 use super::{SqliteDatabase, WriteTx, sql};
 use crate::error::SqlError;
-use crate::rows::{self, MessageColumns, bound, limit, metadata_json, now_millis, to_i64, to_u64, ttl_millis};
+use crate::rows::{
+    self, MessageColumns, bound, due_millis, limit, metadata_json, now_millis, to_i64, to_u64, ttl_millis,
+};
 
 fn backend(e: impl Into<SqlError>) -> StoreError {
     StoreError::backend(e.into())
@@ -266,6 +268,44 @@ impl Transaction for SqliteTransaction {
         Ok(())
     }
 
+    async fn schedule(
+        &mut self,
+        mut messages: Vec<Message>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        for m in &mut messages {
+            herald::observability::fill_current(&mut m.metadata);
+        }
+        let (now, due) = (now_millis(), due_millis(at));
+        let count = to_i64("scheduled messages", messages.len() as u64).map_err(backend)?;
+        let columns: Vec<MessageColumns<'_>> =
+            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
+        let conn = self.conn().await?;
+        // Their places in the outbox order, taken now (the writer is ours): the last of `count`.
+        let reserve = |statement: &str| {
+            conn.prepare_cached(statement).and_then(|mut s| s.query_row([count], |r| r.get::<_, i64>(0)).optional())
+        };
+        let last = match reserve(sql::RESERVE_SEQUENCES).map_err(backend)? {
+            Some(last) => last,
+            None => reserve(sql::RESERVE_FIRST_SEQUENCES).map_err(backend)?.ok_or_else(|| {
+                backend(SqlError::Corrupt {
+                    table: "sqlite_sequence",
+                    detail: "reserving outbox sequences for scheduled messages returned nothing".into(),
+                })
+            })?,
+        };
+        let mut insert = conn.prepare_cached(sql::SCHEDULE).map_err(backend)?;
+        for (sequence, c) in (last - count + 1..).zip(columns) {
+            insert
+                .execute(params![sequence, due, c.id, c.name, c.topic, c.key, c.payload, c.metadata, now])
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
     async fn record_handled(&mut self, handler: &str, message_id: MessageId) -> Result<bool, StoreError> {
         // We hold the write lock, so "inserted" here means no committed transaction recorded
         // the pair and no concurrent one can until we end.
@@ -458,8 +498,16 @@ impl Store for SqliteStore {
         }
         let list = serde_json::to_string(sequences).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let write = self.db.begin_write().await.map_err(backend)?;
-        write.conn().prepare_cached(sql::OUTBOX_REMOVE).and_then(|mut s| s.execute([list])).map_err(backend)?;
+        for statement in [sql::OUTBOX_REMOVE, sql::OUTBOX_REMOVE_SCHEDULED] {
+            write.conn().prepare_cached(statement).and_then(|mut s| s.execute([&list])).map_err(backend)?;
+        }
         write.commit().await.map_err(backend)
+    }
+
+    async fn next_scheduled(&self) -> Result<Option<Duration>, StoreError> {
+        let millis: Option<i64> =
+            self.db.read(|c| c.prepare_cached(sql::NEXT_SCHEDULED)?.query_row([], |r| r.get(0))).map_err(backend)?;
+        Ok(millis.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))))
     }
 
     async fn acquire_lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<LeaseGrant>, StoreError> {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::message::{Message, MessageId};
@@ -35,6 +36,9 @@ struct Data {
     streams: HashMap<String, Vec<usize>>,
     snapshots: HashMap<String, Snapshot>,
     outbox: BTreeMap<u64, Message>,
+    /// Scheduled messages by sequence (shared with `outbox`, so the outbox order covers both),
+    /// with their due time.
+    scheduled: BTreeMap<u64, (DateTime<Utc>, Message)>,
     outbox_next: u64,
     /// Named leases (kept after release, so fencing tokens only grow).
     leases: HashMap<String, Lease>,
@@ -62,6 +66,18 @@ impl Data {
 
     fn version(&self, stream: &str) -> u64 {
         self.streams.get(stream).map_or(0, |v| v.len() as u64)
+    }
+
+    /// The due outbox messages (immediate, and scheduled at or before `now`) in outbox order.
+    fn due_outbox(&self, now: DateTime<Utc>) -> impl Iterator<Item = (u64, &Message)> {
+        let mut immediate = self.outbox.iter().map(|(&s, m)| (s, m)).peekable();
+        let mut due =
+            self.scheduled.iter().filter(move |(_, (at, _))| *at <= now).map(|(&s, (_, m))| (s, m)).peekable();
+        std::iter::from_fn(move || match (immediate.peek(), due.peek()) {
+            (Some(a), Some(b)) if b.0 < a.0 => due.next(),
+            (Some(_), _) => immediate.next(),
+            (None, _) => due.next(),
+        })
     }
 
     fn stream_events(&self, stream: &str, from_version: u64) -> impl Iterator<Item = &RecordedEvent> {
@@ -113,7 +129,8 @@ pub struct MemoryTransaction {
     store: MemoryStore,
     streams: Vec<StagedStream>,
     snapshots: Vec<Snapshot>,
-    outbox: Vec<Message>,
+    /// Staged outbox messages, with their due time if scheduled, in the order given.
+    outbox: Vec<(Option<DateTime<Utc>>, Message)>,
     inbox: Vec<(String, MessageId)>,
     /// Staged checkpoints: position and fencing token (`None`: keep the stored one).
     checkpoints: HashMap<String, (u64, Option<u64>)>,
@@ -199,7 +216,15 @@ impl Transaction for MemoryTransaction {
         for m in &mut messages {
             crate::observability::fill_current(&mut m.metadata);
         }
-        self.outbox.extend(messages);
+        self.outbox.extend(messages.into_iter().map(|m| (None, m)));
+        Ok(())
+    }
+
+    async fn schedule(&mut self, mut messages: Vec<Message>, at: DateTime<Utc>) -> Result<(), StoreError> {
+        for m in &mut messages {
+            crate::observability::fill_current(&mut m.metadata);
+        }
+        self.outbox.extend(messages.into_iter().map(|m| (Some(at), m)));
         Ok(())
     }
 
@@ -316,10 +341,14 @@ impl Transaction for MemoryTransaction {
             for snap in this.snapshots {
                 data.snapshots.insert(snap.stream.clone(), snap);
             }
-            for m in this.outbox {
+            for (at, m) in this.outbox {
                 data.outbox_next += 1;
                 let seq = data.outbox_next;
-                data.outbox.insert(seq, m);
+                if let Some(at) = at {
+                    data.scheduled.insert(seq, (at, m));
+                } else {
+                    data.outbox.insert(seq, m);
+                }
             }
             data.inbox.extend(this.inbox);
             for (name, (position, token)) in this.checkpoints {
@@ -438,21 +467,33 @@ impl Store for MemoryStore {
 
     async fn outbox_pending(&self, limit: usize) -> Result<Vec<OutboxRecord>, StoreError> {
         let data = self.data();
-        Ok(data.outbox.iter().take(limit).map(|(&sequence, m)| OutboxRecord { sequence, message: m.clone() }).collect())
+        let due = data.due_outbox(Utc::now()).take(limit);
+        Ok(due.map(|(sequence, m)| OutboxRecord { sequence, message: m.clone() }).collect())
     }
 
     async fn outbox_stats(&self) -> Result<crate::store::OutboxStats, StoreError> {
+        let now = Utc::now();
         let data = self.data();
-        let oldest = data.outbox.values().next().map(|m| m.metadata.occurred_at);
-        Ok(crate::store::OutboxStats { backlog: data.outbox.len() as u64, oldest })
+        let oldest_immediate = data.outbox.values().next().map(|m| m.metadata.occurred_at);
+        let due: Vec<DateTime<Utc>> = data.scheduled.values().map(|(at, _)| *at).filter(|at| *at <= now).collect();
+        let oldest = oldest_immediate.into_iter().chain(due.iter().copied()).min();
+        Ok(crate::store::OutboxStats { backlog: (data.outbox.len() + due.len()) as u64, oldest })
     }
 
     async fn outbox_remove(&self, sequences: &[u64]) -> Result<(), StoreError> {
         let mut data = self.data();
         for s in sequences {
-            data.outbox.remove(s);
+            if data.outbox.remove(s).is_none() {
+                data.scheduled.remove(s);
+            }
         }
         Ok(())
+    }
+
+    async fn next_scheduled(&self) -> Result<Option<std::time::Duration>, StoreError> {
+        let now = Utc::now();
+        let earliest = self.data().scheduled.values().map(|(at, _)| *at).min();
+        Ok(earliest.map(|at| (at - now).to_std().unwrap_or_default()))
     }
 
     async fn acquire_lease(

@@ -13,7 +13,10 @@ mod grpc;
 pub mod live;
 mod web;
 
+use std::sync::Arc;
+
 use axum::routing::get;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -29,6 +32,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["adminpb.DeadLettersService"],
     migrations: live::MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -45,6 +49,12 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
     routes
 }
 
+/// What admin handles: every integration event, for the live feed. (Its archive routes take
+/// whatever lands on the other routes' dead-letter topics, which depend on those routes.)
+fn messages(doc: AsyncApi) -> AsyncApi {
+    live::TOPICS.iter().fold(doc, |doc, topic| doc.receives_any(topic, live::FEED_GROUP))
+}
+
 fn start(cx: &ModuleContext) -> Parts {
     let feed = live::Feed::new(cx.db.clone(), cx.admin_token.clone(), cx.shutdown.clone());
     let live_routes = OpenApiRouter::new().route("/api/admin/live", get(live::live)).with_state(feed.clone());
@@ -52,5 +62,13 @@ fn start(cx: &ModuleContext) -> Parts {
     parts.http = parts.http.merge(live_routes).merge(OpenApiRouter::from(web::routes()));
     let stop = cx.stop.clone();
     parts.tasks.push(("admin live feed", Box::pin(feed.run(stop))));
+    // Herald's `herald_dead_letters_pending{topic,group}`, sampled from the archive at each
+    // scrape: the archive route and the admin API may run in other processes, and a sample is
+    // what a restarted process reports before anything changes.
+    let db = cx.db.clone();
+    parts.gauges = Some(Arc::new(move || {
+        let db = db.clone();
+        Box::pin(async move { Ok(db.dead_letters().record_pending().await?) }) as futures::future::BoxFuture<'static, _>
+    }));
     parts
 }

@@ -17,6 +17,7 @@ mod http;
 use std::sync::Arc;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::{Migration, query};
 
@@ -34,6 +35,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["analyticspb.AnalyticsService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -78,6 +80,11 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "analytics-orders"))
             .on(application::record_order_event),
     ]
+}
+
+/// What analytics handles (it publishes nothing).
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.receives::<ordering::OrderIntegrationEvent>(ordering::EVENT_TOPIC, "analytics-orders")
 }
 
 fn start(cx: &ModuleContext) -> Parts {

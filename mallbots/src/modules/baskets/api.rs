@@ -1,13 +1,14 @@
 //! The public contract of baskets: its integration events.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the basket events (keyed by basket id).
 pub const EVENT_TOPIC: &str = "baskets.events.Basket";
 
 /// A customer started a basket at a kiosk.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketStarted {
     pub id: String,
     pub customer_id: String,
@@ -17,7 +18,7 @@ impl Event for BasketStarted {
 }
 
 /// A basket was abandoned.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketCanceled {
     pub id: String,
 }
@@ -26,7 +27,7 @@ impl Event for BasketCanceled {
 }
 
 /// One line of a checked-out basket, with the names and price the customer saw.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketItem {
     pub store_id: String,
     pub product_id: String,
@@ -38,7 +39,7 @@ pub struct BasketItem {
 
 /// A basket was paid for with `payment_id`: ordering creates the order (order id = basket id)
 /// from this event alone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketCheckedOut {
     pub id: String,
     pub customer_id: String,
@@ -58,3 +59,4 @@ herald::event_set! {
         CheckedOut(BasketCheckedOut),
     }
 }
+herald::event_schemas!(BasketIntegrationEvent: BasketStarted, BasketCanceled, BasketCheckedOut);

@@ -12,6 +12,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::Migration;
 
@@ -26,6 +27,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["basketspb.BasketService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -48,4 +50,11 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
         Route::new(SubscribeOptions::new(stores::STORE_TOPIC, "baskets-stores")).on(application::on_store_event),
         Route::new(SubscribeOptions::new(stores::PRODUCT_TOPIC, "baskets-products")).on(application::on_product_event),
     ]
+}
+
+/// What baskets publishes and handles (the feeds of its catalog cache).
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::BasketIntegrationEvent>(api::EVENT_TOPIC)
+        .receives::<stores::StoreIntegrationEvent>(stores::STORE_TOPIC, "baskets-stores")
+        .receives::<stores::ProductIntegrationEvent>(stores::PRODUCT_TOPIC, "baskets-products")
 }

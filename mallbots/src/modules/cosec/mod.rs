@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use herald::asyncapi::AsyncApi;
 use herald::router::{HandlerContext, Route};
 use herald::saga::{Orchestrator, Saga, SagaError, Step};
 use herald::{Message, Store, SubscribeOptions};
@@ -119,6 +120,7 @@ pub const MODULE: Module = Module {
     grpc_services: &[],
     migrations: &[],
     routes: |cx| routes(&orchestrator(cx.store.clone())),
+    messages,
     start,
 };
 
@@ -173,6 +175,16 @@ fn routes(orchestrator: &Orchestrator<CreateOrderData>) -> Vec<Route> {
         ),
         Route::new(SubscribeOptions::new(REPLY_TOPIC, "cosec-replies")).fallback(orchestrator.reply_handler()),
     ]
+}
+
+/// What cosec sends (the saga's commands) and handles (orders to start from, replies).
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<customers::AuthorizeCustomer>(customers::COMMAND_TOPIC)
+        .sends::<depot::DepotCommand>(depot::COMMAND_TOPIC)
+        .sends::<payments::ConfirmPayment>(payments::COMMAND_TOPIC)
+        .sends::<ordering::OrderingCommand>(ordering::COMMAND_TOPIC)
+        .receives::<ordering::OrderCreated>(ordering::EVENT_TOPIC, "cosec-ordering")
+        .receives_replies::<depot::CreatedShoppingList>(REPLY_TOPIC, "cosec-replies")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The public contract of customers: integration events and the command it handles.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the customer events (keyed by customer id).
@@ -9,7 +10,7 @@ pub const EVENT_TOPIC: &str = "customers.events.Customer";
 pub const COMMAND_TOPIC: &str = "customers.commands";
 
 /// A customer registered at a kiosk (enabled).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     pub id: String,
     pub name: String,
@@ -20,7 +21,7 @@ impl Event for CustomerRegistered {
 }
 
 /// A customer's SMS number changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerSmsChanged {
     pub id: String,
     pub sms_number: String,
@@ -30,7 +31,7 @@ impl Event for CustomerSmsChanged {
 }
 
 /// A customer may order again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerEnabled {
     pub id: String,
 }
@@ -39,7 +40,7 @@ impl Event for CustomerEnabled {
 }
 
 /// A customer may no longer order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerDisabled {
     pub id: String,
 }
@@ -57,10 +58,13 @@ herald::event_set! {
         Disabled(CustomerDisabled),
     }
 }
+herald::event_schemas!(CustomerIntegrationEvent:
+    CustomerRegistered, CustomerSmsChanged, CustomerEnabled, CustomerDisabled
+);
 
 /// Command (on [`COMMAND_TOPIC`]): may this customer order? The reply is a success, or a
 /// failure when the customer is unknown or disabled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct AuthorizeCustomer {
     pub id: String,
 }

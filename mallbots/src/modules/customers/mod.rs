@@ -13,6 +13,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::Migration;
 
@@ -26,6 +27,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["customerspb.CustomersService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -48,4 +50,10 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands"))
             .on_command(application::handle_authorize),
     ]
+}
+
+/// What customers publishes and handles (the saga's command).
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::CustomerIntegrationEvent>(api::EVENT_TOPIC)
+        .receives_commands::<api::AuthorizeCustomer>(api::COMMAND_TOPIC, "customers-commands")
 }

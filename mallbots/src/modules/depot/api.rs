@@ -1,6 +1,7 @@
 //! The public contract of depot: shopping-list events, the commands it handles and its reply.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the shopping-list events (keyed by order id).
@@ -9,7 +10,7 @@ pub const EVENT_TOPIC: &str = "depot.events.ShoppingList";
 pub const COMMAND_TOPIC: &str = "depot.commands";
 
 /// One product to pick up in a store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingItem {
     pub store_id: String,
     pub store_name: String,
@@ -19,7 +20,7 @@ pub struct ShoppingItem {
 }
 
 /// Command (saga step 2): make the shopping list of an order. Replies [`CreatedShoppingList`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CreateShoppingList {
     pub order_id: String,
     pub items: Vec<ShoppingItem>,
@@ -29,7 +30,7 @@ impl Event for CreateShoppingList {
 }
 
 /// Reply to [`CreateShoppingList`]: the list's id.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CreatedShoppingList {
     pub id: String,
 }
@@ -38,7 +39,7 @@ impl Event for CreatedShoppingList {
 }
 
 /// Command (compensation of step 2): cancel a shopping list (idempotent).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelShoppingList {
     pub id: String,
 }
@@ -47,7 +48,7 @@ impl Event for CancelShoppingList {
 }
 
 /// Command (saga step 4): the order is paid for; make its list available to the bots.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InitiateShopping {
     pub id: String,
 }
@@ -64,9 +65,10 @@ herald::event_set! {
         Initiate(InitiateShopping),
     }
 }
+herald::event_schemas!(DepotCommand: CreateShoppingList, CancelShoppingList, InitiateShopping);
 
 /// A shopping list was made for an order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCreated {
     pub id: String,
     pub order_id: String,
@@ -76,7 +78,7 @@ impl Event for ShoppingListCreated {
 }
 
 /// A bot took the list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListAssigned {
     pub id: String,
     pub order_id: String,
@@ -87,7 +89,7 @@ impl Event for ShoppingListAssigned {
 }
 
 /// The list's bot picked the items at one store.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListStopPicked {
     pub id: String,
     pub order_id: String,
@@ -99,7 +101,7 @@ impl Event for ShoppingListStopPicked {
 }
 
 /// The list's bot let it go (disconnected or fell silent): it is available again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListReleased {
     pub id: String,
     pub order_id: String,
@@ -111,7 +113,7 @@ impl Event for ShoppingListReleased {
 }
 
 /// Everything on the list is at the depot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCompleted {
     pub id: String,
     pub order_id: String,
@@ -121,7 +123,7 @@ impl Event for ShoppingListCompleted {
 }
 
 /// The list was canceled (its bot, if any, is free).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ShoppingListCanceled {
     pub id: String,
     pub order_id: String,
@@ -142,3 +144,7 @@ herald::event_set! {
         Canceled(ShoppingListCanceled),
     }
 }
+herald::event_schemas!(ShoppingListIntegrationEvent:
+    ShoppingListCreated, ShoppingListAssigned, ShoppingListStopPicked,
+    ShoppingListReleased, ShoppingListCompleted, ShoppingListCanceled,
+);

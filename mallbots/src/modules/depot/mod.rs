@@ -18,6 +18,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::Migration;
 
@@ -32,6 +33,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["depotpb.DepotService", "depotpb.ShopperBot"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -72,4 +74,11 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "depot-commands")).on_command(application::handle_command),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "depot-orders")).on(application::on_order_canceled),
     ]
+}
+
+/// What depot publishes and handles.
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::ShoppingListIntegrationEvent>(api::EVENT_TOPIC)
+        .receives_commands::<api::DepotCommand>(api::COMMAND_TOPIC, "depot-commands")
+        .receives::<ordering::OrderCanceled>(ordering::EVENT_TOPIC, "depot-orders")
 }

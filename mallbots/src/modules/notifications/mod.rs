@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::{HandlerContext, Retry, Route};
 use herald_sql::any::{Migration, query};
 
@@ -32,6 +33,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["notificationspb.NotificationsService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -85,4 +87,11 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
                 },
             ),
     ]
+}
+
+/// What notifications publishes and handles.
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::NotificationSent>(api::EVENT_TOPIC)
+        .receives::<customers::CustomerIntegrationEvent>(customers::EVENT_TOPIC, "notifications-customers")
+        .receives::<ordering::OrderIntegrationEvent>(ordering::EVENT_TOPIC, "notifications-orders")
 }

@@ -1,6 +1,7 @@
 //! The public contract of ordering: its integration events and the commands it handles.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the order events (keyed by order id).
@@ -9,7 +10,7 @@ pub const EVENT_TOPIC: &str = "ordering.events.Order";
 pub const COMMAND_TOPIC: &str = "ordering.commands";
 
 /// One line of an order. Prices in cents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderItem {
     pub store_id: String,
     pub product_id: String,
@@ -20,7 +21,7 @@ pub struct OrderItem {
 }
 
 /// An order was placed (order id = basket id); the create-order saga starts from it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     pub id: String,
     pub customer_id: String,
@@ -33,7 +34,7 @@ impl Event for OrderCreated {
 }
 
 /// The saga approved the order; its shopping list is `shopping_id`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderApproved {
     pub id: String,
     pub customer_id: String,
@@ -45,7 +46,7 @@ impl Event for OrderApproved {
 }
 
 /// The saga rejected the order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderRejected {
     pub id: String,
     pub customer_id: String,
@@ -56,7 +57,7 @@ impl Event for OrderRejected {
 }
 
 /// The items were collected; the customer can pay `total_cents` at the depot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderReadied {
     pub id: String,
     pub customer_id: String,
@@ -68,7 +69,7 @@ impl Event for OrderReadied {
 }
 
 /// The order was canceled before it was ready; `shopping_id` (if any) is to be canceled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCanceled {
     pub id: String,
     pub customer_id: String,
@@ -80,7 +81,7 @@ impl Event for OrderCanceled {
 }
 
 /// The invoice was paid; the order is done.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCompleted {
     pub id: String,
     pub customer_id: String,
@@ -102,9 +103,12 @@ herald::event_set! {
         Completed(OrderCompleted),
     }
 }
+herald::event_schemas!(OrderIntegrationEvent:
+    OrderCreated, OrderApproved, OrderRejected, OrderReadied, OrderCanceled, OrderCompleted
+);
 
 /// Command (saga step 5): approve the order with its shopping list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApproveOrder {
     pub id: String,
     pub shopping_id: String,
@@ -114,7 +118,7 @@ impl Event for ApproveOrder {
 }
 
 /// Command (saga compensation of step 0): reject the order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RejectOrder {
     pub id: String,
 }
@@ -130,3 +134,4 @@ herald::event_set! {
         Reject(RejectOrder),
     }
 }
+herald::event_schemas!(OrderingCommand: ApproveOrder, RejectOrder);

@@ -13,6 +13,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 
 use crate::module::{Module, ModuleContext, Parts};
@@ -29,6 +30,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["orderingpb.OrderingService"],
     migrations: &[],
     routes,
+    messages,
     start,
 };
 
@@ -47,4 +49,13 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
         Route::new(SubscribeOptions::new(depot::EVENT_TOPIC, "ordering-depot"))
             .on(application::on_shopping_list_completed),
     ]
+}
+
+/// What ordering publishes and handles.
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::OrderIntegrationEvent>(api::EVENT_TOPIC)
+        .receives::<baskets::BasketCheckedOut>(baskets::EVENT_TOPIC, "ordering-baskets")
+        .receives_commands::<api::OrderingCommand>(api::COMMAND_TOPIC, "ordering-commands")
+        .receives::<payments::InvoicePaid>(payments::EVENT_TOPIC, "ordering-payments")
+        .receives::<depot::ShoppingListCompleted>(depot::EVENT_TOPIC, "ordering-depot")
 }

@@ -1,6 +1,7 @@
 //! The public contract of payments: its integration events and the command it handles.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the invoice events (keyed by order id).
@@ -9,7 +10,7 @@ pub const EVENT_TOPIC: &str = "payments.events.Invoice";
 pub const COMMAND_TOPIC: &str = "payments.commands";
 
 /// The customer paid the invoice of an order at the depot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InvoicePaid {
     pub id: String,
     pub order_id: String,
@@ -19,7 +20,7 @@ impl Event for InvoicePaid {
 }
 
 /// The invoice of a canceled order was canceled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct InvoiceCanceled {
     pub id: String,
     pub order_id: String,
@@ -36,10 +37,11 @@ herald::event_set! {
         Canceled(InvoiceCanceled),
     }
 }
+herald::event_schemas!(InvoiceIntegrationEvent: InvoicePaid, InvoiceCanceled);
 
 /// Command (saga step 3): does payment `id` cover exactly `amount_cents`? Success, or a failure
 /// for an unknown payment or a different amount.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ConfirmPayment {
     pub id: String,
     pub amount_cents: i64,

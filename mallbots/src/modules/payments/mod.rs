@@ -11,6 +11,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::Migration;
 
@@ -25,6 +26,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["paymentspb.PaymentsService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -58,4 +60,11 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
             .on_command(application::handle_confirm),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "payments-orders")).on(application::on_order_event),
     ]
+}
+
+/// What payments publishes and handles.
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::InvoiceIntegrationEvent>(api::EVENT_TOPIC)
+        .receives_commands::<api::ConfirmPayment>(api::COMMAND_TOPIC, "payments-commands")
+        .receives::<ordering::OrderIntegrationEvent>(ordering::EVENT_TOPIC, "payments-orders")
 }

@@ -7,6 +7,7 @@ mod grpc;
 mod http;
 
 use herald::SubscribeOptions;
+use herald::asyncapi::AsyncApi;
 use herald::router::Route;
 use herald_sql::any::Migration;
 
@@ -22,6 +23,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["searchpb.SearchService"],
     migrations: MIGRATIONS,
     routes,
+    messages,
     start,
 };
 
@@ -67,4 +69,10 @@ fn routes(_: &ModuleContext) -> Vec<Route> {
             .on(application::on_customer_registered),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders")).on(application::on_order_event),
     ]
+}
+
+/// What search handles (it publishes nothing).
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.receives::<customers::CustomerRegistered>(customers::EVENT_TOPIC, "search-customers")
+        .receives::<ordering::OrderIntegrationEvent>(ordering::EVENT_TOPIC, "search-orders")
 }

@@ -2,6 +2,7 @@
 //! keep local copies from them, so they carry the state they describe, not just the change.
 
 use herald::Event;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Topic of the store events (keyed by store id).
@@ -10,7 +11,7 @@ pub const STORE_TOPIC: &str = "stores.events.Store";
 pub const PRODUCT_TOPIC: &str = "stores.events.Product";
 
 /// A store opened in the mall (not yet participating).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreCreated {
     pub id: String,
     pub name: String,
@@ -21,7 +22,7 @@ impl Event for StoreCreated {
 }
 
 /// A store joined (`participating`) or left the mall's kiosk offer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreParticipatingToggled {
     pub id: String,
     pub participating: bool,
@@ -31,7 +32,7 @@ impl Event for StoreParticipatingToggled {
 }
 
 /// A store has a new name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StoreRebranded {
     pub id: String,
     pub name: String,
@@ -41,7 +42,7 @@ impl Event for StoreRebranded {
 }
 
 /// A product is on sale in a store. Prices are in cents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductAdded {
     pub id: String,
     pub store_id: String,
@@ -55,7 +56,7 @@ impl Event for ProductAdded {
 }
 
 /// A product has a new name and description.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRebranded {
     pub id: String,
     pub name: String,
@@ -67,7 +68,7 @@ impl Event for ProductRebranded {
 
 /// A product's price went up by `delta_cents` to `price_cents`. The new price is carried so
 /// that a cache can set it rather than add a delta twice on a redelivery.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceIncreased {
     pub id: String,
     pub delta_cents: i64,
@@ -78,7 +79,7 @@ impl Event for ProductPriceIncreased {
 }
 
 /// A product's price went down by `delta_cents` (positive) to `price_cents`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductPriceDecreased {
     pub id: String,
     pub delta_cents: i64,
@@ -89,7 +90,7 @@ impl Event for ProductPriceDecreased {
 }
 
 /// A product is no longer sold.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProductRemoved {
     pub id: String,
 }
@@ -106,6 +107,7 @@ herald::event_set! {
         Rebranded(StoreRebranded),
     }
 }
+herald::event_schemas!(StoreIntegrationEvent: StoreCreated, StoreParticipatingToggled, StoreRebranded);
 
 herald::event_set! {
     /// Everything on [`PRODUCT_TOPIC`].
@@ -118,3 +120,6 @@ herald::event_set! {
         Removed(ProductRemoved),
     }
 }
+herald::event_schemas!(ProductIntegrationEvent:
+    ProductAdded, ProductRebranded, ProductPriceIncreased, ProductPriceDecreased, ProductRemoved
+);

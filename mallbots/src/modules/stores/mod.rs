@@ -10,6 +10,7 @@ mod domain;
 mod grpc;
 mod http;
 
+use herald::asyncapi::AsyncApi;
 use herald_sql::any::Migration;
 
 use crate::module::{Module, ModuleContext, Parts};
@@ -22,6 +23,7 @@ pub const MODULE: Module = Module {
     grpc_services: &["storespb.StoresService"],
     migrations: MIGRATIONS,
     routes: |_| Vec::new(),
+    messages,
     start,
 };
 
@@ -44,4 +46,9 @@ const MIGRATIONS: &[Migration] = &[Migration::per_dialect(
 
 fn start(cx: &ModuleContext) -> Parts {
     cx.apis(http::routes(), grpc::service)
+}
+
+/// What stores publishes: the state of its stores and products.
+fn messages(doc: AsyncApi) -> AsyncApi {
+    doc.sends::<api::StoreIntegrationEvent>(api::STORE_TOPIC).sends::<api::ProductIntegrationEvent>(api::PRODUCT_TOPIC)
 }
