@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure the local servers the test suite talks to are installed and running:
-# PostgreSQL (5432), Redis (6379), RabbitMQ (5672), NATS with JetStream (4222), Mosquitto (1883).
-# Installs a missing one with apt-get (as root), starts one that is down, waits until it answers.
+# PostgreSQL (5432), Redis (6379), RabbitMQ (5672), NATS with JetStream (4222), Mosquitto (1883),
+# tansu, a Kafka-protocol broker (9092, in-memory storage).
+# Installs a missing one with apt-get (as root; tansu with `cargo install`, which takes ~9 minutes),
+# starts one that is down, waits until it answers.
 # Exits non-zero, naming the server, if one cannot be brought up: a missing server must never turn
 # into a green test run.
 set -uo pipefail
@@ -94,6 +96,27 @@ if ensure_package mosquitto mosquitto; then
   fi
   wait_for Mosquitto 30 port_open 1883 || failed+=(Mosquitto)
 else failed+=(Mosquitto); fi
+
+# tansu: a Kafka-protocol broker (Apache-2.0, written in Rust) for herald-kafka's tests, with
+# in-memory storage (the `dynostore` feature's `memory://`). Not packaged by Debian: installed from
+# crates.io when missing. herald-kafka's librdkafka is built from source: it needs a C compiler
+# and make.
+ensure_package cc gcc || failed+=(gcc)
+ensure_package make make || failed+=(make)
+TANSU=/root/.cargo/bin/tansu  # where the `--root` below puts it
+if [ ! -x "$TANSU" ]; then
+  log "installing tansu (cargo install, ~9 minutes)"
+  cargo install tansu --locked --features dynostore --root /root/.cargo >/tmp/tansu-install.log 2>&1 \
+    || log "ERROR: cargo install tansu failed (see /tmp/tansu-install.log)"
+fi
+if [ -x "$TANSU" ]; then
+  if ! port_open 9092; then
+    log "starting tansu"
+    nohup "$TANSU" broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+      --storage-engine memory://tansu/ >/tmp/tansu.log 2>&1 &
+  fi
+  wait_for tansu 30 port_open 9092 || failed+=(tansu)
+else failed+=(tansu); fi
 
 if [ ${#failed[@]} -gt 0 ]; then
   log "ERROR: not available: ${failed[*]}"

@@ -43,7 +43,7 @@ pub struct Config {
     /// The database: `sqlite://path.db` (or a plain path), or `postgres://…`.
     pub database: String,
     /// The broker: `None` (or `sql`) is the SQL broker on the same database; else
-    /// `nats://…` (JetStream), `redis://…` (Streams) or `amqp://…` (RabbitMQ).
+    /// `nats://…` (JetStream), `redis://…` (Streams), `amqp://…` (RabbitMQ) or `kafka://…`.
     pub broker: Option<String>,
     /// Keeps this MallBots apart from others on the same servers: the PostgreSQL schema, the
     /// prefix of NATS streams, Redis keys and RabbitMQ exchanges and queues. Lowercase
@@ -131,14 +131,14 @@ impl App {
         let sql_broker = matches!(broker_scheme(broker_url)?, "" | "sql");
         let dialect = AnyDatabase::dialect_of(database);
         let publishes_in_tx = sql_broker && dialect == Dialect::Sqlite;
-        let (module_dbs, bus, databases) = match dialect {
+        let (module_dbs, bus, databases, vault) = match dialect {
             Dialect::Sqlite => {
                 let db: AnyDatabase = within("opening the SQLite database", database, async {
                     SqliteConfig::new(database).publish_to_sql_broker(publishes_in_tx).open().await
                 })
                 .await?
                 .into();
-                (vec![db.clone(); selected.len()], Some(db.clone()), vec![db])
+                (vec![db.clone(); selected.len()], Some(db.clone()), vec![db.clone()], Some(db))
             }
             Dialect::Postgres => {
                 let pool = if selected.len() > 1 { POOL_PER_MODULE } else { PostgresConfig::DEFAULT_MAX_CONNECTIONS };
@@ -153,13 +153,29 @@ impl App {
                         .await?;
                 // The SQL broker's tables are shared by every module: the namespace's own schema.
                 let bus = if sql_broker { Some(open(namespace.to_owned()).await?) } else { None };
-                let all = dbs.iter().chain(&bus).cloned().collect();
-                (dbs, bus, all)
+                // Customers' keys (crypto-shredding): shared by the modules that open personal
+                // data, and opened only by their processes.
+                let vault = if selected.iter().any(|m| module::USES_PERSONAL_DATA.contains(&m.name)) {
+                    Some(open(module::schema(namespace, "vault")).await?)
+                } else {
+                    None
+                };
+                let all = dbs.iter().chain(&bus).chain(&vault).cloned().collect();
+                (dbs, bus, all, vault)
             }
         };
         for (m, db) in selected.iter().zip(&module_dbs) {
             crate::db::migrate(db, m).await.with_context(|| format!("creating the tables of {}", m.name))?;
         }
+        let shredder = match vault {
+            Some(vault) => {
+                let keys = herald_sql::shredding::SqlKeyStore::open(vault)
+                    .await
+                    .context("creating the vault of customers' keys")?;
+                herald::shredding::Shredder::new(Arc::new(keys))
+            }
+            None => herald::shredding::Shredder::new(Arc::new(module::NoVault)),
+        };
         crate::metrics::install()?;
         let broker = match (&bus, sql_broker) {
             (Some(bus), true) => bus.broker(),
@@ -186,6 +202,7 @@ impl App {
                     db,
                     broker: broker.clone(),
                     admin_token: admin_token.clone(),
+                    shredder: shredder.clone(),
                     stop: stop.clone(),
                     shutdown: shutting_down.clone(),
                     instance: instance.clone(),
@@ -447,7 +464,7 @@ fn distinct_stores(modules: &[(&'static Module, ModuleContext)]) -> Vec<Arc<dyn 
     stores
 }
 
-/// The broker `url` names (NATS, Redis or RabbitMQ), its names prefixed by `namespace`.
+/// The broker `url` names (NATS, Redis, RabbitMQ or Kafka), its names prefixed by `namespace`.
 pub async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyhow::Result<Arc<dyn Broker>> {
     const WHAT: &str = "connecting to the broker";
     Ok(match broker_scheme(url)? {
@@ -479,6 +496,12 @@ pub async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyh
             };
             Arc::new(within(WHAT, url, config.connect()).await?)
         }
+        "kafka" => {
+            // `kafka://HOST:PORT[,HOST:PORT…]`: Kafka takes bare host:port bootstrap servers.
+            let servers = url.split_once("://").map_or(url, |(_, rest)| rest).trim_end_matches('/');
+            let config = herald_kafka::KafkaConfig::new(servers).topic_prefix(format!("{namespace}."));
+            Arc::new(within(WHAT, url, config.connect()).await?)
+        }
         other => bail!("unknown broker {other:?}"),
     })
 }
@@ -487,9 +510,10 @@ pub async fn connect_broker(url: &str, namespace: &str, ephemeral: bool) -> anyh
 /// has no adapter for it.
 fn broker_scheme(url: &str) -> anyhow::Result<&str> {
     let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    if !matches!(scheme, "" | "sql" | "nats" | "redis" | "rediss" | "amqp" | "amqps") {
+    if !matches!(scheme, "" | "sql" | "nats" | "redis" | "rediss" | "amqp" | "amqps" | "kafka") {
         bail!(
             "unknown broker {scheme:?}: use nats://HOST:PORT, redis://HOST:PORT, amqp://USER:PASS@HOST:PORT, \
+             kafka://HOST:PORT, \
              or leave it unset for the SQL broker on the database"
         );
     }
@@ -591,11 +615,11 @@ mod tests {
 
     #[test]
     fn unknown_brokers_are_refused_by_name() {
-        for known in ["", "sql", "nats://h:4222", "redis://h", "amqp://u:p@h/%2f"] {
+        for known in ["", "sql", "nats://h:4222", "redis://h", "amqp://u:p@h/%2f", "kafka://h:9092"] {
             assert!(broker_scheme(known).is_ok(), "{known}");
         }
-        let e = broker_scheme("kafka://h:9092").map(str::to_owned).unwrap_err().to_string();
-        assert!(e.contains("unknown broker \"kafka\"") && e.contains("nats://"), "{e}");
+        let e = broker_scheme("pulsar://h:6650").map(str::to_owned).unwrap_err().to_string();
+        assert!(e.contains("unknown broker \"pulsar\"") && e.contains("kafka://"), "{e}");
     }
 
     #[test]

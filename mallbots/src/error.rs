@@ -76,6 +76,12 @@ impl From<herald_sql::SqlError> for AppError {
     }
 }
 
+impl From<herald::shredding::ShredError> for AppError {
+    fn from(e: herald::shredding::ShredError) -> Self {
+        Self::internal(e) // the vault could not be reached
+    }
+}
+
 impl From<herald::CodecError> for AppError {
     fn from(e: herald::CodecError) -> Self {
         Self::internal(e)

@@ -39,6 +39,8 @@ pub struct AppState {
     pub db: AnyDatabase,
     /// The bearer token admin endpoints require.
     pub admin_token: Arc<str>,
+    /// Seals and opens personal data (see `ModuleContext::shredder`).
+    pub shredder: herald::shredding::Shredder,
 }
 
 /// What the process's own endpoints (`/readyz`, `/metrics`) reach: everything the process
@@ -443,6 +445,7 @@ mod tests {
         let cx = module::ModuleContext {
             store: db.store(),
             broker: db.broker(),
+            shredder: herald::shredding::Shredder::new(Arc::new(herald::shredding::MemoryKeyStore::default())),
             db,
             admin_token: "token".into(),
             stop: tokio_util::sync::CancellationToken::new(),

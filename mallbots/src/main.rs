@@ -247,7 +247,7 @@ struct SimulateArgs {
     /// in the temporary directory. Not with --target.
     #[arg(long, conflicts_with = "target")]
     database: Option<String>,
-    /// The embedded server's broker (`nats://…`, `redis://…`, `amqp://…`); unset = the SQL
+    /// The embedded server's broker (`nats://…`, `redis://…`, `amqp://…`, `kafka://…`); unset = the SQL
     /// broker on the database. Not with --target.
     #[arg(long, conflicts_with = "target")]
     broker: Option<String>,
@@ -311,7 +311,8 @@ struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     database: Option<String>,
     /// The broker: unset = the SQL broker on the same database; or `nats://HOST:PORT`
-    /// (JetStream), `redis://HOST:PORT` (Streams), `amqp://USER:PASS@HOST:PORT` (RabbitMQ).
+    /// (JetStream), `redis://HOST:PORT` (Streams), `amqp://USER:PASS@HOST:PORT` (RabbitMQ),
+    /// `kafka://HOST:PORT` (Kafka).
     #[arg(long, env = "MALLBOTS_BROKER", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     broker: Option<String>,

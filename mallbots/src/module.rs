@@ -86,6 +86,10 @@ pub struct ModuleContext {
     pub broker: Arc<dyn Broker>,
     /// The bearer token of admin endpoints.
     pub admin_token: Arc<str>,
+    /// Seals and opens customers' personal data (names, SMS numbers) with per-customer keys
+    /// kept in the vault (`<namespace>_vault` on PostgreSQL, the shared file on SQLite), which
+    /// every module that reads those fields shares; forgetting a customer deletes the key.
+    pub shredder: herald::shredding::Shredder,
     /// Background work stops when this fires (after HTTP has stopped taking requests).
     pub stop: CancellationToken,
     /// Fires when the process begins to shut down: long requests (a rebuild) give up.
@@ -96,6 +100,34 @@ pub struct ModuleContext {
     /// This process among the replicas of its modules (host, pid and a random part): the
     /// holder name of the leases its singletons take.
     pub instance: Arc<str>,
+}
+
+/// The modules that seal or open customers' personal data, and so reach the vault of keys
+/// (`ModuleContext::shredder`); a process running none of them does not open it.
+pub const USES_PERSONAL_DATA: &[&str] = &["customers", "notifications", "search"];
+
+/// The key store of a process that runs no module of [`USES_PERSONAL_DATA`]: sealing or
+/// opening there is a bug, reported as an error (never as forgotten data).
+#[derive(Debug)]
+pub struct NoVault;
+
+#[async_trait::async_trait]
+impl herald::shredding::KeyStore for NoVault {
+    async fn key_for(&self, subject: &str) -> Result<herald::shredding::SubjectKey, herald::StoreError> {
+        Err(no_vault(subject))
+    }
+    async fn existing_key(&self, subject: &str) -> Result<Option<herald::shredding::SubjectKey>, herald::StoreError> {
+        Err(no_vault(subject))
+    }
+    async fn forget(&self, subject: &str) -> Result<bool, herald::StoreError> {
+        Err(no_vault(subject))
+    }
+}
+
+fn no_vault(subject: &str) -> herald::StoreError {
+    herald::StoreError::backend(std::io::Error::other(format!(
+        "the key of {subject} was asked for in a process without the vault (a module missing from USES_PERSONAL_DATA)"
+    )))
 }
 
 /// A name for this process, unique among the replicas: `<host>-<pid>-<random>`.
@@ -112,7 +144,12 @@ pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(6);
 impl ModuleContext {
     /// The state of the module's HTTP handlers.
     pub fn state(&self) -> AppState {
-        AppState { store: self.store.clone(), db: self.db.clone(), admin_token: self.admin_token.clone() }
+        AppState {
+            store: self.store.clone(),
+            db: self.db.clone(),
+            admin_token: self.admin_token.clone(),
+            shredder: self.shredder.clone(),
+        }
     }
 
     /// Parts with the module's HTTP routes (bound to its state) and nothing else.

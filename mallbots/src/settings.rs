@@ -23,7 +23,7 @@ pub struct Settings {
     pub grpc_addr: String,
     /// `sqlite://FILE` or `postgres://USER@HOST:PORT/DB`.
     pub database: String,
-    /// `nats://…`, `redis://…`, `amqp://…`; unset = the SQL broker on the database.
+    /// `nats://…`, `redis://…`, `amqp://…`, `kafka://…`; unset = the SQL broker on the database.
     pub broker: Option<String>,
     /// The PostgreSQL schema prefix and the broker's name prefix.
     pub namespace: String,

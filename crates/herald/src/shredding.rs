@@ -115,6 +115,7 @@ impl KeyStore for MemoryKeyStore {
 
 /// A sealed field as it travels in a payload: a string (see the [module docs](self)).
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "asyncapi", derive(schemars::JsonSchema))]
 #[serde(transparent)]
 pub struct Sealed(String);
 
@@ -200,6 +201,14 @@ impl Shredder {
     /// Seals with keys from `keys`.
     pub fn new(keys: Arc<dyn KeyStore>) -> Self {
         Self { keys }
+    }
+
+    /// Creates `subject`'s key now if it has none. Call it before a unit of work that will seal
+    /// for a new subject when the key store shares a single-writer database with that unit
+    /// (SQLite): creating the key inside it would wait for the unit's own write lock.
+    pub async fn prepare(&self, subject: &str) -> Result<(), ShredError> {
+        self.keys.key_for(subject).await?;
+        Ok(())
     }
 
     /// Encrypts `value` with `subject`'s key (creating the key on first use).

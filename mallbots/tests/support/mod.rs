@@ -49,6 +49,8 @@ pub enum Backend {
     PostgresRedis,
     /// PostgreSQL and RabbitMQ.
     PostgresRabbitMq,
+    /// PostgreSQL and Kafka (tansu in the tests).
+    PostgresKafka,
     /// Services: one `mallbots serve --modules <module>` process per module (the real binary),
     /// each in its own schema, on NATS, behind an nginx gateway.
     Services,
@@ -65,6 +67,7 @@ impl Backend {
             Self::PostgresNats | Self::Services => vec![POSTGRES, ("NATS", "127.0.0.1:4222")],
             Self::PostgresRedis => vec![POSTGRES, ("Redis", "127.0.0.1:6379")],
             Self::PostgresRabbitMq => vec![POSTGRES, ("RabbitMQ", "127.0.0.1:5672")],
+            Self::PostgresKafka => vec![POSTGRES, ("Kafka", "127.0.0.1:9092")],
         }
     }
 
@@ -81,6 +84,7 @@ impl Backend {
             Self::PostgresNats | Self::Services => Some("nats://127.0.0.1:4222".to_owned()),
             Self::PostgresRedis => Some("redis://127.0.0.1:6379".to_owned()),
             Self::PostgresRabbitMq => Some("amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()),
+            Self::PostgresKafka => Some("kafka://127.0.0.1:9092".to_owned()),
         };
         Config {
             http_addr: "127.0.0.1:0".into(),

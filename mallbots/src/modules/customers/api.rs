@@ -1,6 +1,7 @@
 //! The public contract of customers: integration events and the command it handles.
 
 use herald::Event;
+use herald::shredding::Sealed;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +14,10 @@ pub const COMMAND_TOPIC: &str = "customers.commands";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerRegistered {
     pub id: String,
-    pub name: String,
-    pub sms_number: String,
+    /// Sealed with the customer's key: open it with the shredder (`[forgotten]` once forgotten).
+    pub name: Sealed,
+    /// Sealed like the name.
+    pub sms_number: Sealed,
 }
 impl Event for CustomerRegistered {
     const NAME: &'static str = "customersapi.CustomerRegistered.v1";
@@ -24,10 +27,21 @@ impl Event for CustomerRegistered {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CustomerSmsChanged {
     pub id: String,
-    pub sms_number: String,
+    /// Sealed with the customer's key.
+    pub sms_number: Sealed,
 }
 impl Event for CustomerSmsChanged {
     const NAME: &'static str = "customersapi.CustomerSmsChanged.v1";
+}
+
+/// A customer was forgotten (the right to erasure): its key is gone, so its sealed data reads as
+/// forgotten everywhere; modules that keep a copy of its personal data drop it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CustomerForgotten {
+    pub id: String,
+}
+impl Event for CustomerForgotten {
+    const NAME: &'static str = "customersapi.CustomerForgotten.v1";
 }
 
 /// A customer may order again.
@@ -56,10 +70,11 @@ herald::event_set! {
         SmsChanged(CustomerSmsChanged),
         Enabled(CustomerEnabled),
         Disabled(CustomerDisabled),
+        Forgotten(CustomerForgotten),
     }
 }
 herald::event_schemas!(CustomerIntegrationEvent:
-    CustomerRegistered, CustomerSmsChanged, CustomerEnabled, CustomerDisabled
+    CustomerRegistered, CustomerSmsChanged, CustomerEnabled, CustomerDisabled, CustomerForgotten
 );
 
 /// Command (on [`COMMAND_TOPIC`]): may this customer order? The reply is a success, or a

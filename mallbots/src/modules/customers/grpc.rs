@@ -31,7 +31,12 @@ impl CustomersService for Customers {
         request: Request<RegisterCustomerRequest>,
     ) -> RpcResult<RegisterCustomerResponse> {
         let RegisterCustomerRequest { name, sms_number } = request.into_inner();
-        let id = write(&self.state, |tx| Box::pin(async move { app::register(tx, name, sms_number).await })).await?;
+        let shredder = self.state.shredder.clone();
+        let id = app::new_customer(&shredder).await?;
+        let id = write(&self.state, move |tx| {
+            Box::pin(async move { app::register(tx, &shredder, id, name, sms_number).await })
+        })
+        .await?;
         ok(RegisterCustomerResponse { id })
     }
 
@@ -41,7 +46,8 @@ impl CustomersService for Customers {
     ) -> RpcResult<AuthorizeCustomerResponse> {
         let id = request.into_inner().id;
         required("id", &id)?;
-        write(&self.state, |tx| Box::pin(async move { app::authorize(tx, &id).await })).await?;
+        let shredder = self.state.shredder.clone();
+        write(&self.state, move |tx| Box::pin(async move { app::authorize(tx, &shredder, &id).await })).await?;
         ok(AuthorizeCustomerResponse {})
     }
 
@@ -55,7 +61,8 @@ impl CustomersService for Customers {
         admin(&request, &self.state.admin_token)?;
         let id = request.into_inner().id;
         required("id", &id)?;
-        write(&self.state, |tx| Box::pin(async move { app::enable(tx, &id).await })).await?;
+        let shredder = self.state.shredder.clone();
+        write(&self.state, move |tx| Box::pin(async move { app::enable(tx, &shredder, &id).await })).await?;
         ok(EnableCustomerResponse {})
     }
 
@@ -63,14 +70,18 @@ impl CustomersService for Customers {
         admin(&request, &self.state.admin_token)?;
         let id = request.into_inner().id;
         required("id", &id)?;
-        write(&self.state, |tx| Box::pin(async move { app::disable(tx, &id).await })).await?;
+        let shredder = self.state.shredder.clone();
+        write(&self.state, move |tx| Box::pin(async move { app::disable(tx, &shredder, &id).await })).await?;
         ok(DisableCustomerResponse {})
     }
 
     async fn change_sms_number(&self, request: Request<ChangeSmsNumberRequest>) -> RpcResult<ChangeSmsNumberResponse> {
         let ChangeSmsNumberRequest { id, sms_number } = request.into_inner();
         required("id", &id)?;
-        write(&self.state, |tx| Box::pin(async move { app::change_sms(tx, &id, sms_number).await })).await?;
+        let shredder = self.state.shredder.clone();
+        app::prepare_keys(&self.state.db, &shredder, &id).await?;
+        write(&self.state, move |tx| Box::pin(async move { app::change_sms(tx, &shredder, &id, sms_number).await }))
+            .await?;
         ok(ChangeSmsNumberResponse {})
     }
 }

@@ -43,6 +43,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_sms))
         .routes(routes!(enable_customer))
         .routes(routes!(disable_customer))
+        .routes(routes!(forget_customer))
 }
 
 const TAG: &str = "customers";
@@ -58,8 +59,10 @@ async fn register_customer(
     ApiJson(request): ApiJson<RegisterCustomerRequest>,
 ) -> AppResult<Response> {
     let RegisterCustomerRequest { name, sms_number } = request.clone();
+    let shredder = state.shredder.clone();
+    let id = app::new_customer(&shredder).await?;
     create(&state, &headers, "POST /api/customers", &request, move |tx| {
-        Box::pin(async move { app::register(tx, name, sms_number).await })
+        Box::pin(async move { app::register(tx, &shredder, id, name, sms_number).await })
     })
     .await
 }
@@ -80,7 +83,10 @@ async fn change_sms(
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<ChangeSmsRequest>,
 ) -> AppResult<StatusCode> {
-    write(&state, |tx| Box::pin(async move { app::change_sms(tx, &id, request.sms_number).await })).await?;
+    let shredder = state.shredder.clone();
+    app::prepare_keys(&state.db, &shredder, &id).await?;
+    write(&state, move |tx| Box::pin(async move { app::change_sms(tx, &shredder, &id, request.sms_number).await }))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -94,7 +100,8 @@ async fn enable_customer(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> AppResult<StatusCode> {
-    write(&state, |tx| Box::pin(async move { app::enable(tx, &id).await })).await?;
+    let shredder = state.shredder.clone();
+    write(&state, move |tx| Box::pin(async move { app::enable(tx, &shredder, &id).await })).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -108,6 +115,23 @@ async fn disable_customer(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> AppResult<StatusCode> {
-    write(&state, |tx| Box::pin(async move { app::disable(tx, &id).await })).await?;
+    let shredder = state.shredder.clone();
+    write(&state, move |tx| Box::pin(async move { app::disable(tx, &shredder, &id).await })).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Forgets a customer (the right to erasure): the key sealing its name and SMS number in every
+/// event is deleted, so they read as `[forgotten]` everywhere, now and after any replay; its own
+/// row and the copies other modules keep are blanked. Idempotent.
+#[utoipa::path(post, path = "/api/customers/{id}/forget", tag = TAG, security(("admin" = [])),
+    params(("id" = String, Path, description = "customer id")),
+    responses((status = NO_CONTENT), (status = NOT_FOUND, body = ErrorBody), (status = UNAUTHORIZED, body = ErrorBody)))]
+async fn forget_customer(
+    _: Admin,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> AppResult<StatusCode> {
+    app::forget_key(&state.db, &state.shredder, &id).await?;
+    write(&state, move |tx| Box::pin(async move { app::forget(tx, &id).await })).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -45,10 +45,10 @@ fn start(cx: &ModuleContext) -> Parts {
 }
 
 /// The message routes of customers: its command handler.
-fn routes(_: &ModuleContext) -> Vec<Route> {
+fn routes(cx: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(api::COMMAND_TOPIC, "customers-commands"))
-            .on_command(application::handle_authorize),
+            .on_command_with(cx.shredder.clone(), application::handle_authorize),
     ]
 }
 

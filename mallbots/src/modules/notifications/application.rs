@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use herald::router::{HandlerContext, HandlerError};
+use herald::shredding::{FORGOTTEN, Shredder};
 use herald::{Message, Transaction};
 use herald_sql::AnyDatabase;
 use herald_sql::SqlError;
@@ -82,27 +83,48 @@ fn transient(e: impl Into<AppError>) -> HandlerError {
     HandlerError::transient(e.into())
 }
 
-/// Keeps `notifications_customers` up to date.
+/// Keeps `notifications_customers` up to date: the name and SMS number opened from the sealed
+/// event fields (`[forgotten]` if the customer was forgotten before this copy was made), and
+/// drops its copies — the customer row and what the sent messages said — when a customer is
+/// forgotten.
 pub async fn on_customer_event(
     cx: &mut HandlerContext,
     event: customers::CustomerIntegrationEvent,
+    shredder: &Shredder,
 ) -> Result<(), HandlerError> {
-    let conn = db::conn(cx.tx()?).map_err(transient)?;
     let result = match &event {
         customers::CustomerIntegrationEvent::Registered(e) => {
+            let (name, sms_number) = (shredder.reveal(&e.name).await?, shredder.reveal(&e.sms_number).await?);
             query(
                 "INSERT INTO notifications_customers (id, name, sms_number) VALUES (?, ?, ?)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, sms_number = excluded.sms_number",
             )
             .bind(&e.id)
-            .bind(&e.name)
-            .bind(&e.sms_number)
-            .execute(conn)
+            .bind(name)
+            .bind(sms_number)
+            .execute(db::conn(cx.tx()?).map_err(transient)?)
             .await
         }
         customers::CustomerIntegrationEvent::SmsChanged(e) => {
+            let sms_number = shredder.reveal(&e.sms_number).await?;
             query("UPDATE notifications_customers SET sms_number = ? WHERE id = ?")
-                .bind(&e.sms_number)
+                .bind(sms_number)
+                .bind(&e.id)
+                .execute(db::conn(cx.tx()?).map_err(transient)?)
+                .await
+        }
+        customers::CustomerIntegrationEvent::Forgotten(e) => {
+            let mut conn = db::conn(cx.tx()?).map_err(transient)?;
+            query("UPDATE notifications_customers SET name = ?, sms_number = ? WHERE id = ?")
+                .bind(FORGOTTEN)
+                .bind(FORGOTTEN)
+                .bind(&e.id)
+                .execute(&mut conn)
+                .await
+                .map_err(transient)?;
+            query("UPDATE notifications_sent SET sms_number = ?, text = ? WHERE customer_id = ?")
+                .bind(FORGOTTEN)
+                .bind(FORGOTTEN)
                 .bind(&e.id)
                 .execute(conn)
                 .await
@@ -141,6 +163,9 @@ pub async fn on_order_event(
     let Some((name, to)) = customer else {
         return Err(HandlerError::transient(CustomerNotKnownYet(customer_id.clone())));
     };
+    if to == FORGOTTEN {
+        return Ok(()); // a forgotten customer has no number to send to
+    }
     let short = order_id.get(..8).unwrap_or(order_id);
     let text = match kind {
         "created" => format!("Hi {name}, we received your order {short}."),

@@ -75,7 +75,7 @@ fn start(cx: &ModuleContext) -> Parts {
 fn routes(cx: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "notifications-customers"))
-            .on(application::on_customer_event),
+            .on_with(cx.shredder.clone(), application::on_customer_event),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "notifications-orders"))
             // An order can overtake its customer's registration (another topic): retry for
             // about a minute and a half before the message is dead-lettered.

@@ -1,6 +1,7 @@
 //! The search read model and its query.
 
 use herald::router::{HandlerContext, HandlerError};
+use herald::shredding::{FORGOTTEN, Shredder};
 use herald_sql::AnyDatabase;
 use herald_sql::any::query;
 use serde::{Deserialize, Serialize};
@@ -17,21 +18,28 @@ fn transient(e: impl Into<AppError>) -> HandlerError {
     HandlerError::transient(e.into())
 }
 
-/// Keeps customer names for the order rows.
-pub async fn on_customer_registered(
+/// Keeps customer names for the order rows: opened from the sealed event field when a customer
+/// registers (`[forgotten]` if it was forgotten before), blanked when it is forgotten.
+pub async fn on_customer_event(
     cx: &mut HandlerContext,
-    event: customers::CustomerRegistered,
+    event: customers::CustomerIntegrationEvent,
+    shredder: &Shredder,
 ) -> Result<(), HandlerError> {
+    let (id, name) = match &event {
+        customers::CustomerIntegrationEvent::Registered(e) => (&e.id, shredder.reveal(&e.name).await?),
+        customers::CustomerIntegrationEvent::Forgotten(e) => (&e.id, FORGOTTEN.to_owned()),
+        _ => return Ok(()),
+    };
     let mut conn = db::conn(cx.tx()?).map_err(transient)?;
     query("INSERT INTO search_customers (id, name) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET name = excluded.name")
-        .bind(&event.id)
-        .bind(&event.name)
+        .bind(id)
+        .bind(&name)
         .execute(&mut conn)
         .await
         .map_err(transient)?;
     query("UPDATE search_orders SET customer_name = ? WHERE customer_id = ?")
-        .bind(&event.name)
-        .bind(&event.id)
+        .bind(&name)
+        .bind(id)
         .execute(conn)
         .await
         .map_err(transient)?;

@@ -63,16 +63,16 @@ fn start(cx: &ModuleContext) -> Parts {
 }
 
 /// The message routes of search.
-fn routes(_: &ModuleContext) -> Vec<Route> {
+fn routes(cx: &ModuleContext) -> Vec<Route> {
     vec![
         Route::new(SubscribeOptions::new(customers::EVENT_TOPIC, "search-customers"))
-            .on(application::on_customer_registered),
+            .on_with(cx.shredder.clone(), application::on_customer_event),
         Route::new(SubscribeOptions::new(ordering::EVENT_TOPIC, "search-orders")).on(application::on_order_event),
     ]
 }
 
 /// What search handles (it publishes nothing).
 fn messages(doc: AsyncApi) -> AsyncApi {
-    doc.receives::<customers::CustomerRegistered>(customers::EVENT_TOPIC, "search-customers")
+    doc.receives::<customers::CustomerIntegrationEvent>(customers::EVENT_TOPIC, "search-customers")
         .receives::<ordering::OrderIntegrationEvent>(ordering::EVENT_TOPIC, "search-orders")
 }
