@@ -326,21 +326,7 @@ impl Transaction for PostgresTransaction {
         if messages.is_empty() {
             return Ok(());
         }
-        for m in &mut messages {
-            herald::observability::fill_current(&mut m.metadata);
-        }
-        let columns: Vec<MessageColumns<'_>> =
-            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
-        let (mut ids, mut names, mut topics, mut keys, mut payloads, mut metadata) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for c in columns {
-            ids.push(c.id);
-            names.push(c.name);
-            topics.push(c.topic);
-            keys.push(c.key);
-            payloads.push(c.payload);
-            metadata.push(c.metadata);
-        }
+        let (ids, names, topics, keys, payloads, metadata) = columns_of(&mut messages)?;
         let done = sqlx::query(sql::ENQUEUE)
             .bind(ids)
             .bind(names)
@@ -367,21 +353,7 @@ impl Transaction for PostgresTransaction {
         if messages.is_empty() {
             return Ok(());
         }
-        for m in &mut messages {
-            herald::observability::fill_current(&mut m.metadata);
-        }
-        let columns: Vec<MessageColumns<'_>> =
-            messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
-        let (mut ids, mut names, mut topics, mut keys, mut payloads, mut metadata) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for c in columns {
-            ids.push(c.id);
-            names.push(c.name);
-            topics.push(c.topic);
-            keys.push(c.key);
-            payloads.push(c.payload);
-            metadata.push(c.metadata);
-        }
+        let (ids, names, topics, keys, payloads, metadata) = columns_of(&mut messages)?;
         let done = sqlx::query(sql::SCHEDULE)
             .bind(due_millis(at))
             .bind(ids)
@@ -732,4 +704,27 @@ impl Store for PostgresStore {
         // the poll backs both up.
         Duration::from_secs(1)
     }
+}
+
+/// The outbox columns of `messages` as one array per column (what `UNNEST` takes), each message
+/// stamped with the current trace first; encoded before any statement runs.
+#[allow(clippy::type_complexity)]
+fn columns_of(
+    messages: &mut [Message],
+) -> Result<(Vec<String>, Vec<&str>, Vec<&str>, Vec<&str>, Vec<&[u8]>, Vec<String>), StoreError> {
+    for m in messages.iter_mut() {
+        herald::observability::fill_current(&mut m.metadata);
+    }
+    let columns: Vec<MessageColumns<'_>> =
+        messages.iter().map(MessageColumns::new).collect::<Result<_, _>>().map_err(backend)?;
+    let mut arrays = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for c in columns {
+        arrays.0.push(c.id);
+        arrays.1.push(c.name);
+        arrays.2.push(c.topic);
+        arrays.3.push(c.key);
+        arrays.4.push(c.payload);
+        arrays.5.push(c.metadata);
+    }
+    Ok(arrays)
 }
