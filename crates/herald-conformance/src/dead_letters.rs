@@ -289,9 +289,16 @@ pub async fn replay_all_replays_each_matching_pending_dead_letter_once<F: Future
 
     let n = api.replay_all(&DeadLetterFilter::all().topic(&topic).group("billing")).await.expect("replay_all");
     assert_eq!(n, 4, "the four pending billing dead letters");
-    let outbox = outbox_of(&*fx.store, &topic).await;
-    assert_eq!(outbox.len(), 4);
-    assert!(outbox.iter().all(|m| m.header(REPLAY_FOR_GROUP) == Some("billing")));
+    let (notices, replays): (Vec<_>, Vec<_>) =
+        outbox_of(&*fx.store, &topic).await.into_iter().partition(herald::parking::is_discard_notice);
+    assert_eq!(replays.len(), 4);
+    assert!(replays.iter().all(|m| m.header(REPLAY_FOR_GROUP) == Some("billing")));
+    // The discard of a keyed message tells its group, in the same transaction, that the key may
+    // flow again (sequence-aware parking).
+    assert_eq!(notices.len(), 1, "one discard notice");
+    assert_eq!(notices[0].header(REPLAY_FOR_GROUP), Some("billing"));
+    assert_eq!(notices[0].header(REPLAY_OF), Some(billing[1].message.id.to_string().as_str()));
+    assert_eq!(notices[0].key, billing[1].message.key);
     assert_eq!(api.get(shipping.id).await.expect("get").status, DeadLetterStatus::Pending, "other groups untouched");
     assert_eq!(api.get(billing[1].id).await.expect("get").status, DeadLetterStatus::Discarded);
     assert_eq!(api.replay_all(&DeadLetterFilter::all().topic(&topic).group("billing")).await.expect("again"), 0);

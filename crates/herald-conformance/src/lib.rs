@@ -19,6 +19,9 @@
 //! * [`dead_letter_suite!`] checks a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
 //!   in its store: transactional, idempotent archiving; filtered, paged listing; a pending dead
 //!   letter resolved once, also under concurrency; replays committed with their outbox rows.
+//! * [`parking_suite!`] checks a [`ParkingLot`](herald::parking::ParkingLot) in its store: a
+//!   key's parked sequence keeps its order and advances from its head only, transactional,
+//!   once per message, keys and groups independent.
 //!
 //! Each macro expands to one `#[test]` per scenario, named as a sentence
 //! (`a_nacked_message_is_redelivered_after_its_delay`), so a failure names the broken promise.
@@ -89,12 +92,14 @@ use herald::pubsub::{Publisher, Subscriber};
 use herald::store::Store;
 
 pub use dead_letters::DeadLetterFixture;
+pub use parking::ParkingFixture;
 
 pub mod dead_letters;
 pub mod faults;
 pub mod lag;
 pub mod lease;
 pub mod outbox;
+pub mod parking;
 pub mod pubsub;
 pub mod saga;
 #[cfg(feature = "shredding")]
@@ -257,6 +262,28 @@ macro_rules! pubsub_suite {
             pubsub::closing_is_idempotent_and_ends_publishing_and_subscriptions,
             pubsub::ten_thousand_concurrent_messages_are_handled_exactly_once_with_the_inbox,
             pubsub::invalid_subscribe_options_are_refused,
+            parking::a_dead_letter_parks_its_key_until_replayed_or_discarded,
+        );
+    };
+}
+
+/// Generates the parking-lot conformance tests (see [`parking`]), one `#[test]` per scenario.
+/// `setup` gives a [`ParkingFixture`].
+#[macro_export]
+macro_rules! parking_suite {
+    ($setup:expr) => {
+        $crate::parking_suite!(@guarded $setup, true);
+    };
+    ($setup:expr, requires: $server:expr) => {
+        $crate::parking_suite!(@guarded $setup, $crate::support::server_available($server));
+    };
+    (@guarded $setup:expr, $guard:expr) => {
+        $crate::__scenarios!($setup, $guard;
+            parking::a_parked_sequence_keeps_its_order_and_advances_from_its_head,
+            parking::parking_commits_and_rolls_back_with_its_transaction,
+            parking::parking_a_message_twice_changes_nothing,
+            parking::advancing_from_anything_but_the_head_changes_nothing,
+            parking::keys_and_groups_are_independent,
         );
     };
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
-use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
+use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryParkingLot, MemoryStore};
+use herald_conformance::{DeadLetterFixture, ParkingFixture, PubSubFixture, StoreFixture};
 
 /// One broker; the publisher and both subscribers are clones sharing its topics, as two
 /// processes would share one broker server.
@@ -32,6 +32,12 @@ async fn memory_dead_letters() -> DeadLetterFixture {
 }
 
 herald_conformance::dead_letter_suite!(memory_dead_letters);
+
+async fn memory_parking() -> ParkingFixture {
+    ParkingFixture::new(Arc::new(MemoryStore::new()), Arc::new(MemoryParkingLot::new()), Box::new(()))
+}
+
+herald_conformance::parking_suite!(memory_parking);
 
 /// The reference for the gauge every broker reports (`herald_consumer_lag`).
 #[test]

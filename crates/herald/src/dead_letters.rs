@@ -499,10 +499,15 @@ impl DeadLetters {
     }
 
     /// Discards a pending dead letter: it stays in the archive, marked discarded, and leaves
-    /// the pending list.
+    /// the pending list. A dead letter of a keyed message also sends, in the same transaction, a
+    /// [discard notice](crate::parking::DISCARD_NOTICE) to the group that failed it, so that a
+    /// [parking route](crate::parking) lets the key's later messages flow.
     pub async fn discard(&self, id: MessageId) -> Result<DeadLetter, DeadLetterError> {
         let mut tx = self.store.begin().await?;
         let letter = self.resolve(&mut *tx, id, DeadLetterStatus::Discarded, None).await?;
+        if !letter.group.is_empty() && !letter.message.key.is_empty() {
+            tx.enqueue(vec![crate::parking::discard_notice(&letter.message, &letter.group, letter.id)]).await?;
+        }
         tx.commit().await?;
         pending::record_pending_of(&*self.archive, &letter.message.topic, &letter.group).await;
         Ok(letter)

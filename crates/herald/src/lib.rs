@@ -41,6 +41,7 @@ pub mod memory;
 pub mod message;
 pub mod observability;
 pub mod outbox;
+pub mod parking;
 pub mod prelude;
 pub mod projection;
 pub mod pubsub;

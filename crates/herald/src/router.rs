@@ -48,8 +48,9 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::codec::{CodecError, EventSet, Registry};
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::observability::{self, HandleOutcome, HandlerMetrics};
+use crate::parking::{ParkingLot, is_discard_notice, release_message};
 use crate::pubsub::{Delivery, PubSubError, SubscribeOptions, Subscriber, Subscription};
 use crate::store::{Store, StoreError, Transaction};
 
@@ -597,6 +598,8 @@ pub struct Route {
     fallback: Option<Arc<dyn Handler>>,
     ignore_unknown: bool,
     retry: Option<Retry>,
+    /// Whether a dead letter parks its key's later messages ([`Route::park_behind_dead_letters`]).
+    parks: bool,
     /// Set-up mistakes found while building (two handlers for one name…), reported by
     /// [`Router::start`].
     problems: Vec<String>,
@@ -616,6 +619,7 @@ impl fmt::Debug for Route {
             .field("options", &self.options)
             .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
             .field("retry", &self.retry)
+            .field("parks", &self.parks)
             .finish()
     }
 }
@@ -630,6 +634,7 @@ impl Route {
             fallback: None,
             ignore_unknown: true,
             retry: None,
+            parks: false,
             problems: Vec::new(),
         }
     }
@@ -776,6 +781,17 @@ impl Route {
         self
     }
 
+    /// Sequence-aware parking: once a message of a key is dead-lettered, this route's later
+    /// messages of that key are parked (acknowledged and kept in the router's
+    /// [`ParkingLot`]) until the dead letter is replayed or discarded, then handled in their
+    /// order (see [`crate::parking`]). Needs a store and a lot in it ([`Router::parking`]).
+    /// For handlers that must see a key's messages in order, on brokers with per-key order.
+    #[must_use]
+    pub fn park_behind_dead_letters(mut self) -> Self {
+        self.parks = true;
+        self
+    }
+
     /// Chooses the handler for `message` and the message as that handler gets it:
     ///
     /// 1. a handler registered for the message's own name gets it as sent;
@@ -881,6 +897,7 @@ pub struct Router {
     retry: RetryPolicy,
     shutdown_timeout: Duration,
     routes: Vec<Route>,
+    parking: Option<Arc<dyn ParkingLot>>,
 }
 
 impl fmt::Debug for Router {
@@ -905,6 +922,7 @@ impl Router {
             retry: RetryPolicy::default(),
             shutdown_timeout: Duration::from_secs(10),
             routes: Vec::new(),
+            parking: None,
         }
     }
 
@@ -917,6 +935,16 @@ impl Router {
     #[must_use]
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Where routes that [park behind dead letters](Route::park_behind_dead_letters) keep a
+    /// key's held-back messages: a lot that lives in the router's [`store`](Self::store) (its
+    /// changes join the handler's transaction), e.g. the SQL store itself or a
+    /// [`MemoryParkingLot`](crate::memory::MemoryParkingLot) beside a memory store.
+    #[must_use]
+    pub fn parking(mut self, lot: Arc<dyn ParkingLot>) -> Self {
+        self.parking = Some(lot);
         self
     }
 
@@ -997,6 +1025,7 @@ impl Router {
             let dispatcher = Arc::new(Dispatcher {
                 metrics: HandlerMetrics::new(&route.options.topic, &route.name),
                 retry: route.retry.clone().unwrap_or_else(|| Retry::with(self.retry)),
+                parking: if route.parks { self.parking.clone() } else { None },
                 route,
                 store: self.store.clone(),
                 registry: self.registry.clone(),
@@ -1057,6 +1086,10 @@ impl Router {
             }
             if route.handlers.is_empty() && route.fallback.is_none() {
                 return Err(setup(route, "has no handler; add one with `.on(…)`".into()));
+            }
+            if route.parks && (self.store.is_none() || self.parking.is_none()) {
+                let problem = "parks behind dead letters, which needs a store and a parking lot in it: add `.store(…)` and `.parking(…)`".into();
+                return Err(setup(route, problem));
             }
             if self.store.is_none() {
                 if let Some(m) = self.middleware.iter().find(|m| m.needs().store) {
@@ -1135,8 +1168,11 @@ pub struct RouterStats {
     pub retried: u64,
     /// Messages dead-lettered (permanent errors, attempts exhausted, unknown names).
     pub dead_lettered: u64,
-    /// Messages acknowledged without a handler (names this route does not handle).
+    /// Messages acknowledged without a handler (names this route does not handle, discard
+    /// notices, replays for other groups).
     pub skipped: u64,
+    /// Messages parked behind a dead letter of their key (acknowledged; handled when released).
+    pub parked: u64,
 }
 
 impl RouterStats {
@@ -1145,9 +1181,9 @@ impl RouterStats {
         self.in_flight == 0
     }
 
-    /// Messages settled for good: handled, dead-lettered or skipped.
+    /// Deliveries settled for good: handled, dead-lettered, skipped or parked.
     pub fn settled(&self) -> u64 {
-        self.handled + self.dead_lettered + self.skipped
+        self.handled + self.dead_lettered + self.skipped + self.parked
     }
 }
 
@@ -1236,6 +1272,8 @@ struct Dispatcher {
     middleware: Vec<Arc<dyn Middleware>>,
     /// The route's retries, or the router's delays.
     retry: Retry,
+    /// The lot, when the route parks behind dead letters.
+    parking: Option<Arc<dyn ParkingLot>>,
     /// Keys with a delivery in progress, and the deliveries of that key waiting behind it.
     lanes: Mutex<HashMap<String, VecDeque<Delivery>>>,
     /// Cancelled at shutdown: queued deliveries are released instead of started.
@@ -1286,6 +1324,10 @@ impl Dispatcher {
             log_settle_error(delivery.ack().await);
             return;
         }
+        if is_discard_notice(&delivery.message) {
+            self.on_discard_notice(delivery).await;
+            return;
+        }
         let (handler, span, message) = match self.route.select(&self.registry, &delivery.message) {
             Selection::Handle(handler, handled) => {
                 // The span names the message as the handler gets it (its transport id, its
@@ -1308,7 +1350,7 @@ impl Dispatcher {
                     self.metrics.record_unhandled_dead_letter();
                     self.activity.update(|s| s.dead_lettered += 1);
                     let reason = format!("route `{}` has no handler for message `{name}`", self.route.name);
-                    delivery.dead_letter(reason).await
+                    self.dead_letter(delivery, reason).await
                 };
                 log_settle_error(result);
                 return;
@@ -1319,7 +1361,7 @@ impl Dispatcher {
                 // fixed goes through it again.
                 let span = observability::handle_span(&delivery.message, &self.route.name, delivery.attempt);
                 span.in_scope(|| self.record(&delivery, &HandlerError::permanent(reason.clone()), Instant::now()));
-                log_settle_error(delivery.dead_letter(reason).instrument(span).await);
+                log_settle_error(self.dead_letter(delivery, reason).instrument(span).await);
                 return;
             }
         };
@@ -1331,7 +1373,7 @@ impl Dispatcher {
     /// commits, settles, records.
     async fn handle(&self, delivery: Delivery, handler: Arc<dyn Handler>, message: Message) {
         let started = Instant::now();
-        let tx = match &self.store {
+        let mut tx = match &self.store {
             Some(store) => match store.begin().await {
                 Ok(tx) => Some(tx),
                 Err(e) => {
@@ -1344,6 +1386,29 @@ impl Dispatcher {
             },
             None => None,
         };
+        // A parking route: is the key waiting behind a dead letter, and is this what it waits for?
+        let handled_id = message.id;
+        let mut is_head = false;
+        if let (Some(lot), Some(t)) = (self.parking_for(&message), tx.as_mut()) {
+            let group = &self.route.options.group;
+            match lot.head(&mut **t, group, &message.key).await {
+                Ok(Some(head)) if head != handled_id => {
+                    let tx = tx.take().expect("checked above");
+                    self.park(delivery, tx, lot, handled_id).await;
+                    return;
+                }
+                Ok(head) => is_head = head.is_some(),
+                Err(e) => {
+                    let e = HandlerError::from(e);
+                    self.record(&delivery, &e, started);
+                    let delay = self.retry.backoff.delay(delivery.attempt);
+                    log_settle_error(
+                        delivery.nack_with_reason(delay, format!("reading the parked sequence: {e}")).await,
+                    );
+                    return;
+                }
+            }
+        }
         let mut cx = HandlerContext {
             message,
             attempt: delivery.attempt,
@@ -1352,7 +1417,13 @@ impl Dispatcher {
             tx,
             store: self.store.clone(),
         };
-        let result = run_chain(&self.middleware, handler.as_ref(), &mut cx).await;
+        let result = if is_head {
+            // The key's head: handled, it leaves the sequence and the next parked message is
+            // released, in the handler's unit of work.
+            self.run_head(handler.as_ref(), &mut cx, handled_id).await
+        } else {
+            run_chain(&self.middleware, handler.as_ref(), &mut cx).await
+        };
         drop(cx); // rolls back an uncommitted transaction before settling
         match &result {
             Ok(()) => {
@@ -1363,13 +1434,156 @@ impl Dispatcher {
         }
         let settled = match result {
             Ok(()) => delivery.ack().await,
-            Err(e) if self.retry.is_permanent(&e) => delivery.dead_letter(e.to_string()).await,
+            Err(e) if self.retry.is_permanent(&e) => self.dead_letter(delivery, e.to_string()).await,
             Err(e) => {
                 let attempt = delivery.attempt;
-                delivery.nack_with_reason(self.retry.backoff.delay(attempt), format!("attempt {attempt}: {e}")).await
+                let reason = format!("attempt {attempt}: {e}");
+                if attempt >= self.route.options.max_deliveries {
+                    // The last attempt: the broker dead-letters on this nack.
+                    self.hold_key(&delivery.message).await;
+                }
+                delivery.nack_with_reason(self.retry.backoff.delay(attempt), reason).await
             }
         };
         log_settle_error(settled);
+    }
+
+    /// The lot, if this route parks and `message` has a key.
+    fn parking_for(&self, message: &Message) -> Option<&Arc<dyn ParkingLot>> {
+        self.parking.as_ref().filter(|_| !message.key.is_empty())
+    }
+
+    /// [`run_chain`] for the head of a parked sequence: after the handler, the head leaves the
+    /// sequence and the next message is released, before the commit.
+    async fn run_head(
+        &self,
+        handler: &dyn Handler,
+        cx: &mut HandlerContext,
+        head: MessageId,
+    ) -> Result<(), HandlerError> {
+        Next { middleware: &self.middleware, handler }.run(cx).await?;
+        let key = cx.message.key.clone();
+        match cx.tx.take() {
+            Some(mut tx) => {
+                self.advance(&mut *tx, &key, head).await?;
+                tx.commit().await?;
+            }
+            // The handler committed its own unit of work: advance in one of ours (a crash
+            // between the two redelivers the head; the inbox skips its handler, then it advances).
+            None => self.advance_alone(&key, head).await?,
+        }
+        Ok(())
+    }
+
+    /// In `tx`: removes `head` from `key`'s sequence and releases the next parked message.
+    async fn advance(&self, tx: &mut dyn Transaction, key: &str, head: MessageId) -> Result<(), StoreError> {
+        let Some(lot) = &self.parking else { return Ok(()) };
+        let group = &self.route.options.group;
+        if let Some(next) = lot.advance(tx, group, key, head).await? {
+            let released = release_message(&next, group);
+            tracing::info!(message.id = %next.id, key, group, "releasing a parked message: its key's dead letter was resolved");
+            tx.enqueue(vec![released]).await?;
+        }
+        Ok(())
+    }
+
+    /// [`advance`](Self::advance) in a unit of work of its own.
+    async fn advance_alone(&self, key: &str, head: MessageId) -> Result<(), StoreError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut tx = store.begin().await?;
+        self.advance(&mut *tx, key, head).await?;
+        tx.commit().await
+    }
+
+    /// Parks `delivery` (whose key waits behind a dead letter) in `tx`, commits, acknowledges.
+    async fn park(&self, delivery: Delivery, mut tx: Box<dyn Transaction>, lot: &Arc<dyn ParkingLot>, id: MessageId) {
+        let group = &self.route.options.group;
+        let message = &delivery.message;
+        let parked = async {
+            lot.park(&mut *tx, group, &message.key, id, Some(message)).await?;
+            tx.commit().await
+        }
+        .await;
+        match parked {
+            Ok(()) => {
+                tracing::info!(message.id = %id, key = %message.key, group, "message parked behind a dead letter of its key");
+                self.activity.update(|s| s.parked += 1);
+                log_settle_error(delivery.ack().await);
+            }
+            Err(e) => {
+                let e = HandlerError::from(e);
+                self.record(&delivery, &e, Instant::now());
+                let delay = self.retry.backoff.delay(delivery.attempt);
+                log_settle_error(delivery.nack_with_reason(delay, format!("parking: {e}")).await);
+            }
+        }
+    }
+
+    /// Dead-letters `delivery`; on a parking route, its key's sequence starts first.
+    async fn dead_letter(&self, delivery: Delivery, reason: String) -> Result<(), PubSubError> {
+        if !self.hold_key(&delivery.message).await && delivery.attempt < self.route.options.max_deliveries {
+            // Not recorded: try again later rather than let the key's next message pass.
+            let delay = self.retry.backoff.delay(delivery.attempt);
+            return delivery.nack_with_reason(delay, reason).await;
+        }
+        delivery.dead_letter(reason).await
+    }
+
+    /// On a parking route, starts (commits) the sequence of `message`'s key with `message` as its
+    /// head, before the broker is told to dead-letter it; `false` if that failed (three tries).
+    async fn hold_key(&self, message: &Message) -> bool {
+        let (Some(lot), Some(store)) = (self.parking_for(message), &self.store) else { return true };
+        let id = crate::dead_letters::as_handled(message).id;
+        let group = &self.route.options.group;
+        let mut error = None;
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(100) * attempt).await;
+            }
+            let held = async {
+                let mut tx = store.begin().await?;
+                lot.park(&mut *tx, group, &message.key, id, None).await?;
+                tx.commit().await
+            }
+            .await;
+            match held {
+                Ok(()) => {
+                    tracing::info!(message.id = %id, key = %message.key, group, "dead letter: its key's later messages will be parked");
+                    return true;
+                }
+                Err(e) => error = Some(e),
+            }
+        }
+        if let Some(e) = error {
+            tracing::error!(message.id = %id, key = %message.key, group, error = %e, "could not park the key of a dead-lettered message");
+        }
+        false
+    }
+
+    /// A discard notice: on a parking route of its group, the discarded message leaves its key's
+    /// sequence and the next is released; otherwise (and then) it is acknowledged and skipped.
+    async fn on_discard_notice(&self, delivery: Delivery) {
+        let message = &delivery.message;
+        if let (Some(lot), Some(store)) = (self.parking_for(message), &self.store) {
+            let head = crate::dead_letters::as_handled(message).id;
+            let group = &self.route.options.group;
+            let advanced = async {
+                let mut tx = store.begin().await?;
+                if lot.head(&mut *tx, group, &message.key).await? == Some(head) {
+                    self.advance(&mut *tx, &message.key, head).await?;
+                    tx.commit().await?;
+                }
+                Ok::<_, StoreError>(())
+            }
+            .await;
+            if let Err(e) = advanced {
+                let delay = self.retry.backoff.delay(delivery.attempt);
+                log_settle_error(delivery.nack_with_reason(delay, format!("discard notice: {e}")).await);
+                return;
+            }
+        }
+        self.activity.update(|s| s.skipped += 1);
+        log_settle_error(delivery.ack().await);
     }
 
     /// Logs a failed attempt (once, here) and records its metrics.

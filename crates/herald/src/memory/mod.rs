@@ -4,8 +4,10 @@
 
 mod broker;
 mod dead_letters;
+mod parking;
 mod store;
 
 pub use broker::{MemoryBroker, MemoryQueue};
 pub use dead_letters::MemoryDeadLetterArchive;
+pub use parking::MemoryParkingLot;
 pub use store::{MemoryStore, MemoryTransaction, check_saga_version, inbox_conflict, validate_append};
