@@ -305,7 +305,7 @@ pub async fn replay_all_replays_each_matching_pending_dead_letter_once<F: Future
 }
 
 /// Two concurrent resolutions of one dead letter (a replay and a discard): exactly one wins, and
-/// the outbox holds a replay only if the replay won.
+/// the outbox holds a replay only if the replay won (a discard notice only if the discard won).
 pub async fn of_two_concurrent_resolutions_exactly_one_wins<F: Future<Output = DeadLetterFixture>>(
     setup: impl FnOnce() -> F,
 ) {
@@ -334,7 +334,9 @@ pub async fn of_two_concurrent_resolutions_exactly_one_wins<F: Future<Output = D
             }
             (r, Ok(())) if refused(r) => {
                 assert_eq!(status, DeadLetterStatus::Discarded);
-                assert_eq!(after, before, "a losing replay enqueues nothing");
+                assert_eq!(after, before + 1, "a losing replay enqueues nothing (the discard its notice)");
+                let last = outbox_of(&*fx.store, &topic).await.pop().expect("the discard notice");
+                assert!(herald::parking::is_discard_notice(&last), "only the discard's notice: {last:?}");
             }
             other => panic!("exactly one resolution must win, got {other:?}"),
         }

@@ -283,11 +283,12 @@ pub async fn a_dead_letter_parks_its_key_until_replayed_or_discarded<F: Future<O
     })
     .await;
     tokio::time::sleep(QUIET).await;
-    let h = lock(&handled);
-    assert_eq!(h.of("A"), [0, 1, 2, 3], "A in order, its replayed first message first");
-    assert_eq!(h.of("B"), [1, 2, 3], "B in order, its discarded first message never");
-    assert_eq!(h.of("C").len(), 3, "C once each");
-    drop(h);
+    {
+        let h = lock(&handled);
+        assert_eq!(h.of("A"), [0, 1, 2, 3], "A in order, its replayed first message first");
+        assert_eq!(h.of("B"), [1, 2, 3], "B in order, its discarded first message never");
+        assert_eq!(h.of("C").len(), 3, "C once each");
+    }
     assert!(lot.parked(Some(&group)).await.expect("parked").is_empty(), "nothing left parked");
     shutdown.cancel();
     router.wait().await;

@@ -18,7 +18,9 @@
 //!   dialect), outbox rows and the inbox record commit together. On SQLite it takes the write
 //!   lock at its first statement, not at `begin`.
 //!   Each store is also a [`DeadLetterArchive`](herald::dead_letters::DeadLetterArchive)
-//!   (table `herald_dead_letters`) whose writes join the same transaction (ADR 0006).
+//!   (table `herald_dead_letters`) whose writes join the same transaction (ADR 0006), and a
+//!   [`ParkingLot`](herald::parking::ParkingLot) (table `herald_parked`: the messages a parking
+//!   route holds back behind a key's dead letter, parked and released in the same transaction).
 //! * [`SqlBroker`]: herald's [`QueueBroker`](herald::queue::QueueBroker) over
 //!   [`SqliteQueue`]: durable topics with consumer groups, per-key order, leases, nack delays
 //!   and dead letters, kept in the same file. This is the embedded default: one SQLite file,
@@ -75,6 +77,7 @@ pub mod changes;
 mod config;
 mod dead_letters;
 mod error;
+mod parking;
 pub mod postgres;
 mod rows;
 #[cfg(feature = "shredding")]

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
+use herald_conformance::{DeadLetterFixture, ParkingFixture, PubSubFixture, StoreFixture};
 use herald_sql::SqliteDatabase;
 
 async fn open(dir: &tempfile::TempDir) -> SqliteDatabase {
@@ -40,3 +40,11 @@ async fn sqlite_dead_letters() -> DeadLetterFixture {
 }
 
 herald_conformance::dead_letter_suite!(sqlite_dead_letters);
+
+async fn sqlite_parking() -> ParkingFixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = open(&dir).await;
+    ParkingFixture::on(Arc::new(db.store()), Box::new(dir))
+}
+
+herald_conformance::parking_suite!(sqlite_parking);

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use herald::Message;
 use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::store::{ExpectedVersion, LogReader, NewEvent, Store};
-use herald_conformance::{DeadLetterFixture, PubSubFixture, StoreFixture};
+use herald_conformance::{DeadLetterFixture, ParkingFixture, PubSubFixture, StoreFixture};
 use herald_sql::{PostgresConfig, PostgresDatabase};
 
 const SERVER: (&str, &str) = ("PostgreSQL", "127.0.0.1:5432");
@@ -81,6 +81,13 @@ async fn postgres_dead_letters() -> DeadLetterFixture {
 }
 
 herald_conformance::dead_letter_suite!(postgres_dead_letters, requires: SERVER);
+
+async fn postgres_parking() -> ParkingFixture {
+    let db = fresh().await;
+    ParkingFixture::on(Arc::new(db.store()), Box::new(db))
+}
+
+herald_conformance::parking_suite!(postgres_parking, requires: SERVER);
 
 /// Contract 4, harder than the suite's scenario: sixteen writers append 200 events each (in
 /// transactions of one to four events, some spanning two streams) while a reader that started

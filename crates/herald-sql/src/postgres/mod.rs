@@ -45,6 +45,7 @@
 //! on `UNIQUE (stream, version)` for the first to end, and reports a conflict if it committed.
 
 mod dead_letters;
+mod parking;
 mod queue;
 mod sequencer;
 mod sql;

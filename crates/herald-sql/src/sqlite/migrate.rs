@@ -35,6 +35,7 @@ const SCRIPTS: &[Script] = &[
     script!(5, "0005_dead_letters"),
     script!(7, "0007_named_leases"),
     script!(8, "0008_scheduled_outbox"),
+    script!(9, "0009_parked"),
 ];
 
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS herald_schema_migrations \

@@ -48,6 +48,7 @@
 
 mod dead_letters;
 mod migrate;
+mod parking;
 mod queue;
 mod sql;
 mod store;
