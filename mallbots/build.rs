@@ -15,6 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = protox::compile(&protos, ["proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("mallbots_descriptor.bin"), files.encode_to_vec())?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(files)?;
+    // Every message implements `prost::Name`, so that the codec finds its schema: the codec
+    // refuses a request holding the NUL character in any string (`grpc::NulRefusingCodec`).
+    let mut config = tonic_prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::grpc::NulRefusingCodec")
+        .compile_fds_with_config(files, config)?;
     Ok(())
 }

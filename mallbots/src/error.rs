@@ -4,6 +4,9 @@
 
 use herald::StoreError;
 
+/// Why a request holding the NUL character is refused, on REST and gRPC.
+pub const NUL_REFUSED: &str = "no text may hold the NUL character (U+0000)";
+
 /// Why a command or query did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -36,10 +39,33 @@ impl AppError {
         Self::Conflict(message.to_string())
     }
 
-    /// Our failure.
+    /// Our failure — unless the database refused a NUL character that got this far (see
+    /// [`refuses_nul`]): that one is the request's, an [`AppError::Invalid`].
     pub fn internal(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Internal(e.into())
+        let e = e.into();
+        if refuses_nul(&*e) {
+            return Self::Invalid(NUL_REFUSED.into());
+        }
+        Self::Internal(e)
     }
+}
+
+/// Whether `e`, or an error it wraps, is PostgreSQL refusing the NUL character (U+0000):
+/// SQLSTATE 22021 `character_not_in_repertoire` (a TEXT value) or 22P05
+/// `untranslatable_character` (`\u0000` in JSONB). REST and gRPC refuse NUL before any
+/// statement runs; this is the safety net for a text that reaches the database some other way,
+/// so that it is still the caller's error (400, `InvalidArgument`), never ours (500, `Internal`).
+pub fn refuses_nul(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>()
+            && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl From<StoreError> for AppError {
@@ -90,3 +116,55 @@ impl From<herald::CodecError> for AppError {
 
 /// The result of an application operation.
 pub type AppResult<T> = Result<T, AppError>;
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use super::*;
+
+    /// A PostgreSQL error with SQLSTATE `code`, as sqlx reports it.
+    #[derive(Debug, thiserror::Error)]
+    #[error("database said {0}")]
+    struct Postgres(&'static str);
+
+    impl sqlx::error::DatabaseError for Postgres {
+        fn message(&self) -> &str {
+            "refused"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(Cow::Borrowed(self.0))
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    /// A failed statement as the stores report it: a `StoreError` around herald-sql's error
+    /// around sqlx's.
+    fn store_error(code: &'static str) -> StoreError {
+        StoreError::backend(herald_sql::SqlError::Database(sqlx::Error::Database(Box::new(Postgres(code)))))
+    }
+
+    #[test]
+    fn the_database_refusing_a_nul_character_is_the_callers_error() {
+        for code in ["22021", "22P05"] {
+            match AppError::from(store_error(code)) {
+                AppError::Invalid(message) => assert_eq!(message, NUL_REFUSED),
+                other => panic!("SQLSTATE {code}: {other:?}"),
+            }
+            let sql = herald_sql::SqlError::Database(sqlx::Error::Database(Box::new(Postgres(code))));
+            assert!(matches!(AppError::from(sql), AppError::Invalid(_)), "SQLSTATE {code} from herald-sql");
+        }
+        assert!(matches!(AppError::from(store_error("57014")), AppError::Internal(_)), "another failure is ours");
+    }
+}

@@ -2,13 +2,18 @@
 //! book's services) on the process's gRPC address (`--grpc-addr`), beside REST. Both call the
 //! same application functions; errors are status codes (`InvalidArgument`, `NotFound`,
 //! `FailedPrecondition`, `Unauthenticated`, `Internal`), and admin calls carry the same bearer
-//! token as REST, as `authorization` metadata. Server reflection lists every service.
+//! token as REST, as `authorization` metadata. Server reflection lists every service. No request
+//! may hold the NUL character (U+0000) in any string, as on REST: the codec of every service
+//! refuses it with `InvalidArgument` ([`NulRefusingCodec`]).
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 
 use crate::error::AppError;
+
+mod nul;
+pub use nul::{NulRefusingCodec, NulRefusingDecoder};
 
 /// The generated messages, servers and clients, one module per `.proto` package.
 pub mod pb {

@@ -177,6 +177,51 @@ async fn customers_scenario(app: RunningApp) -> RunningApp {
     app
 }
 
+/// No text may hold the NUL character (U+0000), which PostgreSQL cannot store: every gRPC call
+/// refuses one in any string field — a store name, a customer name, a search filter nested in
+/// the request — with `InvalidArgument`, never `Internal`, as REST answers 400; nothing is
+/// created. On PostgreSQL, where a NUL that got through would fail the statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_character_is_refused_with_invalid_argument_on_postgres() {
+    use mallbots::grpc::pb::searchpb::search_service_client::SearchServiceClient;
+    use mallbots::grpc::pb::searchpb::{Filters, SearchOrdersRequest};
+    let Some(app) = support::spawn_running_app_on(support::Backend::Postgres).await else { return };
+    let channel = channel(&app).await;
+    // Refused before any handler runs, naming the field.
+    let nul_refused = |result: Result<(), tonic::Status>, field: &str| match result {
+        Err(status) => {
+            assert_eq!(status.code(), Code::InvalidArgument, "a NUL in {field}: {status:?}");
+            let expected = format!("{field}: {}", mallbots::error::NUL_REFUSED);
+            assert_eq!(status.message(), expected, "a NUL in {field}");
+        }
+        Ok(()) => panic!("a NUL in {field}: expected InvalidArgument, the call succeeded"),
+    };
+
+    let mut stores = StoresServiceClient::new(channel.clone());
+    let store = CreateStoreRequest { name: "Bo\0oks".into(), location: "L1".into() };
+    nul_refused(stores.create_store(admin(store)).await.map(drop), "name");
+    let mut customers = CustomersServiceClient::new(channel.clone());
+    let customer = RegisterCustomerRequest { name: "A\0da".into(), sms_number: "555 0100".into() };
+    nul_refused(customers.register_customer(customer).await.map(drop), "name");
+    let mut search = SearchServiceClient::new(channel);
+    let filters = Filters { customer_id: "c\0".into(), ..Default::default() };
+    let request = SearchOrdersRequest { filters: Some(filters), next: String::new(), limit: 10 };
+    nul_refused(search.search_orders(admin(request)).await.map(drop), "filters.customer_id");
+
+    let listed = stores.get_stores(GetStoresRequest {}).await.expect("stores").into_inner().stores;
+    assert!(listed.is_empty(), "no store was created: {listed:?}");
+    let pool = sqlx::PgPool::connect(&app.t.config.database).await.expect("connect to PostgreSQL");
+    let schema = mallbots::module::schema(&app.t.config.namespace, "customers");
+    let customers: i64 =
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM \"{schema}\".customers_customers")))
+            .fetch_one(&pool)
+            .await
+            .expect("count the customers");
+    assert_eq!(customers, 0, "no customer was registered");
+    pool.close().await;
+    app.stop().await;
+}
+
 /// A kiosk's order over gRPC only: a payment authorized, a basket started, filled and checked
 /// out, the order followed to `approved` and canceled; baskets, ordering and payments refuse bad
 /// input, unknown ids and (invoices) a missing token.

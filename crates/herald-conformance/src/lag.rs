@@ -1,7 +1,8 @@
 //! The consumer-lag scenario, for the brokers that report `herald_consumer_lag{topic,group}`
 //! (every broker with consumer groups: the queue broker, NATS JetStream, Redis Streams,
-//! RabbitMQ). Not part of [`pubsub_suite!`](crate::pubsub_suite): the gauge is optional in the
-//! pub/sub contract. An adapter's `tests/conformance.rs` calls it from a test of the same name.
+//! RabbitMQ, Kafka). Not part of [`pubsub_suite!`](crate::pubsub_suite): the gauge is optional
+//! in the pub/sub contract. An adapter's `tests/conformance.rs` calls it from a test of the
+//! same name.
 
 use std::future::Future;
 

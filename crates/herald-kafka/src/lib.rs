@@ -27,6 +27,15 @@
 //!   handed out again by it; after `max_deliveries` (or on `dead_letter`) the adapter publishes
 //!   the dead letter (same shape as every adapter: see
 //!   [`dead_letter_for`](herald::queue::dead_letter_for)) and lets the original go.
+//! * **Consumer lag** (`herald_consumer_lag{topic,group}`, sampled every second by each open
+//!   subscription): over the topic's partitions, the high watermark less the group's committed
+//!   offset (less the low watermark where it has committed none), summed. The committed offset
+//!   is the owner's lowest unsettled offset, committed every
+//!   [`commit_interval_ms`](KafkaConfig::commit_interval_ms): messages acked after an unsettled
+//!   one of their partition still count until it is settled, and an ack counts once committed.
+//!   On tansu 0.6, whose end offsets fall short when a partition's last record batch holds
+//!   several records, a member counts its own partitions up to what it has fetched; partitions
+//!   that other members own may be counted short.
 //!
 //! What the adapter promises and what it cannot is declared in
 //! [`CAPABILITIES`](subscriber::CAPABILITIES).

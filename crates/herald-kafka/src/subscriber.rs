@@ -145,6 +145,7 @@ impl Subscriber for KafkaBroker {
 
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let stop = inner.shutdown.child_token();
+        sample_lag(&inner, &consumer, &kafka_topic, &options, stop.clone());
         inner.tasks.spawn(run(consumer, shared.clone(), tx, stop.clone()));
         // Return once the member has its share of the partitions (bounded): a member that
         // returned at once would look subscribed while the group's other members, until the
@@ -233,6 +234,142 @@ fn partitions_of(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// How often the lag sampler asks again which partitions the topic has (partitions can be
+/// added to a topic; each sample in between reuses the list).
+const LAG_PARTITIONS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Samples the consumer lag of the subscription's group into `herald_consumer_lag` once per
+/// [`CONSUMER_LAG_INTERVAL`](herald::observability::CONSUMER_LAG_INTERVAL), until `stop` is
+/// cancelled (see [`LagProbe::sample`]), through the member's own consumer (the group's
+/// committed offsets are read through a client of the group), off the runtime's threads.
+fn sample_lag(
+    inner: &Arc<Inner>,
+    consumer: &Arc<StreamConsumer<MemberContext>>,
+    kafka_topic: &str,
+    options: &SubscribeOptions,
+    stop: CancellationToken,
+) {
+    let probe = Arc::new(LagProbe {
+        // Weak: the subscription's task closes the consumer (a blocking call) when it ends;
+        // the sampler must not keep it open, nor drop the last reference on the runtime.
+        consumer: Arc::downgrade(consumer),
+        topic: kafka_topic.to_owned(),
+        timeout: inner.config.request_timeout(),
+        partitions: Mutex::new(None),
+    });
+    let sample = move || {
+        let probe = probe.clone();
+        async move {
+            let what = || format!("sampling the consumer lag of {}", probe.topic);
+            let probe_task = probe.clone();
+            tokio::task::spawn_blocking(move || probe_task.sample())
+                .await
+                .map_err(|_| KafkaError::request(what(), rdkafka::error::KafkaError::Canceled))?
+                .map_err(|e| KafkaError::request(what(), e))
+        }
+    };
+    let (topic, group) = (options.topic.clone(), options.group.clone());
+    inner.tasks.spawn(herald::observability::sample_consumer_lag(topic, group, stop, sample));
+}
+
+/// Reads a group's consumer lag on one Kafka topic.
+struct LagProbe {
+    consumer: std::sync::Weak<StreamConsumer<MemberContext>>,
+    topic: String,
+    timeout: Duration,
+    /// The topic's partitions, and when they were read.
+    partitions: Mutex<Option<(Vec<i32>, std::time::Instant)>>,
+}
+
+impl LagProbe {
+    /// The group's consumer lag: over the topic's partitions, the high watermark (the offset
+    /// the next record will get) less the group's committed offset (less the low watermark
+    /// where the group has committed none), summed — the messages the group has not settled,
+    /// published and not delivered yet, or delivered and not acknowledged yet. Three requests
+    /// (committed offsets; end offsets, one `ListOffsets` per partition leader; start offsets
+    /// only for partitions without a committed offset) and, once a minute, the topic's metadata.
+    ///
+    /// It counts what Kafka knows, so it is coarser than the lag of the brokers that acknowledge
+    /// each message: a partition's committed offset is its owner's lowest unsettled offset,
+    /// committed every `commit_interval_ms`, so messages acked after an unsettled one still
+    /// count (until it is settled), and acks count once committed.
+    ///
+    /// On tansu (0.6), whose `ListOffsets` answers short of the end of a partition whose last
+    /// record batch holds several records, the end of each partition this member owns is what
+    /// it has fetched (it fetches all the time, unless the partition's buffer is full); the
+    /// partitions other members own may be counted short.
+    ///
+    /// `None` when the member is gone or Kafka did not answer for every partition. Blocking.
+    fn sample(&self) -> Result<Option<u64>, rdkafka::error::KafkaError> {
+        let Some(consumer) = self.consumer.upgrade() else { return Ok(None) };
+        let partitions = self.partitions(&consumer)?;
+        if partitions.is_empty() {
+            return Ok(None);
+        }
+        let list = |offset: Offset| -> Result<TopicPartitionList, rdkafka::error::KafkaError> {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &partitions {
+                tpl.add_partition_offset(&self.topic, p, offset)?;
+            }
+            Ok(tpl)
+        };
+        let committed = offsets(&consumer.committed_offsets(list(Offset::Invalid)?, self.timeout)?);
+        // `offsets_for_times` with the special timestamp "latest" (`Offset::End`): the end
+        // offset of every partition, in one request per partition leader (`fetch_watermarks`
+        // asks twice per partition). No less than what this member has fetched of its own
+        // partitions: tansu (0.6) answers the base offset of the partition's last record batch
+        // plus one, short of the end when that batch holds several records.
+        let mut high = offsets(&consumer.offsets_for_times(list(Offset::End)?, self.timeout)?);
+        for (p, fetched) in consumer.context().shared.fetched_ends() {
+            high.entry(p).and_modify(|h| *h = (*h).max(fetched));
+        }
+        let uncommitted: Vec<i32> = partitions.iter().copied().filter(|p| !committed.contains_key(p)).collect();
+        let low = if uncommitted.is_empty() {
+            BTreeMap::new()
+        } else {
+            let mut tpl = TopicPartitionList::new();
+            for &p in &uncommitted {
+                tpl.add_partition_offset(&self.topic, p, Offset::Beginning)?;
+            }
+            offsets(&consumer.offsets_for_times(tpl, self.timeout)?)
+        };
+        let mut lag = 0u64;
+        for p in &partitions {
+            let (Some(high), Some(from)) = (high.get(p), committed.get(p).or_else(|| low.get(p))) else {
+                return Ok(None);
+            };
+            lag = lag.saturating_add(u64::try_from(high - from).unwrap_or(0));
+        }
+        Ok(Some(lag))
+    }
+
+    /// The topic's partitions, read again once [`LAG_PARTITIONS_REFRESH`] has passed.
+    fn partitions(&self, consumer: &StreamConsumer<MemberContext>) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+        let mut known = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((partitions, at)) = &*known
+            && at.elapsed() < LAG_PARTITIONS_REFRESH
+        {
+            return Ok(partitions.clone());
+        }
+        let partitions = partitions_of(consumer, &self.topic, self.timeout)?;
+        *known = Some((partitions.clone(), std::time::Instant::now()));
+        Ok(partitions)
+    }
+}
+
+/// The offsets of a partition list Kafka answered, by partition: those without an error and
+/// with an actual offset.
+fn offsets(tpl: &TopicPartitionList) -> BTreeMap<i32, i64> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.error().is_ok())
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(offset) if offset >= 0 => Some((e.partition(), offset)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What a subscription's task, its deliveries' settlements and its rebalance callbacks share.
@@ -505,6 +642,12 @@ impl Shared {
                 state.in_flight -= out;
             }
         }
+    }
+
+    /// One past the last offset fetched, for each partition this member owns and has fetched
+    /// from.
+    fn fetched_ends(&self) -> Vec<(i32, i64)> {
+        lock(&self.state).partitions.iter().map(|(&p, ps)| (p, ps.next_offset)).collect()
     }
 
     fn mark_assigned(&self) {

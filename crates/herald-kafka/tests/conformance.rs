@@ -35,6 +35,15 @@ async fn kafka() -> PubSubFixture {
 
 herald_conformance::pubsub_suite!(kafka, requires: REQUIRES);
 
+/// `herald_consumer_lag` on Kafka: the high watermark less the group's committed offset, summed
+/// over the topic's partitions.
+#[test]
+fn consumer_lag_counts_messages_the_group_has_not_settled() {
+    if server_available(REQUIRES) {
+        herald_conformance::lag::consumer_lag_counts_messages_the_group_has_not_settled(kafka);
+    }
+}
+
 fn run<F: std::future::Future>(f: F) -> F::Output {
     herald_conformance::run(f)
 }

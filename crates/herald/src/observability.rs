@@ -79,7 +79,9 @@ pub mod names {
     /// queue broker (memory, SQLite, PostgreSQL: the group's cursor and pending rows), NATS
     /// JetStream (`num_pending + num_ack_pending` of the group's consumer, summed over its
     /// partition consumers), Redis Streams (`XINFO GROUPS` `lag + pending`), RabbitMQ (the group
-    /// queue's ready messages plus those this process holds unacknowledged; see `herald-amqp`).
+    /// queue's ready messages plus those this process holds unacknowledged; see `herald-amqp`),
+    /// Kafka (high watermark less the group's committed offset, summed over the topic's
+    /// partitions; see `herald-kafka`).
     pub const CONSUMER_LAG: &str = "herald_consumer_lag";
     /// Gauge, labels `topic` (the original topic), `group` (the group that failed them):
     /// archived dead letters neither replayed nor discarded yet. Set by
