@@ -60,6 +60,8 @@ pub struct Config {
     pub modules: Vec<String>,
     /// The SMS gateway's time per message (see [`ModuleContext::sms_latency`]).
     pub sms_latency: Duration,
+    /// How long a basket stays open (see [`ModuleContext::basket_ttl`]).
+    pub basket_ttl: Duration,
 }
 
 impl Default for Config {
@@ -88,9 +90,6 @@ pub struct App {
     /// broker's), closed at the end.
     databases: Vec<AnyDatabase>,
     broker: Arc<dyn Broker>,
-    /// The store writes messages straight into the broker (SQLite's SQL broker): the outbox
-    /// relay only publishes what an earlier version left in the outbox, once, at start.
-    publishes_in_tx: bool,
     listener: TcpListener,
     http: axum::Router,
     grpc_listener: TcpListener,
@@ -127,7 +126,8 @@ impl App {
         let selected = module::select(&config.modules)?;
         let broker_url = config.broker.as_deref().map(str::trim).unwrap_or_default();
         // On SQLite with its own SQL broker, messages go into the broker's table in the unit of
-        // work itself (no outbox relay hop); otherwise through the outbox.
+        // work itself (no outbox relay hop); otherwise through the outbox. Scheduled messages
+        // always wait in the outbox for the relay.
         let sql_broker = matches!(broker_scheme(broker_url)?, "" | "sql");
         let dialect = AnyDatabase::dialect_of(database);
         let publishes_in_tx = sql_broker && dialect == Dialect::Sqlite;
@@ -207,6 +207,7 @@ impl App {
                     shutdown: shutting_down.clone(),
                     instance: instance.clone(),
                     sms_latency: config.sms_latency,
+                    basket_ttl: config.basket_ttl,
                 };
                 (m, cx)
             })
@@ -231,7 +232,6 @@ impl App {
             modules,
             databases,
             broker,
-            publishes_in_tx,
             listener,
             http,
             grpc_listener,
@@ -326,17 +326,11 @@ impl App {
         let upkeep_task = tokio::spawn(crate::metrics::upkeep(self.stop.clone()));
         let mut relay_tasks = Vec::new();
         for store in distinct_stores(&self.modules) {
-            let relay = OutboxRelay::new(store, self.broker.clone());
-            let task = if self.publishes_in_tx {
-                tokio::spawn(async move {
-                    if let Err(e) = relay.publish_pending().await {
-                        tracing::warn!(error = %e, "publishing what an earlier run left in the outbox failed");
-                    }
-                })
-            } else {
-                tokio::spawn(relay.run(relay_stop.clone()))
-            };
-            relay_tasks.push(task);
+            // Every store's relay runs, also where the unit of work writes immediate messages
+            // straight into the broker (SQLite with its SQL broker): scheduled messages (a
+            // basket's deadline) wait in the outbox until the relay publishes them at their
+            // time, and it publishes what an earlier version left in the outbox.
+            relay_tasks.push(tokio::spawn(OutboxRelay::new(store, self.broker.clone()).run(relay_stop.clone())));
         }
         let linked = tokio::spawn({
             let (shutdown, shutting_down) = (shutdown.clone(), self.shutting_down.clone());

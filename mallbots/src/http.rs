@@ -451,6 +451,7 @@ mod tests {
             stop: tokio_util::sync::CancellationToken::new(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             sms_latency: std::time::Duration::ZERO,
+            basket_ttl: crate::settings::DEFAULT_BASKET_TTL,
             instance: "test".into(),
         };
         let routes: BTreeSet<(String, String)> = module::MODULES

@@ -269,17 +269,12 @@ struct SimulateArgs {
 
 /// `30` (seconds), `30s`, `5m`, `500ms`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = text.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((text, ""), |i| text.split_at(i));
-    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (e.g. 30, 90s, 5m, 500ms)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" | "min" => number * 60.0,
-        "h" => number * 3600.0,
-        other => return Err(format!("unknown unit {other:?} (s, ms, m, h)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    mallbots::settings::parse_duration(text)
+}
+
+/// A duration flag of `serve`, checked here and passed on as written (the settings read it).
+fn duration_flag(text: &str) -> Result<String, String> {
+    parse_duration(text).map(|_| text.trim().to_owned())
 }
 
 /// `mallbots serve`'s flags. Each is optional: unset, the config file's value (or the
@@ -333,6 +328,11 @@ struct ServeArgs {
     #[arg(long, env = "MALLBOTS_MODULES", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     modules: Option<Vec<String>>,
+    /// How long a basket stays open: one neither checked out nor canceled by then is canceled.
+    /// Seconds, or with a unit (`90s`, `30m`, `2h`) [default: 30m].
+    #[arg(long, env = "MALLBOTS_BASKET_TTL", value_parser = duration_flag)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    basket_ttl: Option<String>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
     /// Throw-away broker state (tests): NATS streams in memory for 10 minutes, RabbitMQ queues

@@ -97,6 +97,8 @@ pub struct ModuleContext {
     /// How long the SMS gateway takes per message, one at a time (0: at once). A stand-in for
     /// a slow provider, to show scale-out.
     pub sms_latency: std::time::Duration,
+    /// How long a basket stays open: baskets schedules its expiry this long after it starts.
+    pub basket_ttl: std::time::Duration,
     /// This process among the replicas of its modules (host, pid and a random part): the
     /// holder name of the leases its singletons take.
     pub instance: Arc<str>,

@@ -3,6 +3,7 @@
 //! shows the result; `deploy/mallbots.toml` is a commented example with every default.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -12,6 +13,9 @@ use crate::app::{Config, DEFAULT_NAMESPACE};
 
 /// The file read when `--config` is not given, if it exists in the working directory.
 pub const DEFAULT_FILE: &str = "mallbots.toml";
+
+/// How long a basket stays open unless told otherwise.
+pub const DEFAULT_BASKET_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// Everything `mallbots serve` can be told.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +35,11 @@ pub struct Settings {
     pub modules: Vec<String>,
     /// The admin bearer token; unset = generated once and kept next to the database.
     pub admin_token: Option<String>,
+    /// How long a basket stays open: one neither checked out nor canceled by then is canceled
+    /// (a Herald scheduled message, due this long after the basket started). In the file: a
+    /// number of seconds, or text with a unit (`"90s"`, `"30m"`, `"2h"`, `"500ms"`).
+    #[serde(with = "duration_setting")]
+    pub basket_ttl: Duration,
     /// Logs and traces.
     pub telemetry: Telemetry,
 }
@@ -57,6 +66,7 @@ impl Default for Settings {
             namespace: DEFAULT_NAMESPACE.into(),
             modules: vec!["all".into()],
             admin_token: None,
+            basket_ttl: DEFAULT_BASKET_TTL,
             telemetry: Telemetry::default(),
         }
     }
@@ -88,6 +98,9 @@ impl Settings {
         if settings.telemetry.filter.trim().is_empty() {
             settings.telemetry.filter = Telemetry::default().filter; // an empty RUST_LOG
         }
+        if settings.basket_ttl.is_zero() {
+            anyhow::bail!("basket_ttl must be more than 0 (e.g. \"30m\")");
+        }
         if !matches!(settings.telemetry.log_format.as_str(), "pretty" | "json") {
             anyhow::bail!(
                 "telemetry.log_format must be \"pretty\" or \"json\", not {:?}",
@@ -108,7 +121,8 @@ impl Settings {
             ephemeral_broker: false,
             admin_token: self.admin_token.clone(),
             modules: self.modules.clone(),
-            sms_latency: std::time::Duration::ZERO,
+            sms_latency: Duration::ZERO,
+            basket_ttl: self.basket_ttl,
         }
     }
 
@@ -131,7 +145,7 @@ fn toml_text(s: &Settings) -> String {
     };
     let modules: Vec<String> = s.modules.iter().map(|m| quote(m)).collect();
     format!(
-        "http_addr = {}\ngrpc_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
+        "http_addr = {}\ngrpc_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}basket_ttl = {}\n\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
         quote(&s.http_addr),
         quote(&s.grpc_addr),
         quote(&s.database),
@@ -139,10 +153,64 @@ fn toml_text(s: &Settings) -> String {
         quote(&s.namespace),
         modules.join(", "),
         optional("admin_token", &s.admin_token),
+        quote(&duration_text(s.basket_ttl)),
         quote(&s.telemetry.filter),
         quote(&s.telemetry.log_format),
         optional("otlp_endpoint", &s.telemetry.otlp_endpoint),
     )
+}
+
+/// A duration as the settings take it: `30` (seconds), `30s`, `5m`, `2h`, `500ms`, `1.5s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((text, ""), |i| text.split_at(i));
+    let number: f64 = number.parse().map_err(|_| format!("not a duration: {text:?} (e.g. 30, 90s, 5m, 500ms)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {text:?} (s, ms, m, h)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A duration as [`parse_duration`] reads it back, in the largest whole unit (`30m`, `90s`,
+/// `1500ms`; to the millisecond).
+pub fn duration_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        _ if ms.is_multiple_of(3_600_000) => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
+        _ => format!("{ms}ms"),
+    }
+}
+
+/// A [`Duration`] setting: written as text with a unit ([`duration_text`]); read from that, or
+/// from a number of seconds.
+mod duration_setting {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::duration_text(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Given {
+            Seconds(u64),
+            Text(String),
+        }
+        match Given::deserialize(deserializer)? {
+            Given::Seconds(s) => Ok(Duration::from_secs(s)),
+            Given::Text(text) => super::parse_duration(&text).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +269,27 @@ mod tests {
         std::fs::write(&file, &text).expect("write");
         let (back, _) = Settings::load(Some(&file), &Flags::default()).expect("the printed settings load");
         assert_eq!(back.namespace, s.namespace);
+    }
+
+    #[test]
+    fn the_basket_lifetime_reads_with_a_unit_or_in_seconds() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("m.toml");
+        for (text, expected) in [("\"90s\"", 90_000), ("\"2h\"", 7_200_000), ("120", 120_000), ("\"1.5s\"", 1500)] {
+            std::fs::write(&file, format!("basket_ttl = {text}\n")).expect("write");
+            let (s, _) = Settings::load(Some(&file), &Flags::default()).expect("loads");
+            assert_eq!(s.basket_ttl, Duration::from_millis(expected), "{text}");
+            // What `--print-config` writes loads back the same.
+            std::fs::write(&file, s.to_toml()).expect("write");
+            assert_eq!(Settings::load(Some(&file), &Flags::default()).expect("loads").0.basket_ttl, s.basket_ttl);
+        }
+        for bad in ["\"0s\"", "\"soon\"", "\"5 days\""] {
+            std::fs::write(&file, format!("basket_ttl = {bad}\n")).expect("write");
+            let e = Settings::load(Some(&file), &Flags::default()).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains("basket_ttl") || e.contains("duration") || e.contains("unit"), "{bad}: {e}");
+        }
+        assert_eq!(duration_text(Settings::default().basket_ttl), "30m");
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     }
 
     /// `deploy/mallbots.toml` (the documented example) loads and says what the defaults say.

@@ -6,11 +6,13 @@
 
 mod support;
 
+use std::time::{Duration, Instant};
+
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 use support::{
-    Backend, RunningApp, admin_get, catalog, eventually, order, register, shopping_list, spawn_running_app_on,
-    status_becomes,
+    Backend, RunningApp, Setup, admin_get, catalog, eventually, eventually_within, order, register, shopping_list,
+    spawn_running_app_with, status_becomes,
 };
 
 async fn an_order_goes_from_checkout_to_completed(app: RunningApp) {
@@ -309,15 +311,82 @@ async fn a_forgotten_customer_s_name_is_gone_from_every_read_model_after_a_rebui
     app.stop().await;
 }
 
-/// One test per scenario in a module per backend.
+/// How long baskets stay open in [`an_abandoned_basket_expires_at_its_deadline`]: long enough
+/// for a kiosk to check out in (a couple of requests), short enough to wait for.
+const SHORT_BASKET_TTL: Duration = Duration::from_secs(3);
+
+/// Issue 13: a basket left open expires at its deadline — Herald's scheduled messages: starting
+/// a basket schedules its expiry in the same unit of work, the outbox relay publishes it at its
+/// time, and baskets cancels the basket if it is still open (as a kiosk's cancel, saying
+/// `expired`). One checked out before its deadline stays checked out, its order goes on.
+async fn an_abandoned_basket_expires_at_its_deadline(app: RunningApp) {
+    let t = &app.t;
+    let mut feed = support::live::connect(&t.base_url().expect("served over TCP"), support::TOKEN, None).await;
+    let product = catalog(t).await;
+    let customer = register(t, "Eve").await;
+    let payment = t.post("/api/payments", false, json!({ "customerId": customer, "amount": 19.98 })).await.id();
+    let start = async || t.post("/api/baskets", false, json!({ "customerId": customer })).await.id();
+    let add_item = async |basket: &str| {
+        let add = json!({ "productId": product, "quantity": 2 });
+        t.put(&format!("/api/baskets/{basket}/addItem"), false, Some(add)).await.status
+    };
+    let basket = async |basket: &str| t.get(&format!("/api/baskets/{basket}")).await.body;
+    // The catalog reaches baskets first (tried on a basket of its own, left to expire too), so
+    // the checkout below takes moments, well within the kept basket's lifetime.
+    let warm_up = start().await;
+    eventually("the product reaches the baskets' catalog", || async {
+        add_item(&warm_up).await == StatusCode::NO_CONTENT
+    })
+    .await;
+
+    let started = Instant::now();
+    let kept = start().await;
+    let abandoned = start().await;
+    assert_eq!(add_item(&kept).await, StatusCode::NO_CONTENT);
+    let checkout = t.put(&format!("/api/baskets/{kept}/checkout"), false, Some(json!({ "paymentId": payment }))).await;
+    assert_eq!(checkout.status, StatusCode::NO_CONTENT, "{checkout:?}");
+    let before = basket(&abandoned).await;
+    if started.elapsed() < SHORT_BASKET_TTL {
+        assert_eq!(before["status"], "open", "canceled before its deadline: {before}");
+    }
+
+    eventually_within("the abandoned basket is canceled at its deadline", SHORT_BASKET_TTL * 10, || async {
+        basket(&abandoned).await["status"] == "canceled"
+    })
+    .await;
+    assert!(started.elapsed() >= SHORT_BASKET_TTL, "expired after {:?}, before its deadline", started.elapsed());
+    // As a kiosk's cancel: integration event and all, saying why.
+    let canceled = support::live::until(&mut feed, "basketsapi.BasketCanceled.v1", &abandoned).await;
+    let canceled = canceled.last().expect("the cancellation");
+    assert_eq!(canceled["data"], json!({ "id": abandoned, "reason": "expired" }), "{canceled}");
+    assert_eq!(add_item(&abandoned).await, StatusCode::CONFLICT, "an expired basket takes no more items");
+
+    // The kept basket's deadline has passed too (it started first): its expiry changed nothing,
+    // and its order goes on.
+    let kept_now = basket(&kept).await;
+    assert_eq!((&kept_now["status"], &kept_now["paymentId"]), (&json!("checked_out"), &json!(payment)), "{kept_now}");
+    status_becomes(t, &kept, "approved").await;
+    eventually("the warm-up basket expired too", || async { basket(&warm_up).await["status"] == "canceled" }).await;
+    assert_eq!(basket(&kept).await["status"], "checked_out");
+    app.stop().await;
+}
+
+/// What the scenarios run with, unless they name a [`Setup`] of their own.
+const DEFAULT_SETUP: Setup = Setup { basket_ttl: None };
+/// Baskets that expire quickly.
+const EXPIRING_BASKETS: Setup = Setup { basket_ttl: Some(SHORT_BASKET_TTL) };
+
+/// One test per scenario in a module per backend; a scenario may name its [`Setup`]
+/// (`scenario(SETUP)`).
 macro_rules! scenarios {
-    ($($backend:ident => $variant:ident: [$($scenario:ident),* $(,)?]),* $(,)?) => {$(
+    ($($backend:ident => $variant:ident: [$($scenario:ident $(($setup:expr))?),* $(,)?]),* $(,)?) => {$(
         mod $backend {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
-                    if let Some(app) = spawn_running_app_on(Backend::$variant).await {
+                    let setup = [DEFAULT_SETUP $(, $setup)?];
+                    if let Some(app) = spawn_running_app_with(Backend::$variant, setup[setup.len() - 1]).await {
                         super::$scenario(app).await;
                     }
                 }
@@ -337,6 +406,7 @@ scenarios! {
         canceling_an_approved_order_cancels_its_shopping_list,
         search_filters_orders_and_pages_with_a_cursor,
         a_forgotten_customer_s_name_is_gone_from_every_read_model_after_a_rebuild,
+        an_abandoned_basket_expires_at_its_deadline(EXPIRING_BASKETS),
     ],
     postgres => Postgres: [
         an_order_goes_from_checkout_to_completed,
@@ -344,6 +414,7 @@ scenarios! {
         a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order,
         canceling_an_approved_order_cancels_its_shopping_list,
         search_filters_orders_and_pages_with_a_cursor,
+        an_abandoned_basket_expires_at_its_deadline(EXPIRING_BASKETS),
     ],
     postgres_nats => PostgresNats: [
         an_order_goes_from_checkout_to_completed,
@@ -352,6 +423,7 @@ scenarios! {
         canceling_an_approved_order_cancels_its_shopping_list,
         search_filters_orders_and_pages_with_a_cursor,
         a_forgotten_customer_s_name_is_gone_from_every_read_model_after_a_rebuild,
+        an_abandoned_basket_expires_at_its_deadline(EXPIRING_BASKETS),
     ],
     // The distributed shape: one process per module (the real binary), nginx in front.
     services => Services: [
@@ -360,6 +432,7 @@ scenarios! {
         a_wrong_amount_cancels_the_shopping_list_and_rejects_the_order,
         canceling_an_approved_order_cancels_its_shopping_list,
         a_forgotten_customer_s_name_is_gone_from_every_read_model_after_a_rebuild,
+        an_abandoned_basket_expires_at_its_deadline(EXPIRING_BASKETS),
     ],
     postgres_redis => PostgresRedis: [
         an_order_goes_from_checkout_to_completed,
@@ -423,7 +496,7 @@ async fn an_order_that_overtakes_its_customer_s_registration_still_gets_its_sms(
 /// message a killed process held is redelivered after its ack wait, so this can take a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_lose_nothing_when_module_processes_are_killed_while_orders_flow() {
-    use support::{Running, eventually_within, spawn_cluster};
+    use support::{Running, spawn_cluster};
     const ORDERS: usize = 8;
     let Some(mut app) = spawn_cluster(&[]).await else { return };
     let support::RunningApp { t, running, .. } = &mut app;

@@ -97,7 +97,32 @@ impl Backend {
             admin_token: Some(TOKEN.into()),
             modules: Vec::new(),
             sms_latency: Duration::ZERO,
+            basket_ttl: mallbots::settings::DEFAULT_BASKET_TTL,
         }
+    }
+}
+
+/// Settings a scenario needs other than the defaults, for an app in this process (its
+/// [`Config`]) or for every process of a cluster (flags).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Setup {
+    /// How long baskets stay open.
+    pub basket_ttl: Option<Duration>,
+}
+
+impl Setup {
+    fn apply(&self, config: &mut Config) {
+        if let Some(ttl) = self.basket_ttl {
+            config.basket_ttl = ttl;
+        }
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(ttl) = self.basket_ttl {
+            flags.extend(["--basket-ttl".to_owned(), format!("{}ms", ttl.as_millis())]);
+        }
+        flags
     }
 }
 
@@ -116,12 +141,18 @@ fn show_logs() {
 /// An app on `backend`; `None` (after a loud SKIPPED line) if a server it needs is not running
 /// and `CI` is not set (with `CI` set, a missing server fails the test).
 pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, Setup::default()).await
+}
+
+/// [`spawn_app_on`], with `setup`.
+pub async fn spawn_app_with(backend: Backend, setup: Setup) -> Option<TestApp> {
     if !backend.servers().into_iter().all(herald_conformance::support::server_available) {
         return None;
     }
     show_logs();
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = backend.config(&dir);
+    let mut config = backend.config(&dir);
+    setup.apply(&mut config);
     let app = App::build(config.clone()).await.expect("app builds");
     let router = app.http_router();
     let grpc = Some(app.grpc_addr());
@@ -302,10 +333,16 @@ pub async fn spawn_running_app() -> RunningApp {
 
 /// [`spawn_app_on`], running.
 pub async fn spawn_running_app_on(backend: Backend) -> Option<RunningApp> {
+    spawn_running_app_with(backend, Setup::default()).await
+}
+
+/// [`spawn_running_app_on`], with `setup`.
+pub async fn spawn_running_app_with(backend: Backend, setup: Setup) -> Option<RunningApp> {
     if backend == Backend::Services {
-        return spawn_cluster(&[]).await;
+        let flags = setup.flags();
+        return spawn_cluster_with(&[], &[], &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
     }
-    let mut t = spawn_app_on(backend).await?;
+    let mut t = spawn_app_with(backend, setup).await?;
     let app = t.app.take().expect("not yet running");
     let broker = app.broker();
     let store = app.store_of("analytics").expect("every module runs");

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::staged::{self, StagedKeys};
+
 use async_trait::async_trait;
 
 use crate::dead_letters::{
@@ -38,34 +40,13 @@ impl MemoryDeadLetterArchive {
 
     /// Stages `apply` for `id` in `tx`: it runs at commit; on rollback the staging is undone.
     fn stage(&self, tx: &mut dyn Transaction, id: MessageId, apply: impl FnOnce(&mut Data) + Send + 'static) {
-        let mut staged = Staged { shared: self.shared.clone(), id, apply: Some(Box::new(apply)) };
-        tx.on_commit(Box::new(move || staged.apply()));
+        staged::stage(tx, &self.shared, id, apply);
     }
 }
 
-/// What a staged change does to the data at commit.
-type Apply = Box<dyn FnOnce(&mut Data) + Send>;
-
-/// A change staged for commit; dropped without being applied (the transaction rolled back), it
-/// frees its id.
-struct Staged {
-    shared: Arc<Mutex<Data>>,
-    id: MessageId,
-    apply: Option<Apply>,
-}
-
-impl Staged {
-    fn apply(&mut self) {
-        let mut data = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(apply) = self.apply.take() {
-            apply(&mut data);
-        }
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).staged.remove(&self.id);
+impl StagedKeys<MessageId> for Data {
+    fn staged(&mut self) -> &mut HashSet<MessageId> {
+        &mut self.staged
     }
 }
 

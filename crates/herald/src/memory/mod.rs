@@ -5,6 +5,7 @@
 mod broker;
 mod dead_letters;
 mod parking;
+mod staged;
 mod store;
 
 pub use broker::{MemoryBroker, MemoryQueue};

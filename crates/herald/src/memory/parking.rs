@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::staged::{self, StagedKeys};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -59,33 +61,14 @@ impl MemoryParkingLot {
                 detail: "changed by a concurrent transaction that has not ended".into(),
             });
         }
-        let mut staged = Staged { shared: self.shared.clone(), key, apply: Some(Box::new(apply)) };
-        tx.on_commit(Box::new(move || staged.apply()));
+        staged::stage(tx, &self.shared, key, apply);
         Ok(())
     }
 }
 
-type Apply = Box<dyn FnOnce(&mut Data) + Send>;
-
-/// A change staged for commit; dropped without being applied (rolled back), it frees its key.
-struct Staged {
-    shared: Arc<Mutex<Data>>,
-    key: SequenceKey,
-    apply: Option<Apply>,
-}
-
-impl Staged {
-    fn apply(&mut self) {
-        let mut data = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(apply) = self.apply.take() {
-            apply(&mut data);
-        }
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).staged.remove(&self.key);
+impl StagedKeys<SequenceKey> for Data {
+    fn staged(&mut self) -> &mut HashSet<SequenceKey> {
+        &mut self.staged
     }
 }
 

@@ -17,10 +17,24 @@ impl Event for BasketStarted {
     const NAME: &'static str = "basketsapi.BasketStarted.v1";
 }
 
-/// A basket was abandoned.
+/// Why a basket was canceled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// The customer abandoned it (the kiosk's cancel).
+    #[default]
+    Customer,
+    /// It was still open at its deadline (`basket_ttl` after it started).
+    Expired,
+}
+
+/// A basket was abandoned: canceled at the kiosk, or still open at its deadline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BasketCanceled {
     pub id: String,
+    /// Why (`customer` in events from before reasons were given).
+    #[serde(default)]
+    pub reason: CancelReason,
 }
 impl Event for BasketCanceled {
     const NAME: &'static str = "basketsapi.BasketCanceled.v1";

@@ -6,6 +6,8 @@ use herald::Event;
 use herald::aggregate::Aggregate;
 use serde::{Deserialize, Serialize};
 
+use super::api::CancelReason;
+
 /// A product as the basket records it: the names and price at the time it was added.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
@@ -47,7 +49,11 @@ impl Event for BasketItemRemoved {
 
 /// The basket was abandoned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BasketCanceled {}
+pub struct BasketCanceled {
+    /// Why (missing in events stored before reasons were given: the customer).
+    #[serde(default)]
+    pub reason: CancelReason,
+}
 impl Event for BasketCanceled {
     const NAME: &'static str = "baskets.BasketCanceled.v1";
 }
@@ -88,7 +94,10 @@ pub enum BasketCommand {
         product_id: String,
         quantity: u32,
     },
-    Cancel,
+    /// Abandons an open basket: the customer's cancel, or its deadline passing.
+    Cancel {
+        reason: CancelReason,
+    },
     Checkout {
         payment_id: String,
     },
@@ -213,7 +222,7 @@ impl Aggregate for Basket {
                 }
                 Ok(vec![BasketItemRemoved { product_id, quantity }.into()])
             }
-            BasketCommand::Cancel => Ok(vec![BasketCanceled {}.into()]),
+            BasketCommand::Cancel { reason } => Ok(vec![BasketCanceled { reason }.into()]),
             BasketCommand::Checkout { payment_id } => {
                 if self.lines.is_empty() {
                     return Err(BasketError::Empty);
@@ -346,11 +355,45 @@ mod tests {
         AggregateTest::<Basket>::given(checked_out.clone())
             .when(BasketCommand::AddItem { item: book(), quantity: 1 })
             .then_error_contains("checked out");
-        AggregateTest::<Basket>::given(checked_out).when(BasketCommand::Cancel).then_error_contains("checked out");
-        AggregateTest::<Basket>::given([started(), BasketCanceled {}.into()])
+        AggregateTest::<Basket>::given(checked_out).when(cancel()).then_error_contains("checked out");
+        AggregateTest::<Basket>::given([started(), canceled(CancelReason::Customer)])
             .when(BasketCommand::Checkout { payment_id: "pay-1".into() })
             .then_error_contains("canceled");
-        AggregateTest::<Basket>::given([started()]).when(BasketCommand::Cancel).then_events([BasketCanceled {}.into()]);
-        AggregateTest::<Basket>::given_nothing().when(BasketCommand::Cancel).then_error_contains("not found");
+        AggregateTest::<Basket>::given([started()]).when(cancel()).then_events([canceled(CancelReason::Customer)]);
+        AggregateTest::<Basket>::given_nothing().when(cancel()).then_error_contains("not found");
+    }
+
+    fn cancel() -> BasketCommand {
+        BasketCommand::Cancel { reason: CancelReason::Customer }
+    }
+
+    fn canceled(reason: CancelReason) -> BasketEvent {
+        BasketCanceled { reason }.into()
+    }
+
+    /// At its deadline an open basket is canceled like a kiosk's cancel, saying why; one
+    /// checked out or canceled already refuses (its expiry is then nothing to do).
+    #[test]
+    fn an_open_basket_expires_and_a_closed_one_does_not() {
+        let expire = || BasketCommand::Cancel { reason: CancelReason::Expired };
+        AggregateTest::<Basket>::given([started(), added(1)])
+            .when(expire())
+            .then_events([canceled(CancelReason::Expired)]);
+        let checked_out = [started(), added(1), BasketCheckedOut { payment_id: "pay-1".into() }.into()];
+        AggregateTest::<Basket>::given(checked_out)
+            .when(expire())
+            .then_error(BasketError::NotOpen(BasketStatus::CheckedOut));
+        AggregateTest::<Basket>::given([started(), canceled(CancelReason::Expired)])
+            .when(expire())
+            .then_error(BasketError::NotOpen(BasketStatus::Canceled));
+    }
+
+    /// Cancellations stored before reasons were given read as the customer's.
+    #[test]
+    fn a_cancellation_stored_without_a_reason_was_the_customer_s() {
+        let old: BasketCanceled = serde_json::from_str("{}").expect("decodes");
+        assert_eq!(old.reason, CancelReason::Customer);
+        let expired = serde_json::to_value(BasketCanceled { reason: CancelReason::Expired }).expect("encodes");
+        assert_eq!(expired, serde_json::json!({ "reason": "expired" }));
     }
 }

@@ -3,21 +3,22 @@
 
 use tonic::Request;
 
-use super::application::{self as app, BasketItemView, BasketView};
+use super::application::{self as app, BasketItemView, BasketTtl, BasketView};
 use crate::grpc::pb::basketspb::basket_service_server::{BasketService, BasketServiceServer};
 use crate::grpc::pb::basketspb::*;
 use crate::grpc::{RpcResult, ok, required};
 use crate::http::{AppState, write};
 
-/// The service, bound to the module's state.
-pub fn service(state: AppState) -> BasketServiceServer<Baskets> {
-    BasketServiceServer::new(Baskets { state })
+/// The service, bound to the module's state; baskets it starts stay open for `ttl`.
+pub fn service(state: AppState, ttl: BasketTtl) -> BasketServiceServer<Baskets> {
+    BasketServiceServer::new(Baskets { state, ttl })
 }
 
 /// baskets over gRPC.
 #[derive(Debug)]
 pub struct Baskets {
     state: AppState,
+    ttl: BasketTtl,
 }
 
 fn item(v: BasketItemView) -> Item {
@@ -47,7 +48,9 @@ impl BasketService for Baskets {
     async fn start_basket(&self, request: Request<StartBasketRequest>) -> RpcResult<StartBasketResponse> {
         let customer_id = request.into_inner().customer_id;
         required("customer_id", &customer_id)?;
-        let id = write(&self.state, |tx| Box::pin(async move { app::start_basket(tx, customer_id).await })).await?;
+        let ttl = self.ttl;
+        let id =
+            write(&self.state, |tx| Box::pin(async move { app::start_basket(tx, customer_id, ttl).await })).await?;
         ok(StartBasketResponse { id })
     }
 

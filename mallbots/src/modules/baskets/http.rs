@@ -1,15 +1,15 @@
 //! REST endpoints of baskets (kiosk endpoints: public, validated).
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::application::{self as app, BasketView};
+use super::application::{self as app, BasketTtl, BasketView};
 use crate::error::AppResult;
 use crate::http::{ApiJson, ApiPath, AppState, Created, ErrorBody, IdempotencyKeyHeader, create, write};
 
@@ -53,19 +53,21 @@ pub fn routes() -> OpenApiRouter<AppState> {
 
 const TAG: &str = "baskets";
 
-/// Starts a basket for a customer.
+/// Starts a basket for a customer. A basket neither checked out nor canceled within the
+/// server's `basket_ttl` (30 minutes by default) is canceled then.
 #[utoipa::path(post, path = "/api/baskets", tag = TAG, request_body = StartBasketRequest,
     params(IdempotencyKeyHeader),
     responses((status = CREATED, body = Created), (status = BAD_REQUEST, body = ErrorBody),
         (status = CONFLICT, description = "the Idempotency-Key was used for another request", body = ErrorBody)))]
 async fn start_basket(
     State(state): State<AppState>,
+    Extension(ttl): Extension<BasketTtl>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<StartBasketRequest>,
 ) -> AppResult<Response> {
     let customer_id = request.customer_id.clone();
     create(&state, &headers, "POST /api/baskets", &request, move |tx| {
-        Box::pin(async move { app::start_basket(tx, customer_id).await })
+        Box::pin(async move { app::start_basket(tx, customer_id, ttl).await })
     })
     .await
 }
