@@ -300,8 +300,7 @@ async fn not_found() -> AppError {
     AppError::NotFound("route".into())
 }
 
-/// Why a request with the NUL character is refused.
-const NUL_REFUSED: &str = "no text may hold the NUL character (U+0000)";
+use crate::error::NUL_REFUSED;
 
 /// The largest JSON body read (axum's default limit of the JSON extractor).
 const BODY_LIMIT: usize = 2 * 1024 * 1024;
