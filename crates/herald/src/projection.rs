@@ -899,11 +899,13 @@ impl ProjectionRunner {
         if !self.reset_retrying(&cancel).await? {
             return Ok(not_done(0));
         }
+        // No `mark_unchanged` here: the lease holder may replay the whole log between the
+        // reset and this point (a small log on SQLite), and its progress must still count.
+        // What was published before the reset was seen at `subscribe`.
         let target = self.head_position(&cancel, 0).await?;
-        progress.mark_unchanged();
         let store = &*self.inner.store;
         let mut attempt = 0;
-        let mut events = 0;
+        let (mut events, mut seen) = (0, 0);
         loop {
             let position = match store.load_checkpoint(&self.inner.name).await {
                 Ok(position) => position.unwrap_or(0),
@@ -916,7 +918,15 @@ impl ProjectionRunner {
                 }
             };
             if progress.has_changed().unwrap_or(false) {
-                events = progress.borrow_and_update().events;
+                let p = progress.borrow_and_update();
+                (events, seen) = (p.events, p.position);
+            }
+            if position >= target && seen < target && events > 0 {
+                // This process replays, and publishes its progress just after each commit:
+                // give the last one a moment so the report counts the whole replay.
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await {
+                    events = progress.borrow_and_update().events;
+                }
             }
             if position >= target {
                 let elapsed = started.elapsed();
