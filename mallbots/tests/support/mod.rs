@@ -317,7 +317,16 @@ pub struct RunningApp {
     pub store: std::sync::Arc<dyn herald::Store>,
     pub shutdown: tokio_util::sync::CancellationToken,
     pub running: Running,
+    /// A cluster's turn (see [`CLUSTER_TURN`]), given back when the app is dropped or stopped.
+    pub turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
+
+/// One cluster at a time per test binary: a cluster is a dozen processes and nginx, and two of
+/// them beside the other tests starve each other on 2 cores (partition claims and hand-overs
+/// then miss their timers, and a test waiting 30 s for 60 SMS timed out in CI, while it takes
+/// 6 s alone). Tests on an in-process app still run beside a cluster.
+static CLUSTER_TURN: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// What runs a [`RunningApp`].
 pub enum Running {
@@ -356,7 +365,7 @@ pub async fn spawn_running_app_with(backend: Backend, setup: Setup) -> Option<Ru
         }
         stopped
     });
-    Some(RunningApp { t, broker, store, shutdown, running: Running::InProcess(task) })
+    Some(RunningApp { t, broker, store, shutdown, running: Running::InProcess(task), turn: None })
 }
 
 /// A cluster on PostgreSQL + NATS: every module in its own process (`replicas` more for some),
@@ -372,6 +381,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
         return None;
     }
     show_logs();
+    let turn = CLUSTER_TURN.clone().lock_owned().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let config = backend.config(&dir);
     let broker_url = config.broker.clone().expect("NATS");
@@ -412,7 +422,7 @@ pub async fn spawn_cluster_with(replicas: &[(&str, usize)], only: &[&str], extra
         config,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
-    Some(RunningApp { t, broker, store, shutdown, running: Running::Cluster(Box::new(cluster)) })
+    Some(RunningApp { t, broker, store, shutdown, running: Running::Cluster(Box::new(cluster)), turn: Some(turn) })
 }
 
 impl RunningApp {
