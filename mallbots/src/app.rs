@@ -112,9 +112,15 @@ const NATS_PARTITIONS: u32 = 8;
 /// How long a dead replica keeps its partitions before another takes them over.
 const NATS_CLAIM_TTL: Duration = Duration::from_secs(5);
 
-/// Connections of each module's pool on PostgreSQL when a process runs several modules (one
-/// module alone gets Herald's default).
+/// Connections of each module's pool on PostgreSQL when a process runs several modules.
 const POOL_PER_MODULE: u32 = 4;
+/// Connections of the pool of a process running one module. Not Herald's default (16): a
+/// cluster is a process per module, and ten of them at 16 each, with the vault's pools, outgrew
+/// PostgreSQL's default `max_connections` (100) under load ("too many clients"; the kill -9
+/// test's requests then waited 30 s for a connection).
+const POOL_OF_ONE_MODULE: u32 = 8;
+/// Connections of the vault's pool (customers' keys: a read per sealed or opened event).
+const POOL_OF_VAULT: u32 = 2;
 
 impl App {
     /// Opens (and migrates) the databases, connects to the broker, binds the HTTP address, and
@@ -141,22 +147,23 @@ impl App {
                 (vec![db.clone(); selected.len()], Some(db.clone()), vec![db.clone()], Some(db))
             }
             Dialect::Postgres => {
-                let pool = if selected.len() > 1 { POOL_PER_MODULE } else { PostgresConfig::DEFAULT_MAX_CONNECTIONS };
+                let pool = if selected.len() > 1 { POOL_PER_MODULE } else { POOL_OF_ONE_MODULE };
                 within("connecting to PostgreSQL", database, reachable(database, 5432)).await?;
-                let open = |schema: String| async move {
+                let open = |schema: String, pool: u32| async move {
                     let config = PostgresConfig { max_connections: pool, ..PostgresConfig::new(database) };
                     let db = within("connecting to PostgreSQL", database, config.with_schema(schema).open()).await?;
                     anyhow::Ok(AnyDatabase::from(db))
                 };
-                let dbs =
-                    futures::future::try_join_all(selected.iter().map(|m| open(module::schema(namespace, m.name))))
-                        .await?;
+                let dbs = futures::future::try_join_all(
+                    selected.iter().map(|m| open(module::schema(namespace, m.name), pool)),
+                )
+                .await?;
                 // The SQL broker's tables are shared by every module: the namespace's own schema.
-                let bus = if sql_broker { Some(open(namespace.to_owned()).await?) } else { None };
+                let bus = if sql_broker { Some(open(namespace.to_owned(), pool).await?) } else { None };
                 // Customers' keys (crypto-shredding): shared by the modules that open personal
                 // data, and opened only by their processes.
                 let vault = if selected.iter().any(|m| module::USES_PERSONAL_DATA.contains(&m.name)) {
-                    Some(open(module::schema(namespace, "vault")).await?)
+                    Some(open(module::schema(namespace, "vault"), POOL_OF_VAULT).await?)
                 } else {
                     None
                 };
