@@ -521,7 +521,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// How long until the earliest scheduled outbox message falls due, by the store's clock
     /// (zero if one is due already); `None` when none is scheduled. The relay sleeps this long
     /// (or until woken), so it neither polls for scheduled messages nor needs a clock in step
-    /// with the database's. Cheap: one look at the due-time index.
+    /// with the database's. Cheap: one look at the due-time index. A store may keep due times
+    /// in whole milliseconds (rounded up: never early), so this may exceed the exact wait by
+    /// up to two milliseconds.
     async fn next_scheduled(&self) -> Result<Option<Duration>, StoreError>;
 
     /// Queues messages for publication at `at` in a unit of work of their own (see
