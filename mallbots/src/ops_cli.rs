@@ -2,6 +2,7 @@
 //! the command line, over the same admin REST API the web app uses (through the gateway or
 //! any process running the module concerned).
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -152,11 +153,34 @@ pub async fn projections(target: &Target, command: Projections, json: bool) -> a
             Ok(out.trim_end().to_owned())
         }
         Projections::Rebuild { name } => {
-            let Some((_, _, rebuild)) = PROJECTIONS.iter().find(|(n, _, _)| *n == name) else {
+            let Some((_, status_path, rebuild)) = PROJECTIONS.iter().find(|(n, _, _)| *n == name) else {
                 let known: Vec<_> = PROJECTIONS.iter().map(|(n, _, _)| *n).collect();
                 bail!("unknown projection {name:?}: {}", known.join(", "));
             };
-            let report = call(&client, Method::POST, rebuild).await?;
+            let rebuilding = call(&client, Method::POST, rebuild);
+            let report = if std::io::stderr().is_terminal() {
+                // Progress on a terminal, from the projection's status, while the rebuild runs.
+                let status = self::client(target, Duration::from_secs(5))?;
+                tokio::pin!(rebuilding);
+                let mut tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + Duration::from_secs(1),
+                    Duration::from_secs(1),
+                );
+                let report = loop {
+                    tokio::select! {
+                        report = &mut rebuilding => break report,
+                        _ = tick.tick() => {
+                            if let Ok(s) = call(&status, Method::GET, status_path).await {
+                                eprint!("\r\x1b[K{}", progress_line(&name, &s));
+                            }
+                        }
+                    }
+                };
+                eprint!("\r\x1b[K");
+                report?
+            } else {
+                rebuilding.await?
+            };
             if json {
                 return Ok(serde_json::to_string_pretty(&report).unwrap_or_default());
             }
@@ -168,5 +192,28 @@ pub async fn projections(target: &Target, command: Projections, json: bool) -> a
                 if report["completed"] == true { "" } else { " (interrupted: the next start resumes it)" }
             ))
         }
+    }
+}
+
+/// One line of a rebuild's progress, from the projection's status.
+fn progress_line(name: &str, status: &Value) -> String {
+    let (position, head) = (status["position"].as_u64().unwrap_or(0), status["head"].as_u64().unwrap_or(0));
+    let phase = status["phase"].as_str().unwrap_or("?");
+    match (position * 100).checked_div(head) {
+        Some(percent) => format!("{name}: {phase}, {position} of {head} events ({percent} %)"),
+        None => format!("{name}: {phase}, {position} events"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_line_says_how_far_a_rebuild_has_come() {
+        let status = serde_json::json!({ "phase": "rebuilding", "position": 250, "head": 1000 });
+        assert_eq!(progress_line("analytics", &status), "analytics: rebuilding, 250 of 1000 events (25 %)");
+        let empty = serde_json::json!({ "phase": "rebuilding", "position": 0, "head": 0 });
+        assert_eq!(progress_line("analytics", &empty), "analytics: rebuilding, 0 events");
     }
 }

@@ -4,8 +4,8 @@
 //! One scenario on the whole mall running in-process: a wrong token is refused and the right one
 //! signs in; an order placed by the simulator (the real binary, as a process) appears on the
 //! board and changes status there without a reload (the live feed's WebSocket moves it); a
-//! poison message's dead letter is opened and replayed from the page; the analytics page draws
-//! its charts. Without chromedriver or Chromium the test prints a loud `SKIPPED` line and
+//! poison message's dead letter shows on the live feed and is opened and replayed from the page;
+//! the analytics page draws its charts. Without chromedriver or Chromium the test prints a loud `SKIPPED` line and
 //! passes, unless `CI` is set (then it fails). On failure a screenshot is saved and its path
 //! printed. With `MALLBOTS_BROWSER_SCREENSHOTS=<dir>` a screenshot of every page goes there.
 
@@ -331,6 +331,26 @@ async fn scenario(app: &support::RunningApp, client: &Client, base: &str) -> any
             .into_iter()
             .find(|l| l["message"]["id"] == poison.id.to_string().as_str())
             .and_then(|l| l["id"].as_str().map(str::to_owned)))
+    })
+    .await?;
+    // It is on the live feed (marked as a dead letter), and the menu counts it.
+    click(client, "a[data-route=\"feed\"]").await?;
+    until("the dead letter is on the live feed", PATIENCE, || async {
+        let rows = js(
+            client,
+            "return [...document.querySelectorAll('.feed-row.dead-letter')].map((r) => r.textContent);",
+            vec![],
+        )
+        .await?;
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        Ok(rows.iter().any(|r| r.as_str().is_some_and(|r| r.contains("p-browser"))).then_some(()))
+    })
+    .await?;
+    until("the menu counts the dead letter", PATIENCE, || async {
+        Ok(shown_text(client, "#dead-letter-badge")
+            .await?
+            .filter(|n| n.parse::<u32>().is_ok_and(|n| n >= 1))
+            .map(|_| ()))
     })
     .await?;
     click(client, "a[data-route=\"dead-letters\"]").await?;

@@ -205,7 +205,7 @@ async fn a_nul_character_is_refused_with_invalid_argument_on_postgres() {
     nul_refused(customers.register_customer(customer).await.map(drop), "name");
     let mut search = SearchServiceClient::new(channel);
     let filters = Filters { customer_id: "c\0".into(), ..Default::default() };
-    let request = SearchOrdersRequest { filters: Some(filters), next: String::new(), limit: 10 };
+    let request = SearchOrdersRequest { filters: Some(filters), limit: 10, ..Default::default() };
     nul_refused(search.search_orders(admin(request)).await.map(drop), "filters.customer_id");
 
     let listed = stores.get_stores(GetStoresRequest {}).await.expect("stores").into_inner().stores;
@@ -406,8 +406,8 @@ async fn the_admin_side_over_grpc() {
     let mut search = SearchServiceClient::new(channel.clone());
     let by_customer = || SearchOrdersRequest {
         filters: Some(Filters { customer_id: customer.clone(), status: "completed".into(), ..Default::default() }),
-        next: String::new(),
         limit: 10,
+        ..Default::default()
     };
     support::eventually("search shows the completed order", || {
         let (mut search, request) = (search.clone(), admin(by_customer()));
@@ -425,6 +425,9 @@ async fn the_admin_side_over_grpc() {
         "limit 101",
     );
     refused(search.search_orders(by_customer()).await, Code::Unauthenticated, "search needs the token");
+    let newest = SearchOrdersRequest { newest_first: true, ..by_customer() };
+    let newest = search.search_orders(admin(newest)).await.expect("newest first").into_inner();
+    assert_eq!(newest.orders.len(), 1, "newest first finds the order too: {newest:?}");
 
     let mut analytics = AnalyticsServiceClient::new(channel.clone());
     support::eventually("analytics counts the completed order", || {

@@ -212,6 +212,15 @@ async fn search_filters_orders_and_pages_with_a_cursor(app: RunningApp) {
     assert_eq!(ids(&page2), vec![third.clone()]);
     assert!(page2["next"].is_null());
 
+    // Newest first, paged in that direction (both request shapes).
+    let newest1 = search(json!({ "limit": 2, "newestFirst": true })).await.body;
+    assert_eq!(ids(&newest1), vec![third.clone(), second.clone()]);
+    let newest2 = search(json!({ "limit": 2, "newestFirst": true, "cursor": newest1["next"] })).await.body;
+    assert_eq!((ids(&newest2), newest2["next"].is_null()), (vec![first.clone()], true));
+    let book_newest = search(json!({ "filters": { "customerId": ada }, "newestFirst": true })).await.body;
+    assert_eq!(ids(&book_newest), vec![second.clone(), first.clone()]);
+    assert_eq!(search(json!({ "newestFirst": "yes" })).await.status, StatusCode::BAD_REQUEST);
+
     for bad in [
         json!({ "status": "lost" }),
         json!({ "limit": 0 }),

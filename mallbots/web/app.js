@@ -320,11 +320,15 @@ function liveStop() {
   live.lastError = null;
 }
 
+/** The feed's entry for a new dead letter (recorded as the admin module archives it). */
+const DEAD_LETTER_EVENT = 'admin.DeadLetterArchived';
+
 /** Every event: into the feed, the board, the names we know, and the view on screen. */
 function dispatch(event) {
   feed.events.unshift(event);
   if (feed.events.length > FEED_MAX) feed.events.length = FEED_MAX;
   board.apply(event);
+  if (event.name === DEAD_LETTER_EVENT) deadLetterBadge.refresh();
   if (event.topic === 'customers.events.Customer' && event.data && event.data.id && event.data.name) {
     customers.names.set(event.data.id, event.data.name);
   }
@@ -489,15 +493,10 @@ const board = {
         }
         return orders;
       };
+      // The newest finished orders of a status: one page, newest first.
       const finished = async (status) => {
-        // Search lists oldest first: look back over growing windows until enough are found.
-        for (const minutes of [1, 10, 60, 24 * 60, null]) {
-          const filters = { status };
-          if (minutes) filters.createdAfter = new Date(Date.now() - minutes * 60000).toISOString();
-          const orders = await pages(filters, 5);
-          if (orders.length >= FINISHED_KEEP || minutes === null) return orders.slice(-FINISHED_KEEP);
-        }
-        return [];
+        const page = await api('POST', '/api/search/orders', { status, newestFirst: true, limit: FINISHED_KEEP });
+        return page.orders || [];
       };
       const lists = await Promise.all([
         ...ACTIVE.map((status) => pages({ status }, 10)),
@@ -748,7 +747,7 @@ function feedView(ctx) {
 
   const row = (e) => {
     const details = h('div', { class: 'feed-details' });
-    const r = h('div', { class: 'feed-row', role: 'listitem', 'data-seq': e.seq, tabindex: 0 },
+    const r = h('div', { class: ['feed-row', e.name === DEAD_LETTER_EVENT && 'dead-letter'], role: 'listitem', 'data-seq': e.seq, tabindex: 0 },
       h('div', { class: 'feed-line' },
         h('span', { class: 'feed-time', title: fmtDateTime(e.at) }, fmtTime(e.at)),
         h('span', { class: ['topic', `topic-${MODULE_OF_TOPIC(e.topic)}`] }, e.topic),
@@ -831,17 +830,20 @@ function ordersView(ctx, id) {
     h('label', null, 'Created before', input('createdBefore', { type: 'datetime-local', step: 1, value: f.createdBeforeLocal })),
     h('label', null, 'Min total', input('minTotal', { type: 'number', min: 0, step: '0.01', value: f.minTotal, placeholder: '0.00' })),
     h('label', null, 'Max total', input('maxTotal', { type: 'number', min: 0, step: '0.01', value: f.maxTotal, placeholder: 'any' })),
+    h('label', null, 'Order', h('select', { name: 'order' },
+      h('option', { value: 'newest', selected: !f.oldestFirst }, 'newest first'),
+      h('option', { value: 'oldest', selected: !!f.oldestFirst }, 'oldest first'))),
     h('div', { class: 'form-actions' },
       h('button', { type: 'submit', class: 'primary' }, 'Search'),
       h('button', { type: 'button', class: 'ghost', id: 'last-15-minutes', title: 'orders created in the last 15 minutes' }, 'Last 15 min'),
       h('button', { type: 'reset', class: 'ghost' }, 'Clear')));
   const results = h('div', { class: 'results' });
-  ctx.el.append(pageHeader('Orders', 'Search every customer\'s orders (oldest first); click one for its details.'), form, results);
+  ctx.el.append(pageHeader('Orders', 'Search every customer\'s orders; click one for its details.'), form, results);
 
   const run = async () => {
     replace(results, h('p', { class: 'muted' }, 'Searching…'));
-    const body = { limit: 25 };
     const fl = ordersSearch.filters;
+    const body = { limit: 25, newestFirst: !fl.oldestFirst };
     if (fl.customerId) body.customerId = fl.customerId;
     if (fl.status) body.status = fl.status;
     if (fl.createdAfter) body.createdAfter = fl.createdAfter;
@@ -918,6 +920,7 @@ function ordersView(ctx, id) {
       createdBeforeLocal: text('createdBefore'),
       minTotal: text('minTotal'),
       maxTotal: text('maxTotal'),
+      oldestFirst: text('order') === 'oldest',
     };
     ordersSearch.cursors = [null];
     ordersSearch.page = 0;
@@ -935,7 +938,8 @@ function ordersView(ctx, id) {
     form.querySelectorAll('input').forEach((i) => {
       i.value = '';
     });
-    form.querySelector('select').value = '';
+    form.querySelector('[name="status"]').value = '';
+    form.querySelector('[name="order"]').value = 'newest';
     ordersSearch.filters = {};
     ordersSearch.cursors = [null];
     ordersSearch.page = 0;
@@ -1258,7 +1262,9 @@ const deadLetterBadge = {
   start() {
     this.stop();
     this.refresh();
-    this.timer = setInterval(() => this.refresh(), 15000);
+    // New dead letters come on the live feed (dispatch refreshes at once); this catches
+    // replays and discards made by other admins.
+    this.timer = setInterval(() => this.refresh(), 30000);
   },
   stop() {
     clearInterval(this.timer);
@@ -1409,8 +1415,13 @@ function deadLettersView(ctx) {
 
   load();
   if (deadLetterState.selected) showDetail(deadLetterState.selected);
-  ctx.every(5000, () => load());
-  return {};
+  // A new dead letter arrives on the live feed; other admins' replays and discards do not.
+  ctx.every(15000, () => load());
+  return {
+    onEvent(e) {
+      if (e.name === DEAD_LETTER_EVENT) load();
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

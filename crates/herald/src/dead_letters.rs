@@ -387,23 +387,52 @@ pub fn check_resolution(status: DeadLetterStatus) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What to do when a new dead letter is archived (an alert, a row for a dashboard's live
+/// feed, a notice to another service): run by the archive routes in the archiving unit of work,
+/// so it commits with the letter or not at all, and only for a letter archived for the first
+/// time (a redelivered dead letter, already archived, does not call it again).
+#[async_trait]
+pub trait WhenArchived: Send + Sync {
+    /// `letter` was just archived in `tx`. An error rolls the archiving back (the archive
+    /// route's delivery is retried like any handler's).
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError>;
+}
+
 /// The dead-letter API over an archive and the store it lives in (whose outbox carries the
 /// replays: run an [`OutboxRelay`](crate::outbox::OutboxRelay) to the broker). Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DeadLetters {
     store: Arc<dyn Store>,
     archive: Arc<dyn DeadLetterArchive>,
+    when_archived: Option<Arc<dyn WhenArchived>>,
+}
+
+impl fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("store", &self.store)
+            .field("archive", &self.archive)
+            .field("when_archived", &self.when_archived.is_some())
+            .finish()
+    }
 }
 
 impl DeadLetters {
     /// The API over `archive`, which lives in `store` (its transactions are `store`'s).
     pub fn new(store: Arc<dyn Store>, archive: Arc<dyn DeadLetterArchive>) -> Self {
-        Self { store, archive }
+        Self { store, archive, when_archived: None }
     }
 
     /// The API over a store that is its own archive (the SQL stores).
     pub fn on<S: Store + DeadLetterArchive>(store: Arc<S>) -> Self {
-        Self { store: store.clone(), archive: store }
+        Self { store: store.clone(), archive: store, when_archived: None }
+    }
+
+    /// Runs `hook` in the unit of work of every new dead letter the
+    /// [archive routes](Self::archive_route) made from here on archive (see [`WhenArchived`]).
+    pub fn when_archived(mut self, hook: impl WhenArchived + 'static) -> Self {
+        self.when_archived = Some(Arc::new(hook));
+        self
     }
 
     /// The archive.
@@ -427,7 +456,8 @@ impl DeadLetters {
     }
 
     /// Archives a dead-letter message received by other means than
-    /// [`archive_route`](Self::archive_route); `false` if it was already archived.
+    /// [`archive_route`](Self::archive_route); `false` if it was already archived. (The
+    /// [`when_archived`](Self::when_archived) hook is the archive routes': run it yourself here.)
     pub async fn archive_message(&self, dead: &Message) -> Result<bool, DeadLetterError> {
         let letter = DeadLetter::from_message(dead);
         let mut tx = self.store.begin().await?;
@@ -532,7 +562,11 @@ impl DeadLetters {
     /// of its own such as `dead-letter-archive`). Add it to a router whose store is this
     /// archive's store, or that has none. Archiving is idempotent, so redeliveries are harmless.
     pub fn archive_route(&self, options: SubscribeOptions) -> Route {
-        Route::new(options).fallback(Archiver { store: self.store.clone(), archive: self.archive.clone() })
+        Route::new(options).fallback(Archiver {
+            store: self.store.clone(),
+            archive: self.archive.clone(),
+            when_archived: self.when_archived.clone(),
+        })
     }
 
     /// [`archive_route`](Self::archive_route)s for the dead-letter topics of `failing` (the
@@ -554,6 +588,7 @@ impl DeadLetters {
 struct Archiver {
     store: Arc<dyn Store>,
     archive: Arc<dyn DeadLetterArchive>,
+    when_archived: Option<Arc<dyn WhenArchived>>,
 }
 
 #[async_trait]
@@ -567,6 +602,9 @@ impl Handler for Archiver {
             None => self.store.begin().await?,
         };
         let added = self.archive.archive(&mut *tx, &letter).await?;
+        if let (true, Some(hook)) = (added, &self.when_archived) {
+            hook.archived(&mut *tx, &letter).await?;
+        }
         tx.commit().await?;
         if added {
             pending::record_pending_of(&*self.archive, &letter.message.topic, &letter.group).await;

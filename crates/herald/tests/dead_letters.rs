@@ -10,11 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use herald::dead_letters::{DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page};
+use herald::dead_letters::{
+    DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page, WhenArchived,
+};
 use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
 use herald::outbox::OutboxRelay;
-use herald::pubsub::{Publisher, StartFrom, SubscribeOptions};
+use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
+use herald::queue::dead_letter_for;
 use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, UPCAST_FROM};
+use herald::store::Transaction;
 use herald::{Event, Message, MessageId, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -194,6 +198,71 @@ async fn a_replayed_v1_dead_letter_reaches_the_v2_handler_through_the_routers_up
         "upcast, under the original id"
     );
     assert_eq!(dead_letters.get(letter.id).await.unwrap().status, DeadLetterStatus::Replayed);
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    relay.await.unwrap();
+}
+
+/// Alerts on new dead letters, in the archiving unit of work; fails its first call.
+struct Alert {
+    calls: Arc<Mutex<Vec<MessageId>>>,
+}
+
+#[async_trait]
+impl WhenArchived for Alert {
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError> {
+        let first = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(letter.id);
+            calls.len() == 1
+        };
+        let alert = Message::new("alerts", "DeadLetterAlert.v1", letter.reason.clone().into_bytes());
+        tx.enqueue(vec![alert]).await?;
+        if first {
+            return Err(HandlerError::transient("the alert's first try fails"));
+        }
+        Ok(())
+    }
+}
+
+/// A `WhenArchived` hook runs in the archiving unit of work: its failure rolls the archiving
+/// back (and the retry archives and alerts once); a redelivered dead letter, already archived,
+/// does not call it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_dead_letter_runs_the_when_archived_hook_once_in_its_unit_of_work() {
+    let broker = MemoryBroker::in_memory();
+    let store = Arc::new(MemoryStore::new());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let dead_letters = DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new()))
+        .when_archived(Alert { calls: calls.clone() });
+    let failing = SubscribeOptions::new("orders", "billing");
+    let router = Router::new(Arc::new(broker.clone())).store(store.clone()).middleware(Inbox).retry(RetryPolicy {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(10),
+        ..RetryPolicy::default()
+    });
+    let router = dead_letters.archive_routes_for(&[&failing], "archive").into_iter().fold(router, Router::route);
+    let mut alerts =
+        broker.subscribe(SubscribeOptions::new("alerts", "ops").start(StartFrom::Beginning)).await.unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(router.run(stop.clone()));
+    let relay = tokio::spawn(OutboxRelay::new(store.clone(), Arc::new(broker.clone())).run(stop.clone()));
+
+    let original = Message::new("orders", "Placed.v1", b"{}".to_vec()).with_key("o-9");
+    let dead = dead_letter_for(&original, "billing", 3, "card declined", &failing.effective_dead_letter_topic());
+    broker.publish(std::slice::from_ref(&dead)).await.unwrap();
+    let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next()).await.unwrap().unwrap();
+    assert_eq!(alert.message.payload, b"card declined");
+    alert.ack().await.unwrap();
+    assert_eq!(*calls.lock().unwrap(), vec![dead.id, dead.id], "failed once (rolled back), then archived");
+    assert_eq!(dead_letters.get(dead.id).await.unwrap().status, DeadLetterStatus::Pending);
+
+    // The broker delivers the same dead letter again: archived already, no second alert.
+    broker.publish(std::slice::from_ref(&dead)).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_millis(500), alerts.next()).await;
+    assert!(again.is_err(), "no second alert: {again:?}");
+    assert_eq!(calls.lock().unwrap().len(), 2);
+    assert_eq!(dead_letters.count(&DeadLetterFilter::all()).await.unwrap(), 1);
     stop.cancel();
     running.await.unwrap().unwrap();
     relay.await.unwrap();

@@ -240,7 +240,7 @@ mod tests {
             nul_of(&CreateStoreRequest { name: "Books".into(), location: "L\0".into() }).as_deref(),
             Some("location")
         );
-        let search = |filters: Filters| SearchOrdersRequest { filters: Some(filters), next: String::new(), limit: 10 };
+        let search = |filters: Filters| SearchOrdersRequest { filters: Some(filters), limit: 10, ..Default::default() };
         let nested = search(Filters { customer_id: "c\0".into(), ..Default::default() });
         assert_eq!(nul_of(&nested).as_deref(), Some("filters.customer_id"));
         let repeated = search(Filters { store_ids: vec!["s1".into(), "s2\0".into()], ..Default::default() });
@@ -254,6 +254,7 @@ mod tests {
             filters: Some(Filters { min_total: Some(0.0), customer_id: "c1".into(), ..Default::default() }),
             next: "n".into(),
             limit: 0,
+            newest_first: true,
         };
         assert_eq!(nul_of(&search), None);
         assert_eq!(nul_of(&CreateStoreRequest::default()), None);

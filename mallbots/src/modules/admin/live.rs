@@ -11,7 +11,9 @@
 //! `{"token": "<admin token>", "after": <seq or null>}` (a browser cannot set headers on a
 //! WebSocket); the server answers `{"type":"welcome","head":<seq>}` or `{"type":"error",
 //! "message":…}` and closes, then sends `{"type":"event","seq","topic","name","key","at","data"}`
-//! in `seq` order, and pings every [`PING`].
+//! in `seq` order, and pings every [`PING`]. A new dead letter is an event too ([`DEAD_LETTER`],
+//! on its dead-letter topic; data: its id, group, reason, attempts and the failed message's id,
+//! name and topic), recorded by the archive routes as they archive it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +23,10 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use herald::dead_letters::{DeadLetter, WhenArchived};
 use herald::pubsub::{StartFrom, SubscribeOptions};
 use herald::router::{Handler, HandlerContext, HandlerError, Needs, Route};
+use herald::store::Transaction;
 use herald_sql::AnyDatabase;
 use herald_sql::any::{Migration, query};
 use serde::{Deserialize, Serialize};
@@ -91,23 +95,72 @@ impl Handler for Recorder {
         let message = cx.message();
         let payload = serde_json::from_slice(&message.payload)
             .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned()));
-        let (topic, name, key) = (message.topic.clone(), message.name.clone(), message.key.clone());
-        let at = message.metadata.occurred_at.to_rfc3339();
-        let conn = db::conn(cx.tx()?).map_err(HandlerError::transient)?;
-        query("INSERT INTO admin_feed (topic, name, key, occurred_at, payload) VALUES (?, ?, ?, ?, ?)")
-            .bind(topic)
-            .bind(name)
-            .bind(key)
-            .bind(at)
-            .bind(payload.to_string())
-            .execute(conn)
-            .await
-            .map_err(HandlerError::transient)?;
-        Ok(())
+        let row = NewRow {
+            topic: message.topic.clone(),
+            name: message.name.clone(),
+            key: message.key.clone(),
+            at: message.metadata.occurred_at.to_rfc3339(),
+            payload,
+        };
+        row.insert(cx.tx()?).await
     }
 
     fn needs(&self) -> Needs {
         Needs::STORE
+    }
+}
+
+/// The name of the feed's entry for a new dead letter (its topic is the dead-letter topic).
+pub const DEAD_LETTER: &str = "admin.DeadLetterArchived";
+
+/// Puts every new dead letter on the feed, in its archiving unit of work (the admin module's
+/// archive routes run it), so the web app shows it, and counts it, as it happens.
+#[derive(Debug)]
+pub struct DeadLetterFeed;
+
+#[async_trait]
+impl WhenArchived for DeadLetterFeed {
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError> {
+        let payload = serde_json::json!({
+            "id": letter.id.to_string(),
+            "group": letter.group,
+            "reason": letter.reason,
+            "attempts": letter.attempts,
+            "message": { "id": letter.message.id.to_string(), "name": letter.message.name, "topic": letter.message.topic },
+        });
+        let row = NewRow {
+            topic: letter.dead_letter_topic.clone(),
+            name: DEAD_LETTER.to_owned(),
+            key: letter.message.key.clone(),
+            at: letter.dead_lettered_at.to_rfc3339(),
+            payload,
+        };
+        row.insert(tx).await
+    }
+}
+
+/// A row for `admin_feed`.
+struct NewRow {
+    topic: String,
+    name: String,
+    key: String,
+    at: String,
+    payload: serde_json::Value,
+}
+
+impl NewRow {
+    async fn insert(self, tx: &mut dyn Transaction) -> Result<(), HandlerError> {
+        let conn = db::conn(tx).map_err(HandlerError::transient)?;
+        query("INSERT INTO admin_feed (topic, name, key, occurred_at, payload) VALUES (?, ?, ?, ?, ?)")
+            .bind(self.topic)
+            .bind(self.name)
+            .bind(self.key)
+            .bind(self.at)
+            .bind(self.payload.to_string())
+            .execute(conn)
+            .await
+            .map_err(HandlerError::transient)?;
+        Ok(())
     }
 }
 

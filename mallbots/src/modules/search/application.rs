@@ -131,6 +131,10 @@ pub struct SearchOrders {
     /// 1 to 100 (default 20).
     #[schema(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
+    /// Newest first (default: oldest first). Pages continue in the same direction.
+    #[serde(default)]
+    #[schema(default = false)]
+    pub newest_first: bool,
 }
 
 /// The statuses a search takes, or null.
@@ -191,7 +195,8 @@ fn summary((id, customer_id, customer_name, status, total_cents, items, created_
 const COLUMNS: &str =
     "SELECT order_id, customer_id, customer_name, status, total_cents, items, created_at FROM search_orders";
 
-/// Orders matching the filters, oldest first (order ids are time-ordered), one page at a time.
+/// Orders matching the filters, oldest first (order ids are time-ordered) or newest first, one
+/// page at a time.
 pub async fn search(db: &AnyDatabase, filters: SearchOrders) -> AppResult<SearchPage> {
     let limit = filters.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -242,10 +247,15 @@ pub async fn search(db: &AnyDatabase, filters: SearchOrders) -> AppResult<Search
     if let Some(status) = &filters.status {
         q = q.push(" AND status = ?").bind(status);
     }
+    let (past_cursor, order) = if filters.newest_first {
+        (" AND order_id < ?", " ORDER BY order_id DESC")
+    } else {
+        (" AND order_id > ?", " ORDER BY order_id")
+    };
     if let Some(cursor) = &filters.cursor {
-        q = q.push(" AND order_id > ?").bind(cursor);
+        q = q.push(past_cursor).bind(cursor);
     }
-    let mut rows: Vec<Row> = q.push(" ORDER BY order_id LIMIT ?").bind(i64::from(limit) + 1).fetch_all(db).await?;
+    let mut rows: Vec<Row> = q.push(order).push(" LIMIT ?").bind(i64::from(limit) + 1).fetch_all(db).await?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let orders = rows.into_iter().map(summary).collect::<AppResult<Vec<_>>>()?;

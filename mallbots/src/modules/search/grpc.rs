@@ -66,6 +66,7 @@ fn filters(request: SearchOrdersRequest) -> Result<SearchOrders, Status> {
         status: optional(f.status),
         cursor: optional(request.next),
         limit,
+        newest_first: request.newest_first,
     })
 }
 

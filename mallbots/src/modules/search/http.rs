@@ -20,7 +20,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// Orders by customer, time range, stores, products, total range and status, a page at a time.
 /// The body is the filters themselves (below), or the book's shape: `{"filters": {"customerId",
 /// "after", "before", "storeIds", "productIds", "minTotal", "maxTotal", "status"}, "next",
-/// "limit"}`.
+/// "limit", "newestFirst"}`.
 #[utoipa::path(post, path = "/api/search/orders", tag = "search", security(("admin" = [])), request_body = SearchOrders,
     responses((status = OK, body = SearchPage), (status = BAD_REQUEST, body = ErrorBody), (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn search_orders(
@@ -45,6 +45,8 @@ struct BookSearch {
     filters: BookFilters,
     next: Option<String>,
     limit: Option<u32>,
+    #[serde(default)]
+    newest_first: bool,
 }
 
 /// The book's filters.
@@ -64,7 +66,7 @@ struct BookFilters {
 }
 
 impl From<BookSearch> for SearchOrders {
-    fn from(BookSearch { filters: f, next, limit }: BookSearch) -> Self {
+    fn from(BookSearch { filters: f, next, limit, newest_first }: BookSearch) -> Self {
         Self {
             customer_id: f.customer_id,
             created_after: f.after,
@@ -76,6 +78,7 @@ impl From<BookSearch> for SearchOrders {
             status: f.status,
             cursor: next,
             limit,
+            newest_first,
         }
     }
 }
