@@ -581,6 +581,10 @@ struct Inner {
     state: Mutex<State>,
     progress: watch::Sender<Progress>,
     active: AtomicBool,
+    /// Wakes an idle leased runner of this process after a rebuild here reset the checkpoint,
+    /// so it finds the reset at once rather than at its next poll (other processes' runners
+    /// find it at theirs).
+    reset_here: tokio::sync::Notify,
 }
 
 /// Runs one [`Projection`] against a store: catch up from its checkpoint, then follow live.
@@ -657,6 +661,7 @@ impl ProjectionRunner {
                 state: Mutex::new(state),
                 progress: watch::Sender::new(Progress::default()),
                 active: AtomicBool::new(false),
+                reset_here: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -899,6 +904,8 @@ impl ProjectionRunner {
         if !self.reset_retrying(&cancel).await? {
             return Ok(not_done(0));
         }
+        // A permit if the runner is busy: its next idle wait then checks at once.
+        self.inner.reset_here.notify_one();
         // No `mark_unchanged` here: the lease holder may replay the whole log between the
         // reset and this point (a small log on SQLite), and its progress must still count.
         // What was published before the reset was seen at `subscribe`.
@@ -936,8 +943,14 @@ impl ProjectionRunner {
                 );
                 return Ok(RebuildReport { position, target, events, elapsed, completed: true });
             }
+            // This process's runner publishes its progress after each commit; another
+            // process's is seen at the poll.
             tokio::select! {
                 () = tokio::time::sleep(store.poll_interval()) => {}
+                Ok(()) = progress.changed() => {
+                    let p = progress.borrow_and_update();
+                    (events, seen) = (p.events, p.position);
+                }
                 () = cancel.cancelled() => return Ok(RebuildReport { target, ..not_done(position) }),
             }
         }
@@ -1171,6 +1184,7 @@ impl ProjectionRunner {
                 tokio::select! {
                     () = &mut changed => {}
                     () = tokio::time::sleep(store.poll_interval()) => {}
+                    () = self.inner.reset_here.notified(), if fence.is_some() => {}
                     () = cancel.cancelled() => {}
                 }
                 if fence.is_some() && !cancel.is_cancelled() {

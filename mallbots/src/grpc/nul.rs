@@ -9,7 +9,9 @@
 //! the `.proto` files (the descriptor set reflection publishes): a string field whose bytes hold
 //! 0x00 refuses the call. Only requests (a method's input type) are checked: the generated
 //! clients share the codec, and what they decode is a response. Bytes that are not a valid
-//! message are left to prost's decoder, which refuses them as it always did.
+//! message are left to prost's decoder; its refusal (tonic's `Internal`) is answered as the
+//! caller's error, `InvalidArgument`, with prost's reason (`failed to decode Protobuf message:
+//! …`).
 
 use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
@@ -77,7 +79,12 @@ impl<U: Message + Default> Decoder for NulRefusingDecoder<U> {
         {
             return Err(Status::invalid_argument(format!("{field}: {NUL_REFUSED}")));
         }
-        self.inner.decode(buf)
+        // prost's decoder answers bytes that are not the message (invalid UTF-8 in a string,
+        // a bad varint, a cut-short field) with `Internal`; that is the caller's error.
+        self.inner.decode(buf).map_err(|e| match (self.request, e.code()) {
+            (Some(_), tonic::Code::Internal) => Status::invalid_argument(e.message()),
+            _ => e,
+        })
     }
 
     fn buffer_settings(&self) -> BufferSettings {
