@@ -150,6 +150,22 @@ async fn shown_text(client: &Client, css: &str) -> anyhow::Result<Option<String>
     Ok(value.as_str().map(str::to_owned))
 }
 
+/// Waits until a row of the live feed matching `css` is the entry `name` about the poison
+/// message (key `p-browser`).
+async fn on_the_feed(client: &Client, css: &str, name: &str, what: &str) -> anyhow::Result<()> {
+    until(what, PATIENCE, || async {
+        let rows = js(
+            client,
+            "return [...document.querySelectorAll(arguments[0])].map((r) => r.textContent);",
+            vec![json!(css)],
+        )
+        .await?;
+        let rows = rows.as_array().cloned().unwrap_or_default();
+        Ok(rows.iter().any(|r| r.as_str().is_some_and(|r| r.contains(name) && r.contains("p-browser"))).then_some(()))
+    })
+    .await
+}
+
 async fn click(client: &Client, css: &str) -> anyhow::Result<()> {
     client.find(Locator::Css(css)).await.with_context(|| format!("find {css}"))?.click().await?;
     Ok(())
@@ -335,17 +351,8 @@ async fn scenario(app: &support::RunningApp, client: &Client, base: &str) -> any
     .await?;
     // It is on the live feed (marked as a dead letter), and the menu counts it.
     click(client, "a[data-route=\"feed\"]").await?;
-    until("the dead letter is on the live feed", PATIENCE, || async {
-        let rows = js(
-            client,
-            "return [...document.querySelectorAll('.feed-row.dead-letter')].map((r) => r.textContent);",
-            vec![],
-        )
+    on_the_feed(client, ".feed-row.dead-letter", "admin.DeadLetterArchived", "the dead letter is on the live feed")
         .await?;
-        let rows = rows.as_array().cloned().unwrap_or_default();
-        Ok(rows.iter().any(|r| r.as_str().is_some_and(|r| r.contains("p-browser"))).then_some(()))
-    })
-    .await?;
     until("the menu counts the dead letter", PATIENCE, || async {
         Ok(shown_text(client, "#dead-letter-badge")
             .await?
@@ -393,6 +400,8 @@ async fn scenario(app: &support::RunningApp, client: &Client, base: &str) -> any
     let stored =
         t.request(axum::http::Method::GET, &format!("/api/admin/dead-letters/{letter}"), true, None, &[]).await;
     ensure!(stored.body["status"] == "replayed", "the server has it replayed: {:?}", stored.body);
+    click(client, "a[data-route=\"feed\"]").await?;
+    on_the_feed(client, ".feed-row", "admin.DeadLetterReplayed", "its replay is on the live feed").await?;
 
     // Analytics: the charts are drawn.
     click(client, "a[data-route=\"analytics\"]").await?;

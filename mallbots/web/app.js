@@ -320,15 +320,17 @@ function liveStop() {
   live.lastError = null;
 }
 
-/** The feed's entry for a new dead letter (recorded as the admin module archives it). */
+/** The feed's entries for a dead letter archived, replayed or discarded (recorded by the admin
+ * module as it makes the change). */
 const DEAD_LETTER_EVENT = 'admin.DeadLetterArchived';
+const isDeadLetterEvent = (e) => ['admin.DeadLetterArchived', 'admin.DeadLetterReplayed', 'admin.DeadLetterDiscarded'].includes(e.name);
 
 /** Every event: into the feed, the board, the names we know, and the view on screen. */
 function dispatch(event) {
   feed.events.unshift(event);
   if (feed.events.length > FEED_MAX) feed.events.length = FEED_MAX;
   board.apply(event);
-  if (event.name === DEAD_LETTER_EVENT) deadLetterBadge.refresh();
+  if (isDeadLetterEvent(event)) deadLetterBadge.refresh();
   if (event.topic === 'customers.events.Customer' && event.data && event.data.id && event.data.name) {
     customers.names.set(event.data.id, event.data.name);
   }
@@ -1262,9 +1264,9 @@ const deadLetterBadge = {
   start() {
     this.stop();
     this.refresh();
-    // New dead letters come on the live feed (dispatch refreshes at once); this catches
-    // replays and discards made by other admins.
-    this.timer = setInterval(() => this.refresh(), 30000);
+    // Dead letters come and go on the live feed (dispatch refreshes at once); this is a
+    // safety net for a feed that missed some (a reconnection past its backlog).
+    this.timer = setInterval(() => this.refresh(), 60000);
   },
   stop() {
     clearInterval(this.timer);
@@ -1415,11 +1417,11 @@ function deadLettersView(ctx) {
 
   load();
   if (deadLetterState.selected) showDetail(deadLetterState.selected);
-  // A new dead letter arrives on the live feed; other admins' replays and discards do not.
-  ctx.every(15000, () => load());
+  // Dead letters come and go on the live feed; the poll is a safety net.
+  ctx.every(60000, () => load());
   return {
     onEvent(e) {
-      if (e.name === DEAD_LETTER_EVENT) load();
+      if (isDeadLetterEvent(e)) load();
     },
   };
 }

@@ -387,15 +387,28 @@ pub fn check_resolution(status: DeadLetterStatus) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// What to do when a new dead letter is archived (an alert, a row for a dashboard's live
-/// feed, a notice to another service): run by the archive routes in the archiving unit of work,
-/// so it commits with the letter or not at all, and only for a letter archived for the first
-/// time (a redelivered dead letter, already archived, does not call it again).
+/// What to do as dead letters come and go (an alert, a row for a dashboard's live feed, a
+/// notice to another service), in the same unit of work, so it commits with the change or not
+/// at all. Both methods do nothing by default.
 #[async_trait]
-pub trait WhenArchived: Send + Sync {
-    /// `letter` was just archived in `tx`. An error rolls the archiving back (the archive
-    /// route's delivery is retried like any handler's).
-    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError>;
+pub trait DeadLetterHook: Send + Sync {
+    /// `letter` was just archived in `tx`, for the first time (the [archive
+    /// routes](DeadLetters::archive_route) call it; a redelivered dead letter, already archived,
+    /// does not). An error rolls the archiving back (the archive route's delivery is retried
+    /// like any handler's).
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
+        let _ = (tx, letter);
+        Ok(())
+    }
+
+    /// `letter` was just resolved in `tx` (its status is now replayed or discarded; a replay's
+    /// message is enqueued in `tx` too): by [`DeadLetters::replay`], [`replay_all`]
+    /// (DeadLetters::replay_all) or [`discard`](DeadLetters::discard). An error rolls the
+    /// resolution back and is the caller's.
+    async fn resolved(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
+        let _ = (tx, letter);
+        Ok(())
+    }
 }
 
 /// The dead-letter API over an archive and the store it lives in (whose outbox carries the
@@ -404,7 +417,7 @@ pub trait WhenArchived: Send + Sync {
 pub struct DeadLetters {
     store: Arc<dyn Store>,
     archive: Arc<dyn DeadLetterArchive>,
-    when_archived: Option<Arc<dyn WhenArchived>>,
+    hook: Option<Arc<dyn DeadLetterHook>>,
 }
 
 impl fmt::Debug for DeadLetters {
@@ -412,7 +425,7 @@ impl fmt::Debug for DeadLetters {
         f.debug_struct("DeadLetters")
             .field("store", &self.store)
             .field("archive", &self.archive)
-            .field("when_archived", &self.when_archived.is_some())
+            .field("hook", &self.hook.is_some())
             .finish()
     }
 }
@@ -420,18 +433,19 @@ impl fmt::Debug for DeadLetters {
 impl DeadLetters {
     /// The API over `archive`, which lives in `store` (its transactions are `store`'s).
     pub fn new(store: Arc<dyn Store>, archive: Arc<dyn DeadLetterArchive>) -> Self {
-        Self { store, archive, when_archived: None }
+        Self { store, archive, hook: None }
     }
 
     /// The API over a store that is its own archive (the SQL stores).
     pub fn on<S: Store + DeadLetterArchive>(store: Arc<S>) -> Self {
-        Self { store: store.clone(), archive: store, when_archived: None }
+        Self { store: store.clone(), archive: store, hook: None }
     }
 
-    /// Runs `hook` in the unit of work of every new dead letter the
-    /// [archive routes](Self::archive_route) made from here on archive (see [`WhenArchived`]).
-    pub fn when_archived(mut self, hook: impl WhenArchived + 'static) -> Self {
-        self.when_archived = Some(Arc::new(hook));
+    /// Runs `hook` in the unit of work of every dead letter archived by the [archive
+    /// routes](Self::archive_route) made from here on, and of every resolution through this
+    /// API (see [`DeadLetterHook`]).
+    pub fn hook(mut self, hook: impl DeadLetterHook + 'static) -> Self {
+        self.hook = Some(Arc::new(hook));
         self
     }
 
@@ -457,7 +471,7 @@ impl DeadLetters {
 
     /// Archives a dead-letter message received by other means than
     /// [`archive_route`](Self::archive_route); `false` if it was already archived. (The
-    /// [`when_archived`](Self::when_archived) hook is the archive routes': run it yourself here.)
+    /// [hook](Self::hook)'s `archived` is the archive routes': call it yourself here.)
     pub async fn archive_message(&self, dead: &Message) -> Result<bool, DeadLetterError> {
         let letter = DeadLetter::from_message(dead);
         let mut tx = self.store.begin().await?;
@@ -551,7 +565,12 @@ impl DeadLetters {
         replay_id: Option<MessageId>,
     ) -> Result<DeadLetter, DeadLetterError> {
         match self.archive.resolve(tx, id, status, replay_id).await? {
-            Resolution::Resolved(letter) => Ok(*letter),
+            Resolution::Resolved(letter) => {
+                if let Some(hook) = &self.hook {
+                    hook.resolved(tx, &letter).await?;
+                }
+                Ok(*letter)
+            }
             Resolution::NotFound => Err(DeadLetterError::NotFound(id)),
             Resolution::NotPending(status) => Err(DeadLetterError::NotPending { id, status }),
         }
@@ -565,7 +584,7 @@ impl DeadLetters {
         Route::new(options).fallback(Archiver {
             store: self.store.clone(),
             archive: self.archive.clone(),
-            when_archived: self.when_archived.clone(),
+            hook: self.hook.clone(),
         })
     }
 
@@ -588,7 +607,7 @@ impl DeadLetters {
 struct Archiver {
     store: Arc<dyn Store>,
     archive: Arc<dyn DeadLetterArchive>,
-    when_archived: Option<Arc<dyn WhenArchived>>,
+    hook: Option<Arc<dyn DeadLetterHook>>,
 }
 
 #[async_trait]
@@ -602,7 +621,7 @@ impl Handler for Archiver {
             None => self.store.begin().await?,
         };
         let added = self.archive.archive(&mut *tx, &letter).await?;
-        if let (true, Some(hook)) = (added, &self.when_archived) {
+        if let (true, Some(hook)) = (added, &self.hook) {
             hook.archived(&mut *tx, &letter).await?;
         }
         tx.commit().await?;

@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use herald::dead_letters::{
-    DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page, WhenArchived,
+    DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterHook, DeadLetterStatus, DeadLetters, Page,
 };
 use herald::memory::{MemoryBroker, MemoryDeadLetterArchive, MemoryStore};
 use herald::outbox::OutboxRelay;
 use herald::pubsub::{Publisher, StartFrom, SubscribeOptions, Subscriber};
 use herald::queue::dead_letter_for;
 use herald::router::{Handler, HandlerContext, HandlerError, Inbox, RetryPolicy, Route, Router, UPCAST_FROM};
-use herald::store::Transaction;
+use herald::store::{StoreError, Transaction};
 use herald::{Event, Message, MessageId, Registry};
 use tokio_util::sync::CancellationToken;
 
@@ -203,14 +203,15 @@ async fn a_replayed_v1_dead_letter_reaches_the_v2_handler_through_the_routers_up
     relay.await.unwrap();
 }
 
-/// Alerts on new dead letters, in the archiving unit of work; fails its first call.
+/// Alerts on new dead letters, in the archiving unit of work (failing its first call), and on
+/// resolutions, in theirs.
 struct Alert {
     calls: Arc<Mutex<Vec<MessageId>>>,
 }
 
 #[async_trait]
-impl WhenArchived for Alert {
-    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError> {
+impl DeadLetterHook for Alert {
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
         let first = {
             let mut calls = self.calls.lock().unwrap();
             calls.push(letter.id);
@@ -219,22 +220,27 @@ impl WhenArchived for Alert {
         let alert = Message::new("alerts", "DeadLetterAlert.v1", letter.reason.clone().into_bytes());
         tx.enqueue(vec![alert]).await?;
         if first {
-            return Err(HandlerError::transient("the alert's first try fails"));
+            return Err(StoreError::Backend("the alert's first try fails".into()));
         }
         Ok(())
     }
+
+    async fn resolved(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
+        let alert = Message::new("alerts", "DeadLetterResolved.v1", letter.status.as_str().as_bytes().to_vec());
+        tx.enqueue(vec![alert]).await
+    }
 }
 
-/// A `WhenArchived` hook runs in the archiving unit of work: its failure rolls the archiving
+/// A `DeadLetterHook` runs in the archiving unit of work: its failure rolls the archiving
 /// back (and the retry archives and alerts once); a redelivered dead letter, already archived,
-/// does not call it again.
+/// does not call it again. A resolution calls it in the resolution's unit of work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_dead_letter_runs_the_when_archived_hook_once_in_its_unit_of_work() {
+async fn a_dead_letter_hook_runs_once_in_the_archiving_and_in_the_resolving_unit_of_work() {
     let broker = MemoryBroker::in_memory();
     let store = Arc::new(MemoryStore::new());
     let calls = Arc::new(Mutex::new(Vec::new()));
-    let dead_letters = DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new()))
-        .when_archived(Alert { calls: calls.clone() });
+    let dead_letters =
+        DeadLetters::new(store.clone(), Arc::new(MemoryDeadLetterArchive::new())).hook(Alert { calls: calls.clone() });
     let failing = SubscribeOptions::new("orders", "billing");
     let router = Router::new(Arc::new(broker.clone())).store(store.clone()).middleware(Inbox).retry(RetryPolicy {
         initial_delay: Duration::from_millis(5),
@@ -247,22 +253,33 @@ async fn a_new_dead_letter_runs_the_when_archived_hook_once_in_its_unit_of_work(
     let stop = CancellationToken::new();
     let running = tokio::spawn(router.run(stop.clone()));
     let relay = tokio::spawn(OutboxRelay::new(store.clone(), Arc::new(broker.clone())).run(stop.clone()));
+    let mut next_alert = async || {
+        let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next()).await.unwrap().unwrap();
+        let seen = (alert.message.name.clone(), String::from_utf8(alert.message.payload.clone()).unwrap());
+        alert.ack().await.unwrap();
+        seen
+    };
 
     let original = Message::new("orders", "Placed.v1", b"{}".to_vec()).with_key("o-9");
     let dead = dead_letter_for(&original, "billing", 3, "card declined", &failing.effective_dead_letter_topic());
     broker.publish(std::slice::from_ref(&dead)).await.unwrap();
-    let alert = tokio::time::timeout(Duration::from_secs(10), alerts.next()).await.unwrap().unwrap();
-    assert_eq!(alert.message.payload, b"card declined");
-    alert.ack().await.unwrap();
+    assert_eq!(next_alert().await, ("DeadLetterAlert.v1".to_owned(), "card declined".to_owned()));
     assert_eq!(*calls.lock().unwrap(), vec![dead.id, dead.id], "failed once (rolled back), then archived");
+    // (The in-memory archive applies its changes just after the store's commit.)
+    eventually("the dead letter is archived", async || dead_letters.get(dead.id).await.is_ok()).await;
     assert_eq!(dead_letters.get(dead.id).await.unwrap().status, DeadLetterStatus::Pending);
 
-    // The broker delivers the same dead letter again: archived already, no second alert.
-    broker.publish(std::slice::from_ref(&dead)).await.unwrap();
-    let again = tokio::time::timeout(Duration::from_millis(500), alerts.next()).await;
-    assert!(again.is_err(), "no second alert: {again:?}");
-    assert_eq!(calls.lock().unwrap().len(), 2);
-    assert_eq!(dead_letters.count(&DeadLetterFilter::all()).await.unwrap(), 1);
+    // The broker delivers the same dead letter again (archived already: no call), then another
+    // of the same key (handled after it, in key order: one call).
+    let later = dead_letter_for(&original, "billing", 3, "card expired", &failing.effective_dead_letter_topic());
+    broker.publish(&[dead.clone(), later.clone()]).await.unwrap();
+    assert_eq!(next_alert().await, ("DeadLetterAlert.v1".to_owned(), "card expired".to_owned()));
+    assert_eq!(*calls.lock().unwrap(), vec![dead.id, dead.id, later.id], "no call for the redelivery");
+    eventually("both are archived", async || dead_letters.count(&DeadLetterFilter::all()).await.unwrap() == 2).await;
+
+    // Resolving it calls the hook in the resolution's unit of work.
+    dead_letters.discard(dead.id).await.unwrap();
+    assert_eq!(next_alert().await, ("DeadLetterResolved.v1".to_owned(), "discarded".to_owned()));
     stop.cancel();
     running.await.unwrap().unwrap();
     relay.await.unwrap();

@@ -5,7 +5,8 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use herald::MessageId;
-use herald::dead_letters::{DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, Page};
+use herald::dead_letters::{DeadLetter, DeadLetterError, DeadLetterFilter, DeadLetterStatus, DeadLetters, Page};
+use herald_sql::AnyDatabase;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -13,6 +14,12 @@ use utoipa_axum::routes;
 
 use crate::error::{AppError, AppResult};
 use crate::http::{Admin, ApiPath, AppState, ErrorBody, one_of};
+
+/// The dead-letter API over `db`, with the live feed's hook: every dead letter archived or
+/// resolved through it is on the feed.
+pub(super) fn api(db: &AnyDatabase) -> DeadLetters {
+    db.dead_letters().hook(super::live::DeadLetterFeed)
+}
 
 /// The consumer group of the archive routes.
 pub const ARCHIVE_GROUP: &str = "mallbots-dead-letter-archive";
@@ -150,7 +157,7 @@ pub(super) async fn list_letters(state: &AppState, query: ListQuery) -> AppResul
         Some(after) => Page::after(parse_id(after)?, limit),
         None => Page::first(limit),
     };
-    let letters = state.db.dead_letters().list(&filter, &page).await?;
+    let letters = api(&state.db).list(&filter, &page).await?;
     Ok(letters.into_iter().map(DeadLetterView::from).collect())
 }
 
@@ -162,7 +169,7 @@ pub(super) async fn list_letters(state: &AppState, query: ListQuery) -> AppResul
         (status = NOT_FOUND, body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn get(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<DeadLetterView>> {
-    Ok(Json(state.db.dead_letters().get(parse_id(&id)?).await?.into()))
+    Ok(Json(api(&state.db).get(parse_id(&id)?).await?.into()))
 }
 
 /// What a replay published.
@@ -183,7 +190,7 @@ pub struct Replayed {
         (status = CONFLICT, description = "already replayed or discarded", body = ErrorBody),
         (status = UNAUTHORIZED, body = ErrorBody)))]
 async fn replay(_: Admin, State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> AppResult<Json<Replayed>> {
-    let message = state.db.dead_letters().replay(parse_id(&id)?).await?;
+    let message = api(&state.db).replay(parse_id(&id)?).await?;
     Ok(Json(Replayed { replay_id: message.id.to_string() }))
 }
 
@@ -200,5 +207,5 @@ async fn discard(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> AppResult<Json<DeadLetterView>> {
-    Ok(Json(state.db.dead_letters().discard(parse_id(&id)?).await?.into()))
+    Ok(Json(api(&state.db).discard(parse_id(&id)?).await?.into()))
 }

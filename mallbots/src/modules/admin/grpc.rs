@@ -62,7 +62,7 @@ impl DeadLettersService for DeadLetters {
         admin(&request, &self.state.admin_token)?;
         let id = request.into_inner().id;
         let id = parse_id(required("id", &id)?)?;
-        let letter = self.state.db.dead_letters().get(id).await.map_err(crate::error::AppError::from)?;
+        let letter = super::dead_letters::api(&self.state.db).get(id).await.map_err(crate::error::AppError::from)?;
         ok(GetDeadLetterResponse { dead_letter: Some(dead_letter(letter.into())) })
     }
 
@@ -73,7 +73,8 @@ impl DeadLettersService for DeadLetters {
         admin(&request, &self.state.admin_token)?;
         let id = request.into_inner().id;
         let id = parse_id(required("id", &id)?)?;
-        let message = self.state.db.dead_letters().replay(id).await.map_err(crate::error::AppError::from)?;
+        let message =
+            super::dead_letters::api(&self.state.db).replay(id).await.map_err(crate::error::AppError::from)?;
         ok(ReplayDeadLetterResponse { replay_id: message.id.to_string() })
     }
 
@@ -84,7 +85,8 @@ impl DeadLettersService for DeadLetters {
         admin(&request, &self.state.admin_token)?;
         let id = request.into_inner().id;
         let id = parse_id(required("id", &id)?)?;
-        let letter = self.state.db.dead_letters().discard(id).await.map_err(crate::error::AppError::from)?;
+        let letter =
+            super::dead_letters::api(&self.state.db).discard(id).await.map_err(crate::error::AppError::from)?;
         ok(DiscardDeadLetterResponse { dead_letter: Some(dead_letter(letter.into())) })
     }
 }

@@ -11,9 +11,10 @@
 //! `{"token": "<admin token>", "after": <seq or null>}` (a browser cannot set headers on a
 //! WebSocket); the server answers `{"type":"welcome","head":<seq>}` or `{"type":"error",
 //! "message":…}` and closes, then sends `{"type":"event","seq","topic","name","key","at","data"}`
-//! in `seq` order, and pings every [`PING`]. A new dead letter is an event too ([`DEAD_LETTER`],
-//! on its dead-letter topic; data: its id, group, reason, attempts and the failed message's id,
-//! name and topic), recorded by the archive routes as they archive it.
+//! in `seq` order, and pings every [`PING`]. Dead letters are events too: [`DEAD_LETTER`] when
+//! one is archived, [`DEAD_LETTER_REPLAYED`] and [`DEAD_LETTER_DISCARDED`] when it is resolved
+//! (on its dead-letter topic; data: its id, status, group, reason, attempts, replay id and the
+//! failed message's id, name and topic), recorded in the unit of work that made the change.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +24,10 @@ use async_trait::async_trait;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as Frame, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use herald::dead_letters::{DeadLetter, WhenArchived};
+use herald::dead_letters::{DeadLetter, DeadLetterHook, DeadLetterStatus};
 use herald::pubsub::{StartFrom, SubscribeOptions};
 use herald::router::{Handler, HandlerContext, HandlerError, Needs, Route};
-use herald::store::Transaction;
+use herald::store::{StoreError, Transaction};
 use herald_sql::AnyDatabase;
 use herald_sql::any::{Migration, query};
 use serde::{Deserialize, Serialize};
@@ -112,30 +113,51 @@ impl Handler for Recorder {
 
 /// The name of the feed's entry for a new dead letter (its topic is the dead-letter topic).
 pub const DEAD_LETTER: &str = "admin.DeadLetterArchived";
+/// The names of the feed's entries for a replayed and a discarded dead letter.
+pub const DEAD_LETTER_REPLAYED: &str = "admin.DeadLetterReplayed";
+pub const DEAD_LETTER_DISCARDED: &str = "admin.DeadLetterDiscarded";
 
-/// Puts every new dead letter on the feed, in its archiving unit of work (the admin module's
-/// archive routes run it), so the web app shows it, and counts it, as it happens.
+/// Puts dead letters on the feed as they come (the admin module's archive routes) and go
+/// (its replays and discards), each in its unit of work, so the web app shows and counts them
+/// as it happens.
 #[derive(Debug)]
 pub struct DeadLetterFeed;
 
-#[async_trait]
-impl WhenArchived for DeadLetterFeed {
-    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), HandlerError> {
+impl DeadLetterFeed {
+    async fn record(tx: &mut dyn Transaction, name: &str, letter: &DeadLetter) -> Result<(), StoreError> {
         let payload = serde_json::json!({
             "id": letter.id.to_string(),
+            "status": letter.status.as_str(),
             "group": letter.group,
             "reason": letter.reason,
             "attempts": letter.attempts,
+            "replayId": letter.replay_id.map(|id| id.to_string()),
             "message": { "id": letter.message.id.to_string(), "name": letter.message.name, "topic": letter.message.topic },
         });
+        let at = letter.resolved_at.unwrap_or(letter.dead_lettered_at);
         let row = NewRow {
             topic: letter.dead_letter_topic.clone(),
-            name: DEAD_LETTER.to_owned(),
+            name: name.to_owned(),
             key: letter.message.key.clone(),
-            at: letter.dead_lettered_at.to_rfc3339(),
+            at: at.to_rfc3339(),
             payload,
         };
-        row.insert(tx).await
+        row.insert(tx).await.map_err(|e| StoreError::Backend(e.into()))
+    }
+}
+
+#[async_trait]
+impl DeadLetterHook for DeadLetterFeed {
+    async fn archived(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
+        Self::record(tx, DEAD_LETTER, letter).await
+    }
+
+    async fn resolved(&self, tx: &mut dyn Transaction, letter: &DeadLetter) -> Result<(), StoreError> {
+        let name = match letter.status {
+            DeadLetterStatus::Replayed => DEAD_LETTER_REPLAYED,
+            _ => DEAD_LETTER_DISCARDED,
+        };
+        Self::record(tx, name, letter).await
     }
 }
 

@@ -45,7 +45,7 @@ fn routes(cx: &ModuleContext) -> Vec<Route> {
     let failing: Vec<_> =
         routes.iter().map(Route::options).cloned().chain(others.map(|r| r.options().clone())).collect();
     let failing: Vec<_> = failing.iter().collect();
-    routes.extend(cx.db.dead_letters().when_archived(live::DeadLetterFeed).archive_routes_for(&failing, ARCHIVE_GROUP));
+    routes.extend(dead_letters::api(&cx.db).archive_routes_for(&failing, ARCHIVE_GROUP));
     routes
 }
 
