@@ -62,6 +62,9 @@ pub struct Config {
     pub sms_latency: Duration,
     /// How long a basket stays open (see [`ModuleContext::basket_ttl`]).
     pub basket_ttl: Duration,
+    /// Connections of each module's PostgreSQL pool; `None`: [`POOL_OF_ONE_MODULE`] in a
+    /// process running one module, [`POOL_PER_MODULE`] per module in one running several.
+    pub pool_size: Option<u32>,
 }
 
 impl Default for Config {
@@ -147,7 +150,8 @@ impl App {
                 (vec![db.clone(); selected.len()], Some(db.clone()), vec![db.clone()], Some(db))
             }
             Dialect::Postgres => {
-                let pool = if selected.len() > 1 { POOL_PER_MODULE } else { POOL_OF_ONE_MODULE };
+                let pool =
+                    config.pool_size.unwrap_or(if selected.len() > 1 { POOL_PER_MODULE } else { POOL_OF_ONE_MODULE });
                 within("connecting to PostgreSQL", database, reachable(database, 5432)).await?;
                 let open = |schema: String, pool: u32| async move {
                     let config = PostgresConfig { max_connections: pool, ..PostgresConfig::new(database) };

@@ -333,6 +333,11 @@ struct ServeArgs {
     #[arg(long, env = "MALLBOTS_BASKET_TTL", value_parser = duration_flag)]
     #[serde(skip_serializing_if = "Option::is_none")]
     basket_ttl: Option<String>,
+    /// Connections of each module's PostgreSQL pool [default: 8 in a process running one
+    /// module, 4 per module in one running several].
+    #[arg(long, env = "MALLBOTS_POOL_SIZE", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_size: Option<u32>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
     /// Throw-away broker state (tests): NATS streams in memory for 10 minutes, RabbitMQ queues

@@ -14,6 +14,9 @@ use crate::app::{Config, DEFAULT_NAMESPACE};
 /// The file read when `--config` is not given, if it exists in the working directory.
 pub const DEFAULT_FILE: &str = "mallbots.toml";
 
+/// The most connections `pool_size` takes (PostgreSQL's default `max_connections` is 100).
+pub const MAX_POOL_SIZE: u32 = 1000;
+
 /// How long a basket stays open unless told otherwise.
 pub const DEFAULT_BASKET_TTL: Duration = Duration::from_secs(30 * 60);
 
@@ -40,6 +43,9 @@ pub struct Settings {
     /// number of seconds, or text with a unit (`"90s"`, `"30m"`, `"2h"`, `"500ms"`).
     #[serde(with = "duration_setting")]
     pub basket_ttl: Duration,
+    /// Connections of each module's PostgreSQL pool; unset = 8 in a process running one
+    /// module, 4 per module in one running several (see `deploy/mallbots.toml`).
+    pub pool_size: Option<u32>,
     /// Logs and traces.
     pub telemetry: Telemetry,
 }
@@ -67,6 +73,7 @@ impl Default for Settings {
             modules: vec!["all".into()],
             admin_token: None,
             basket_ttl: DEFAULT_BASKET_TTL,
+            pool_size: None,
             telemetry: Telemetry::default(),
         }
     }
@@ -98,6 +105,11 @@ impl Settings {
         if settings.telemetry.filter.trim().is_empty() {
             settings.telemetry.filter = Telemetry::default().filter; // an empty RUST_LOG
         }
+        if let Some(size) = settings.pool_size
+            && !(1..=MAX_POOL_SIZE).contains(&size)
+        {
+            anyhow::bail!("pool_size must be between 1 and {MAX_POOL_SIZE}, not {size}");
+        }
         if settings.basket_ttl.is_zero() {
             anyhow::bail!("basket_ttl must be more than 0 (e.g. \"30m\")");
         }
@@ -123,6 +135,7 @@ impl Settings {
             modules: self.modules.clone(),
             sms_latency: Duration::ZERO,
             basket_ttl: self.basket_ttl,
+            pool_size: self.pool_size,
         }
     }
 
@@ -145,7 +158,7 @@ fn toml_text(s: &Settings) -> String {
     };
     let modules: Vec<String> = s.modules.iter().map(|m| quote(m)).collect();
     format!(
-        "http_addr = {}\ngrpc_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}basket_ttl = {}\n\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
+        "http_addr = {}\ngrpc_addr = {}\ndatabase = {}\n{}namespace = {}\nmodules = [{}]\n{}basket_ttl = {}\n{}\n[telemetry]\nfilter = {}\nlog_format = {}\n{}",
         quote(&s.http_addr),
         quote(&s.grpc_addr),
         quote(&s.database),
@@ -154,6 +167,10 @@ fn toml_text(s: &Settings) -> String {
         modules.join(", "),
         optional("admin_token", &s.admin_token),
         quote(&duration_text(s.basket_ttl)),
+        match s.pool_size {
+            Some(size) => format!("pool_size = {size}\n"),
+            None => "# pool_size = (unset)\n".to_owned(),
+        },
         quote(&s.telemetry.filter),
         quote(&s.telemetry.log_format),
         optional("otlp_endpoint", &s.telemetry.otlp_endpoint),
@@ -289,6 +306,22 @@ mod tests {
             assert!(e.contains("basket_ttl") || e.contains("duration") || e.contains("unit"), "{bad}: {e}");
         }
         assert_eq!(duration_text(Settings::default().basket_ttl), "30m");
+    }
+
+    #[test]
+    fn the_pool_size_is_a_count_of_connections_or_unset() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("m.toml");
+        std::fs::write(&file, "pool_size = 12\n").expect("write");
+        let (s, _) = Settings::load(Some(&file), &Flags::default()).expect("loads");
+        assert_eq!((s.pool_size, s.app_config().pool_size), (Some(12), Some(12)));
+        std::fs::write(&file, s.to_toml()).expect("write");
+        assert_eq!(Settings::load(Some(&file), &Flags::default()).expect("loads").0.pool_size, Some(12));
+        for bad in ["0", "1001", "-1", "\"many\""] {
+            std::fs::write(&file, format!("pool_size = {bad}\n")).expect("write");
+            let e = Settings::load(Some(&file), &Flags::default()).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains("pool_size"), "{bad}: {e}");
+        }
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
     }
 

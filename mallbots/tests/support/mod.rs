@@ -98,6 +98,7 @@ impl Backend {
             modules: Vec::new(),
             sms_latency: Duration::ZERO,
             basket_ttl: mallbots::settings::DEFAULT_BASKET_TTL,
+            pool_size: None,
         }
     }
 }
