@@ -1,8 +1,8 @@
 //! gRPC, end to end over a real socket: each module's service called as a client would (the
 //! happy path, bad input → `InvalidArgument`, an unknown id → `NotFound`, an admin call without
 //! the token → `Unauthenticated`), what it changes seen over REST too (the same application
-//! functions), and server reflection listing every service. `fuzz`: every unary method with
-//! generated requests, never `Internal`.
+//! functions), and server reflection listing every service. `fuzz`: every unary method and
+//! the bots' stream with generated requests, never `Internal`.
 
 #[path = "grpc/fuzz.rs"]
 mod fuzz;

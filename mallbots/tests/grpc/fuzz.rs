@@ -1,4 +1,4 @@
-//! Every unary method of every gRPC service, called with requests generated from the services'
+//! Every unary method of every gRPC service (and the bots' stream), called with requests generated from the services'
 //! own descriptor set (the one reflection publishes): fields present or not, strings from the
 //! ids of real entities and from values no field accepts (empty, long, not a time, SQL, non-ASCII,
 //! invalid UTF-8), numbers at and past their limits (negative, zero, huge, NaN, infinity), nested
@@ -99,6 +99,56 @@ async fn fuzz(app: RunningApp) {
         panic!("{report}");
     }
     app.stop().await;
+}
+
+/// The bots' stream (`depotpb.ShopperBot/Connect`), fed generated bot messages (hellos with
+/// real, wrong and broken fields, picks and completions of lists that are not theirs) and bytes
+/// that are not a message: each stream ends with a status the bot can act on, never one of
+/// [`NEVER`], and never hangs once the bot stops sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_messages_on_the_bots_stream_never_get_internal() {
+    let app = support::spawn_running_app().await;
+    let ids = vec![TOKEN.to_owned(), "bot-1".to_owned(), catalog(&app.t).await];
+    let schema = Schema::load();
+    let channel = super::channel(&app).await;
+    let mut rng = TestRng::deterministic_rng(RngAlgorithm::ChaCha);
+    let mut failures = Vec::new();
+    for case in 0..CASES {
+        let mut messages: Vec<Vec<u8>> =
+            (0..=pick(&mut rng, 3)).map(|_| schema.generate(".depotpb.BotMessage", &ids, &mut rng, 0)).collect();
+        if case % 3 == 2 {
+            messages.push((0..pick(&mut rng, 16) + 1).map(|_| rng.next_u32() as u8).collect());
+        }
+        let outcome = stream(&channel, "/depotpb.ShopperBot/Connect", messages.clone()).await;
+        if let Err(status) = outcome
+            && NEVER.contains(&status.code())
+        {
+            failures.push(format!("{messages:02x?}: {:?} {}", status.code(), status.message()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CASES} streams ended badly: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    app.stop().await;
+}
+
+/// A streaming call of `path` sending `messages` (then the end of the stream), read to its end.
+async fn stream(channel: &tonic::transport::Channel, path: &str, messages: Vec<Vec<u8>>) -> Result<(), Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(path).expect("a method path");
+    let call = async {
+        let mut answers =
+            grpc.streaming(Request::new(futures::stream::iter(messages)), path, RawCodec).await?.into_inner();
+        while answers.message().await?.is_some() {}
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap_or_else(|_| Err(Status::unknown("the stream did not end within 10 s of the bot's last message")))
 }
 
 /// One call of `path` with `body` as the request's bytes.
