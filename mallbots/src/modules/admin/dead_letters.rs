@@ -66,8 +66,7 @@ pub struct FailedMessage {
 
 impl From<DeadLetter> for DeadLetterView {
     fn from(d: DeadLetter) -> Self {
-        let payload = serde_json::from_slice(&d.message.payload)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&d.message.payload).into_owned()));
+        let payload = super::live::payload_json(&d.message.payload);
         Self {
             id: d.id.to_string(),
             status: d.status.as_str().to_owned(),

@@ -94,8 +94,7 @@ struct Recorder;
 impl Handler for Recorder {
     async fn handle(&self, cx: &mut HandlerContext) -> Result<(), HandlerError> {
         let message = cx.message();
-        let payload = serde_json::from_slice(&message.payload)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned()));
+        let payload = payload_json(&message.payload);
         let row = NewRow {
             topic: message.topic.clone(),
             name: message.name.clone(),
@@ -103,7 +102,7 @@ impl Handler for Recorder {
             at: message.metadata.occurred_at.to_rfc3339(),
             payload,
         };
-        row.insert(cx.tx()?).await
+        Ok(row.insert(cx.tx()?).await?)
     }
 
     fn needs(&self) -> Needs {
@@ -142,7 +141,7 @@ impl DeadLetterFeed {
             at: at.to_rfc3339(),
             payload,
         };
-        row.insert(tx).await.map_err(|e| StoreError::Backend(e.into()))
+        row.insert(tx).await
     }
 }
 
@@ -171,8 +170,8 @@ struct NewRow {
 }
 
 impl NewRow {
-    async fn insert(self, tx: &mut dyn Transaction) -> Result<(), HandlerError> {
-        let conn = db::conn(tx).map_err(HandlerError::transient)?;
+    async fn insert(self, tx: &mut dyn Transaction) -> Result<(), StoreError> {
+        let conn = db::conn(tx).map_err(|e| StoreError::Backend(e.into()))?;
         query("INSERT INTO admin_feed (topic, name, key, occurred_at, payload) VALUES (?, ?, ?, ?, ?)")
             .bind(self.topic)
             .bind(self.name)
@@ -181,9 +180,15 @@ impl NewRow {
             .bind(self.payload.to_string())
             .execute(conn)
             .await
-            .map_err(HandlerError::transient)?;
+            .map_err(|e| StoreError::Backend(e.into()))?;
         Ok(())
     }
+}
+
+/// A message's payload as JSON when it is JSON, else as text (lossy UTF-8).
+pub(super) fn payload_json(payload: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(payload)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(payload).into_owned()))
 }
 
 /// One event as clients get it.
