@@ -912,7 +912,9 @@ impl ProjectionRunner {
         let target = self.head_position(&cancel, 0).await?;
         let store = &*self.inner.store;
         let mut attempt = 0;
-        let (mut events, mut seen) = (0, 0);
+        // `here`: this process's runner published progress since the reset, so it is the one
+        // replaying (its first report, at position 0, may come before any event is counted).
+        let (mut events, mut seen, mut here) = (0, 0, false);
         loop {
             let position = match store.load_checkpoint(&self.inner.name).await {
                 Ok(position) => position.unwrap_or(0),
@@ -926,14 +928,18 @@ impl ProjectionRunner {
             };
             if progress.has_changed().unwrap_or(false) {
                 let p = progress.borrow_and_update();
-                (events, seen) = (p.events, p.position);
+                (events, seen, here) = (p.events, p.position, true);
             }
-            if position >= target && seen < target && events > 0 {
+            if position >= target && seen < target && here {
                 // This process replays, and publishes its progress just after each commit:
                 // give the last one a moment so the report counts the whole replay.
-                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await {
-                    events = progress.borrow_and_update().events;
-                }
+                let last = tokio::time::timeout(Duration::from_millis(200), async {
+                    while seen < target && progress.changed().await.is_ok() {
+                        let p = progress.borrow_and_update();
+                        (events, seen) = (p.events, p.position);
+                    }
+                });
+                let _ = last.await;
             }
             if position >= target {
                 let elapsed = started.elapsed();
@@ -949,7 +955,7 @@ impl ProjectionRunner {
                 () = tokio::time::sleep(store.poll_interval()) => {}
                 Ok(()) = progress.changed() => {
                     let p = progress.borrow_and_update();
-                    (events, seen) = (p.events, p.position);
+                    (events, seen, here) = (p.events, p.position, true);
                 }
                 () = cancel.cancelled() => return Ok(RebuildReport { target, ..not_done(position) }),
             }
