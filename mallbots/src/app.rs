@@ -154,7 +154,11 @@ impl App {
                     config.pool_size.unwrap_or(if selected.len() > 1 { POOL_PER_MODULE } else { POOL_OF_ONE_MODULE });
                 within("connecting to PostgreSQL", database, reachable(database, 5432)).await?;
                 let open = |schema: String, pool: u32| async move {
-                    let config = PostgresConfig { max_connections: pool, ..PostgresConfig::new(database) };
+                    let config = PostgresConfig {
+                        max_connections: pool,
+                        application_name: Some(application_name(&schema)),
+                        ..PostgresConfig::new(database)
+                    };
                     let db = within("connecting to PostgreSQL", database, config.with_schema(schema).open()).await?;
                     anyhow::Ok(AnyDatabase::from(db))
                 };
@@ -442,6 +446,14 @@ fn redact_all(e: &(dyn std::error::Error + 'static), url: &str) -> String {
 /// Whether the host and port of `url` accept a TCP connection: a refused or unroutable server
 /// is reported at once (a database driver may retry until its own timeout). URLs without a
 /// host (a Unix socket) pass.
+/// What a module's connections are called in `pg_stat_activity` (`mallbots/<schema>`, at most
+/// PostgreSQL's 63 bytes; schemas are ASCII), so an operator sees whose connections they are.
+pub fn application_name(schema: &str) -> String {
+    let mut name = format!("mallbots/{schema}");
+    name.truncate(63);
+    name
+}
+
 async fn reachable(url: &str, default_port: u16) -> std::io::Result<()> {
     let Some((_, rest)) = url.split_once("://") else { return Ok(()) };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();

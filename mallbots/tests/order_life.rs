@@ -842,3 +842,47 @@ mod collector {
         (endpoint, collector)
     }
 }
+
+/// `--pool-size` bounds what a module's process holds: a stores process started with
+/// `--pool-size 2`, under 40 concurrent requests through the gateway, never shows more than its
+/// pool plus the one connection that listens for other processes' commits in
+/// `pg_stat_activity`, where its connections carry the name `mallbots/<schema>`. (The default
+/// for one module, 8, opens more than 3 under this load: checked by running it without the flag.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_process_holds_no_more_connections_than_its_pool_size() {
+    const POOL: i64 = 2;
+    let Some(app) = support::spawn_cluster_with(&[], &["stores"], &["--pool-size", &POOL.to_string()]).await else {
+        return;
+    };
+    let t = &app.t;
+    let name = mallbots::app::application_name(&mallbots::module::schema(&t.config.namespace, "stores"));
+    let pool = sqlx::PgPool::connect(&t.config.database).await.expect("connect to PostgreSQL");
+    let connections = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&name)
+            .fetch_one(&pool)
+            .await
+            .expect("count the connections")
+    };
+    let mut most = connections().await;
+    assert!(most >= 1, "the process's connections carry the name `{name}`");
+    for _ in 0..4 {
+        let created = futures::future::join_all(
+            (0..10).map(|i| t.post("/api/stores", true, json!({ "name": format!("Store {i}"), "location": "L1" }))),
+        );
+        let (replies, seen) = tokio::join!(created, async {
+            let mut seen = 0;
+            for _ in 0..20 {
+                seen = seen.max(connections().await);
+                tokio::task::yield_now().await;
+            }
+            seen
+        });
+        assert!(replies.iter().all(|r| r.status == StatusCode::CREATED), "{replies:?}");
+        most = most.max(seen).max(connections().await);
+    }
+    println!("most connections named {name}: {most}");
+    assert!(most <= POOL + 1, "{most} connections named {name}, with --pool-size {POOL} (+1 listening)");
+    pool.close().await;
+    app.stop().await;
+}

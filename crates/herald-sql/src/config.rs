@@ -142,6 +142,10 @@ pub struct PostgresConfig {
     /// events and messages wake this process's readers at once instead of at the next poll
     /// (a fallback, once a second). Default: `true`.
     pub listen: bool,
+    /// The name every connection shows in `pg_stat_activity.application_name`, so an operator
+    /// can tell whose connections they are (e.g. one name per service). Default: none (the
+    /// URL's `?application_name=…`, if it has one).
+    pub application_name: Option<String>,
 }
 
 impl PostgresConfig {
@@ -196,6 +200,15 @@ impl PostgresConfig {
         if self.acquire_timeout_ms == 0 {
             return Err(SqlError::Config("acquire_timeout_ms must be positive".into()));
         }
+        // PostgreSQL truncates longer names to 63 bytes; a NUL cannot travel in a start-up packet.
+        if let Some(name) = &self.application_name
+            && (name.len() > 63 || name.contains('\0'))
+        {
+            return Err(SqlError::Config(format!(
+                "application_name `{}` must be at most 63 bytes without NUL",
+                name.escape_debug()
+            )));
+        }
         Ok(())
     }
 
@@ -214,6 +227,7 @@ impl Default for PostgresConfig {
             max_connections: Self::DEFAULT_MAX_CONNECTIONS,
             acquire_timeout_ms: Self::DEFAULT_ACQUIRE_TIMEOUT_MS,
             listen: true,
+            application_name: None,
         }
     }
 }
@@ -252,6 +266,10 @@ mod tests {
         assert!(err(PostgresConfig::default().with_schema("1x")).contains("schema"));
         assert!(err(PostgresConfig::default().with_schema("")).contains("schema"));
         assert!(err(PostgresConfig { max_connections: 0, ..PostgresConfig::default() }).contains("max_connections"));
+        let named = |name: &str| PostgresConfig { application_name: Some(name.into()), ..PostgresConfig::default() };
+        assert!(named("mallbots:ordering").validate().is_ok());
+        assert!(err(named(&"x".repeat(64))).contains("application_name"));
+        assert!(err(named("a\0b")).contains("application_name"));
         Ok(())
     }
 }

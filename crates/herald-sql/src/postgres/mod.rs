@@ -151,8 +151,11 @@ impl PostgresDatabase {
     pub(crate) async fn connect(config: &PostgresConfig) -> Result<Self, SqlError> {
         let url = config.url.trim();
         let open_error = |source| SqlError::Open { url: url.to_owned(), source };
-        let options =
+        let mut options =
             PgConnectOptions::from_str(url).map_err(open_error)?.options([("search_path", config.schema.as_str())]);
+        if let Some(name) = &config.application_name {
+            options = options.application_name(name);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout())
