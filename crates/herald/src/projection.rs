@@ -933,13 +933,11 @@ impl ProjectionRunner {
             if position >= target && seen < target && here {
                 // This process replays, and publishes its progress just after each commit:
                 // give the last one a moment so the report counts the whole replay.
-                let last = tokio::time::timeout(Duration::from_millis(200), async {
-                    while seen < target && progress.changed().await.is_ok() {
-                        let p = progress.borrow_and_update();
-                        (events, seen) = (p.events, p.position);
-                    }
-                });
-                let _ = last.await;
+                let last =
+                    tokio::time::timeout(Duration::from_millis(200), progress.wait_for(|p| p.position >= target));
+                if let Ok(Ok(p)) = last.await {
+                    events = p.events;
+                }
             }
             if position >= target {
                 let elapsed = started.elapsed();
